@@ -1,0 +1,51 @@
+# vpnid: `make run` and `make test` are the whole set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+OUT    ?= out/report
+
+.PHONY: all venv install run test lint bench lab-deps ci-deps clean
+
+all: test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv install: $(STAMP)
+
+## The main job: the sample captures, the shipped model, the sample registry -> a report in $(OUT).
+run: $(STAMP)
+	$(BIN)/vpnid report pcaps/*.pcap --registry pcaps/registered-sample.csv -o $(OUT)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_engine.py
+
+## System packages the lab, live and report tests use (Debian; run as root).
+LAB_PKGS := tcpdump iproute2 iputils-ping procps psmisc wireguard-go wireguard-tools openvpn \
+            strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins \
+            nginx-light curl iperf3 openssh-server openssh-client dnsmasq-base bind9-dnsutils \
+            ocserv openconnect shadowsocks-libev stunnel4 xl2tpd pptpd tcpreplay
+lab-deps:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(LAB_PKGS)
+
+ci-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  $(MAKE) lab-deps && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	else echo "ci-deps: not root or no apt-get; lab, live and browser tests will skip"; fi
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

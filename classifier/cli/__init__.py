@@ -1,0 +1,1 @@
+"""Command-line front end: ``vpnid SUBCOMMAND ...`` (see ``vpnid --help``)."""

@@ -1,0 +1,105 @@
+"""The flow table schema: one row per bidirectional flow.
+
+This is the contract every later stage reads (signatures, model, registry, reports,
+batch, live). Each field carries its description in the Arrow field metadata, and
+``docs/schema.md`` documents the same columns (a test keeps the two in step).
+
+Direction: ``src`` is the initiator, the sender of the first packet seen of the flow;
+``src2dst`` counts packets it sent, ``dst2src`` those of the responder.
+Sizes are IP-layer bytes (the IP datagram as on the wire, link headers and
+Ethernet padding excluded); payload bytes are what follows the TCP/UDP/SCTP header,
+or the whole IP payload for protocols without ports (ESP, AH, GRE, ICMP, ...).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: Number of first packets whose size, direction and inter-arrival time are kept.
+FIRST_PACKETS = 10
+
+_TS = pa.timestamp("ns", tz="UTC")
+
+
+def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
+
+
+def _dir_stats(prefix: str, who: str) -> list[pa.Field]:
+    p = f"{prefix}_" if prefix else ""
+    return [
+        _f(f"{p}size_min", pa.int32(), f"smallest IP packet of {who}, bytes"),
+        _f(f"{p}size_max", pa.int32(), f"largest IP packet of {who}, bytes"),
+        _f(f"{p}size_mean", pa.float64(), f"mean IP packet size of {who}, bytes"),
+        _f(f"{p}size_std", pa.float64(), f"population std of IP packet size of {who}, bytes"),
+        _f(f"{p}iat_min_ms", pa.float64(), f"smallest inter-arrival time of {who}, ms (null below 2 packets)"),
+        _f(f"{p}iat_max_ms", pa.float64(), f"largest inter-arrival time of {who}, ms"),
+        _f(f"{p}iat_mean_ms", pa.float64(), f"mean inter-arrival time of {who}, ms"),
+        _f(f"{p}iat_std_ms", pa.float64(), f"population std of inter-arrival time of {who}, ms"),
+    ]
+
+
+FLOW_FIELDS: list[pa.Field] = [
+    _f("flow_id", pa.uint64(), "sequence number of the flow within its capture, in order of first packet", False),
+    _f("capture", pa.string(), "the input the flow was read from, as given on the command line", False),
+    _f("src_ip", pa.string(), "initiator address (sender of the first packet seen)", False),
+    _f("dst_ip", pa.string(), "responder address", False),
+    _f("src_port", pa.uint16(), "initiator port; null for protocols without ports"),
+    _f("dst_port", pa.uint16(), "responder port; null for protocols without ports"),
+    _f("ip_proto", pa.uint8(), "IP protocol number (6 TCP, 17 UDP, 50 ESP, 47 GRE, ...)", False),
+    _f("ip_version", pa.uint8(), "4 or 6", False),
+    _f("vlan_id", pa.uint16(), "outermost 802.1Q VLAN id, part of the flow key; null when untagged"),
+    _f("first_seen", _TS, "timestamp of the first packet, UTC", False),
+    _f("last_seen", _TS, "timestamp of the last packet, UTC", False),
+    _f("duration_ms", pa.float64(), "last_seen - first_seen, milliseconds", False),
+    _f("end_reason", pa.string(), "why the flow ended: idle, active, fin, rst or eof (still open at end of input)", False),
+    _f("packets", pa.int64(), "packets, both directions", False),
+    _f("bytes", pa.int64(), "IP bytes, both directions", False),
+    _f("src2dst_packets", pa.int64(), "packets sent by the initiator", False),
+    _f("src2dst_bytes", pa.int64(), "IP bytes sent by the initiator", False),
+    _f("dst2src_packets", pa.int64(), "packets sent by the responder", False),
+    _f("dst2src_bytes", pa.int64(), "IP bytes sent by the responder", False),
+    _f("src2dst_payload_bytes", pa.int64(), "transport payload bytes sent by the initiator", False),
+    _f("dst2src_payload_bytes", pa.int64(), "transport payload bytes sent by the responder", False),
+    _f("truncated_packets", pa.int64(), "packets cut by the snap length (counted with their wire length)", False),
+    _f("fragments", pa.int64(), "IP fragments (first and later) in the flow", False),
+    *_dir_stats("", "both directions"),
+    *_dir_stats("src2dst", "the initiator"),
+    *_dir_stats("dst2src", "the responder"),
+    _f("tcp_syn", pa.int64(), "TCP segments with SYN", False),
+    _f("tcp_ack", pa.int64(), "TCP segments with ACK", False),
+    _f("tcp_fin", pa.int64(), "TCP segments with FIN", False),
+    _f("tcp_rst", pa.int64(), "TCP segments with RST", False),
+    _f("tcp_psh", pa.int64(), "TCP segments with PSH", False),
+    _f("tcp_urg", pa.int64(), "TCP segments with URG", False),
+    _f("tcp_ece", pa.int64(), "TCP segments with ECE", False),
+    _f("tcp_cwr", pa.int64(), "TCP segments with CWR", False),
+    _f("first_tcp_flags", pa.uint8(), "TCP flags of the first packet; null for non-TCP flows"),
+    _f("first_sizes", pa.list_(pa.int32()), f"IP sizes of the first {FIRST_PACKETS} packets", False),
+    _f("first_dirs", pa.list_(pa.int8()), f"directions of the first {FIRST_PACKETS} packets: 0 initiator, 1 responder", False),
+    _f("first_iats_ms", pa.list_(pa.float64()), f"inter-arrival times of the first {FIRST_PACKETS} packets, ms (first is 0)", False),
+]
+
+FLOW_SCHEMA = pa.schema(FLOW_FIELDS)
+FLOW_COLUMNS = [f.name for f in FLOW_FIELDS]
+
+#: Columns that ``vpnid classify`` adds to the flow table.
+CLASSIFY_FIELDS: list[pa.Field] = [
+    _f("is_vpn", pa.bool_(), "the flow is a VPN tunnel", False),
+    _f("vpn_protocol", pa.string(), "wireguard, openvpn, ipsec-ike, ipsec-esp, l2tp, pptp, ...; null when not VPN"),
+    _f("confidence", pa.float64(), "confidence of the verdict in [0, 1] (for model verdicts the calibrated probability)"),
+    _f("detection", pa.string(), "signature, model, or null when nothing claimed the flow"),
+    _f("evidence", pa.string(), "short human-checkable sentence explaining the verdict; never payload bytes"),
+    _f("midflow", pa.bool_(), "the flow's start was not seen (capture began mid-flow)", False),
+    _f("tunnel", pa.string(), "non-VPN encapsulation recognised in the flow (gre, ipip, vxlan, teredo, ...); null otherwise"),
+]
+CLASSIFY_SCHEMA = pa.schema(FLOW_FIELDS + CLASSIFY_FIELDS)
+
+#: Columns that the registered-IP check adds (``--registry``).
+REGISTRY_FIELDS: list[pa.Field] = [
+    _f("registered", pa.bool_(), "a VPN flow with an endpoint on the registered-IP list; null for non-VPN flows"),
+    _f("registration_id", pa.string(), "registration id of the matching entry"),
+    _f("organization", pa.string(), "organization of the matching entry"),
+    _f("matched_endpoint", pa.string(), "src, dst or null: which endpoint matched"),
+]
+REPORT_SCHEMA = pa.schema(FLOW_FIELDS + CLASSIFY_FIELDS + REGISTRY_FIELDS)

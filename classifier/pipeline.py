@@ -1,0 +1,108 @@
+"""The classify pipeline: flows -> signatures -> model -> (registry).
+
+Every front end (``vpnid classify``, ``report``, ``batch``, ``live``) calls
+:func:`label_batch` so a flow gets the same verdict offline, in batch and live.
+
+Decision rule (docs/detection.md, docs/model.md): a signature verdict wins; a flow no
+signature claims goes to the model, which calls it VPN only above its operating
+threshold (chosen for a very low false-positive rate); without a model such a flow is
+not VPN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from classifier.flows.batch import FlowBatch
+from classifier.flows.schema import CLASSIFY_FIELDS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from classifier.errors import ErrorLog
+    from classifier.flows.config import FlowConfig
+
+
+@dataclass
+class LabelOptions:
+    """What labels a flow: signatures on or off, a model (or None), a registry (or None)."""
+
+    signatures: bool = True
+    model: Any = None  # classifier.model.VpnModel
+    registry: Any = None  # classifier.registry.Registry
+    extra: dict = field(default_factory=dict)
+
+
+def _signature_table(batch: FlowBatch) -> pa.Table:
+    from classifier.signatures import detect
+
+    return detect(batch)
+
+
+def label_batch(batch: FlowBatch, options: LabelOptions) -> pa.Table:
+    """Return the batch's flow table plus the columns of ``CLASSIFY_FIELDS`` (and registry ones)."""
+    n = len(batch)
+    is_vpn = np.zeros(n, bool)
+    protocol = np.full(n, None, object)
+    confidence = np.full(n, np.nan)
+    detection = np.full(n, None, object)
+    evidence = np.full(n, None, object)
+    midflow = np.zeros(n, bool)
+    tunnel = np.full(n, None, object)
+
+    if options.signatures and n:
+        sig = _signature_table(batch)
+        sig_proto = sig.column("vpn_protocol").to_numpy(zero_copy_only=False)
+        hit = np.array([p is not None for p in sig_proto], bool)
+        sig_vpn = sig.column("is_vpn").to_numpy(zero_copy_only=False).astype(bool)
+        claimed = hit & sig_vpn
+        is_vpn[claimed] = True
+        protocol[claimed] = sig_proto[claimed]
+        confidence[claimed] = sig.column("confidence").to_numpy(zero_copy_only=False)[claimed]
+        detection[claimed] = "signature"
+        evidence[hit] = sig.column("evidence").to_numpy(zero_copy_only=False)[hit]
+        midflow = sig.column("midflow").to_numpy(zero_copy_only=False).astype(bool)
+        tunnel_hit = hit & ~sig_vpn
+        tunnel[tunnel_hit] = sig_proto[tunnel_hit]
+    else:
+        claimed = np.zeros(n, bool)
+
+    if options.model is not None and n:
+        rest = np.flatnonzero(~claimed)
+        if len(rest):
+            pred = options.model.predict(batch.table.take(pa.array(rest)))
+            yes = pred.proba >= options.model.threshold
+            is_vpn[rest[yes]] = True
+            protocol[rest[yes]] = pred.protocol[yes]
+            confidence[rest] = np.where(yes, pred.proba, 1.0 - pred.proba)
+            detection[rest] = "model"
+            evidence[rest] = pred.evidence
+
+    table = batch.table
+    cols = {
+        "is_vpn": pa.array(is_vpn),
+        "vpn_protocol": pa.array(protocol, pa.string()),
+        "confidence": pa.array(confidence, pa.float64(), from_pandas=True),
+        "detection": pa.array(detection, pa.string()),
+        "evidence": pa.array(evidence, pa.string()),
+        "midflow": pa.array(midflow),
+        "tunnel": pa.array(tunnel, pa.string()),
+    }
+    for f in CLASSIFY_FIELDS:
+        table = table.append_column(f, cols[f.name])
+    if options.registry is not None:
+        table = options.registry.annotate(table)
+    return table
+
+
+def iter_labeled(
+    inputs: Iterable[str], options: LabelOptions, config: FlowConfig | None = None, log: ErrorLog | None = None
+) -> Iterator[pa.Table]:
+    """Read captures, label their flows batch by batch (bounded memory)."""
+    from classifier.flows.api import iter_flow_batches
+
+    for batch in iter_flow_batches(inputs, config=config, log=log):
+        yield label_batch(batch, options)
