@@ -1,0 +1,98 @@
+"""Run scenarios: check the environment, set up, capture, tear down, write a manifest row.
+
+Why the order matters: for an ordinary scenario the capture starts before the daemons so
+the handshake is in it; for a mid-flow scenario the tunnel is brought up and traffic is
+flowing before tcpdump starts, so the capture begins in the middle of the tunnel flow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import dpkt
+
+from classifier.errors import VpnidError
+from classifier.lab.manifest import ManifestRow
+from classifier.lab.netns import Lab, LabError
+from classifier.lab.scenarios import Scenario
+from classifier.lab.session import Session
+from classifier.output import atomic_path
+
+#: Tools every live scenario needs besides its own daemons.
+BASE_TOOLS = ("ip", "tcpdump", "ping", "curl", "ss")
+DEFAULT_DURATION = 3.0
+#: Quiet time after a mid-flow scenario's set-up before the capture starts.
+MIDFLOW_LEAD_S = 1.5
+
+
+def missing_tools(scenario: Scenario) -> list[str]:
+    """Executables the scenario needs that are not installed."""
+    if scenario.crafted:
+        return []
+    need = (*BASE_TOOLS, *scenario.requires)
+    extra_dirs = ["/usr/sbin", "/sbin", "/usr/lib/ipsec"]
+    path = os.environ.get("PATH", "") + ":" + ":".join(extra_dirs)
+    return [t for t in dict.fromkeys(need) if shutil.which(t, path=path) is None]
+
+
+def check_environment(scenarios: list[Scenario]) -> None:
+    """Refuse to start unless root and every needed tool is installed (one clear message)."""
+    live = [s for s in scenarios if not s.crafted]
+    if live and os.geteuid() != 0:
+        raise VpnidError("vpnid lab capture needs root (network namespaces, veth pairs, tcpdump); "
+                         "run it as root, e.g. with sudo")
+    missing = sorted({t for s in live for t in missing_tools(s)})
+    if missing:
+        raise VpnidError(f"missing lab tools: {', '.join(missing)}; install them with `make lab-deps` "
+                         "(apt-get install --no-install-recommends, see docs/lab.md)")
+
+
+def count_pcap(path: str | os.PathLike) -> tuple[int, int]:
+    """(records, sum of captured lengths) of a pcap file, as dpkt reads it."""
+    packets = 0
+    total = 0
+    with open(path, "rb") as fh:
+        for _ts, buf in dpkt.pcap.Reader(fh):
+            packets += 1
+            total += len(buf)
+    return packets, total
+
+
+def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float = DEFAULT_DURATION,
+                 file_name: str | None = None, keep_workdir: bool = False) -> ManifestRow:
+    """Make one capture of ``scenario`` into ``outdir``; return its manifest row.
+
+    The capture appears in ``outdir`` only when the run succeeded (written atomically);
+    the lab is torn down in every case.
+    """
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = file_name or f"{scenario.name}.pcap"
+    target = out / name
+    if scenario.crafted:
+        with atomic_path(target) as tmp:
+            scenario.craft(tmp, scenario.number, duration)  # type: ignore[misc]
+    else:
+        with Lab(scenario.number, keep_workdir=keep_workdir) as lab:
+            session = Session(lab, scenario, duration, lab.workdir / "capture.pcap")
+            if not scenario.midflow:
+                session.start_capture()
+            scenario.setup(session)  # type: ignore[misc]
+            if scenario.midflow:
+                session.extra["ping"] = session.ping_background()
+                time.sleep(MIDFLOW_LEAD_S)
+                session.start_capture()
+            (scenario.traffic or Session.tunnel_traffic)(session)
+            session.stop_capture()
+            with atomic_path(target) as tmp:
+                shutil.copyfile(session.pcap, tmp)
+    packets, nbytes = count_pcap(target)
+    if packets == 0:
+        target.unlink(missing_ok=True)
+        raise LabError(f"{scenario.name}: the capture is empty")
+    return ManifestRow(file=name, scenario=scenario.name, vpn=scenario.vpn, protocol=scenario.protocol,
+                       transport=scenario.transport, server_port=scenario.server_port,
+                       midflow=scenario.midflow, notes=scenario.notes, packets=packets, bytes=nbytes)

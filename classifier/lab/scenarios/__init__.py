@@ -1,0 +1,91 @@
+"""The scenario registry: every capture the lab can make, with its ground truth.
+
+Why one registry: the manifest row of a capture (protocol, transport, port, mid-flow,
+notes) is declared next to the code that makes the traffic, so adding a scenario is one
+``register(Scenario(...))`` call in one family module (``wireguard.py``, ``openvpn.py``,
+...) and the CLI, the docs table and the tests pick it up.
+
+Scenario numbers ``N`` are fixed forever: the addresses 198.18.N.1 (server),
+198.18.N.2 (client), 10.N.0.1 / 10.N.0.2 (tunnel inside) are derived from them and
+other files (``pcaps/registered-sample.csv``) rely on them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from classifier.lab.session import Session
+
+#: Family modules, imported in this order by ``all_scenarios()``.
+FAMILIES = ("wireguard", "openvpn", "ipsec", "openconnect", "obfuscated", "legacy", "crafted", "negatives")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How to make one capture and what is in it.
+
+    ``setup`` starts the daemons and returns once the tunnel carries traffic; ``traffic``
+    (default: pings and HTTP fetches through the tunnel) runs for the capture's duration.
+    A ``craft`` function instead writes the capture itself (packets the kernel here cannot
+    produce, built with scapy); such scenarios need neither root nor daemons.
+    """
+
+    name: str
+    number: int
+    vpn: bool
+    protocol: str
+    transport: str
+    server_port: int | None
+    notes: str
+    description: str
+    requires: tuple[str, ...] = ()
+    setup: Callable[[Session], None] | None = None
+    traffic: Callable[[Session], None] | None = None
+    craft: Callable[[Path, int, float], None] | None = None
+    midflow: bool = False
+
+    @property
+    def crafted(self) -> bool:
+        return self.craft is not None
+
+
+_REGISTRY: dict[str, Scenario] = {}
+_loaded = False
+
+
+def register(scenario: Scenario) -> Scenario:
+    """Add a scenario; names and numbers must be unique."""
+    if scenario.name in _REGISTRY:
+        raise ValueError(f"scenario {scenario.name!r} registered twice")
+    for other in _REGISTRY.values():
+        if other.number == scenario.number:
+            raise ValueError(f"scenario number {scenario.number} used by {other.name} and {scenario.name}")
+    if not 1 <= scenario.number <= 254:
+        raise ValueError(f"scenario number {scenario.number} outside 1..254")
+    if (scenario.setup is None) == (scenario.craft is None):
+        raise ValueError(f"scenario {scenario.name}: give exactly one of setup or craft")
+    _REGISTRY[scenario.name] = scenario
+    return scenario
+
+
+def all_scenarios() -> dict[str, Scenario]:
+    """Every registered scenario by name, ordered by scenario number."""
+    global _loaded
+    if not _loaded:
+        for fam in FAMILIES:
+            importlib.import_module(f"{__name__}.{fam}")
+        _loaded = True
+    return dict(sorted(_REGISTRY.items(), key=lambda kv: kv[1].number))
+
+
+def get(name: str) -> Scenario:
+    """The scenario called ``name``; KeyError lists the known names."""
+    scenarios = all_scenarios()
+    if name not in scenarios:
+        raise KeyError(f"unknown scenario {name!r}; known: {', '.join(scenarios)}")
+    return scenarios[name]

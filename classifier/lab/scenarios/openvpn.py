@@ -1,0 +1,77 @@
+"""OpenVPN 2.6 in point-to-point TLS mode, over UDP and TCP, plain, tls-auth and tls-crypt.
+
+Configuration: a fresh EC PKI per run (``classifier.lab.pki``); server ``--tls-server`` with
+``--ifconfig 10.N.0.1 10.N.0.2``, client ``--tls-client --remote-cert-tls server``; DCO off
+(no kernel module here), so both sides use a tun device. The tls-auth / tls-crypt key is made
+with ``openvpn --genkey secret``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from classifier.lab.pki import make_pki
+from classifier.lab.scenarios import Scenario, register
+from classifier.lab.session import Session
+
+REQUIRES = ("openvpn", "openssl")
+
+
+def start_openvpn(s: Session, proto: str, port: int, auth: str = "", remote: tuple[str, int] | None = None,
+                  server_local: str | None = None) -> None:
+    """Start an OpenVPN server and client and wait until the tunnel answers pings.
+
+    ``auth`` is ``""``, ``"tls-auth"`` or ``"tls-crypt"``. ``remote`` overrides where the
+    client connects (e.g. a local stunnel), ``server_local`` where the server listens.
+    """
+    pki = make_pki(s.work, s.server_ip)
+    key = s.work / "ta.key"
+    if auth:
+        s.lab.run(s.server_ns, ["openvpn", "--genkey", "secret", str(key)])
+    common = ["--dev", "tun", "--disable-dco", "--verb", "3", "--ca", str(pki.ca), "--cipher", "AES-256-GCM",
+              "--ping", "1", "--persist-tun"]
+    srv_args = ["--tls-server", "--dh", "none", "--cert", str(pki.server_cert), "--key", str(pki.server_key),
+                "--ifconfig", s.inner_server, s.inner_client, "--local", server_local or s.server_ip,
+                "--lport", str(port), "--proto", "udp" if proto == "udp" else "tcp-server"]
+    host, rport = remote or (s.server_ip, port)
+    cli_args = ["--tls-client", "--remote-cert-tls", "server", "--cert", str(pki.client_cert),
+                "--key", str(pki.client_key), "--ifconfig", s.inner_client, s.inner_server,
+                "--remote", host, str(rport), "--nobind", "--proto", "udp" if proto == "udp" else "tcp-client",
+                "--connect-retry", "1"]
+    if auth == "tls-auth":
+        srv_args += ["--tls-auth", str(key), "0"]
+        cli_args += ["--tls-auth", str(key), "1"]
+    elif auth == "tls-crypt":
+        srv_args += ["--tls-crypt", str(key)]
+        cli_args += ["--tls-crypt", str(key)]
+    srv = s.lab.spawn(s.server_ns, ["openvpn", *common, *srv_args], "openvpn-server")
+    if proto == "tcp":
+        s.lab.wait_port(s.server_ns, port, procs=[srv])
+    cli = s.lab.spawn(s.client_ns, ["openvpn", *common, *cli_args], "openvpn-client")
+    s.lab.wait_ping(s.client_ns, s.inner_server, timeout=25, procs=[srv, cli])
+
+
+def setup(s: Session, proto: str, port: int, auth: str = "") -> None:
+    start_openvpn(s, proto, port, auth)
+
+
+def _add(name: str, number: int, proto: str, port: int, auth: str = "", midflow: bool = False,
+         extra_note: str = "") -> None:
+    notes = "; ".join(x for x in (auth or "plain TLS", extra_note) if x)
+    register(Scenario(
+        name=name, number=number, vpn=True, protocol="openvpn", transport=proto, server_port=port,
+        notes=notes, requires=REQUIRES, setup=partial(setup, proto=proto, port=port, auth=auth), midflow=midflow,
+        description=f"OpenVPN over {proto.upper()} {port}, {auth or 'no tls-auth/tls-crypt'}"
+                    + (", captured mid-flow" if midflow else "") + ".",
+    ))
+
+
+_add("openvpn-udp", 10, "udp", 1194)
+_add("openvpn-tcp", 11, "tcp", 1194)
+_add("openvpn-udp-tls-auth", 12, "udp", 1194, "tls-auth")
+_add("openvpn-tcp-tls-auth", 13, "tcp", 1194, "tls-auth")
+_add("openvpn-udp-tls-crypt", 14, "udp", 1194, "tls-crypt")
+_add("openvpn-tcp-tls-crypt", 15, "tcp", 1194, "tls-crypt")
+_add("openvpn-tcp443", 16, "tcp", 443, extra_note="TCP 443 like HTTPS")
+_add("openvpn-udp-midflow", 17, "udp", 1194, midflow=True,
+     extra_note="mid-flow: capture starts after the TLS handshake")

@@ -1,0 +1,144 @@
+"""One scenario run: the lab, its capture and the traffic helpers scenarios share.
+
+Why: scenario modules should only say how to configure and start their daemons; the
+capture (tcpdump on the server's veth, started before or after the tunnel comes up),
+the traffic through the tunnel and the timing are the same for all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from classifier.lab.netns import VETH, Lab, LabError, Proc, client_addr, inner_client, inner_server, server_addr
+
+if TYPE_CHECKING:
+    from classifier.lab.scenarios import Scenario
+
+#: Port of the small HTTP server that serves traffic through tunnels.
+INNER_HTTP_PORT = 8080
+#: Size of the file fetched through tunnels, bytes: enough to give bulk packets, small enough
+#: to keep committed captures well under 1 MB.
+BLOB_SIZE = 24 * 1024
+
+
+@dataclass
+class Session:
+    """State handed to a scenario's ``setup`` and ``traffic`` functions."""
+
+    lab: Lab
+    scenario: Scenario
+    duration: float
+    pcap: Path
+    capture_proc: Proc | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    # Addresses of the fixed plan (docs/lab.md).
+    @property
+    def n(self) -> int:
+        return self.lab.n
+
+    @property
+    def server_ip(self) -> str:
+        return server_addr(self.n)
+
+    @property
+    def client_ip(self) -> str:
+        return client_addr(self.n)
+
+    @property
+    def inner_server(self) -> str:
+        return inner_server(self.n)
+
+    @property
+    def inner_client(self) -> str:
+        return inner_client(self.n)
+
+    @property
+    def server_ns(self) -> str:
+        return self.lab.server
+
+    @property
+    def client_ns(self) -> str:
+        return self.lab.client
+
+    @property
+    def work(self) -> Path:
+        return self.lab.workdir
+
+    def file(self, name: str, text: str | bytes, mode: int = 0o600) -> Path:
+        """Write a configuration file into the run's private work directory."""
+        path = self.work / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(text, str):
+            text = text.encode()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text)
+        return path
+
+    # -- capture ---------------------------------------------------------------------------
+    def start_capture(self) -> None:
+        """Start tcpdump on the server's veth; return once it is listening.
+
+        ``-U --immediate-mode`` writes every packet as it arrives, so nothing is lost in
+        the kernel buffer when tcpdump is stopped.
+        """
+        if self.capture_proc is not None:
+            return
+        proc = self.lab.spawn(self.server_ns, ["tcpdump", "-U", "--immediate-mode", "-n", "-s", "262144",
+                                               "-i", VETH, "-w", str(self.pcap)], "tcpdump")
+        self.capture_proc = proc
+        self.lab.wait_for("tcpdump to listen", lambda: "listening on" in proc.tail(5), 10, [proc])
+
+    def stop_capture(self) -> None:
+        """Stop tcpdump with SIGINT so that it closes the file cleanly."""
+        if self.capture_proc is None:
+            return
+        time.sleep(0.3)  # let the last replies cross the veth
+        self.lab.stop(self.capture_proc, signal.SIGINT)
+        self.capture_proc = None
+        if not self.pcap.exists():
+            raise LabError(f"tcpdump wrote no capture for {self.scenario.name}")
+
+    # -- traffic ---------------------------------------------------------------------------
+    def http_server(self, ns: str, bind: str, port: int = INNER_HTTP_PORT) -> Proc:
+        """A small HTTP server (Python's http.server) serving one ``BLOB_SIZE`` file."""
+        root = self.work / f"www-{port}"
+        root.mkdir(exist_ok=True)
+        (root / "blob").write_bytes(os.urandom(BLOB_SIZE))
+        proc = self.lab.spawn(ns, [sys.executable, "-m", "http.server", "--bind", bind, str(port)],
+                              f"http-{port}", cwd=root)
+        self.lab.wait_port(ns, port, procs=[proc])
+        return proc
+
+    def ping_background(self, addr: str | None = None, interval: float = 0.2) -> Proc:
+        """Ping ``addr`` (default: the inner server) from the client until teardown."""
+        return self.lab.spawn(self.client_ns, ["ping", "-q", "-i", f"{interval}", "-s", "120",
+                                               addr or self.inner_server], "ping")
+
+    def fetch_loop(self, url: str, seconds: float, extra_args: tuple[str, ...] = (), pause: float = 0.6) -> int:
+        """Fetch ``url`` with curl from the client repeatedly for ``seconds``; return successes."""
+        deadline = time.monotonic() + seconds
+        ok = 0
+        while time.monotonic() < deadline:
+            res = self.lab.run(self.client_ns, ["curl", "-s", "-k", "-o", "/dev/null", "--max-time", "5",
+                                                *extra_args, url], check=False, timeout=10)
+            ok += res.returncode == 0
+            time.sleep(pause)
+        if ok == 0:
+            raise LabError(f"no successful fetch of {url} through the {self.scenario.name} set-up")
+        return ok
+
+    def tunnel_traffic(self) -> None:
+        """Default traffic through a layer-3 tunnel: pings plus HTTP fetches of a small file."""
+        if "inner_http" not in self.extra:
+            self.extra["inner_http"] = self.http_server(self.server_ns, self.inner_server)
+        if "ping" not in self.extra:
+            self.extra["ping"] = self.ping_background()
+        self.fetch_loop(f"http://{self.inner_server}:{INNER_HTTP_PORT}/blob", self.duration)

@@ -1,0 +1,299 @@
+"""Flow table -> feature matrix: the only inputs the VPN model ever sees.
+
+Why a pure function of the flow table: the same rows come out of ``vpnid flows``
+offline, ``vpnid batch`` and ``vpnid live``, so a flow gets the same features (and the
+same verdict) wherever it was metered. Nothing here looks at other rows.
+
+What is deliberately left out (shortcut learning): IP addresses, ports, VLAN, TTL,
+timestamps, flow ids, capture names, IP version and the end reason. A model that
+learns "port 1194" or "the lab's 10.0.0.0/8" scores well on its own captures and
+fails on everybody else's; these columns identify *where* a capture was made, not
+*what* the traffic is. The transport (TCP / UDP / other) is kept as a category
+because the tunnel rhythm reads differently over TCP (outer ACKs, records split
+across segments) than over UDP (one datagram per inner packet); docs/model.md
+discusses the risk.
+
+Every feature is scale-free or log-scaled where counts and times vary over orders of
+magnitude, and missing values stay NaN (the gradient-boosting model handles them
+natively): a one-packet flow simply has no inter-arrival time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from classifier.flows.schema import FIRST_PACKETS
+
+#: Bump when a feature's definition changes: a model trained on another version is refused.
+FEATURE_VERSION = 1
+
+#: Flow-table columns the features read (all others are ignored, identifiers included).
+INPUT_COLUMNS: tuple[str, ...] = (
+    "ip_proto", "duration_ms", "packets", "bytes",
+    "src2dst_packets", "src2dst_bytes", "dst2src_packets", "dst2src_bytes",
+    "src2dst_payload_bytes", "dst2src_payload_bytes",
+    *(f"{p}{s}" for p in ("", "src2dst_", "dst2src_")
+      for s in ("size_min", "size_max", "size_mean", "size_std",
+                "iat_min_ms", "iat_max_ms", "iat_mean_ms", "iat_std_ms")),
+    "tcp_syn", "tcp_ack", "tcp_fin", "tcp_rst", "tcp_psh", "tcp_urg", "tcp_ece", "tcp_cwr",
+    "first_tcp_flags", "first_sizes", "first_dirs", "first_iats_ms",
+)
+
+#: Columns that must never become features (checked by the tests).
+FORBIDDEN_COLUMNS: frozenset[str] = frozenset({
+    "flow_id", "capture", "src_ip", "dst_ip", "src_port", "dst_port", "vlan_id",
+    "first_seen", "last_seen", "ip_version", "end_reason", "truncated_packets", "fragments",
+})
+
+#: Early packets a size looks "small" (control, ACK or keepalive) below, bytes.
+SMALL_PACKET = 100
+#: Early client packet size range of a (possibly nested) TLS ClientHello, bytes.
+HELLO_RANGE = (220, 800)
+
+_DIRS = (("", "all"), ("up_", "src2dst_"), ("down_", "dst2src_"))
+
+
+def _names() -> list[str]:
+    n = ["is_tcp", "is_udp", "log_packets", "log_bytes", "log_duration_ms",
+         "log_pkt_rate", "log_byte_rate", "up_pkt_frac", "up_byte_frac", "payload_frac",
+         "hdr_per_pkt", "up_payload_mean", "down_payload_mean"]
+    for short, _ in _DIRS:
+        n += [f"{short}size_min", f"{short}size_max", f"{short}size_mean", f"{short}size_std",
+              f"{short}size_cv", f"{short}size_mean_pos", f"{short}size_bimodality"]
+        n += [f"{short}log_iat_min", f"{short}log_iat_max", f"{short}log_iat_mean",
+              f"{short}log_iat_std", f"{short}iat_cv"]
+    n += ["syn_frac", "ack_frac", "fin_frac", "rst_frac", "psh_frac", "urg_ecn_frac", "starts_with_syn"]
+    n += [f"first_size_{i}" for i in range(FIRST_PACKETS)]
+    n += [f"first_log_iat_{i}" for i in range(1, FIRST_PACKETS)]
+    n += ["first_dir_switches", "first_up_frac", "first_distinct_size_frac", "first_small_frac",
+          "first_up_max", "first_down_max", "first_up_min", "first_down_min",
+          "first_size_shift_match", "first_hello_like", "late_hello_like",
+          "log_resp_delay_first", "log_resp_delay_later_max", "resp_delay_ratio"]
+    return n
+
+
+#: Column order of :func:`feature_matrix`.
+FEATURE_NAMES: tuple[str, ...] = tuple(_names())
+
+#: One line per feature for docs/model.md, model cards and evidence strings.
+FEATURE_DOCS: dict[str, str] = {
+    "is_tcp": "transport is TCP (1) or not (0)",
+    "is_udp": "transport is UDP (1) or not (0)",
+    "log_packets": "log(1 + packets)",
+    "log_bytes": "log(1 + IP bytes)",
+    "log_duration_ms": "log(1 + duration in ms)",
+    "log_pkt_rate": "log(1 + packets per second); NaN below 2 packets",
+    "log_byte_rate": "log(1 + bytes per second); NaN below 2 packets",
+    "up_pkt_frac": "share of packets sent by the initiator",
+    "up_byte_frac": "share of bytes sent by the initiator",
+    "payload_frac": "transport payload bytes / IP bytes",
+    "hdr_per_pkt": "IP + transport header bytes per packet",
+    "up_payload_mean": "mean transport payload per initiator packet",
+    "down_payload_mean": "mean transport payload per responder packet",
+    "syn_frac": "TCP SYN segments / packets", "ack_frac": "TCP ACK segments / packets",
+    "fin_frac": "TCP FIN segments / packets", "rst_frac": "TCP RST segments / packets",
+    "psh_frac": "TCP PSH segments / packets", "urg_ecn_frac": "TCP URG, ECE or CWR segments / packets",
+    "starts_with_syn": "the first packet seen is a TCP SYN (the start of the flow was seen)",
+    "first_dir_switches": "direction changes among the first packets (request/response turns)",
+    "first_up_frac": "share of the first packets sent by the initiator",
+    "first_distinct_size_frac": "distinct sizes / count among the first packets (size modality)",
+    "first_small_frac": f"share of the first packets of at most {SMALL_PACKET} bytes",
+    "first_up_max": "largest of the first packets from the initiator",
+    "first_down_max": "largest of the first packets from the responder",
+    "first_up_min": "smallest of the first packets from the initiator",
+    "first_down_min": "smallest of the first packets from the responder",
+    "first_size_shift_match": "share of early responder sizes that equal an early initiator size "
+                              "(a tunnel mirrors both directions of inner traffic with one overhead)",
+    "first_hello_like": f"initiator packets of {HELLO_RANGE[0]}-{HELLO_RANGE[1]} bytes among the first "
+                        "packets (handshake-sized)",
+    "late_hello_like": "handshake-sized initiator packets after the first four packets "
+                       "(a nested handshake inside the outer one)",
+    "log_resp_delay_first": "log(1 + ms) before the first responder packet that answers the initiator",
+    "log_resp_delay_later_max": "log(1 + ms) of the slowest later responder turn among the first packets",
+    "resp_delay_ratio": "slowest later response turn / first response turn (an extra hop behind "
+                        "a proxy makes inner round trips slower than the outer one)",
+}
+for _short, _who in _DIRS:
+    _w = {"all": "both directions", "src2dst_": "the initiator", "dst2src_": "the responder"}[_who]
+    FEATURE_DOCS.update({
+        f"{_short}size_min": f"smallest IP packet of {_w}", f"{_short}size_max": f"largest IP packet of {_w}",
+        f"{_short}size_mean": f"mean IP packet size of {_w}", f"{_short}size_std": f"std of IP packet size of {_w}",
+        f"{_short}size_cv": f"size std / mean of {_w}",
+        f"{_short}size_mean_pos": f"(mean - min) / (max - min) of {_w}'s sizes",
+        f"{_short}size_bimodality": f"size std / half the size range of {_w} (1: two sizes only)",
+        f"{_short}log_iat_min": f"log(1 + smallest inter-arrival ms) of {_w}",
+        f"{_short}log_iat_max": f"log(1 + largest inter-arrival ms) of {_w}",
+        f"{_short}log_iat_mean": f"log(1 + mean inter-arrival ms) of {_w}",
+        f"{_short}log_iat_std": f"log(1 + inter-arrival std ms) of {_w}",
+        f"{_short}iat_cv": f"inter-arrival std / mean of {_w} (timer-driven traffic is regular)",
+    })
+for _i in range(FIRST_PACKETS):
+    FEATURE_DOCS[f"first_size_{_i}"] = f"size of packet {_i}, positive from the initiator, negative from the responder"
+for _i in range(1, FIRST_PACKETS):
+    FEATURE_DOCS[f"first_log_iat_{_i}"] = f"log(1 + ms) between packet {_i - 1} and packet {_i}"
+assert set(FEATURE_DOCS) == set(FEATURE_NAMES), set(FEATURE_NAMES) ^ set(FEATURE_DOCS)
+
+
+def _col(table: pa.Table, name: str) -> np.ndarray:
+    """A numeric column as float64 with nulls as NaN."""
+    col = table.column(name)
+    if col.num_chunks != 1:
+        col = col.combine_chunks()
+    else:
+        col = col.chunk(0)
+    return pc.cast(col, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+
+
+def _padded(table: pa.Table, name: str, dtype: type) -> np.ndarray:
+    """A list column as an (n, FIRST_PACKETS) array padded with NaN (vectorized, no row loop)."""
+    n = table.num_rows
+    out = np.full((n, FIRST_PACKETS), np.nan, dtype)
+    col = table.column(name).combine_chunks() if table.column(name).num_chunks != 1 \
+        else table.column(name).chunk(0)
+    if n == 0:
+        return out
+    lens = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.cast(pc.list_flatten(col), pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+    rows = np.repeat(np.arange(n), lens)
+    starts = np.cumsum(lens) - lens
+    pos = np.arange(len(values)) - np.repeat(starts, lens)
+    keep = pos < FIRST_PACKETS
+    out[rows[keep], pos[keep]] = values[keep]
+    return out
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = a / b
+    r[~np.isfinite(r)] = np.nan
+    return r
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    return np.log1p(np.maximum(x, 0.0))
+
+
+def check_columns(table: pa.Table) -> None:
+    """Raise ValueError naming the flow-table columns the features need but the table lacks."""
+    missing = [c for c in INPUT_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"flow table lacks column(s) the model needs: {', '.join(missing)}")
+
+
+def feature_matrix(table: pa.Table) -> np.ndarray:
+    """Return the (rows, len(FEATURE_NAMES)) float32 feature matrix of a flow table."""
+    check_columns(table)
+    n = table.num_rows
+    c = {name: _col(table, name) for name in INPUT_COLUMNS if name not in ("first_sizes", "first_dirs",
+                                                                           "first_iats_ms")}
+    f: dict[str, np.ndarray] = {}
+    proto = c["ip_proto"]
+    f["is_tcp"] = (proto == 6).astype(float)
+    f["is_udp"] = (proto == 17).astype(float)
+    pk, by = c["packets"], c["bytes"]
+    dur_s = c["duration_ms"] / 1000.0
+    f["log_packets"] = _log(pk)
+    f["log_bytes"] = _log(by)
+    f["log_duration_ms"] = _log(c["duration_ms"])
+    timed = (pk >= 2) & (dur_s > 0)
+    f["log_pkt_rate"] = np.where(timed, _log(_div(pk, dur_s)), np.nan)
+    f["log_byte_rate"] = np.where(timed, _log(_div(by, dur_s)), np.nan)
+    f["up_pkt_frac"] = _div(c["src2dst_packets"], pk)
+    f["up_byte_frac"] = _div(c["src2dst_bytes"], by)
+    payload = c["src2dst_payload_bytes"] + c["dst2src_payload_bytes"]
+    f["payload_frac"] = _div(payload, by)
+    f["hdr_per_pkt"] = _div(by - payload, pk)
+    f["up_payload_mean"] = _div(c["src2dst_payload_bytes"], c["src2dst_packets"])
+    f["down_payload_mean"] = _div(c["dst2src_payload_bytes"], c["dst2src_packets"])
+    for short, prefix in _DIRS:
+        p = "" if prefix == "all" else prefix
+        lo, hi = c[f"{p}size_min"], c[f"{p}size_max"]
+        mean, std = c[f"{p}size_mean"], c[f"{p}size_std"]
+        f[f"{short}size_min"], f[f"{short}size_max"] = lo, hi
+        f[f"{short}size_mean"], f[f"{short}size_std"] = mean, std
+        f[f"{short}size_cv"] = _div(std, mean)
+        f[f"{short}size_mean_pos"] = _div(mean - lo, hi - lo)
+        f[f"{short}size_bimodality"] = _div(std, (hi - lo) / 2.0)
+        imean, istd = c[f"{p}iat_mean_ms"], c[f"{p}iat_std_ms"]
+        f[f"{short}log_iat_min"] = _log(c[f"{p}iat_min_ms"])
+        f[f"{short}log_iat_max"] = _log(c[f"{p}iat_max_ms"])
+        f[f"{short}log_iat_mean"] = _log(imean)
+        f[f"{short}log_iat_std"] = _log(istd)
+        f[f"{short}iat_cv"] = _div(istd, imean)
+    f["syn_frac"] = _div(c["tcp_syn"], pk)
+    f["ack_frac"] = _div(c["tcp_ack"], pk)
+    f["fin_frac"] = _div(c["tcp_fin"], pk)
+    f["rst_frac"] = _div(c["tcp_rst"], pk)
+    f["psh_frac"] = _div(c["tcp_psh"], pk)
+    f["urg_ecn_frac"] = _div(c["tcp_urg"] + c["tcp_ece"] + c["tcp_cwr"], pk)
+    flags = c["first_tcp_flags"]
+    f["starts_with_syn"] = np.where(np.isnan(flags), 0.0, (np.nan_to_num(flags).astype(np.int64) & 0x02) > 0)
+    f.update(_early(table, n))
+    out = np.empty((n, len(FEATURE_NAMES)), np.float32)
+    for j, name in enumerate(FEATURE_NAMES):
+        out[:, j] = f[name]
+    return out
+
+
+def _early(table: pa.Table, n: int) -> dict[str, np.ndarray]:
+    """Features of the first packets: signed sizes, gaps and the handshake rhythm."""
+    sizes = _padded(table, "first_sizes", np.float64)
+    dirs = _padded(table, "first_dirs", np.float64)
+    iats = _padded(table, "first_iats_ms", np.float64)
+    valid = ~np.isnan(sizes) & ~np.isnan(dirs)
+    up = valid & (dirs == 0)
+    down = valid & (dirs == 1)
+    cnt = valid.sum(1).astype(float)
+    f: dict[str, np.ndarray] = {}
+    signed = np.where(up, sizes, np.where(down, -sizes, np.nan))
+    for i in range(FIRST_PACKETS):
+        f[f"first_size_{i}"] = signed[:, i]
+    for i in range(1, FIRST_PACKETS):
+        f[f"first_log_iat_{i}"] = np.where(valid[:, i], _log(iats[:, i]), np.nan)
+    both = valid[:, 1:] & valid[:, :-1]
+    switches = both & (dirs[:, 1:] != dirs[:, :-1])
+    f["first_dir_switches"] = np.where(cnt > 0, switches.sum(1), np.nan)
+    f["first_up_frac"] = _div(up.sum(1).astype(float), cnt)
+    # distinct sizes per row, vectorized: sort each row and count value changes
+    s = np.sort(np.where(valid, sizes, np.inf), axis=1)
+    with np.errstate(invalid="ignore"):
+        changes = (np.diff(s, axis=1) != 0) & np.isfinite(s[:, 1:])
+    distinct = np.where(cnt > 0, 1 + changes.sum(1), 0).astype(float)
+    f["first_distinct_size_frac"] = _div(distinct, cnt)
+    f["first_small_frac"] = _div((valid & (sizes <= SMALL_PACKET)).sum(1).astype(float), cnt)
+    with np.errstate(invalid="ignore"):
+        f["first_up_max"] = _nanreduce(np.where(up, sizes, np.nan), np.nanmax)
+        f["first_down_max"] = _nanreduce(np.where(down, sizes, np.nan), np.nanmax)
+        f["first_up_min"] = _nanreduce(np.where(up, sizes, np.nan), np.nanmin)
+        f["first_down_min"] = _nanreduce(np.where(down, sizes, np.nan), np.nanmin)
+    # responder sizes that equal some initiator size: (n, K, K) comparison, K = 10
+    eq = (sizes[:, :, None] == sizes[:, None, :]) & down[:, :, None] & up[:, None, :]
+    f["first_size_shift_match"] = _div(eq.any(2).sum(1).astype(float), down.sum(1).astype(float))
+    hello = up & (sizes >= HELLO_RANGE[0]) & (sizes <= HELLO_RANGE[1])
+    f["first_hello_like"] = np.where(cnt > 0, hello.sum(1), np.nan).astype(float)
+    f["late_hello_like"] = np.where(cnt > 4, hello[:, 4:].sum(1), np.nan).astype(float)
+    # response turns: a responder packet right after an initiator packet; its gap is a round trip
+    turn = np.zeros_like(valid)
+    turn[:, 1:] = down[:, 1:] & up[:, :-1]
+    gaps = np.where(turn, iats, np.nan)
+    has_turn = turn.any(1)
+    first_idx = np.argmax(turn, axis=1)
+    first_gap = np.where(has_turn, gaps[np.arange(n), first_idx], np.nan)
+    later = gaps.copy()
+    later[np.arange(n), first_idx] = np.nan
+    later_max = _nanreduce(later, np.nanmax)
+    f["log_resp_delay_first"] = _log(first_gap)
+    f["log_resp_delay_later_max"] = _log(later_max)
+    f["resp_delay_ratio"] = _log(_div(later_max, np.maximum(first_gap, 0.01)))
+    return f
+
+
+def _nanreduce(a: np.ndarray, fn) -> np.ndarray:
+    """Row-wise nan-aware reduction that yields NaN (not a warning) for all-NaN rows."""
+    out = np.full(a.shape[0], np.nan)
+    ok = ~np.isnan(a).all(1)
+    if ok.any():
+        out[ok] = fn(a[ok], axis=1)
+    return out

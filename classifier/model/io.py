@@ -1,0 +1,195 @@
+"""Saving and loading models with skops, never pickle; the model card beside the file.
+
+Why skops with an allow-list: a model file is something people download and share.
+A pickle runs arbitrary code on load; a skops file is a zip of JSON and arrays that is
+only turned back into objects of types the loader explicitly trusts. ``load_bundle``
+asks skops which types the file would instantiate, refuses the file if any of them is
+not on :data:`TRUSTED_TYPES`, and only then loads it.
+
+Why the byte-level normalisation in ``save_bundle``: zip entries carry the time they
+were written, so two trainings of the same data would give different files. Entries
+are rewritten with a fixed date, which makes ``make model`` reproducible byte for byte.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from classifier.errors import VpnidError
+from classifier.output import write_bytes_atomic, write_text_atomic
+
+#: File format tag stored in every bundle; bumped when the bundle layout changes.
+BUNDLE_FORMAT = "vpnid-model/1"
+
+#: Every non-builtin type a vpnid model file may contain. Anything else is refused.
+TRUSTED_TYPES: tuple[str, ...] = (
+    "numpy.dtype",
+    "numpy.ndarray",
+    "numpy.float64",
+    "numpy.int64",
+    "numpy.random.mtrand.RandomState",
+    "builtins.slice",
+    "sklearn._loss.link.IdentityLink",
+    "sklearn._loss.link.Interval",
+    "sklearn._loss.link.LogitLink",
+    "sklearn._loss.link.MultinomialLogit",
+    "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn._loss.loss.HalfMultinomialLoss",
+    "sklearn._loss._loss.CyHalfBinomialLoss",
+    "sklearn._loss._loss.CyHalfMultinomialLoss",
+    "sklearn.calibration.CalibratedClassifierCV",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.isotonic.IsotonicRegression",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.ensemble._forest.RandomForestClassifier",
+    "sklearn.ensemble._forest.ExtraTreesClassifier",
+    "sklearn.tree._classes.DecisionTreeClassifier",
+    "sklearn.tree._classes.ExtraTreeClassifier",
+    "sklearn.tree._tree.Tree",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.pipeline.Pipeline",
+    "sklearn.impute._base.SimpleImputer",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.model_selection._split.GroupKFold",
+    "sklearn.model_selection._split._CVIterableWrapper",
+    "sklearn.utils._bunch.Bunch",
+    "collections.OrderedDict",
+)
+
+
+class ModelError(VpnidError):
+    """A model file that cannot be used: missing, unreadable, untrusted or incompatible."""
+
+
+def card_paths(model_path: str | Path) -> tuple[Path, Path]:
+    """The model card files that belong to a model file: ``NAME.card.json`` and ``NAME.card.md``."""
+    p = Path(model_path)
+    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
+    return p.with_name(f"{stem}.card.json"), p.with_name(f"{stem}.card.md")
+
+
+def _normalised_zip(data: bytes) -> bytes:
+    """Rewrite a zip with fixed entry dates and attributes so equal content gives equal bytes."""
+    src = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
+        for info in sorted(src.infolist(), key=lambda i: i.filename):
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = zipfile.ZIP_DEFLATED
+            fixed.external_attr = 0o644 << 16
+            dst.writestr(fixed, src.read(info.filename))
+    return out.getvalue()
+
+
+def save_bundle(bundle: dict[str, Any], path: str | Path, card: dict[str, Any] | None = None) -> None:
+    """Write ``bundle`` with skops (atomically) and, when given, its card as JSON and Markdown."""
+    import skops.io as sio
+
+    unknown = sorted(set(sio.get_untrusted_types(data=sio.dumps(bundle))) - set(TRUSTED_TYPES))
+    if unknown:  # a model we could not load again must never be written
+        raise ModelError(f"refusing to save a model with types outside the allow-list: {', '.join(unknown)}")
+    write_bytes_atomic(path, _normalised_zip(sio.dumps(bundle)))
+    if card is not None:
+        jpath, mpath = card_paths(path)
+        write_text_atomic(jpath, json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+        write_text_atomic(mpath, card_markdown(card))
+
+
+def load_bundle(path: str | Path) -> dict[str, Any]:
+    """Load a model bundle, refusing any file that would instantiate an untrusted type."""
+    import skops.io as sio
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"{p}: no such model file (train one with `vpnid train` or `make model`)")
+    try:
+        untrusted = sio.get_untrusted_types(file=p)
+    except Exception as exc:  # not a zip, damaged JSON schema, ...
+        raise ModelError(f"{p}: not a readable skops model file ({type(exc).__name__}: {exc})") from None
+    unknown = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if unknown:
+        raise ModelError(f"{p}: refusing to load: the file contains types that are not on vpnid's allow-list: "
+                         f"{', '.join(unknown)}")
+    try:
+        bundle = sio.load(p, trusted=sorted(untrusted))
+    except Exception as exc:
+        raise ModelError(f"{p}: cannot load model ({type(exc).__name__}: {exc})") from None
+    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+        found = bundle.get("format") if isinstance(bundle, dict) else type(bundle).__name__
+        raise ModelError(f"{p}: not a vpnid model (format {found!r}, expected {BUNDLE_FORMAT!r})")
+    return bundle
+
+
+def load_card(model_path: str | Path) -> dict[str, Any] | None:
+    """The JSON model card beside a model file, or None when there is none."""
+    jpath, _ = card_paths(model_path)
+    if not jpath.is_file():
+        return None
+    try:
+        return json.loads(jpath.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{jpath}: unreadable model card ({exc})") from None
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """Human-readable model card (the JSON card is the source of truth)."""
+    lines = [f"# Model card: {card.get('name')} {card.get('version', '')}".rstrip(), ""]
+    lines += [card.get("summary", ""), ""]
+    lines += ["## Decision", "",
+              f"- estimator: {card.get('estimator')}",
+              f"- calibration: {card.get('calibration')}",
+              f"- operating threshold: {_fmt(card.get('threshold'))} "
+              f"(chosen for a false-positive rate of at most {card.get('fpr_target')} on out-of-fold non-VPN flows)",
+              ""]
+    data = card.get("training_data", {})
+    lines += ["## Training data", "",
+              f"- flows: {data.get('flows')} ({data.get('vpn_flows')} VPN, {data.get('non_vpn_flows')} non-VPN)",
+              f"- source captures / files: {data.get('groups')}",
+              f"- augmentation: {data.get('augmentation')}",
+              f"- sha256 of features and labels: `{data.get('sha256')}`", ""]
+    if data.get("protocols"):
+        lines += ["| protocol | VPN flows |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(data["protocols"].items())]
+        lines.append("")
+    if data.get("inputs"):
+        lines += ["| input | sha256 | flows used | VPN |", "|---|---|---|---|"]
+        lines += [f"| {i['path']} | `{i.get('sha256', '')[:16]}` | {i.get('flows')} | {i.get('vpn_flows')} |"
+                  for i in data["inputs"]]
+        lines.append("")
+    metrics = card.get("metrics", {})
+    if metrics:
+        lines += ["## Metrics (grouped cross-validation by capture, out-of-fold)", ""]
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if not isinstance(v, dict | list)]
+        lines.append("")
+    cands = card.get("candidates", {})
+    if cands:
+        lines += ["## Candidates compared", "", "| estimator | pAUC (FPR<=1%) | ROC-AUC | recall at target FPR |",
+                  "|---|---|---|---|"]
+        lines += [f"| {k} | {_fmt(v.get('pauc'))} | {_fmt(v.get('roc_auc'))} | {_fmt(v.get('recall_at_target'))} |"
+                  for k, v in cands.items()]
+        lines.append("")
+    imp = card.get("top_features", [])
+    if imp:
+        lines += ["## Most important features (permutation importance)", ""]
+        lines += [f"- `{f['name']}` ({_fmt(f['importance'])}): {f.get('doc', '')}" for f in imp]
+        lines.append("")
+    lines += ["## Features", "", f"{len(card.get('features', []))} features, version {card.get('feature_version')}; "
+              "see docs/model.md. Never used: IP addresses, ports, TTL, timestamps, capture names.", ""]
+    lines += ["## Library versions", ""]
+    lines += [f"- {k} {v}" for k, v in sorted(card.get("libraries", {}).items())]
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,342 @@
+"""Training recipe: compare candidate estimators, calibrate, pick the operating threshold.
+
+Why every step is grouped by capture: flows of one capture share hosts, clocks, paths
+and the same daemon's quirks; a random flow split lets the model recognise the capture
+instead of the traffic and reports accuracy nobody will see on new captures. Candidate
+comparison, calibration and the threshold all use out-of-fold scores from
+``GroupKFold`` over source captures (augmented copies stay with their source).
+
+Why the threshold comes from out-of-fold non-VPN scores: a compliance report cannot
+tolerate false alarms, so the threshold is the lowest probability at which at most
+``fpr_target`` of non-VPN flows of *unseen* captures would be called VPN (never below
+``min_threshold``).
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from classifier.model.features import FEATURE_DOCS, FEATURE_NAMES, FEATURE_VERSION
+from classifier.model.io import BUNDLE_FORMAT
+
+#: Estimators ``vpnid train`` knows; the first is the default choice when scores tie.
+CANDIDATES = ("hgb", "rf", "logreg")
+
+
+@dataclass
+class TrainConfig:
+    """Knobs of the recipe; stored in the bundle so ``vpnid evaluate`` can retrain the same way."""
+
+    candidates: tuple[str, ...] = ("hgb", "rf")
+    folds: int = 5
+    fpr_target: float = 0.001
+    min_threshold: float = 0.5
+    calibration: str = "sigmoid"
+    seed: int = 0
+    protocol_min_proba: float = 0.6
+    name: str = "vpnid-model"
+    version: str = "1"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "candidates" in known:
+            known["candidates"] = tuple(known["candidates"])
+        return cls(**known)
+
+
+def make_estimator(kind: str, seed: int = 0):
+    """A fresh, unfitted, class-balanced estimator of ``kind``."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if kind == "hgb":
+        return HistGradientBoostingClassifier(
+            max_iter=200, learning_rate=0.08, max_leaf_nodes=15, min_samples_leaf=20,
+            l2_regularization=1.0, class_weight="balanced", early_stopping=False, random_state=seed)
+    if kind == "rf":
+        return Pipeline([
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+            ("forest", RandomForestClassifier(
+                n_estimators=60, max_depth=12, min_samples_leaf=5, max_features="sqrt",
+                class_weight="balanced_subsample", random_state=seed, n_jobs=1)),
+        ])
+    if kind == "logreg":
+        return Pipeline([
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+            ("scale", StandardScaler()),
+            ("logreg", LogisticRegression(class_weight="balanced", max_iter=2000, C=0.5)),
+        ])
+    raise ValueError(f"unknown estimator {kind!r}; choose from {', '.join(CANDIDATES)}")
+
+
+def group_splits(y: np.ndarray, groups: np.ndarray, folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Grouped folds over source captures, stratified where possible so each fold holds both classes."""
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    n_groups = len(np.unique(groups))
+    k = max(2, min(folds, n_groups))
+    if n_groups < 2:
+        raise ValueError("grouped cross-validation needs flows from at least two captures")
+    # a group's class for stratification: does it hold any VPN flow
+    try:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = list(splitter.split(np.zeros(len(y)), y, groups))
+    except ValueError:
+        splits = list(GroupKFold(n_splits=k).split(np.zeros(len(y)), y, groups))
+    return [(tr, te) for tr, te in splits if len(np.unique(y[tr])) == 2]
+
+
+def raw_scores(est, X: np.ndarray) -> np.ndarray:
+    """The raw score calibration maps: the decision function (log-odds) when there is one, else P(VPN)."""
+    if hasattr(est, "decision_function"):
+        return np.asarray(est.decision_function(X), float)
+    return np.asarray(est.predict_proba(X)[:, 1], float)
+
+
+def fit_calibration(scores: np.ndarray, y: np.ndarray, method: str = "sigmoid") -> dict[str, Any]:
+    """Map raw out-of-fold scores to probabilities: Platt's sigmoid (two numbers) or isotonic.
+
+    Why fitted on out-of-fold scores: scores of the flows a model was trained on are
+    overconfident; only scores of unseen captures say how often a score is right.
+    """
+    if method == "sigmoid":
+        from sklearn.linear_model import LogisticRegression
+
+        # Platt's smoothed targets keep the sigmoid from saturating on separable data
+        n1, n0 = int((y == 1).sum()), int((y == 0).sum())
+        t = np.where(y == 1, (n1 + 1.0) / (n1 + 2.0), 1.0 / (n0 + 2.0))
+        xs = np.concatenate([scores, scores]).reshape(-1, 1)
+        ys = np.concatenate([np.ones(len(y)), np.zeros(len(y))])
+        w = np.concatenate([t, 1.0 - t])
+        lr = LogisticRegression(C=1e6, max_iter=1000).fit(xs, ys, sample_weight=w)
+        return {"method": "sigmoid", "coef": float(lr.coef_[0, 0]), "intercept": float(lr.intercept_[0])}
+    if method == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(scores, y)
+        return {"method": "isotonic", "isotonic": iso}
+    raise ValueError(f"unknown calibration {method!r}; choose sigmoid or isotonic")
+
+
+def apply_calibration(calibration: dict[str, Any], scores: np.ndarray) -> np.ndarray:
+    """Calibrated probability of VPN for raw scores."""
+    if calibration["method"] == "sigmoid":
+        z = calibration["coef"] * np.asarray(scores, float) + calibration["intercept"]
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -700, 700)))
+    return np.asarray(calibration["isotonic"].predict(np.asarray(scores, float)), float)
+
+
+def oof_scores(kind: str, X: np.ndarray, y: np.ndarray, splits, seed: int) -> np.ndarray:
+    """Out-of-fold raw scores; NaN for rows no fold tested."""
+    from sklearn.base import clone
+
+    base = make_estimator(kind, seed)
+    out = np.full(len(y), np.nan)
+    for tr, te in splits:
+        est = clone(base).fit(X[tr], y[tr])
+        out[te] = raw_scores(est, X[te])
+    return out
+
+
+def threshold_for_fpr(neg_scores: np.ndarray, fpr_target: float, floor: float) -> float:
+    """Lowest threshold with FPR <= fpr_target on ``neg_scores`` (calls score >= threshold VPN)."""
+    s = np.sort(np.asarray(neg_scores, float)[np.isfinite(neg_scores)])[::-1]
+    if len(s) == 0:
+        return floor
+    allowed = int(np.floor(fpr_target * len(s)))
+    t = float(np.nextafter(s[allowed], np.inf)) if allowed < len(s) else float(s[-1])
+    return float(min(max(t, floor), 1.0))
+
+
+def binary_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
+    """Precision, recall, F1, ROC-AUC and FPR at ``threshold`` (NaN-proba rows ignored)."""
+    from sklearn.metrics import roc_auc_score
+
+    ok = np.isfinite(proba)
+    y, p = np.asarray(y)[ok].astype(int), np.asarray(proba)[ok]
+    pred = p >= threshold
+    tp = int((pred & (y == 1)).sum())
+    fp = int((pred & (y == 0)).sum())
+    fn = int((~pred & (y == 1)).sum())
+    tn = int((~pred & (y == 0)).sum())
+    prec = tp / (tp + fp) if tp + fp else float("nan")
+    rec = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * prec * rec / (prec + rec) if tp and prec + rec else (0.0 if tp + fn else float("nan"))
+    both = len(np.unique(y)) == 2
+    return {
+        "flows": len(y), "vpn_flows": int((y == 1).sum()), "non_vpn_flows": int((y == 0).sum()),
+        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        "precision": prec, "recall": rec, "f1": f1,
+        "fpr": fp / (fp + tn) if fp + tn else float("nan"),
+        "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "pauc_1pct": float(roc_auc_score(y, p, max_fpr=0.01)) if both else float("nan"),
+        "threshold": float(threshold),
+    }
+
+
+@dataclass
+class TrainResult:
+    """A trained bundle plus what the card reports about how it was chosen."""
+
+    bundle: dict[str, Any]
+    oof_proba: np.ndarray
+    candidates: dict[str, dict[str, float]]
+    metrics: dict[str, float]
+    importance: np.ndarray
+
+
+def _protocol_model(X: np.ndarray, y: np.ndarray, protocol: np.ndarray, seed: int):
+    """A multiclass guesser over VPN flows with a protocol name; None when fewer than two are known."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    known = (y == 1) & np.array([isinstance(p, str) and p != "" for p in protocol], bool)
+    names = np.unique(protocol[known].astype(str)) if known.any() else np.array([])
+    if len(names) < 2:
+        return None, [str(n) for n in names]
+    clf = HistGradientBoostingClassifier(max_iter=80, learning_rate=0.1, max_leaf_nodes=15,
+                                         class_weight="balanced", early_stopping=False, random_state=seed)
+    clf.fit(X[known], protocol[known].astype(str))
+    return clf, [str(c) for c in clf.classes_]
+
+
+def _explain_stats(X: np.ndarray, y: np.ndarray, importance: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-feature class medians and spread, for cheap per-flow evidence at prediction time."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        neg = np.nanmedian(X[y == 0], axis=0) if (y == 0).any() else np.zeros(X.shape[1])
+        pos = np.nanmedian(X[y == 1], axis=0) if (y == 1).any() else np.zeros(X.shape[1])
+        q75, q25 = np.nanpercentile(X, [75, 25], axis=0)
+        std = np.nanstd(X, axis=0)
+    scale = np.where(np.isfinite(q75 - q25) & (q75 - q25 > 0), q75 - q25, std)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    return {"importance": np.nan_to_num(np.maximum(importance, 0.0)).astype(np.float64),
+            "neg_median": np.nan_to_num(neg).astype(np.float64),
+            "pos_median": np.nan_to_num(pos).astype(np.float64),
+            "scale": scale.astype(np.float64)}
+
+
+def permutation_importance_auc(score, X: np.ndarray, y: np.ndarray, seed: int, max_rows: int = 3000,
+                               repeats: int = 2) -> np.ndarray:
+    """Drop in ROC-AUC when one feature is shuffled (vectorized over rows; a loop over features only)."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    if len(y) > max_rows:
+        idx = np.sort(rng.choice(len(y), max_rows, replace=False))
+        X, y = X[idx], y[idx]
+    if len(np.unique(y)) < 2:
+        return np.zeros(X.shape[1])
+    base = roc_auc_score(y, score(X))
+    out = np.zeros(X.shape[1])
+    for j in range(X.shape[1]):
+        drops = []
+        for _ in range(repeats):
+            Xp = X.copy()
+            Xp[:, j] = X[rng.permutation(len(y)), j]
+            drops.append(base - roc_auc_score(y, score(Xp)))
+        out[j] = float(np.mean(drops))
+    return out
+
+
+def train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarray | None = None,
+          config: TrainConfig | None = None, log=None) -> TrainResult:
+    """Fit the whole recipe on a feature matrix; returns the bundle to save and its card facts."""
+    config = config or TrainConfig()
+    say = log or (lambda msg: None)
+    y = np.asarray(y).astype(int)
+    groups = np.asarray(groups).astype(str)
+    protocol = np.asarray(protocol if protocol is not None else np.full(len(y), None), object)
+    if X.shape[1] != len(FEATURE_NAMES):
+        raise ValueError(f"feature matrix has {X.shape[1]} columns, expected {len(FEATURE_NAMES)}")
+    if len(np.unique(y)) < 2:
+        raise ValueError("training needs both VPN (label 1) and non-VPN (label 0) flows")
+    splits = group_splits(y, groups, config.folds, config.seed)
+    if not splits:
+        raise ValueError("no grouped fold has both classes in training; add captures of both kinds")
+
+    candidates: dict[str, dict[str, float]] = {}
+    oof: dict[str, np.ndarray] = {}
+    for kind in config.candidates:
+        s = oof_scores(kind, X, y, splits, config.seed)
+        ok = np.isfinite(s)
+        neg_t = threshold_for_fpr(s[ok & (y == 0)], config.fpr_target, -np.inf)
+        m = binary_metrics(y[ok], s[ok], neg_t)
+        candidates[kind] = {"pauc": m["pauc_1pct"], "roc_auc": m["roc_auc"], "recall_at_target": m["recall"]}
+        oof[kind] = s
+        say(f"candidate {kind}: pAUC(FPR<=1%) {m['pauc_1pct']:.4f}, ROC-AUC {m['roc_auc']:.4f}, "
+            f"recall at FPR<={config.fpr_target:g} {m['recall']:.4f}")
+    best = max(config.candidates, key=lambda k: (np.nan_to_num(candidates[k]["recall_at_target"]),
+                                                 np.nan_to_num(candidates[k]["pauc"]),
+                                                 -config.candidates.index(k)))
+    say(f"chosen estimator: {best}")
+
+    clf = make_estimator(best, config.seed).fit(X, y)
+    raw = oof[best]
+    ok = np.isfinite(raw)
+    calibration = fit_calibration(raw[ok], y[ok], config.calibration)
+    oof_proba = np.full(len(y), np.nan)
+    oof_proba[ok] = apply_calibration(calibration, raw[ok])
+    threshold = threshold_for_fpr(oof_proba[ok & (y == 0)], config.fpr_target, config.min_threshold)
+    metrics = binary_metrics(y, oof_proba, threshold)
+    say(f"threshold {threshold:.4f}: out-of-fold recall {metrics['recall']:.4f}, FPR {metrics['fpr']:.5f}")
+
+    importance = permutation_importance_auc(lambda A: raw_scores(clf, A), X, y, config.seed)
+    proto_clf, proto_classes = _protocol_model(X, y, protocol, config.seed)
+    bundle: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "name": config.name,
+        "version": config.version,
+        "feature_version": FEATURE_VERSION,
+        "feature_names": list(FEATURE_NAMES),
+        "threshold": float(threshold),
+        "estimator": best,
+        "classifier": clf,
+        "calibration": calibration,
+        "protocol_classifier": proto_clf,
+        "protocol_classes": proto_classes,
+        "protocol_min_proba": float(config.protocol_min_proba),
+        "explain": _explain_stats(X, y, importance),
+        "train_config": _plain(asdict(config)),
+    }
+    return TrainResult(bundle, oof_proba, candidates, metrics, importance)
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    """Only JSON-like values (lists, not tuples) so skops stores builtins only."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, tuple):
+            v = list(v)
+        elif isinstance(v, dict):
+            v = _plain(v)
+        out[k] = v
+    return out
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import pyarrow
+    import sklearn
+    import skops
+
+    from classifier._version import __version__
+
+    return {"python": platform.python_version(), "numpy": numpy.__version__, "scikit-learn": sklearn.__version__,
+            "skops": skops.__version__, "pyarrow": pyarrow.__version__, "vpnid": __version__}
+
+
+def top_features(importance: np.ndarray, k: int = 12) -> list[dict[str, Any]]:
+    order = np.argsort(-np.nan_to_num(importance))[:k]
+    return [{"name": FEATURE_NAMES[j], "importance": float(importance[j]), "doc": FEATURE_DOCS[FEATURE_NAMES[j]]}
+            for j in order]

@@ -1,0 +1,378 @@
+"""Capture files -> PacketBatch chunks, streaming, with clear errors for bad input.
+
+Why chunks: a capture larger than memory must stream. The file is read in blocks of
+``chunk_bytes``; compiled scanners find whole records in the block, the decoder fills
+the packet columns, and the incomplete record at the end of the block is carried into
+the next read. Memory therefore depends on the chunk size, not on the file size.
+
+Formats are recognised by their magic bytes, never by the file name: classic pcap
+(either byte order, micro- or nanosecond timestamps), pcapng (byte order per section,
+several interfaces with their own link types and timestamp resolutions), and either of
+them gzip-compressed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from classifier.errors import ErrorLog
+from classifier.packets import _scan, linktypes
+from classifier.packets._decode import decode
+from classifier.packets.batch import COLUMNS, PacketBatch, PacketStatus
+
+CHUNK_BYTES = 32 << 20
+MAX_PACKETS_PER_BATCH = 1 << 19
+
+_PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": (False, False),  # little endian, microseconds
+    b"\xa1\xb2\xc3\xd4": (True, False),
+    b"\x4d\x3c\xb2\xa1": (False, True),  # nanoseconds
+    b"\xa1\xb2\x3c\x4d": (True, True),
+}
+_PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+_GZIP = b"\x1f\x8b"
+
+
+@dataclass
+class InputStats:
+    """What reading one input found, for metadata and the terminal summary."""
+
+    path: str
+    packets: int = 0
+    bytes_read: int = 0
+    not_ip: int = 0
+    truncated: int = 0
+    malformed: int = 0
+    linktypes: set[int] = field(default_factory=set)
+    ok: bool = True
+
+
+class _Source:
+    """A binary file (plain or gzip) read into a reusable numpy buffer, with carry-over."""
+
+    def __init__(self, fh: BinaryIO, chunk_bytes: int) -> None:
+        self.fh = fh
+        self.buf = np.empty(chunk_bytes, np.uint8)
+        self.start = 0  # valid data is buf[start:end]
+        self.end = 0
+        self.base = 0  # file offset of buf[0]
+        self.eof = False
+
+    def fill(self, need: int = 0) -> None:
+        """Move the unread tail to the front and read more (growing for huge blocks)."""
+        keep = self.end - self.start
+        if need > len(self.buf):
+            grown = np.empty(max(need, 2 * len(self.buf)), np.uint8)
+            grown[:keep] = self.buf[self.start:self.end]
+            self.buf = grown
+        elif self.start:
+            self.buf[:keep] = self.buf[self.start:self.end]
+        self.base += self.start
+        self.start, self.end = 0, keep
+        view = memoryview(self.buf)
+        while self.end < len(self.buf):
+            got = self.fh.readinto(view[self.end:])
+            if not got:
+                self.eof = True
+                break
+            self.end += got
+
+    def read_exact(self, n: int) -> bytes | None:
+        if self.end - self.start < n and not self.eof:
+            self.fill(n)
+        if self.end - self.start < n:
+            return None
+        data = bytes(self.buf[self.start:self.start + n])
+        self.start += n
+        return data
+
+    @property
+    def offset(self) -> int:
+        return self.base + self.start
+
+
+def _open(path: Path) -> BinaryIO:
+    fh = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    magic = fh.read(2)
+    fh.seek(0)
+    if magic == _GZIP:
+        return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
+    return fh
+
+
+def iter_packet_batches(
+    path: str | Path,
+    log: ErrorLog | None = None,
+    stats: InputStats | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    on_progress: Callable[[int], None] | None = None,
+) -> Iterator[PacketBatch]:
+    """Yield decoded packet chunks of one capture; problems go to ``log``, never raise.
+
+    Packets whose status is not OK stay in the batch (flows skip them); malformed ones
+    are reported with their byte offset. ``on_progress(n)`` is called with the number of
+    raw file bytes consumed since the last call.
+    """
+    log = log if log is not None else ErrorLog()
+    stats = stats if stats is not None else InputStats(str(path))
+    name = str(path)
+    try:
+        fh = _open(Path(path))
+    except OSError as exc:
+        log.add(name, None, f"cannot open: {exc.strerror or exc}")
+        stats.ok = False
+        return
+    raw = fh.fileobj if isinstance(fh, gzip.GzipFile) else fh  # type: ignore[attr-defined]
+    last_raw = 0
+
+    def progress() -> None:
+        nonlocal last_raw
+        if on_progress is not None:
+            pos = raw.tell()
+            on_progress(pos - last_raw)
+            last_raw = pos
+
+    try:
+        src = _Source(fh, chunk_bytes)
+        try:
+            src.fill()
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            log.add(name, 0, f"cannot read: {exc}")
+            stats.ok = False
+            return
+        if src.end == 0:
+            log.add(name, 0, "empty file: not a capture")
+            stats.ok = False
+            return
+        magic = bytes(src.buf[:4])
+        if magic in _PCAP_MAGICS:
+            reader = _read_pcap(src, name, log, stats, progress)
+        elif magic == _PCAPNG_SHB:
+            reader = _read_pcapng(src, name, log, stats, progress)
+        else:
+            log.add(name, 0, f"not a pcap or pcapng capture (magic bytes {magic.hex()})")
+            stats.ok = False
+            return
+        for batch in reader:
+            _count(batch, stats, name, log)
+            yield batch
+        progress()
+    except (OSError, EOFError, gzip.BadGzipFile, zlib_error()) as exc:
+        log.add(name, None, f"read error after {stats.packets} packets: {exc}")
+        stats.ok = False
+    finally:
+        fh.close()
+        if raw is not fh:
+            raw.close()
+
+
+def zlib_error() -> type[Exception]:
+    import zlib
+
+    return zlib.error
+
+
+def _count(batch: PacketBatch, stats: InputStats, name: str, log: ErrorLog) -> None:
+    st = batch.status
+    stats.packets += batch.n
+    stats.bytes_read += int(batch.wire_len.sum())
+    counts = np.bincount(st, minlength=6)
+    stats.not_ip += int(counts[PacketStatus.NOT_IP])
+    stats.truncated += int(counts[PacketStatus.TRUNCATED])
+    bad = np.flatnonzero((st == PacketStatus.BAD_IP) | (st == PacketStatus.BAD_L4) | (st == PacketStatus.BAD_LINK))
+    stats.malformed += len(bad)
+    for i in bad[:50]:
+        log.add(name, int(batch.record_off[i]), f"packet skipped: {PacketStatus.MESSAGES[int(st[i])]}",
+                fatal=False)
+    if len(bad) > 50:
+        log.add(name, None, f"{len(bad) - 50} more malformed packets in this chunk skipped", fatal=False)
+
+
+def _decode(src: _Source, n: int, scanned: dict[str, np.ndarray]) -> PacketBatch:
+    """Decode the ``n`` records just scanned into fresh columns (the buffer is shared and reused)."""
+    batch = PacketBatch.allocate(src.buf, n)
+    c = batch.cols
+    for k in _SCAN_COLS:
+        c[k][:] = scanned[k][:n]
+    decode(src.buf, n, c["data_off"], c["cap_len"], c["wire_len"], c["linktype"],
+           c["status"], c["ip_ver"], c["ip_proto"], c["src_hi"], c["src_lo"], c["dst_hi"], c["dst_lo"],
+           c["sport"], c["dport"], c["has_ports"], c["tcp_flags"], c["tcp_seq"], c["ip_len"],
+           c["payload_off"], c["payload_len"], c["payload_cap"], c["vlan"], c["frag"], c["frag_id"])
+    return batch
+
+
+_SCAN_COLS = ("record_off", "data_off", "cap_len", "wire_len", "ts", "linktype")
+
+
+def _alloc_cols(n: int) -> dict[str, np.ndarray]:
+    return {name: np.zeros(n, dtype) for name, dtype in COLUMNS if name in _SCAN_COLS}
+
+
+def _read_pcap(src: _Source, name: str, log: ErrorLog, stats: InputStats, progress) -> Iterator[PacketBatch]:
+    header = src.read_exact(24)
+    if header is None:
+        log.add(name, 0, "truncated pcap file header (need 24 bytes)")
+        stats.ok = False
+        return
+    big, nanos = _PCAP_MAGICS[header[:4]]
+    fmt = ">" if big else "<"
+    _vmaj, _vmin, _tz, _sig, snaplen, network = struct.unpack(fmt + "HHiIII", header[4:24])
+    linktype = network & 0x0FFFFFFF
+    stats.linktypes.add(linktype)
+    if linktype not in linktypes.SUPPORTED:
+        log.warn(name, f"unsupported {linktypes.describe(linktype)}: file skipped")
+        return
+    cols = _alloc_cols(MAX_PACKETS_PER_BATCH)
+    while True:
+        pos, n, status = _scan.scan_pcap(
+            src.buf, src.start, src.end, big, nanos, snaplen, src.base, linktype,
+            cols["record_off"], cols["data_off"], cols["cap_len"], cols["wire_len"], cols["ts"],
+            cols["linktype"], MAX_PACKETS_PER_BATCH)
+        if n:
+            yield _decode(src, n, cols)
+        src.start = pos
+        if status == _scan.FULL:
+            continue
+        if status == _scan.BAD_LENGTH:
+            caplen = struct.unpack(fmt + "I", bytes(src.buf[pos + 8:pos + 12]))[0]
+            log.add(name, src.offset, f"record length {caplen} is absurd (snap length {snaplen}); "
+                    "the rest of the file cannot be read")
+            stats.ok = False
+            return
+        # NEED_MORE
+        if src.eof:
+            if src.end > src.start:
+                log.add(name, src.offset, f"truncated last record ({src.end - src.start} bytes left)")
+                stats.ok = False
+            return
+        src.fill(src.end - src.start + 65536 + 16)
+        progress()
+
+
+@dataclass
+class _Iface:
+    linktype: int
+    mode: int = 0  # 0: 10^-exp seconds, 1: 2^-exp
+    exp: int = 6
+    offset_s: int = 0
+    snaplen: int = 0
+
+
+def _read_pcapng(src: _Source, name: str, log: ErrorLog, stats: InputStats, progress) -> Iterator[PacketBatch]:
+    cols = _alloc_cols(MAX_PACKETS_PER_BATCH)
+    big = False
+    ifaces: list[_Iface] = []
+    skip_ifaces: set[int] = set()
+    last_ts = 0
+
+    def iface_arrays():
+        return (np.array([i.linktype for i in ifaces], np.int64), np.array([i.mode for i in ifaces], np.int64),
+                np.array([i.exp for i in ifaces], np.int64), np.array([i.offset_s for i in ifaces], np.int64),
+                np.array([i.snaplen for i in ifaces], np.int64))
+
+    arrays = iface_arrays()
+    while True:
+        pos, n, status, last_ts = _scan.scan_pcapng(
+            src.buf, src.start, src.end, big, src.base, *arrays, last_ts,
+            cols["record_off"], cols["data_off"], cols["cap_len"], cols["wire_len"], cols["ts"],
+            cols["linktype"], MAX_PACKETS_PER_BATCH)
+        if n:
+            batch = _decode(src, n, cols)
+            if skip_ifaces:
+                unsupported = ~np.isin(batch.linktype, list(linktypes.SUPPORTED))
+                batch.status[unsupported] = PacketStatus.NOT_IP
+            yield batch
+        src.start = pos
+        if status == _scan.FULL:
+            continue
+        if status == _scan.NEED_MORE:
+            if src.eof:
+                if src.end > src.start:
+                    log.add(name, src.offset, f"truncated last block ({src.end - src.start} bytes left)")
+                    stats.ok = False
+                return
+            src.fill(src.end - src.start + 65536 + 12)
+            progress()
+            continue
+        if status == _scan.BAD_LENGTH:
+            log.add(name, src.offset, "pcapng block with a bad length (not a multiple of 4, too short, "
+                    "or its trailing copy differs); the rest of the file cannot be read")
+            stats.ok = False
+            return
+        if status == _scan.BAD_IFACE:
+            log.add(name, src.offset, "packet block names an interface that no interface description defined")
+            stats.ok = False
+            return
+        # BLOCK: a section header or an interface description
+        head = src.read_exact(12)
+        if head is None:
+            log.add(name, src.offset, "truncated block header")
+            stats.ok = False
+            return
+        btype = head[:4]
+        block_off = src.offset - 12
+        if btype == _PCAPNG_SHB:
+            bom = head[8:12]
+            if bom == b"\x4d\x3c\x2b\x1a":
+                big = False
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                big = True
+            else:
+                log.add(name, block_off, f"section header with unknown byte-order magic {bom.hex()}")
+                stats.ok = False
+                return
+        fmt = ">" if big else "<"
+        blen = struct.unpack(fmt + "I", head[4:8])[0]
+        if blen < 12 or blen % 4 or blen > (1 << 24):
+            log.add(name, block_off, f"pcapng block with a bad length {blen}")
+            stats.ok = False
+            return
+        body = src.read_exact(blen - 12)
+        if body is None:
+            log.add(name, block_off, "truncated last block")
+            stats.ok = False
+            return
+        if struct.unpack(fmt + "I", body[-4:])[0] != blen:
+            log.add(name, block_off, "pcapng block whose trailing length differs from its leading length")
+            stats.ok = False
+            return
+        if btype == _PCAPNG_SHB:
+            ifaces = []
+            skip_ifaces = set()
+        else:  # interface description block
+            if blen < 20:
+                log.add(name, block_off, f"interface description block too short ({blen} bytes)")
+                stats.ok = False
+                return
+            iface = _parse_idb(head[8:] + body[:-4], fmt)
+            stats.linktypes.add(iface.linktype)
+            if iface.linktype not in linktypes.SUPPORTED:
+                log.warn(name, f"interface {len(ifaces)} has unsupported {linktypes.describe(iface.linktype)}: "
+                         "its packets are skipped")
+                skip_ifaces.add(len(ifaces))
+            ifaces.append(iface)
+        arrays = iface_arrays()
+
+
+def _parse_idb(body: bytes, fmt: str) -> _Iface:
+    linktype, _reserved, snaplen = struct.unpack(fmt + "HHI", body[:8])
+    iface = _Iface(linktype=linktype, snaplen=snaplen)
+    p = 8
+    while p + 4 <= len(body):
+        code, length = struct.unpack(fmt + "HH", body[p:p + 4])
+        value = body[p + 4:p + 4 + length]
+        if code == 0:
+            break
+        if code == 9 and length >= 1:  # if_tsresol
+            iface.mode, iface.exp = (1, value[0] & 0x7F) if value[0] & 0x80 else (0, value[0])
+        elif code == 14 and length >= 8:  # if_tsoffset, seconds
+            iface.offset_s = struct.unpack(fmt + "q", value[:8])[0]
+        p += 4 + ((length + 3) & ~3)
+    return iface
