@@ -160,7 +160,7 @@ def _flatten_lists(table: pa.Table) -> pa.Table:
             col = pa.array([" ".join(map(str, v)) if v is not None else None for v in col.to_pylist()],
                            pa.string())
         elif pa.types.is_timestamp(col.type):
-            col = pc.strftime(col, format="%Y-%m-%dT%H:%M:%S.%f", timezone="UTC") if len(col) else \
+            col = pc.strftime(col, format="%Y-%m-%dT%H:%M:%SZ") if len(col) else \
                 col.cast(pa.string())
         cols.append(col)
         names.append(name)

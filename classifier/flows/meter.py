@@ -98,6 +98,25 @@ class FlowMeter:
         K.flush_all(self.pool.si, self.index, self.pool.hashes, self.done, self.ctl)
         return self._drain()
 
+    def open_slots(self) -> np.ndarray:
+        """Table slots of the flows open now (in slot order), for :meth:`snapshot`."""
+        return np.flatnonzero(self.pool.si[:, S.ACTIVE] != 0)
+
+    def snapshot(self, slots: np.ndarray | None = None) -> FlowBatch | S.FlowState:
+        """Copy of open flows as they stand now (all, or the given slots), without ending them.
+
+        Live mode labels flows before they end (a WireGuard handshake should not wait for
+        the flow's idle timeout). The rows are copies, so the table keeps updating them;
+        their ``end_reason`` is ``eof`` (still open). Given slots that hold no open flow
+        are left out; rows carry their ``flow_id``.
+        """
+        if slots is None:
+            slots = self.open_slots()
+        slots = np.asarray(slots, np.int64)
+        rows = self.pool.take(slots[self.pool.si[slots, S.ACTIVE] != 0])
+        rows.si[:, S.END] = S.REASON_EOF
+        return rows if self.raw else finalize(rows, self.capture)
+
     def _drain(self) -> FlowBatch | S.FlowState | None:
         n = int(self.ctl[S.C_DONE_N])
         if n == 0:

@@ -99,10 +99,8 @@ def _kill_group(popen: subprocess.Popen, grace: float = 2.0) -> None:
     if pgid is not None and popen.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             popen.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
     if pgid is not None:  # children of the leader may outlive it: kill the whole group
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
@@ -197,6 +195,9 @@ class Lab:
                    "peer", "name", VETH, "netns", self.client])
         for ns, addr in ((self.server, server_addr(n)), (self.client, client_addr(n))):
             self.exec_host(ns, ["ip", "addr", "add", f"{addr}/24", "dev", VETH])
+            # No segmentation offloads: the capture then holds wire-sized packets (at most the
+            # MTU), as on a real link, instead of 64 KB super-segments.
+            self.exec_host(ns, ["ethtool", "-K", VETH, "tso", "off", "gso", "off", "gro", "off"])
             self.exec_host(ns, ["ip", "link", "set", VETH, "up"])
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from classifier.lab.session import Session
 from classifier.output import atomic_path
 
 #: Tools every live scenario needs besides its own daemons.
-BASE_TOOLS = ("ip", "tcpdump", "ping", "curl", "ss")
+BASE_TOOLS = ("ip", "ethtool", "tcpdump", "ping", "curl", "ss")
 DEFAULT_DURATION = 3.0
 #: Quiet time after a mid-flow scenario's set-up before the capture starts.
 MIDFLOW_LEAD_S = 1.5

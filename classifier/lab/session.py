@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from classifier.lab.netns import VETH, Lab, LabError, Proc, client_addr, inner_client, inner_server, server_addr
+from classifier.lab.netns import (
+    VETH,
+    Lab,
+    LabError,
+    Proc,
+    client_addr,
+    inner_client,
+    inner_server,
+    server_addr,
+)
+from classifier.lab.pki import Pki, make_pki
 
 if TYPE_CHECKING:
     from classifier.lab.scenarios import Scenario
@@ -81,6 +91,12 @@ class Session:
         with os.fdopen(fd, "wb") as fh:
             fh.write(text)
         return path
+
+    def pki(self) -> Pki:
+        """The run's certificate authority and key pairs, made on first use."""
+        if "pki" not in self.extra:
+            self.extra["pki"] = make_pki(self.work, self.server_ip)
+        return self.extra["pki"]  # type: ignore[return-value]
 
     # -- capture ---------------------------------------------------------------------------
     def start_capture(self) -> None:

@@ -198,14 +198,18 @@ def _count(batch: PacketBatch, stats: InputStats, name: str, log: ErrorLog) -> N
 def _decode(src: _Source, n: int, scanned: dict[str, np.ndarray]) -> PacketBatch:
     """Decode the ``n`` records just scanned into fresh columns (the buffer is shared and reused)."""
     batch = PacketBatch.allocate(src.buf, n)
-    c = batch.cols
     for k in _SCAN_COLS:
-        c[k][:] = scanned[k][:n]
-    decode(src.buf, n, c["data_off"], c["cap_len"], c["wire_len"], c["linktype"],
+        batch.cols[k][:] = scanned[k][:n]
+    _decode_columns(batch)
+    return batch
+
+
+def _decode_columns(batch: PacketBatch) -> None:
+    c = batch.cols
+    decode(batch.buf, batch.n, c["data_off"], c["cap_len"], c["wire_len"], c["linktype"],
            c["status"], c["ip_ver"], c["ip_proto"], c["src_hi"], c["src_lo"], c["dst_hi"], c["dst_lo"],
            c["sport"], c["dport"], c["has_ports"], c["tcp_flags"], c["tcp_seq"], c["ip_len"],
            c["payload_off"], c["payload_len"], c["payload_cap"], c["vlan"], c["frag"], c["frag_id"])
-    return batch
 
 
 _SCAN_COLS = ("record_off", "data_off", "cap_len", "wire_len", "ts", "linktype")
@@ -376,3 +380,28 @@ def _parse_idb(body: bytes, fmt: str) -> _Iface:
             iface.offset_s = struct.unpack(fmt + "q", value[:8])[0]
         p += 4 + ((length + 3) & ~3)
     return iface
+
+
+def batch_from_frames(frames: list[bytes], ts_ns: np.ndarray, linktype: int,
+                      wire_lens: np.ndarray | None = None) -> PacketBatch:
+    """Decode frames captured elsewhere (a live socket, a test) into a PacketBatch.
+
+    The frames are joined into one buffer so decoding runs as one kernel call over the
+    whole batch, exactly as for a capture file.
+    """
+    n = len(frames)
+    lens = np.fromiter((len(f) for f in frames), np.int64, n)
+    offs = np.zeros(n, np.int64)
+    if n:
+        np.cumsum(lens[:-1], out=offs[1:])
+    buf = np.frombuffer(b"".join(frames), np.uint8) if n else np.zeros(0, np.uint8)
+    batch = PacketBatch.allocate(buf, n)
+    c = batch.cols
+    c["record_off"][:] = offs
+    c["data_off"][:] = offs
+    c["cap_len"][:] = lens
+    c["wire_len"][:] = lens if wire_lens is None else np.maximum(wire_lens, lens)
+    c["ts"][:] = ts_ns
+    c["linktype"][:] = linktype
+    _decode_columns(batch)
+    return batch

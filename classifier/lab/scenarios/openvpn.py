@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from functools import partial
 
-from classifier.lab.pki import make_pki
 from classifier.lab.scenarios import Scenario, register
 from classifier.lab.session import Session
 
@@ -24,7 +23,7 @@ def start_openvpn(s: Session, proto: str, port: int, auth: str = "", remote: tup
     ``auth`` is ``""``, ``"tls-auth"`` or ``"tls-crypt"``. ``remote`` overrides where the
     client connects (e.g. a local stunnel), ``server_local`` where the server listens.
     """
-    pki = make_pki(s.work, s.server_ip)
+    pki = s.pki()
     key = s.work / "ta.key"
     if auth:
         s.lab.run(s.server_ns, ["openvpn", "--genkey", "secret", str(key)])

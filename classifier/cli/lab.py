@@ -1,0 +1,126 @@
+"""``vpnid lab``: list scenarios, make ground-truth captures, remove leftovers.
+
+Why a subcommand and not a script: researchers regenerate the committed samples and
+make more training data (longer, repeated runs) with the same code the tests use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+
+from classifier.errors import UsageError, VpnidError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("lab", help="make ground-truth captures with real VPN daemons (root)",
+                              description="Traffic lab: real VPN daemons in network namespaces, captured "
+                                          "with tcpdump, with a ground-truth manifest (docs/lab.md).")
+    sub = p.add_subparsers(dest="lab_command", metavar="ACTION")
+
+    ls = sub.add_parser("list", help="list the scenarios and whether their tools are installed")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(func=run_list)
+
+    cap = sub.add_parser("capture", help="run scenarios and write captures plus MANIFEST.csv (root)")
+    cap.add_argument("scenarios", nargs="+", metavar="SCENARIO",
+                     help="scenario names or shell patterns (e.g. 'openvpn-*'); 'all' for every scenario")
+    cap.add_argument("-o", "--output", required=True, metavar="DIR",
+                     help="directory for the captures; DIR/MANIFEST.csv is created or updated")
+    cap.add_argument("--duration", type=float, default=3.0, metavar="S",
+                     help="seconds of traffic per capture (default 3; the committed samples use 3)")
+    cap.add_argument("--repeat", type=int, default=1, metavar="K",
+                     help="captures per scenario; K > 1 names them NAME-r01.pcap ... (training data)")
+    cap.add_argument("--keep-going", action="store_true",
+                     help="continue with the next scenario when one fails (exit status 1 at the end)")
+    cap.add_argument("--keep-workdir", action="store_true",
+                     help="keep each run's configuration and daemon logs (path printed) for debugging")
+    cap.set_defaults(func=run_capture)
+
+    cl = sub.add_parser("clean", help="remove namespaces left by a lab run that was killed (root)")
+    cl.set_defaults(func=run_clean)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def select(patterns: list[str]) -> list:
+    """Scenarios matching names or patterns, in scenario-number order, without duplicates."""
+    from classifier.lab.scenarios import all_scenarios
+
+    scenarios = all_scenarios()
+    chosen: dict[str, object] = {}
+    for pat in patterns:
+        names = list(scenarios) if pat == "all" else fnmatch.filter(scenarios, pat)
+        if not names:
+            raise UsageError(f"no scenario matches {pat!r}; `vpnid lab list` shows them")
+        for n in names:
+            chosen[n] = scenarios[n]
+    return sorted(chosen.values(), key=lambda s: s.number)  # type: ignore[attr-defined]
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from classifier.lab.runner import missing_tools
+    from classifier.lab.scenarios import all_scenarios
+
+    rows = []
+    for s in all_scenarios().values():
+        missing = missing_tools(s)
+        rows.append({"number": s.number, "name": s.name, "vpn": s.vpn, "protocol": s.protocol,
+                     "transport": s.transport, "server_port": s.server_port, "midflow": s.midflow,
+                     "crafted": s.crafted, "missing": missing, "notes": s.notes})
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    print(f"{'N':>3}  {'scenario':<26} {'vpn':<4} {'protocol':<16} {'transport':<9} {'port':>5}  {'ready':<6} notes")
+    for r in rows:
+        ready = "crafted" if r["crafted"] else ("yes" if not r["missing"] else "no")
+        port = "" if r["server_port"] is None else r["server_port"]
+        print(f"{r['number']:>3}  {r['name']:<26} {'yes' if r['vpn'] else 'no':<4} {r['protocol']:<16} "
+              f"{r['transport']:<9} {port!s:>5}  {ready:<6} {r['notes']}"
+              + (f" [missing: {', '.join(r['missing'])}]" if r["missing"] else ""))
+    return 0
+
+
+def run_capture(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from classifier.lab.manifest import update_manifest
+    from classifier.lab.runner import check_environment, run_scenario
+
+    if args.duration <= 0 or args.duration > 3600:
+        raise UsageError("--duration must be between 0 and 3600 seconds")
+    if args.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    scenarios = select(args.scenarios)
+    check_environment(scenarios)
+    out = Path(args.output)
+    failures = 0
+    for scn in scenarios:
+        for k in range(1, args.repeat + 1):
+            name = f"{scn.name}.pcap" if args.repeat == 1 else f"{scn.name}-r{k:02d}.pcap"
+            print(f"lab: {scn.name} (N={scn.number}) -> {out / name}", file=sys.stderr, flush=True)
+            try:
+                row = run_scenario(scn, out, args.duration, file_name=name, keep_workdir=args.keep_workdir)
+            except VpnidError as exc:
+                if not args.keep_going:
+                    raise
+                failures += 1
+                print(f"vpnid: error: {scn.name}: {exc}", file=sys.stderr)
+                continue
+            update_manifest(out / "MANIFEST.csv", [row])
+            print(f"lab: {name}: {row.packets} packets, {row.bytes} bytes", file=sys.stderr, flush=True)
+    return 1 if failures else 0
+
+
+def run_clean(args: argparse.Namespace) -> int:
+    import os
+
+    from classifier.lab.netns import cleanup_leftovers
+
+    if os.geteuid() != 0:
+        raise VpnidError("vpnid lab clean needs root (it deletes network namespaces)")
+    removed = cleanup_leftovers()
+    print(f"removed {len(removed)} namespace(s)" + (f": {', '.join(removed)}" if removed else ""))
+    return 0

@@ -1,0 +1,123 @@
+"""``vpnid report INPUT... --registry FILE -o DIR``: which VPN use is not registered?
+
+Captures go through the same pipeline as ``vpnid classify`` (signatures, then the model
+for flows no signature claims, then the registered-IP check), batch by batch; the report
+directory gets flows.parquet, vpn_use.parquet, unregistered.parquet, summary.json and
+report.html (classifier.report), and the terminal a short summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from classifier.cli.common import add_input_options
+
+    p = sub.add_parser(
+        "report", help="find unregistered VPN use: Parquet, JSON, HTML and a terminal summary",
+        description="Classify the flows of the captures, check VPN flows against the registered-IP list "
+                    "and write a report directory: flows.parquet, vpn_use.parquet, unregistered.parquet, "
+                    "summary.json and report.html (see docs/registry.md).")
+    add_input_options(p)
+    p.add_argument("--registry", required=True, metavar="FILE",
+                   help="registered-IP list, CSV or Parquet (columns: ip,organization,registration_id,category,"
+                        "valid_from,valid_until)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop on any invalid registry row (default: skip it with a warning)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="report directory (created if needed)")
+    models = p.add_mutually_exclusive_group()
+    models.add_argument("--model", metavar="FILE", help="model file (default: the shipped model, when present)")
+    models.add_argument("--no-model", action="store_true", help="signatures only")
+    p.add_argument("--partition-by", choices=("date",),
+                   help="write flows as a dataset DIR/flows/date=YYYY-MM-DD/ instead of DIR/flows.parquet")
+    p.add_argument("--anonymize", metavar="KEY",
+                   help="pseudonymize IP addresses in every output (Crypto-PAn, prefix-preserving); KEY is a "
+                        "passphrase, hex:<64 hex digits>, or @FILE")
+    p.add_argument("--top", type=int, default=20, metavar="N",
+                   help="clients, servers and findings listed in the summary and the page (default 20)")
+    p.set_defaults(func=run)
+
+
+def load_default_model(path: str | None, disabled: bool, warn: Any) -> Any:
+    """The model to use: ``--model FILE``, else the shipped model when there is one.
+
+    An explicit ``--model`` that cannot be loaded is an error; a missing or unusable
+    shipped model falls back to signatures only, with a warning that says so.
+    """
+    from classifier.errors import UsageError, VpnidError
+
+    if disabled:
+        return None
+    try:
+        from classifier.model import default_model_path, load_model
+    except ImportError:
+        if path:
+            raise UsageError("--model: this vpnid has no model support") from None
+        return None
+    if path is None and not default_model_path().exists():
+        warn(str(default_model_path()), "no shipped model found; classifying with signatures only")
+        return None
+    try:
+        return load_model(path)
+    except (VpnidError, OSError, ValueError) as exc:
+        if path:
+            raise VpnidError(f"--model {path}: {exc}") from None
+        warn(str(default_model_path()), f"shipped model unusable ({exc}); classifying with signatures only")
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from classifier.cli.common import flow_config
+    from classifier.errors import ErrorLog, UsageError, VpnidError
+    from classifier.flows.api import expand_inputs, iter_flow_batches
+    from classifier.pipeline import LabelOptions, label_batch
+    from classifier.registry import Registry
+    from classifier.report import ReportBuilder, ReportContext
+    from classifier.report.progress import ByteProgress
+
+    if args.top < 1:
+        raise UsageError("--top must be at least 1")
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"-o {out_dir}: exists and is not a directory")
+    config = flow_config(args)
+    log = ErrorLog()
+    notes = ErrorLog(quiet=args.quiet)  # warnings (skipped registry rows, model fallback): not errors
+
+    anonymizer = None
+    if args.anonymize is not None:
+        from classifier.anonymize import Anonymizer
+
+        anonymizer = Anonymizer.from_spec(args.anonymize)
+    registry = Registry.load(args.registry, strict=args.strict, log=notes)
+    model = load_default_model(args.model, args.no_model, notes.warn)
+    options = LabelOptions(signatures=True, model=model, registry=registry)
+
+    files = expand_inputs(args.inputs, log)
+    if not files:
+        raise VpnidError("no capture to read (see the errors above)")
+    context = ReportContext(
+        inputs=[str(x) for x in args.inputs], registry=registry.describe(),
+        model=getattr(model, "label", None) if model is not None else None,
+        model_version=getattr(model, "version", None) if model is not None else None,
+        anonymized=anonymizer is not None, top=args.top,
+    )
+    builder = ReportBuilder(out_dir, context, partition_by=args.partition_by, anonymizer=anonymizer)
+    try:
+        with ByteProgress(files, enabled=not args.quiet) as bar:
+            for batch in iter_flow_batches(files, config=config, log=log, on_progress=bar.advance):
+                builder.add(label_batch(batch, options))
+    except BaseException:
+        builder.abort()
+        raise
+    context.errors = [str(p) for p in log.problems]
+    result = builder.finish()
+    if not args.quiet:
+        from classifier.report.terminal import print_summary
+
+        print_summary(result.summary, top=min(args.top, 10))
+    return log.exit_status

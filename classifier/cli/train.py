@@ -1,0 +1,61 @@
+"""``vpnid train``: labeled flows or captures -> a calibrated model file (skops) with its card."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from classifier.model.train import CANDIDATES
+
+    p = sub.add_parser(
+        "train", help="train the VPN / non-VPN model on labeled flows or captures",
+        description="Train a class-balanced, probability-calibrated model on labeled input: flow Parquet "
+                    "files with a 'label' column (1/0 or vpn/non-vpn; optional 'protocol'), or captures "
+                    "plus a manifest (MANIFEST.csv beside them, or --manifest). Writes the model with "
+                    "skops and a model card (NAME.card.json, NAME.card.md) beside it. See docs/model.md.")
+    p.add_argument("inputs", nargs="+", metavar="LABELED",
+                   help="flow Parquet files, capture files or directories, or MANIFEST.csv files")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.skops", help="model file to write")
+    p.add_argument("--manifest", metavar="CSV", help="manifest labelling the captures (default: MANIFEST.csv "
+                                                     "beside them)")
+    p.add_argument("--augment", type=int, default=0, metavar="N",
+                   help="augmented copies per capture: packet loss, jitter, flows cut mid-way (default 0)")
+    p.add_argument("--candidates", default="hgb,rf", metavar="LIST",
+                   help=f"estimators to compare, best kept (from {','.join(CANDIDATES)}; default hgb,rf)")
+    p.add_argument("--fpr-target", type=float, default=0.001, metavar="F",
+                   help="false-positive rate the threshold is chosen for (default 0.001)")
+    p.add_argument("--calibration", choices=("sigmoid", "isotonic"), default="sigmoid")
+    p.add_argument("--folds", type=int, default=5, help="capture-grouped folds (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="model name (default: the output file's stem)")
+    p.add_argument("--model-version", default="1", help="model version string for the card (default 1)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from classifier.errors import ErrorLog, UsageError
+    from classifier.model.train import CANDIDATES, TrainConfig
+    from classifier.model.workflow import train_model
+
+    cands = tuple(c.strip() for c in args.candidates.split(",") if c.strip())
+    bad = [c for c in cands if c not in CANDIDATES]
+    if bad or not cands:
+        raise UsageError(f"--candidates: unknown estimator(s) {', '.join(bad) or '(none)'}; "
+                         f"choose from {', '.join(CANDIDATES)}")
+    if not 0 <= args.fpr_target < 1:
+        raise UsageError("--fpr-target must be in [0, 1)")
+    if args.augment < 0 or args.folds < 2:
+        raise UsageError("--augment must be >= 0 and --folds >= 2")
+    out = Path(args.output)
+    config = TrainConfig(candidates=cands, folds=args.folds, fpr_target=args.fpr_target,
+                         calibration=args.calibration, seed=args.seed,
+                         name=args.name or out.name.split(".")[0], version=args.model_version)
+    log = ErrorLog(quiet=False)
+    say = (lambda m: None) if args.quiet else (lambda m: print(f"vpnid train: {m}", file=sys.stderr))
+    train_model(args.inputs, out, config, manifest=args.manifest, augment=args.augment, log=log, say=say)
+    return log.exit_status

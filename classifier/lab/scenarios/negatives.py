@@ -1,0 +1,210 @@
+"""Negatives: ordinary traffic that must not be called VPN, some of it tunnel-like.
+
+Configuration per scenario: nginx (HTTPS and HTTP, a fresh EC certificate), dnsmasq
+(authoritative answers for ``lab.example``), OpenSSH (host and user keys per run),
+iperf3 (rate-limited TCP and UDP bulk transfer), OpenSSL ``s_server``/``s_client`` over
+DTLS 1.2 and ngtcp2's ``gtlsserver``/``gtlsclient`` for QUIC (HTTP/3) on UDP 443.
+All servers listen on the server's veth address 198.18.N.1.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from functools import partial
+
+from classifier.lab.netns import LabError
+from classifier.lab.scenarios import Scenario, register
+from classifier.lab.session import BLOB_SIZE, Session
+
+NGINX_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log stderr;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/nginx-tmp;
+  proxy_temp_path {work}/nginx-tmp;
+  fastcgi_temp_path {work}/nginx-tmp;
+  uwsgi_temp_path {work}/nginx-tmp;
+  scgi_temp_path {work}/nginx-tmp;
+  server {{
+    listen {ip}:{port}{ssl};
+    {tls}
+    root {work}/www;
+  }}
+}}
+"""
+
+
+def _www(s: Session) -> None:
+    import os
+
+    www = s.work / "www"
+    www.mkdir(exist_ok=True)
+    (www / "blob").write_bytes(os.urandom(BLOB_SIZE))
+
+
+def nginx_setup(s: Session, tls: bool) -> None:
+    """nginx serving one file over HTTP or HTTPS."""
+    port = 443 if tls else 80
+    _www(s)
+    (s.work / "nginx-tmp").mkdir(exist_ok=True)
+    tls_lines = ""
+    if tls:
+        pki = s.pki()
+        tls_lines = f"ssl_certificate {pki.server_cert}; ssl_certificate_key {pki.server_key};"
+    conf = s.file("nginx.conf", NGINX_CONF.format(work=s.work, ip=s.server_ip, port=port,
+                                                  ssl=" ssl" if tls else "", tls=tls_lines))
+    proc = s.lab.spawn(s.server_ns, ["nginx", "-e", "stderr", "-p", str(s.work), "-c", str(conf)], "nginx")
+    s.lab.wait_port(s.server_ns, port, procs=[proc])
+
+
+def nginx_traffic(s: Session, tls: bool) -> None:
+    scheme = "https" if tls else "http"
+    s.fetch_loop(f"{scheme}://{s.server_ip}/blob", s.duration, pause=0.4)
+
+
+def dns_setup(s: Session) -> None:
+    proc = s.lab.spawn(s.server_ns, ["dnsmasq", "-k", "--no-resolv", "--no-hosts", "--bind-interfaces",
+                                     f"--listen-address={s.server_ip}", "--port=53", "--user=root",
+                                     f"--pid-file={s.work}/dnsmasq.pid", "--address=/lab.example/198.18.0.80",
+                                     "--txt-record=txt.lab.example,vpnid lab negative", "--log-facility=-"],
+                       "dnsmasq")
+    s.lab.wait_port(s.server_ns, 53, "udp", procs=[proc])
+
+
+def dns_traffic(s: Session) -> None:
+    deadline = time.monotonic() + s.duration
+    i = ok = 0
+    while time.monotonic() < deadline:
+        name, qtype = (f"host{i}.lab.example", "A") if i % 3 else ("txt.lab.example", "TXT")
+        res = s.lab.run(s.client_ns, ["dig", "+tries=1", "+time=1", "+short", f"@{s.server_ip}", name, qtype],
+                        check=False)
+        ok += res.returncode == 0
+        i += 1
+        time.sleep(0.1)
+    if not ok:
+        raise LabError("no DNS answer")
+
+
+SSHD_CONF = """\
+Port 22
+ListenAddress {ip}
+HostKey {work}/ssh_host_ed25519_key
+PidFile {work}/sshd.pid
+AuthorizedKeysFile {work}/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+"""
+
+
+def ssh_setup(s: Session) -> None:
+    for key in ("ssh_host_ed25519_key", "id_ed25519"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(s.work / key)], check=True,
+                       capture_output=True, timeout=20)
+    (s.work / "authorized_keys").write_bytes((s.work / "id_ed25519.pub").read_bytes())
+    conf = s.file("sshd_config", SSHD_CONF.format(ip=s.server_ip, work=s.work))
+    s.lab.run(s.server_ns, ["mkdir", "-p", "/run/sshd"])  # privilege-separation directory sshd insists on
+    proc = s.lab.spawn(s.server_ns, ["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)], "sshd")
+    s.lab.wait_port(s.server_ns, 22, procs=[proc])
+
+
+def ssh_traffic(s: Session) -> None:
+    """A few interactive-sized commands then a bulk transfer in one SSH session each."""
+    base = ["ssh", "-i", str(s.work / "id_ed25519"), "-o", "StrictHostKeyChecking=no", "-o",
+            "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", f"root@{s.server_ip}"]
+    deadline = time.monotonic() + s.duration
+    while time.monotonic() < deadline:
+        s.lab.run(s.client_ns, [*base, f"uname -a; head -c {BLOB_SIZE} /dev/urandom | base64 | head -c 20000"],
+                  timeout=20)
+        time.sleep(0.3)
+
+
+def iperf_setup(s: Session) -> None:
+    proc = s.lab.spawn(s.server_ns, ["iperf3", "-s", "-B", s.server_ip, "-p", "5201"], "iperf3-server")
+    s.lab.wait_port(s.server_ns, 5201, procs=[proc])
+
+
+def iperf_traffic(s: Session, udp: bool) -> None:
+    args = ["iperf3", "-c", s.server_ip, "-p", "5201", "-t", f"{max(1, round(s.duration))}", "-b", "600K"]
+    if udp:
+        args += ["-u", "-l", "1200"]
+    s.lab.run(s.client_ns, args, timeout=s.duration + 30)
+
+
+def dtls_setup(s: Session) -> None:
+    pki = s.pki()
+    proc = s.lab.spawn(s.server_ns, ["openssl", "s_server", "-dtls1_2", "-accept", f"{s.server_ip}:4433",
+                                     "-cert", str(pki.server_cert), "-key", str(pki.server_key), "-quiet"],
+                       "dtls-server", stdin=subprocess.PIPE)
+    s.extra["dtls-server"] = proc
+    s.lab.wait_port(s.server_ns, 4433, "udp", procs=[proc])
+
+
+def dtls_traffic(s: Session) -> None:
+    """One DTLS session: client and server both send lines of varying length for the duration."""
+    server = s.extra["dtls-server"]
+    proc = s.lab.spawn(s.client_ns, ["openssl", "s_client", "-dtls1_2", "-connect", f"{s.server_ip}:4433",
+                                     "-quiet"], "dtls-client", stdin=subprocess.PIPE)
+    deadline = time.monotonic() + s.duration
+    i = 0
+    while time.monotonic() < deadline and proc.alive():
+        proc.popen.stdin.write(f"vpnid lab dtls message {i} {'x' * (i * 37 % 400)}\n".encode())
+        proc.popen.stdin.flush()
+        if i % 2 and server.alive():
+            server.popen.stdin.write(f"reply {i} {'y' * (i * 53 % 900)}\n".encode())
+            server.popen.stdin.flush()
+        i += 1
+        time.sleep(0.1)
+    if not proc.alive():
+        raise LabError(f"DTLS client exited: {proc.tail()}")
+
+
+def quic_setup(s: Session) -> None:
+    pki = s.pki()
+    _www(s)
+    proc = s.lab.spawn(s.server_ns, ["gtlsserver", "-q", "-d", str(s.work / "www"), s.server_ip, "443",
+                                     str(pki.server_key), str(pki.server_cert)], "quic-server")
+    s.lab.wait_port(s.server_ns, 443, "udp", procs=[proc])
+
+
+def quic_traffic(s: Session) -> None:
+    """HTTP/3 fetches of the blob, one QUIC connection each."""
+    deadline = time.monotonic() + s.duration
+    while time.monotonic() < deadline:
+        s.lab.run(s.client_ns, ["gtlsclient", "-q", "--exit-on-all-streams-close", s.server_ip, "443",
+                                f"https://{s.server_ip}/blob"], timeout=15)
+        time.sleep(0.3)
+
+
+def _neg(name: str, number: int, protocol: str, transport: str, port: int, requires: tuple[str, ...],
+         setup, traffic, notes: str, description: str) -> None:
+    register(Scenario(name=name, number=number, vpn=False, protocol=protocol, transport=transport,
+                      server_port=port, notes=notes, requires=requires, setup=setup, traffic=traffic,
+                      description=description))
+
+
+_neg("https", 100, "https", "tcp", 443, ("nginx", "openssl"), partial(nginx_setup, tls=True),
+     partial(nginx_traffic, tls=True), "nginx + curl, TLS 1.3", "HTTPS downloads of a small file.")
+_neg("http", 101, "http", "tcp", 80, ("nginx",), partial(nginx_setup, tls=False),
+     partial(nginx_traffic, tls=False), "nginx + curl", "Plain HTTP downloads of a small file.")
+_neg("dns", 102, "dns", "udp", 53, ("dnsmasq", "dig"), dns_setup, dns_traffic, "dnsmasq + dig, A and TXT",
+     "DNS queries over UDP from one client.")
+_neg("ssh", 103, "ssh", "tcp", 22, ("/usr/sbin/sshd", "ssh", "ssh-keygen"), ssh_setup, ssh_traffic,
+     "OpenSSH, key auth, command output", "SSH sessions running commands with some bulk output.")
+_neg("iperf3-tcp", 104, "iperf3-tcp", "tcp", 5201, ("iperf3",), iperf_setup, partial(iperf_traffic, udp=False),
+     "iperf3 at 600 kbit/s", "Rate-limited TCP bulk transfer.")
+_neg("iperf3-udp", 105, "iperf3-udp", "udp", 5201, ("iperf3",), iperf_setup, partial(iperf_traffic, udp=True),
+     "iperf3 -u at 600 kbit/s, 1200-byte datagrams",
+     "Constant-rate UDP stream of equal datagrams: statistically tunnel-like.")
+_neg("dtls", 106, "dtls", "udp", 4433, ("openssl",), dtls_setup, dtls_traffic, "openssl s_server/s_client DTLS 1.2",
+     "A DTLS 1.2 session exchanging lines: DTLS like OpenConnect's data channel, but no VPN.")
+_neg("quic", 107, "quic", "udp", 443, ("gtlsserver", "gtlsclient"), quic_setup, quic_traffic,
+     "ngtcp2 gtlsserver/gtlsclient, HTTP/3", "QUIC (HTTP/3) fetches on UDP 443.")

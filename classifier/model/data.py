@@ -1,0 +1,467 @@
+"""Labeled flows for training and evaluation: flow Parquet with labels, or captures plus a manifest.
+
+Labeling captures is where most training sets go wrong, so the rule is explicit:
+
+* a capture the manifest marks non-VPN gives every flow label 0;
+* in a capture the manifest marks VPN, only the *tunnel* flows are labelled 1: flows
+  to or from the scenario's ``server_port`` between the tunnel's two hosts (the pair of
+  the largest such flow), plus ESP/AH (and for IPsec the IKE ports 500/4500, for PPTP
+  GRE) between those hosts. When no flow uses the server port, the largest flow of the
+  capture is taken as the tunnel. Every other flow of a VPN capture (the DNS lookup
+  before connecting, an ARP-triggered ping, a stray broadcast) is *left out*, neither
+  VPN nor non-VPN: it may belong to the VPN session without being the tunnel, and a
+  wrong label costs more than a missing one. Non-VPN captures supply the negatives.
+
+IP addresses and ports decide labels here; they are never features (features.py).
+
+Augmentation (``augment`` copies per capture) re-meters each capture with packet-level
+changes: random packet loss, timing jitter, and a capture window that starts and ends
+mid-way, so flows lose their beginnings (mid-flow) and their ends. Copies keep the
+source capture as their group, so grouped evaluation never tests on a sibling of a
+training capture.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from classifier.errors import ErrorLog, UsageError
+from classifier.flows.schema import FLOW_SCHEMA
+
+#: Ports of incidental traffic in public captures marked as VPN (DNS, DHCP, NTP, NetBIOS, SSDP, LLMNR, mDNS).
+INCIDENTAL_PORTS = frozenset({53, 67, 68, 123, 137, 138, 139, 1900, 5353, 5355})
+#: Transport protocols without ports that only IPsec uses (ESP, AH).
+IPSEC_PROTOS = (50, 51)
+
+_TRUE = {"1", "vpn", "yes", "true", "y"}
+_FALSE = {"0", "non-vpn", "nonvpn", "not-vpn", "no", "false", "n", "benign"}
+
+
+@dataclass
+class LabeledFlows:
+    """Flow rows with labels, protocol names and the group (source capture) of each row."""
+
+    table: pa.Table
+    label: np.ndarray  # int8: 1 VPN, 0 non-VPN
+    protocol: np.ndarray  # object: protocol name of VPN rows (None when unknown or non-VPN)
+    group: np.ndarray  # object: source capture; augmented copies share their source's group
+    variant: np.ndarray  # object: "original" or "augmented-K"
+    inputs: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    @classmethod
+    def concat(cls, parts: list[LabeledFlows]) -> LabeledFlows:
+        parts = [p for p in parts if len(p)] or parts[:1]
+        if not parts:
+            return cls(FLOW_SCHEMA.empty_table(), np.zeros(0, np.int8), np.zeros(0, object),
+                       np.zeros(0, object), np.zeros(0, object))
+        cols = FLOW_SCHEMA.names
+        return cls(
+            pa.concat_tables([p.table.select(cols).cast(FLOW_SCHEMA) for p in parts]),
+            np.concatenate([p.label for p in parts]).astype(np.int8),
+            np.concatenate([p.protocol for p in parts]),
+            np.concatenate([p.group for p in parts]),
+            np.concatenate([p.variant for p in parts]),
+            [i for p in parts for i in p.inputs],
+        )
+
+    def take(self, mask: np.ndarray) -> LabeledFlows:
+        idx = np.flatnonzero(mask)
+        return LabeledFlows(self.table.take(pa.array(idx)), self.label[idx], self.protocol[idx],
+                            self.group[idx], self.variant[idx], self.inputs)
+
+    def protocol_names(self) -> np.ndarray:
+        """Protocol of each row for reports: the name, ``"unknown-vpn"`` or ``"non-vpn"``."""
+        out = np.where(self.label == 1, "unknown-vpn", "non-vpn").astype(object)
+        named = np.array([isinstance(p, str) and p != "" for p in self.protocol], bool)
+        out[named & (self.label == 1)] = self.protocol[named & (self.label == 1)]
+        return out
+
+    def summary(self) -> dict:
+        protos: dict[str, int] = {}
+        for p in self.protocol_names()[self.label == 1]:
+            protos[str(p)] = protos.get(str(p), 0) + 1
+        return {"flows": len(self), "vpn_flows": int((self.label == 1).sum()),
+                "non_vpn_flows": int((self.label == 0).sum()), "groups": len(np.unique(self.group)),
+                "protocols": protos}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_labels(values: list, where: str) -> np.ndarray:
+    """1/0, booleans or vpn/non-vpn strings -> int8; a bad value names ``where`` and the row."""
+    out = np.zeros(len(values), np.int8)
+    for i, v in enumerate(values):  # labels come as mixed Python values; validated one by one
+        if isinstance(v, bool):
+            out[i] = int(v)
+            continue
+        if isinstance(v, int | float) and v in (0, 1):
+            out[i] = int(v)
+            continue
+        s = str(v).strip().lower() if v is not None else ""
+        if s in _TRUE:
+            out[i] = 1
+        elif s in _FALSE:
+            out[i] = 0
+        else:
+            raise UsageError(f"{where}: row {i}: label must be 1/0 or vpn/non-vpn, not {v!r}")
+    return out
+
+
+def load_parquet(path: str) -> LabeledFlows:
+    """A flows Parquet (FLOW_SCHEMA columns) with ``label`` and optional ``protocol``."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise UsageError(f"{path}: cannot read Parquet: {exc}") from None
+    if "label" not in table.column_names:
+        raise UsageError(f"{path}: a labeled flows Parquet needs a 'label' column (1/0 or vpn/non-vpn)")
+    missing = [c for c in FLOW_SCHEMA.names if c not in table.column_names]
+    if missing:
+        raise UsageError(f"{path}: not a vpnid flow table; missing column(s): {', '.join(missing[:8])}")
+    label = parse_labels(table.column("label").to_pylist(), path)
+    protocol = (np.asarray(table.column("protocol").to_pylist(), object) if "protocol" in table.column_names
+                else np.full(len(label), None, object))
+    protocol[label == 0] = None
+    group = np.asarray(table.column("capture").to_pylist(), object)
+    group = np.array([f"{path}::{g}" for g in group], object) if len(group) else group
+    flows = table.select(FLOW_SCHEMA.names)
+    try:
+        flows = flows.cast(FLOW_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+        raise UsageError(f"{path}: flow columns do not match the flow schema: {exc}") from None
+    info = {"path": path, "kind": "parquet", "sha256": sha256_file(path), "flows": len(label),
+            "vpn_flows": int(label.sum())}
+    return LabeledFlows(flows, label, protocol, group, np.full(len(label), "original", object), [info])
+
+
+# ---------------------------------------------------------------- manifests
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What a manifest says about one capture."""
+
+    path: str
+    vpn: bool | None  # None: mixed capture, not usable for training
+    protocol: str | None
+    server_port: int | None
+    public: bool = False  # a public-corpus row: tunnel flows found by the incidental-port rule
+
+
+def _public_protocol(text: str) -> str | None:
+    t = text.lower()
+    for key, name in (("wireguard", "wireguard"), ("tailscale", "wireguard"), ("openvpn", "openvpn"),
+                      ("ikev", "ipsec"), ("esp", "ipsec"), ("ah", "ipsec"), ("nat-t", "ipsec"),
+                      ("shadowsocks", "proxy"), ("vmess", "proxy"), ("trojan", "proxy"), ("psiphon", "proxy"),
+                      ("anyconnect", "openconnect"), ("forti", "tls-vpn"), ("softether", "softether"),
+                      ("tinc", "tinc"), ("pptp", "pptp"), ("l2tp", "l2tp"), ("gre(ppp)", "pptp"),
+                      ("wstunnel", "proxy"), ("dns-tunnel", "dns-tunnel"), ("icmp-tunnel", "icmp-tunnel"),
+                      ("protonvpn", "wireguard"), ("tunnelbear", "wireguard")):
+        if key in t:
+            return name
+    return "unknown-vpn"
+
+
+def read_truth(manifest: str | os.PathLike) -> dict[str, Truth]:
+    """Map resolved capture path -> Truth, for the lab manifest or the public-corpus manifest."""
+    mp = Path(manifest)
+    try:
+        head = mp.read_text(encoding="utf-8").splitlines()[:1]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{mp}: cannot read manifest: {exc}") from None
+    header = next(csv.reader(io.StringIO(head[0]))) if head else []
+    base = mp.parent
+    out: dict[str, Truth] = {}
+    if "contains_vpn" in header:  # public corpus: yes / no / partial per file
+        with open(mp, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            for rec in reader:
+                flag = (rec.get("contains_vpn") or "").strip().lower()
+                if flag not in ("yes", "no", "partial"):
+                    raise UsageError(f"{mp}:{reader.line_num}: contains_vpn must be yes, no or partial")
+                vpn = {"yes": True, "no": False}.get(flag)
+                proto = _public_protocol(rec.get("protocols", "")) if vpn else None
+                path = str((base / rec["file"]).resolve())
+                out[path] = Truth(path, vpn, proto, None, public=True)
+        return out
+    from classifier.lab.manifest import read_manifest_rows
+
+    for row in read_manifest_rows(mp):
+        path = str((base / row.file).resolve())
+        out[path] = Truth(path, row.vpn, row.protocol if row.vpn else None, row.server_port)
+    return out
+
+
+def _arr(table: pa.Table, name: str, fill: int = -1) -> np.ndarray:
+    col = pc.cast(table.column(name), pa.int64())
+    return col.fill_null(fill).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def tunnel_mask(table: pa.Table, truth: Truth) -> tuple[np.ndarray, np.ndarray]:
+    """(vpn, keep) boolean masks over a VPN capture's flows: which are the tunnel, which are labeled.
+
+    See the module docstring for the rule; ``keep`` is False for flows left out.
+    """
+    n = table.num_rows
+    if n == 0:
+        return np.zeros(0, bool), np.zeros(0, bool)
+    sport, dport = _arr(table, "src_port"), _arr(table, "dst_port")
+    proto = _arr(table, "ip_proto")
+    size = _arr(table, "bytes", 0)
+    if truth.public:
+        incidental = np.isin(sport, list(INCIDENTAL_PORTS)) | np.isin(dport, list(INCIDENTAL_PORTS)) | \
+            np.isin(proto, [1, 2, 58])
+        if truth.protocol in ("dns-tunnel", "icmp-tunnel"):
+            incidental = np.zeros(n, bool)
+        return ~incidental, np.ones(n, bool)
+    src = np.asarray(table.column("src_ip").to_pylist(), object)
+    dst = np.asarray(table.column("dst_ip").to_pylist(), object)
+    name = (truth.protocol or "").lower()
+    port_hit = np.zeros(n, bool)
+    if truth.server_port is not None:
+        port_hit = (sport == truth.server_port) | (dport == truth.server_port)
+    if name.startswith("ipsec"):
+        port_hit |= np.isin(sport, [500, 4500]) | np.isin(dport, [500, 4500]) | np.isin(proto, IPSEC_PROTOS)
+    if name in ("pptp", "l2tp"):
+        port_hit |= proto == 47
+    if not port_hit.any():
+        return size == size.max(), np.ones(n, bool)
+    anchor = int(np.argmax(np.where(port_hit, size, -1)))
+    pair = {src[anchor], dst[anchor]}
+    same_pair = np.array([s in pair and d in pair for s, d in zip(src, dst, strict=True)], bool)
+    vpn = port_hit & same_pair
+    return vpn, vpn.copy()
+
+
+def label_capture_flows(table: pa.Table, truth: Truth) -> tuple[np.ndarray, np.ndarray]:
+    """(label, keep) for the flows of one capture."""
+    n = table.num_rows
+    if truth.vpn is None:
+        return np.zeros(n, np.int8), np.zeros(n, bool)
+    if not truth.vpn:
+        return np.zeros(n, np.int8), np.ones(n, bool)
+    vpn, keep = tunnel_mask(table, truth)
+    return vpn.astype(np.int8), keep
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+@dataclass
+class Augmentation:
+    """Packet-level changes for one augmented copy of a capture."""
+
+    loss: float  # probability of dropping each packet
+    jitter: float  # sigma of the log-normal factor applied to every inter-arrival gap
+    start: float  # fraction of the capture's packets skipped at the start (mid-flow start)
+    stop: float  # fraction of packets after which the capture ends
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> Augmentation:
+        start = float(rng.choice([0.0, 0.0, rng.uniform(0.05, 0.6)]))
+        stop = float(rng.choice([1.0, 1.0, rng.uniform(start + 0.2, 1.0)])) if start < 0.8 else 1.0
+        return cls(loss=float(rng.choice([0.0, 0.005, 0.02, 0.05])), jitter=float(rng.choice([0.0, 0.2, 0.5])),
+                   start=start, stop=min(1.0, max(stop, start + 0.1)))
+
+    def describe(self) -> str:
+        return f"loss={self.loss:g} jitter={self.jitter:g} window={self.start:.2f}-{self.stop:.2f}"
+
+
+class _PacketTransform:
+    """Applies an Augmentation to consecutive PacketBatches of one capture (keeps time monotonic)."""
+
+    def __init__(self, aug: Augmentation, total_packets: int, rng: np.random.Generator) -> None:
+        self.aug, self.rng = aug, rng
+        self.lo, self.hi = int(aug.start * total_packets), int(np.ceil(aug.stop * total_packets))
+        self.seen = 0
+        self.last_in: int | None = None
+        self.last_out: int | None = None
+
+    def __call__(self, batch):
+        from classifier.packets.batch import PacketBatch
+
+        n = batch.n
+        pos = self.seen + np.arange(n)
+        self.seen += n
+        ts = batch.cols["ts"].astype(np.int64)
+        # jitter: every gap (in capture order) scaled by its own log-normal factor
+        if n:
+            prev = self.last_in if self.last_in is not None else int(ts[0])
+            gaps = np.diff(ts, prepend=prev).astype(float)
+            gaps = np.maximum(gaps, 0.0)
+            if self.aug.jitter > 0:
+                gaps *= self.rng.lognormal(0.0, self.aug.jitter, n)
+            start = self.last_out if self.last_out is not None else int(ts[0])
+            new_ts = start + np.cumsum(gaps).astype(np.int64)
+            self.last_in, self.last_out = int(ts[-1]), int(new_ts[-1])
+        else:
+            new_ts = ts
+        keep = (pos >= self.lo) & (pos < self.hi)
+        if self.aug.loss > 0:
+            keep &= self.rng.random(n) >= self.aug.loss
+        idx = np.flatnonzero(keep)
+        cols = {k: v[idx] for k, v in batch.cols.items()}
+        cols["ts"] = new_ts[idx]
+        return PacketBatch(batch.buf, cols, len(idx))
+
+
+def meter_capture(path: str, log: ErrorLog, transform: Callable | None = None, config=None) -> pa.Table:
+    """Flows of one capture, optionally with every packet batch transformed first."""
+    from classifier.flows.meter import FlowMeter
+    from classifier.packets.capture import InputStats, iter_packet_batches
+
+    meter = FlowMeter(config, capture=path)
+    parts = []
+    for packets in iter_packet_batches(path, log, InputStats(path)):
+        done = meter.add(transform(packets) if transform else packets)
+        if done is not None and len(done):
+            parts.append(done.table)
+    done = meter.flush()
+    if done is not None and len(done):
+        parts.append(done.table)
+    return pa.concat_tables(parts) if parts else FLOW_SCHEMA.empty_table()
+
+
+def _count_packets(path: str, log: ErrorLog) -> int:
+    from classifier.packets.capture import InputStats, iter_packet_batches
+
+    return sum(b.n for b in iter_packet_batches(path, log, InputStats(path)))
+
+
+def load_captures(paths: list[str], truth: dict[str, Truth], augment: int = 0, seed: int = 0,
+                  log: ErrorLog | None = None, config=None, say: Callable[[str], None] | None = None) -> LabeledFlows:
+    """Meter captures, label their flows by the manifest, and add ``augment`` augmented copies each."""
+    log = log if log is not None else ErrorLog()
+    say = say or (lambda _m: None)
+    parts: list[LabeledFlows] = []
+    for path in paths:
+        t = truth.get(str(Path(path).resolve()))
+        if t is None:
+            raise UsageError(f"{path}: capture is not listed in the manifest")
+        if t.vpn is None:
+            say(f"{path}: skipped (manifest marks it as mixed)")
+            continue
+        rng = np.random.default_rng([seed, int(hashlib.sha256(Path(path).name.encode()).hexdigest()[:8], 16)])
+        variants: list[tuple[str, Callable | None]] = [("original", None)]
+        if augment:
+            total = _count_packets(path, log)
+            for k in range(augment):
+                aug = Augmentation.draw(rng)
+                variants.append((f"augmented-{k} {aug.describe()}", _PacketTransform(aug, total, rng)))
+        vpn_rows = 0
+        for variant, transform in variants:
+            table = meter_capture(path, log, transform, config)
+            label, keep = label_capture_flows(table, t)
+            idx = np.flatnonzero(keep)
+            table = table.take(pa.array(idx))
+            label = label[idx]
+            proto = np.where(label == 1, t.protocol, None).astype(object)
+            parts.append(LabeledFlows(table, label, proto, np.full(len(idx), t.path, object),
+                                      np.full(len(idx), variant, object)))
+            if variant == "original":
+                vpn_rows = int(label.sum())
+                if t.vpn and vpn_rows == 0:
+                    log.warn(path, "manifest says VPN but no tunnel flow was found")
+                orig_flows = len(idx)
+        parts[-1].inputs.append({"path": path, "kind": "capture", "sha256": sha256_file(path),
+                                 "vpn": t.vpn, "protocol": t.protocol, "flows": orig_flows,
+                                 "vpn_flows": vpn_rows, "augmented_copies": augment})
+    return LabeledFlows.concat(parts) if parts else LabeledFlows.concat([])
+
+
+def _is_parquet(path: Path) -> bool:
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def load_labeled(inputs: Iterable[str], manifest: str | None = None, augment: int = 0, seed: int = 0,
+                 log: ErrorLog | None = None, config=None, say: Callable[[str], None] | None = None) -> LabeledFlows:
+    """Everything ``vpnid train`` / ``vpnid evaluate`` accept as labeled input, as one LabeledFlows.
+
+    Inputs: flow Parquet files with labels; MANIFEST.csv files (all their captures);
+    directories (their captures, labeled by ``manifest`` or the directory's MANIFEST.csv);
+    capture files (labeled by ``manifest`` or a MANIFEST.csv beside them).
+    """
+    from classifier.flows.api import expand_inputs
+
+    log = log if log is not None else ErrorLog()
+    parts: list[LabeledFlows] = []
+    truth: dict[str, Truth] = read_truth(manifest) if manifest else {}
+    captures: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if not p.exists():
+            raise UsageError(f"{item}: no such file or directory")
+        if p.is_file() and _is_parquet(p):
+            parts.append(load_parquet(str(p)))
+            continue
+        if p.is_file() and p.suffix.lower() == ".csv":
+            t = read_truth(p)
+            truth.update(t)
+            listed = sorted(k for k in t if Path(k).exists())
+            missing = sorted(k for k in t if not Path(k).exists())
+            if missing:
+                log.warn(str(p), f"{len(missing)} listed capture(s) missing, e.g. {missing[0]}")
+            captures.extend(listed)
+            continue
+        found = expand_inputs([str(p)], log)
+        if not manifest:
+            mdir = p if p.is_dir() else p.parent
+            mfile = mdir / "MANIFEST.csv"
+            if not mfile.is_file():
+                raise UsageError(f"{item}: captures need a manifest: give --manifest or put MANIFEST.csv beside them")
+            for k, v in read_truth(mfile).items():
+                truth.setdefault(k, v)
+        if p.is_dir():  # a directory: only the captures its manifest lists
+            found = [f for f in found if str(Path(f).resolve()) in truth]
+        captures.extend(found)
+    seen: set[str] = set()
+    unique = [c for c in captures if not (str(Path(c).resolve()) in seen or seen.add(str(Path(c).resolve())))]
+    if unique:
+        parts.append(load_captures(unique, truth, augment, seed, log, config, say))
+    if not parts:
+        raise UsageError("no labeled input: give flow Parquet files with a label column, or captures and a manifest")
+    out = LabeledFlows.concat(parts)
+    if len(out) == 0:
+        raise UsageError("the labeled inputs hold no usable flows")
+    return out
+
+
+def data_hash(X: np.ndarray, y: np.ndarray) -> str:
+    """sha256 of the training matrix and labels: two models with the same hash saw the same data."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(X, np.float32).tobytes())
+    h.update(np.ascontiguousarray(y, np.int8).tobytes())
+    return h.hexdigest()
+
+
+def label_counts(label: np.ndarray) -> dict[str, int]:
+    return {"vpn": int((label == 1).sum()), "non_vpn": int((label == 0).sum())}
+
+
+__all__ = ["LabeledFlows", "Truth", "data_hash", "label_counts", "load_labeled"]

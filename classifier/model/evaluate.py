@@ -1,0 +1,279 @@
+"""Evaluating a model honestly: on held-out captures, by capture-grouped CV, and leaving protocols out.
+
+Three views, all in one JSON report plus plots:
+
+* ``holdout``: the given model as it is, on the labeled input. Meaningful only when the
+  input was not part of its training data (e.g. the public corpus for the shipped model).
+* ``grouped_cv``: the model's own recipe (estimator, calibration, threshold rule)
+  retrained K times, each time tested on captures it never saw. Random flow splits are
+  never used: flows of one capture leak into each other.
+* ``leave_one_protocol_out``: for each VPN protocol, the recipe retrained without any
+  capture of that protocol and tested on it (plus a held-out fold of non-VPN captures),
+  which is how an unknown or obfuscated tunnel looks to the model.
+
+Thresholds in the retrained views come from each training fold alone (its out-of-fold
+non-VPN scores), so the reported false-positive rate is the one a user would get.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from classifier.model.data import LabeledFlows
+from classifier.model.features import feature_matrix
+from classifier.model.train import TrainConfig, binary_metrics, group_splits, train
+
+
+def per_protocol_recall(names: np.ndarray, y: np.ndarray, pred: np.ndarray) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name in sorted({str(n) for n in names[y == 1]}):
+        m = (names == name) & (y == 1)
+        out[name] = {"flows": int(m.sum()), "found": int(pred[m].sum()), "recall": float(pred[m].mean())}
+    return out
+
+
+def false_positive_groups(groups: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int = 10) -> list[dict]:
+    """Non-VPN captures with the most flows called VPN (names and counts only)."""
+    fp = (y == 0) & pred
+    if not fp.any():
+        return []
+    g, c = np.unique(groups[fp], return_counts=True)
+    order = np.argsort(-c)[:k]
+    return [{"capture": str(g[i]), "false_positives": int(c[i]),
+             "non_vpn_flows": int(((groups == g[i]) & (y == 0)).sum())} for i in order]
+
+
+def _view(y: np.ndarray, proba: np.ndarray, thresholds: np.ndarray, names: np.ndarray,
+          groups: np.ndarray) -> dict[str, Any]:
+    """Metrics where each row is judged against its own fold's threshold."""
+    ok = np.isfinite(proba)
+    pred = np.zeros(len(y), bool)
+    pred[ok] = proba[ok] >= thresholds[ok]
+    # binary_metrics at a per-row threshold: score = proba - threshold, judged against 0
+    m = binary_metrics(y[ok], (proba - thresholds)[ok], 0.0)
+    from sklearn.metrics import roc_auc_score
+
+    both = len(np.unique(y[ok])) == 2
+    m["roc_auc"] = float(roc_auc_score(y[ok], proba[ok])) if both else float("nan")
+    m["pauc_1pct"] = float(roc_auc_score(y[ok], proba[ok], max_fpr=0.01)) if both else float("nan")
+    m["threshold"] = float(np.nanmean(thresholds[ok])) if ok.any() else float("nan")
+    m["per_protocol"] = per_protocol_recall(names[ok], y[ok], pred[ok])
+    m["false_positive_captures"] = false_positive_groups(groups[ok], y[ok], pred[ok])
+    return m
+
+
+def grouped_cv(X: np.ndarray, data: LabeledFlows, config: TrainConfig, say=print) -> tuple[dict, np.ndarray,
+                                                                                          np.ndarray]:
+    """Out-of-fold probabilities and per-fold thresholds from capture-grouped folds."""
+    y = data.label.astype(int)
+    groups = data.group.astype(str)
+    proba = np.full(len(y), np.nan)
+    thr = np.full(len(y), np.nan)
+    folds = []
+    for k, (tr, te) in enumerate(group_splits(y, groups, config.folds, config.seed)):
+        try:
+            res = train(X[tr], y[tr], groups[tr], data.protocol[tr], config, explain=False)
+        except ValueError as exc:  # a training fold without enough captures for inner CV
+            say(f"grouped CV fold {k}: skipped ({exc})")
+            continue
+        from classifier.model.model import VpnModel
+
+        model = VpnModel(res.bundle)
+        proba[te] = model.proba_from_features(X[te])
+        thr[te] = model.threshold
+        fm = binary_metrics(y[te], proba[te], model.threshold)
+        folds.append({"fold": k, "test_captures": len(np.unique(groups[te])), **fm})
+        say(f"grouped CV fold {k}: {len(np.unique(groups[te]))} captures, recall {fm['recall']:.4f}, "
+            f"FPR {fm['fpr']:.5f}")
+    view = _view(y, proba, thr, data.protocol_names(), groups)
+    view["folds"] = folds
+    return view, proba, thr
+
+
+def leave_one_protocol_out(X: np.ndarray, data: LabeledFlows, config: TrainConfig, say=print) -> tuple[dict,
+                                                                                                       np.ndarray,
+                                                                                                       np.ndarray]:
+    """Train without each VPN protocol's captures; test on them and on a rotating fold of non-VPN captures."""
+    y = data.label.astype(int)
+    groups = data.group.astype(str)
+    names = data.protocol_names()
+    protocols = sorted({str(n) for n in names[y == 1]})
+    neg_groups = np.array(sorted(set(groups[y == 0]) - set(groups[y == 1])))
+    rng = np.random.default_rng(config.seed)
+    neg_fold = dict(zip(rng.permutation(neg_groups), np.arange(len(neg_groups)) % max(config.folds, 2), strict=True))
+    proba = np.full(len(y), np.nan)
+    thr = np.full(len(y), np.nan)
+    runs: dict[str, Any] = {}
+    for i, proto in enumerate(protocols):
+        proto_groups = set(groups[(names == proto) & (y == 1)])
+        in_proto = np.isin(groups, list(proto_groups))
+        held_neg = np.array([neg_fold.get(g, -1) == i % max(config.folds, 2) for g in groups]) & (y == 0)
+        test = (in_proto & (y == 1)) | held_neg
+        trainm = ~in_proto & ~held_neg
+        if len(np.unique(y[trainm])) < 2:
+            say(f"leave out {proto}: skipped (no other VPN protocol to train on)")
+            runs[proto] = {"skipped": "no other VPN protocol to train on"}
+            continue
+        try:
+            res = train(X[trainm], y[trainm], groups[trainm], data.protocol[trainm], config, explain=False)
+        except ValueError as exc:
+            say(f"leave out {proto}: skipped ({exc})")
+            runs[proto] = {"skipped": str(exc)}
+            continue
+        from classifier.model.model import VpnModel
+
+        model = VpnModel(res.bundle)
+        p = model.proba_from_features(X[test])
+        rows = np.flatnonzero(test)
+        pos = rows[y[rows] == 1]
+        proba[pos] = p[y[rows] == 1]
+        thr[pos] = model.threshold
+        neg = rows[y[rows] == 0]
+        # a non-VPN row is held out once per protocol sharing its fold: keep the first score only
+        first = neg[np.isnan(proba[neg])]
+        proba[first] = model.proba_from_features(X[first]) if len(first) else proba[first]
+        thr[first] = model.threshold
+        m = binary_metrics(y[test], p, model.threshold)
+        runs[proto] = {"test_vpn_flows": int((y[test] == 1).sum()), "test_non_vpn_flows": int((y[test] == 0).sum()),
+                       "recall": m["recall"], "fpr": m["fpr"], "threshold": model.threshold}
+        say(f"leave out {proto}: recall {m['recall']:.4f} on {int((y[test] == 1).sum())} flows, "
+            f"FPR {m['fpr']:.5f}")
+    view = _view(y, proba, thr, names, groups)
+    view["runs"] = runs
+    return view, proba, thr
+
+
+def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo: bool = True,
+             say=print) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """The evaluation report and, per view, (y, proba, threshold per row) for the plots."""
+    X = feature_matrix(data.table)
+    y = data.label.astype(int)
+    groups = data.group.astype(str)
+    names = data.protocol_names()
+    report: dict[str, Any] = {"model": {"name": model.name, "version": model.version, "path": model.path,
+                                        "threshold": model.threshold, "estimator": model.estimator},
+                              "data": {**data.summary(), "inputs": data.inputs}}
+    curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    p = model.proba_from_features(X)
+    t = np.full(len(y), model.threshold)
+    report["holdout"] = _view(y, p, t, names, groups)
+    curves["holdout (model as shipped)"] = (y, p, t)
+    say(f"model as is: recall {report['holdout']['recall']:.4f}, FPR {report['holdout']['fpr']:.5f}, "
+        f"precision {report['holdout']['precision']:.4f}")
+    config = TrainConfig.from_dict(model.bundle.get("train_config", {}))
+    config.candidates = (model.estimator,)
+    config.folds = folds
+    n_groups = len(np.unique(groups))
+    if cv and n_groups >= 3 and len(np.unique(y)) == 2:
+        report["grouped_cv"], cp, ct = grouped_cv(X, data, config, say)
+        curves["grouped CV (retrained)"] = (y, cp, ct)
+    elif cv:
+        report["grouped_cv"] = {"skipped": "needs both classes and at least three captures"}
+    if lopo and len({str(n) for n in names[y == 1]}) >= 2:
+        report["leave_one_protocol_out"], lp, lt = leave_one_protocol_out(X, data, config, say)
+        curves["leave one protocol out"] = (y, lp, lt)
+    elif lopo:
+        report["leave_one_protocol_out"] = {"skipped": "needs at least two VPN protocols"}
+    return report, curves
+
+
+def write_report(report: dict[str, Any], curves, outdir: str | Path) -> list[Path]:
+    """metrics.json plus roc.png, confusion.png and protocol_recall.png in ``outdir``."""
+    from classifier.output import write_text_atomic
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "metrics.json"]
+    write_text_atomic(written[0], json.dumps(_jsonable(report), indent=2, sort_keys=True) + "\n")
+    written += plot_all(report, curves, out)
+    return written
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float | np.floating):
+        return None if not np.isfinite(v) else float(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def plot_all(report: dict[str, Any], curves, out: Path) -> list[Path]:
+    """ROC curves (log FPR axis: the operating region is far left), confusion matrices, per-protocol recall."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    from classifier.output import atomic_path
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for label, (y, p, t) in curves.items():
+        ok = np.isfinite(p)
+        if len(np.unique(y[ok])) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y[ok], p[ok])
+        ax.plot(np.maximum(fpr, 1e-5), tpr, label=label)
+        pred = p[ok] >= t[ok]
+        n0, n1 = max((y[ok] == 0).sum(), 1), max((y[ok] == 1).sum(), 1)
+        ax.plot(max(((pred) & (y[ok] == 0)).sum() / n0, 1e-5), ((pred) & (y[ok] == 1)).sum() / n1, "o", color="k")
+    ax.set_xscale("log")
+    ax.set_xlim(1e-5, 1)
+    ax.axvline(1e-3, color="grey", ls=":", lw=1)
+    ax.set_xlabel("false-positive rate (log; dotted: 0.1%)")
+    ax.set_ylabel("VPN flows found (recall)")
+    ax.set_title("ROC; dots: operating threshold")
+    ax.legend(loc="lower right", fontsize=8)
+    paths.append(_save(fig, out / "roc.png", atomic_path, plt))
+
+    views = [(k, v) for k, v in curves.items()]
+    fig, axes = plt.subplots(1, max(len(views), 1), figsize=(4 * max(len(views), 1), 3.6), squeeze=False)
+    for ax, (label, (y, p, t)) in zip(axes[0], views, strict=False):
+        ok = np.isfinite(p)
+        pred = p[ok] >= t[ok]
+        yy = y[ok]
+        cm = np.array([[((yy == 0) & ~pred).sum(), ((yy == 0) & pred).sum()],
+                       [((yy == 1) & ~pred).sum(), ((yy == 1) & pred).sum()]])
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center", color="black", fontsize=11)
+        ax.set_xticks([0, 1], ["non-VPN", "VPN"])
+        ax.set_yticks([0, 1], ["non-VPN", "VPN"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(label, fontsize=9)
+    paths.append(_save(fig, out / "confusion.png", atomic_path, plt))
+
+    keys = [("holdout", "model as shipped"), ("grouped_cv", "grouped CV"), ("leave_one_protocol_out", "left out")]
+    protos = sorted({p for k, _ in keys for p in (report.get(k, {}).get("per_protocol") or {})})
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(protos) + 2), 4))
+    width = 0.8 / len(keys)
+    for i, (k, label) in enumerate(keys):
+        pp = report.get(k, {}).get("per_protocol") or {}
+        vals = [pp.get(p, {}).get("recall", np.nan) for p in protos]
+        ax.bar(np.arange(len(protos)) + i * width, np.nan_to_num(vals), width, label=label)
+    ax.set_xticks(np.arange(len(protos)) + width, protos, rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.axhline(0.95, color="grey", ls=":", lw=1)
+    ax.set_ylabel("recall (VPN flows found)")
+    ax.set_title("per-protocol recall (dotted: 95% goal)")
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, out / "protocol_recall.png", atomic_path, plt))
+    return paths
+
+
+def _save(fig, path: Path, atomic_path, plt) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
