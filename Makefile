@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= out/report
 
-.PHONY: all venv install run test lint bench lab-deps ci-deps clean
+.PHONY: all venv install run test lint bench bench-registry lab-deps ci-deps clean
 
 all: test
 
@@ -15,6 +15,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -m classifier._warmup
 	touch $(STAMP)
 
 venv install: $(STAMP)
@@ -33,11 +34,15 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
 
+bench-registry: $(STAMP)
+	$(BIN)/python bench/bench_registry.py
+
 ## System packages the lab, live and report tests use (Debian; run as root).
 LAB_PKGS := tcpdump iproute2 iputils-ping procps psmisc wireguard-go wireguard-tools openvpn \
             strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins \
             nginx-light curl iperf3 openssh-server openssh-client dnsmasq-base bind9-dnsutils \
-            ocserv openconnect shadowsocks-libev stunnel4 xl2tpd pptpd tcpreplay
+            ocserv openconnect shadowsocks-libev stunnel4 xl2tpd pptpd pptp-linux tcpreplay \
+            ethtool openssl ngtcp2-client ngtcp2-server
 lab-deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(LAB_PKGS)

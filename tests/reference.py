@@ -233,9 +233,11 @@ def _ether_payload(frame: bytes) -> tuple[int, int, int] | None:
     if etype == dpkt.ethernet.ETH_TYPE_PPPoE:
         if off + 8 > len(frame):
             return None
-        sess = dpkt.pppoe.PPPoE(frame[off:])
-        ppp = sess.data if isinstance(sess.data, dpkt.ppp.PPP) else dpkt.pppoe.PPP(frame[off + 8:])
-        off += 8 + (1 if ppp.p < 0x100 and frame[off + 8] & 1 else 2)
+        # 6-byte PPPoE session header, then PPP without address/control (dpkt.pppoe.PPP)
+        ppp = dpkt.pppoe.PPPoE(frame[off:]).data
+        if not isinstance(ppp, dpkt.ppp.PPP):
+            return None
+        off += 6 + (1 if frame[off + 6] & 1 else 2)
         etype = {dpkt.ppp.PPP_IP: 0x0800, dpkt.ppp.PPP_IP6: 0x86DD}.get(ppp.p, 0)
     return off, etype, vlan
 
@@ -264,9 +266,11 @@ def _link(linktype: int, frame: bytes) -> tuple[int, int, int] | None:
         if linktype in (0, 108):
             if len(frame) < 4:
                 return None
-            fam = dpkt.loopback.Loopback(frame[:4]).family
-            if linktype == 108:
-                fam = struct.unpack(">I", frame[:4])[0]
+            # The family is in the capturing host's byte order (network order for 108);
+            # dpkt's Loopback would also decode the rest, which ``decode`` does itself.
+            fam = struct.unpack("<I" if linktype == 0 else ">I", frame[:4])[0]
+            if fam > 0xFFFF:
+                fam = struct.unpack(">I" if linktype == 0 else "<I", frame[:4])[0]
             ver = 4 if fam == 2 else (6 if fam in (10, 24, 28, 30) else 0)
             return (4, ver, -1) if ver else None
         if linktype in (9, 50):
@@ -437,16 +441,43 @@ class RefFlow:
                 self.first, self.count(0), self.bytes(0), self.count(1), self.bytes(1))
 
 
+def _expired(flow: RefFlow, now: int, idle: int, active: int, linger: int) -> str:
+    if flow.closed and now - flow.last > linger:
+        return flow.closed
+    if now - flow.last > idle:
+        return "idle"
+    if now - flow.first > active:
+        return "active"
+    return ""
+
+
 def build_flows(packets: list[RefPacket], idle_s: float = 120.0, active_s: float = 1800.0,
-                linger_s: float = 5.0) -> list[RefFlow]:
-    """Flows of a packet list in order of their first packet."""
-    idle, active, linger = int(idle_s * NS), int(active_s * NS), int(linger_s * NS)
+                linger_s: float = 5.0, sweep_s: float = 1.0) -> list[RefFlow]:
+    """Flows of a packet list in order of their first packet.
+
+    Timeouts are checked in two ways, as the flow rules say: when a packet of the flow
+    arrives (against that packet's timestamp), and by a sweep of all open flows against
+    the capture clock (the latest timestamp so far) whenever that clock has moved on by
+    ``sweep_s`` since the last sweep. The two differ only for captures whose timestamps
+    go backwards (merged files).
+    """
+    idle, active, linger, every = int(idle_s * NS), int(active_s * NS), int(linger_s * NS), int(sweep_s * NS)
     table: dict[tuple, RefFlow] = {}
     frag_ports: dict[tuple, tuple[int, int]] = {}
     flows: list[RefFlow] = []
     now = 0
+    next_sweep = None
     for p in packets:
         now = max(now, p.ts)
+        if next_sweep is None:
+            next_sweep = now + every
+        elif now >= next_sweep:
+            for key, flow in list(table.items()):
+                reason = _expired(flow, now, idle, active, linger)
+                if reason:
+                    flow.end_reason = reason
+                    del table[key]
+            next_sweep = now + every
         sport, dport, has_ports = p.sport, p.dport, p.has_ports
         fkey = (p.src, p.dst, p.proto, p.frag_id)
         if p.frag == 1 and has_ports:
@@ -460,9 +491,9 @@ def build_flows(packets: list[RefPacket], idle_s: float = 120.0, active_s: float
             reason = ""
             if flow.closed and ((p.tcp_flags & 0x12) == 0x02 or p.ts - flow.last > linger):
                 reason = flow.closed
-            elif now - flow.last > idle:
+            elif p.ts - flow.last > idle:
                 reason = "idle"
-            elif now - flow.first > active:
+            elif p.ts - flow.first > active:
                 reason = "active"
             if reason:
                 flow.end_reason = reason
@@ -483,13 +514,8 @@ def build_flows(packets: list[RefPacket], idle_s: float = 120.0, active_s: float
                 flow.closed = "rst"
             elif all(flow.fin_seen) and not flow.closed:
                 flow.closed = "fin"
-    for flow in table.values():
-        if flow.closed:
-            flow.end_reason = flow.closed
-        elif now - flow.last > idle:
-            flow.end_reason = "idle"
-        elif now - flow.first > active:
-            flow.end_reason = "active"
+    for flow in table.values():  # end of input: flows not yet ended are closed ones or still open
+        flow.end_reason = flow.closed or "eof"
     return flows
 
 

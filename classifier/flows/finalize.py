@@ -6,7 +6,7 @@ accumulators, addresses formatted by Arrow kernels, list columns built from offs
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 
 import numpy as np
 import pyarrow as pa
@@ -31,11 +31,11 @@ def format_ips(hi: np.ndarray, lo: np.ndarray) -> pa.Array:
         out[is_v4] = pc.binary_join_element_wise(*octets, ".").to_numpy(zero_copy_only=False)
     if (~is_v4).any():
         idx = np.flatnonzero(~is_v4)
-        pairs = np.stack([hi[idx], lo[idx]], axis=1)
-        uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
-        names = np.array([ipaddress.IPv6Address((int(h) << 64) | int(low)).compressed for h, low in uniq],
-                         dtype=object)
-        out[idx] = names[inv.reshape(-1)]
+        packed = np.empty((len(idx), 2), ">u8")
+        packed[:, 0] = hi[idx]
+        packed[:, 1] = lo[idx]
+        raw = packed.tobytes()
+        out[idx] = [socket.inet_ntop(socket.AF_INET6, raw[k:k + 16]) for k in range(0, len(raw), 16)]
     return pa.array(out, pa.string())
 
 

@@ -17,9 +17,10 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,7 +157,7 @@ class Lab:
         self.server = f"{NS_PREFIX}{n}-{self.tag}-s"
         self.client = f"{NS_PREFIX}{n}-{self.tag}-c"
         self.procs: list[Proc] = []
-        self.cleanups: list[tuple[str, object]] = []
+        self.cleanups: list[Callable[[], object]] = []
         self.workdir = Path(tempfile.mkdtemp(prefix=f"vpnid-lab-{n}-"))
         self.keep_workdir = keep_workdir
         self._created: list[str] = []
@@ -201,24 +202,38 @@ class Lab:
             self.exec_host(ns, ["ip", "link", "set", VETH, "up"])
 
     def close(self) -> None:
-        """Tear everything down; safe to call twice and after a partial set-up."""
-        for kind, what in reversed(self.cleanups):
-            with contextlib.suppress(Exception):
-                if kind == "path":
-                    Path(str(what)).unlink(missing_ok=True)
-                elif kind == "call":
-                    what()  # type: ignore[operator]
-        self.cleanups.clear()
+        """Tear everything down; safe to call twice and after a partial set-up.
+
+        Ctrl-C and SIGTERM are held off while it runs (it is bounded: a few seconds per
+        process at most), so a second Ctrl-C cannot leave half of the lab behind.
+        """
+        held: dict[int, object] = {}
+        with contextlib.suppress(ValueError):  # not the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                held[sig] = signal.signal(sig, signal.SIG_IGN)
+        try:
+            self._teardown()
+        finally:
+            for sig, old in held.items():
+                restore = self._old_handlers.get(sig, old)
+                with contextlib.suppress(Exception):
+                    signal.signal(sig, restore)  # type: ignore[arg-type]
+            self._old_handlers.clear()
+
+    def _teardown(self) -> None:
         for proc in reversed(self.procs):
             _kill_group(proc.popen)
+        self.procs.clear()
+        for fn in reversed(self.cleanups):
+            with contextlib.suppress(Exception):
+                fn()
+        self.cleanups.clear()
         for ns in reversed(self._created):
             delete_namespace(ns)
         self._created.clear()
-        for sig, old in self._old_handlers.items():
-            with contextlib.suppress(Exception):
-                signal.signal(sig, old)  # type: ignore[arg-type]
-        self._old_handlers.clear()
-        if not self.keep_workdir:
+        if self.keep_workdir:
+            print(f"lab: work directory kept: {self.workdir}", file=sys.stderr)
+        else:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- running things --------------------------------------------------------------------
@@ -271,9 +286,9 @@ class Lab:
             self.procs.remove(proc)
         _kill_group(proc.popen, grace=0)
 
-    def on_close(self, fn) -> None:
-        """Register a callable to run first at teardown."""
-        self.cleanups.append(("call", fn))
+    def on_close(self, fn: Callable[[], object]) -> None:
+        """Register a callable to run at teardown, after the processes are gone."""
+        self.cleanups.append(fn)
 
     @staticmethod
     def _env(extra: dict[str, str] | None) -> dict[str, str]:

@@ -3,8 +3,10 @@
 Why skops with an allow-list: a model file is something people download and share.
 A pickle runs arbitrary code on load; a skops file is a zip of JSON and arrays that is
 only turned back into objects of types the loader explicitly trusts. ``load_bundle``
-asks skops which types the file would instantiate, refuses the file if any of them is
-not on :data:`TRUSTED_TYPES`, and only then loads it.
+lists every type the file's schema names (skops would trust all scikit-learn classes
+by default; vpnid trusts fewer), refuses the file if any of them is not on
+:data:`TRUSTED_TYPES`, and only then loads it, passing skops exactly the types it
+reports as untrusted after that check.
 
 Why the byte-level normalisation in ``save_bundle``: zip entries carry the time they
 were written, so two trainings of the same data would give different files. Entries
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,43 +28,64 @@ from classifier.output import write_bytes_atomic, write_text_atomic
 #: File format tag stored in every bundle; bumped when the bundle layout changes.
 BUNDLE_FORMAT = "vpnid-model/1"
 
-#: Every non-builtin type a vpnid model file may contain. Anything else is refused.
+#: Every type a vpnid model file may contain (plain builtins included). Anything else is refused,
+#: including scikit-learn classes skops itself would trust by default.
 TRUSTED_TYPES: tuple[str, ...] = (
+    "builtins.NoneType",
+    "builtins.bool",
+    "builtins.dict",
+    "builtins.float",
+    "builtins.int",
+    "builtins.list",
+    "builtins.str",
+    "builtins.tuple",
     "numpy.dtype",
-    "numpy.ndarray",
+    "numpy.float32",
     "numpy.float64",
     "numpy.int64",
-    "numpy.random.mtrand.RandomState",
-    "builtins.slice",
-    "sklearn._loss.link.IdentityLink",
+    "numpy.ndarray",
+    "numpy.random._generator.Generator",
+    "numpy.uint64",
+    "sklearn._loss._loss.CyHalfBinomialLoss",
+    "sklearn._loss._loss.CyHalfMultinomialLoss",
     "sklearn._loss.link.Interval",
     "sklearn._loss.link.LogitLink",
     "sklearn._loss.link.MultinomialLogit",
     "sklearn._loss.loss.HalfBinomialLoss",
     "sklearn._loss.loss.HalfMultinomialLoss",
-    "sklearn._loss._loss.CyHalfBinomialLoss",
-    "sklearn._loss._loss.CyHalfMultinomialLoss",
-    "sklearn.calibration.CalibratedClassifierCV",
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
-    "sklearn.isotonic.IsotonicRegression",
-    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
-    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.ensemble._forest.RandomForestClassifier",
-    "sklearn.ensemble._forest.ExtraTreesClassifier",
-    "sklearn.tree._classes.DecisionTreeClassifier",
-    "sklearn.tree._classes.ExtraTreeClassifier",
-    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.impute._base.SimpleImputer",
+    "sklearn.isotonic.IsotonicRegression",
     "sklearn.linear_model._logistic.LogisticRegression",
     "sklearn.pipeline.Pipeline",
-    "sklearn.impute._base.SimpleImputer",
     "sklearn.preprocessing._data.StandardScaler",
-    "sklearn.model_selection._split.GroupKFold",
-    "sklearn.model_selection._split._CVIterableWrapper",
-    "sklearn.utils._bunch.Bunch",
-    "collections.OrderedDict",
+    "sklearn.preprocessing._label.LabelEncoder",
+    "sklearn.tree._classes.DecisionTreeClassifier",
+    "sklearn.tree._tree.Tree",
 )
+
+
+def types_in_schema(schema: dict | list) -> set[str]:
+    """Every ``module.class`` a skops schema would instantiate or reference (objects and type nodes)."""
+    found: set[str] = set()
+    stack: list = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node and "__module__" in node:
+                found.add(f"{node['__module__']}.{node['__class__']}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def _types_in_file(data: bytes) -> set[str]:
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        return types_in_schema(json.loads(z.read("schema.json")))
 
 
 class ModelError(VpnidError):
@@ -75,16 +99,40 @@ def card_paths(model_path: str | Path) -> tuple[Path, Path]:
     return p.with_name(f"{stem}.card.json"), p.with_name(f"{stem}.card.md")
 
 
+_ID = re.compile(rb'("__id__": )(\d+)|"(\d+)\.npy"')
+
+
 def _normalised_zip(data: bytes) -> bytes:
-    """Rewrite a zip with fixed entry dates and attributes so equal content gives equal bytes."""
+    """Rewrite a skops zip so equal content gives equal bytes.
+
+    skops names objects and array files after their memory addresses (``id()``), and
+    zip entries carry the time of writing; both are replaced by stable values: object
+    ids renumbered in order of first appearance in ``schema.json`` (consistently in the
+    schema and in the array file names), fixed entry dates and attributes.
+    """
     src = zipfile.ZipFile(io.BytesIO(data))
+    schema = src.read("schema.json")
+    ids: dict[bytes, bytes] = {}
+
+    def renumber(m: re.Match[bytes]) -> bytes:
+        old = m.group(2) or m.group(3)
+        new = ids.setdefault(old, str(len(ids) + 1).encode())
+        return m.group(1) + new if m.group(1) else b'"' + new + b'.npy"'
+
+    schema = _ID.sub(renumber, schema)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
-        for info in sorted(src.infolist(), key=lambda i: i.filename):
-            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+        entries = {"schema.json": schema}
+        for name in src.namelist():
+            if name.endswith(".npy") and name[:-4].isdigit():
+                entries[ids[name[:-4].encode()].decode() + ".npy"] = src.read(name)
+            elif name != "schema.json":
+                entries[name] = src.read(name)
+        for name in sorted(entries):
+            fixed = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
             fixed.compress_type = zipfile.ZIP_DEFLATED
             fixed.external_attr = 0o644 << 16
-            dst.writestr(fixed, src.read(info.filename))
+            dst.writestr(fixed, entries[name])
     return out.getvalue()
 
 
@@ -92,10 +140,11 @@ def save_bundle(bundle: dict[str, Any], path: str | Path, card: dict[str, Any] |
     """Write ``bundle`` with skops (atomically) and, when given, its card as JSON and Markdown."""
     import skops.io as sio
 
-    unknown = sorted(set(sio.get_untrusted_types(data=sio.dumps(bundle))) - set(TRUSTED_TYPES))
+    data = sio.dumps(bundle)
+    unknown = sorted(_types_in_file(data) - set(TRUSTED_TYPES))
     if unknown:  # a model we could not load again must never be written
         raise ModelError(f"refusing to save a model with types outside the allow-list: {', '.join(unknown)}")
-    write_bytes_atomic(path, _normalised_zip(sio.dumps(bundle)))
+    write_bytes_atomic(path, _normalised_zip(data))
     if card is not None:
         jpath, mpath = card_paths(path)
         write_text_atomic(jpath, json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
@@ -110,15 +159,17 @@ def load_bundle(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ModelError(f"{p}: no such model file (train one with `vpnid train` or `make model`)")
     try:
-        untrusted = sio.get_untrusted_types(file=p)
+        data = p.read_bytes()
+        present = _types_in_file(data)
+        untrusted = set(sio.get_untrusted_types(data=data))
     except Exception as exc:  # not a zip, damaged JSON schema, ...
         raise ModelError(f"{p}: not a readable skops model file ({type(exc).__name__}: {exc})") from None
-    unknown = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    unknown = sorted((present | untrusted) - set(TRUSTED_TYPES))
     if unknown:
         raise ModelError(f"{p}: refusing to load: the file contains types that are not on vpnid's allow-list: "
                          f"{', '.join(unknown)}")
     try:
-        bundle = sio.load(p, trusted=sorted(untrusted))
+        bundle = sio.loads(data, trusted=sorted(untrusted))
     except Exception as exc:
         raise ModelError(f"{p}: cannot load model ({type(exc).__name__}: {exc})") from None
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:

@@ -51,7 +51,7 @@ class TrainConfig:
 
 
 def make_estimator(kind: str, seed: int = 0):
-    """A fresh, unfitted, class-balanced estimator of ``kind``."""
+    """A fresh, unfitted estimator of ``kind`` (balancing comes from :func:`sample_weights`)."""
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
@@ -61,19 +61,19 @@ def make_estimator(kind: str, seed: int = 0):
     if kind == "hgb":
         return HistGradientBoostingClassifier(
             max_iter=120, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=20, max_bins=64,
-            l2_regularization=1.0, class_weight="balanced", early_stopping=False, random_state=seed)
+            l2_regularization=1.0, early_stopping=False, random_state=seed)
     if kind == "rf":
         return Pipeline([
             ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
             ("forest", RandomForestClassifier(
                 n_estimators=60, max_depth=12, min_samples_leaf=5, max_features="sqrt",
-                class_weight="balanced_subsample", random_state=seed, n_jobs=1)),
+                random_state=seed, n_jobs=1)),
         ])
     if kind == "logreg":
         return Pipeline([
             ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
             ("scale", StandardScaler()),
-            ("logreg", LogisticRegression(class_weight="balanced", max_iter=2000, C=0.5)),
+            ("logreg", LogisticRegression(max_iter=2000, C=0.5)),
         ])
     raise ValueError(f"unknown estimator {kind!r}; choose from {', '.join(CANDIDATES)}")
 
@@ -93,6 +93,31 @@ def group_splits(y: np.ndarray, groups: np.ndarray, folds: int, seed: int = 0) -
     except ValueError:
         splits = list(GroupKFold(n_splits=k).split(np.zeros(len(y)), y, groups))
     return [(tr, te) for tr, te in splits if len(np.unique(y[tr])) == 2]
+
+
+def sample_weights(y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Weights that balance the classes and keep one big capture from outvoting many small ones.
+
+    Each capture's flows share a weight of sqrt(flows) (a capture with 2,000 scan flows
+    counts about 45 times one flow, not 2,000 times); then each class sums to half.
+    """
+    y = np.asarray(y).astype(int)
+    _, inv, counts = np.unique(np.asarray(groups).astype(str), return_inverse=True, return_counts=True)
+    w = 1.0 / np.sqrt(counts[inv].astype(float))
+    for c in (0, 1):
+        m = y == c
+        if m.any():
+            w[m] *= 0.5 * len(y) / w[m].sum()
+    return w
+
+
+def fit_estimator(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0):
+    """Fit a fresh estimator of ``kind`` with class- and capture-balanced sample weights."""
+    est = make_estimator(kind, seed)
+    w = sample_weights(y, groups)
+    if hasattr(est, "steps"):
+        return est.fit(X, y, **{f"{est.steps[-1][0]}__sample_weight": w})
+    return est.fit(X, y, sample_weight=w)
 
 
 def raw_scores(est, X: np.ndarray) -> np.ndarray:
@@ -135,14 +160,11 @@ def apply_calibration(calibration: dict[str, Any], scores: np.ndarray) -> np.nda
     return np.asarray(calibration["isotonic"].predict(np.asarray(scores, float)), float)
 
 
-def oof_scores(kind: str, X: np.ndarray, y: np.ndarray, splits, seed: int) -> np.ndarray:
+def oof_scores(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, splits, seed: int) -> np.ndarray:
     """Out-of-fold raw scores; NaN for rows no fold tested."""
-    from sklearn.base import clone
-
-    base = make_estimator(kind, seed)
     out = np.full(len(y), np.nan)
     for tr, te in splits:
-        est = clone(base).fit(X[tr], y[tr])
+        est = fit_estimator(kind, X[tr], y[tr], groups[tr], seed)
         out[te] = raw_scores(est, X[te])
     return out
 
@@ -202,7 +224,7 @@ def _protocol_model(X: np.ndarray, y: np.ndarray, protocol: np.ndarray, seed: in
     names = np.unique(protocol[known].astype(str)) if known.any() else np.array([])
     if len(names) < 2:
         return None, [str(n) for n in names]
-    clf = HistGradientBoostingClassifier(max_iter=80, learning_rate=0.1, max_leaf_nodes=15,
+    clf = HistGradientBoostingClassifier(max_iter=60, learning_rate=0.1, max_leaf_nodes=15, max_bins=64,
                                          class_weight="balanced", early_stopping=False, random_state=seed)
     clf.fit(X[known], protocol[known].astype(str))
     return clf, [str(c) for c in clf.classes_]
@@ -276,7 +298,7 @@ def train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarray
     candidates: dict[str, dict[str, float]] = {}
     oof: dict[str, np.ndarray] = {}
     for kind in config.candidates:
-        s = oof_scores(kind, X, y, splits, config.seed)
+        s = oof_scores(kind, X, y, groups, splits, config.seed)
         ok = np.isfinite(s)
         neg_t = threshold_for_fpr(s[ok & (y == 0)], config.fpr_target, -np.inf)
         m = binary_metrics(y[ok], s[ok], neg_t)
@@ -284,12 +306,12 @@ def train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarray
         oof[kind] = s
         say(f"candidate {kind}: pAUC(FPR<=1%) {m['pauc_1pct']:.4f}, ROC-AUC {m['roc_auc']:.4f}, "
             f"recall at FPR<={config.fpr_target:g} {m['recall']:.4f}")
-    best = max(config.candidates, key=lambda k: (np.nan_to_num(candidates[k]["recall_at_target"]),
-                                                 np.nan_to_num(candidates[k]["pauc"]),
+    best = max(config.candidates, key=lambda k: (round(float(np.nan_to_num(candidates[k]["pauc"])), 4),
+                                                 np.nan_to_num(candidates[k]["recall_at_target"]),
                                                  -config.candidates.index(k)))
     say(f"chosen estimator: {best}")
 
-    clf = make_estimator(best, config.seed).fit(X, y)
+    clf = fit_estimator(best, X, y, groups, config.seed)
     raw = oof[best]
     ok = np.isfinite(raw)
     calibration = fit_calibration(raw[ok], y[ok], config.calibration)

@@ -244,7 +244,9 @@ def decode(b, n, data_off, cap_len, wire_len, linktype,
         pl_len = l4_len
         if not is_later_frag:
             if proto == 6:
-                if l4 + 20 > end:
+                if l4_len < 20:  # the IP length leaves no room for the header: a lie, not a snap cut
+                    st = BAD_L4
+                elif l4 + 20 > end:
                     st = TRUNCATED
                 else:
                     doff = (b[l4 + 12] >> 4) * 4
@@ -260,10 +262,10 @@ def decode(b, n, data_off, cap_len, wire_len, linktype,
                         pl_len = l4_len - doff
             elif proto == 17 or proto == 136 or proto == 132:
                 hl = 12 if proto == 132 else 8
-                if l4 + hl > end:
-                    st = TRUNCATED
-                elif l4_len < hl:
+                if l4_len < hl:
                     st = BAD_L4
+                elif l4 + hl > end:
+                    st = TRUNCATED
                 else:
                     sport[i] = _be16(b, l4)
                     dport[i] = _be16(b, l4 + 2)

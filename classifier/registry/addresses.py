@@ -96,23 +96,31 @@ def parse_unique(values: pa.Array) -> ParsedAddresses:
     return ParsedAddresses(family, v4, v6)
 
 
-def parse_column(column: pa.Array | pa.ChunkedArray) -> ParsedAddresses:
-    """Parse a column of address strings, each distinct value once."""
+def parse_distinct(column: pa.Array | pa.ChunkedArray) -> tuple[ParsedAddresses, np.ndarray]:
+    """Parse the distinct values of an address column.
+
+    Returns the parsed distinct values and, per row, the index of its value (-1 for
+    null), so that later per-address work (the registry lookup) also runs once per
+    distinct address and is spread to the rows with one ``take``.
+    """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if pa.types.is_dictionary(column.type):
-        encoded = column
-    else:
-        encoded = pc.dictionary_encode(column)
+    encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
     uniq = parse_unique(encoded.dictionary)
-    idx = encoded.indices.to_numpy(zero_copy_only=False)
-    valid = encoded.is_valid().to_numpy(zero_copy_only=False)
-    idx = np.where(valid, idx, 0).astype(np.intp)
-    if len(encoded.dictionary) == 0:
-        n = len(column)
+    idx = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.intp)
+    return uniq, idx
+
+
+def parse_column(column: pa.Array | pa.ChunkedArray) -> ParsedAddresses:
+    """Parse a column of address strings (row-aligned result), each distinct value once."""
+    uniq, idx = parse_distinct(column)
+    valid = idx >= 0
+    safe = np.where(valid, idx, 0)
+    if len(uniq.family) == 0:
+        n = len(idx)
         return ParsedAddresses(np.zeros(n, np.uint8), np.zeros(n, np.uint64), np.zeros(n, V6_DTYPE))
-    family = np.where(valid, uniq.family[idx], 0).astype(np.uint8)
-    return ParsedAddresses(family, uniq.v4[idx], uniq.v6[idx])
+    family = np.where(valid, uniq.family[safe], 0).astype(np.uint8)
+    return ParsedAddresses(family, uniq.v4[safe], uniq.v6[safe])
 
 
 def v6_key(value: int) -> bytes:

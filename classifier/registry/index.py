@@ -58,19 +58,22 @@ class FamilyIndex:
         np.cumsum(per_seg, out=offsets[1:])
         return cls(bounds, offsets, entry_ids[owner].astype(np.int64), int(per_seg.max(initial=0)))
 
-    def lookup(self, keys: np.ndarray, times: np.ndarray, valid_from: np.ndarray,
-               valid_until: np.ndarray) -> np.ndarray:
-        """Entry number of the most specific entry covering each key and valid at its
-        time (``valid_from <= t < valid_until``), or -1."""
+    def candidates_of(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per key: (first position in ``candidates``, number of candidates)."""
         n = len(keys)
-        found = np.full(n, -1, np.int64)
         if n == 0 or len(self.bounds) == 0:
-            return found
+            return np.zeros(n, np.int64), np.zeros(n, np.int64)
         seg = np.searchsorted(self.bounds, keys, side="right") - 1
         inside = seg >= 0
         seg = np.where(inside, seg, 0)
         lo = self.offsets[seg]
-        count = np.where(inside, self.offsets[seg + 1] - lo, 0)
+        return lo, np.where(inside, self.offsets[seg + 1] - lo, 0)
+
+    def resolve(self, lo: np.ndarray, count: np.ndarray, times: np.ndarray, valid_from: np.ndarray,
+                valid_until: np.ndarray) -> np.ndarray:
+        """Entry number of the first candidate valid at each time
+        (``valid_from <= t < valid_until``), or -1; one pass per nesting level."""
+        found = np.full(len(lo), -1, np.int64)
         pending = np.flatnonzero(count > 0)
         for k in range(self.max_depth):
             if len(pending) == 0:
@@ -82,3 +85,10 @@ class FamilyIndex:
             found[pending[ok]] = entry[ok]
             pending = pending[~ok]
         return found
+
+    def lookup(self, keys: np.ndarray, times: np.ndarray, valid_from: np.ndarray,
+               valid_until: np.ndarray) -> np.ndarray:
+        """Entry number of the most specific entry covering each key and valid at its
+        time, or -1."""
+        lo, count = self.candidates_of(keys)
+        return self.resolve(lo, count, times, valid_from, valid_until)

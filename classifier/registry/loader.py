@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import hashlib
 import io
 import socket
@@ -40,9 +41,9 @@ class RegistryError(VpnidError):
     """The registry file cannot be used (missing columns, or bad rows under --strict)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Entry:
-    """One valid registry row, with its address block as integers."""
+    """One valid registry row, with its address block as integers (treat as read-only)."""
 
     line: int
     ip: str
@@ -100,6 +101,7 @@ def parse_block(text: str) -> tuple[int, int, int, int]:
     return family, value, value | host_mask, prefix
 
 
+@functools.lru_cache(maxsize=4096)  # lists repeat the same few dates on thousands of rows
 def _parse_time(value: Any, column: str, *, end: bool) -> tuple[int, str | None]:
     """A validity bound -> ns since the epoch (UTC) and its canonical text.
 
@@ -147,25 +149,21 @@ def _to_ns(stamp: dt.datetime) -> int:
 
 def validate_row(fields: dict[str, Any], line: int) -> Entry:
     """Check one row; ``ValueError`` with one clear sentence when it is bad."""
-    for col in REQUIRED_VALUES:
-        v = fields.get(col)
-        if v is None or not str(v).strip():
+    ip, org, reg_id = (_text(fields.get(c)) for c in REQUIRED_VALUES)
+    for col, v in zip(REQUIRED_VALUES, (ip, org, reg_id), strict=True):
+        if not v:
             raise ValueError(f"missing {col}")
-    ip = str(fields["ip"]).strip()
     family, start, end, prefix = parse_block(ip)
     vf_ns, vf_text = _parse_time(fields.get("valid_from"), "valid_from", end=False)
     vu_ns, vu_text = _parse_time(fields.get("valid_until"), "valid_until", end=True)
     if vf_ns >= vu_ns:
         raise ValueError(f"valid_from {vf_text} is after valid_until {vu_text}")
-    category = fields.get("category")
-    category = str(category).strip() or None if category is not None else None
-    return Entry(
-        line=line, ip=ip, family=family, start=start, end=end, prefix=prefix,
-        organization=str(fields["organization"]).strip(),
-        registration_id=str(fields["registration_id"]).strip(),
-        category=category, valid_from_ns=vf_ns, valid_until_ns=vu_ns,
-        valid_from=vf_text, valid_until=vu_text,
-    )
+    return Entry(line, ip, family, start, end, prefix, org, reg_id, _text(fields.get("category")) or None,
+                 vf_ns, vu_ns, vf_text, vu_text)
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
 
 
 def _missing_columns_error(path: str, header: list[str]) -> RegistryError:

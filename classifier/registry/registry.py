@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from classifier.flows.schema import REGISTRY_FIELDS
-from classifier.registry.addresses import V6_DTYPE, ParsedAddresses, parse_column, v6_key
+from classifier.registry.addresses import V6_DTYPE, ParsedAddresses, parse_distinct, v6_key
 from classifier.registry.index import FamilyIndex
 from classifier.registry.loader import (
     Entry,
@@ -133,11 +133,28 @@ class Registry:
         matched endpoint code: 0 none, 1 src, 2 dst)."""
         times_ns = np.asarray(times_ns, np.int64)
         n = len(times_ns)
-        both = pa.chunked_array(
-            [*(_chunks(src)), *(_chunks(dst))], pa.string()
-        ) if n else pa.chunked_array([], pa.string())
-        parsed = parse_column(both)
-        hit = self.match_addresses(parsed, np.concatenate([times_ns, times_ns]))
+        if n == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int8)
+        both = pa.chunked_array([*_chunks(src), *_chunks(dst)], pa.string())
+        uniq, idx = parse_distinct(both)  # each distinct address parsed and looked up once
+        lo = np.zeros(len(uniq.family), np.int64)
+        count = np.zeros(len(uniq.family), np.int64)
+        for fam, index, keys in ((4, self._v4, uniq.v4), (6, self._v6, uniq.v6)):
+            sel = np.flatnonzero(uniq.family == fam)
+            if len(sel) and len(index.bounds):
+                lo[sel], count[sel] = index.candidates_of(keys[sel])
+        valid = idx >= 0
+        safe = np.where(valid, idx, 0)
+        row_lo = lo[safe] if len(lo) else np.zeros(2 * n, np.int64)
+        row_count = np.where(valid, count[safe], 0) if len(count) else np.zeros(2 * n, np.int64)
+        # candidate positions are per family index, so each family resolves its own rows
+        hit = np.full(2 * n, -1, np.int64)
+        fam_rows = uniq.family[safe] if len(uniq.family) else np.zeros(2 * n, np.uint8)
+        times2 = np.concatenate([times_ns, times_ns])
+        for fam, index in ((4, self._v4), (6, self._v6)):
+            rows = np.flatnonzero((fam_rows == fam) & (row_count > 0))
+            if len(rows):
+                hit[rows] = index.resolve(row_lo[rows], row_count[rows], times2[rows], self._from, self._until)
         src_hit, dst_hit = hit[:n], hit[n:]
         entry = np.where(src_hit >= 0, src_hit, dst_hit)
         which = np.where(src_hit >= 0, 1, np.where(dst_hit >= 0, 2, 0)).astype(np.int8)

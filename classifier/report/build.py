@@ -73,6 +73,7 @@ class ReportBuilder:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.context = context
         self.anonymizer = anonymizer
+        context.anonymized = context.anonymized or anonymizer is not None
         self._meta = context.metadata()
         self._flows = FlowsWriter(self.out_dir, REPORT_SCHEMA, self._meta, partition_by)
         self._vpn: list[pa.Table] = []

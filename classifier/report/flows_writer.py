@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from classifier.output import TableSink
 
 PARTITIONS = ("date",)
+_NS_PER_DAY = 86_400 * 10**9
 
 
 class FlowsWriter:
@@ -56,10 +57,10 @@ class FlowsWriter:
         if self._sink is not None:
             self._sink.write(table)
             return
-        days = pc.strftime(table.column("first_seen"), format="%Y-%m-%d", timezone="UTC") \
-            .to_numpy(zero_copy_only=False)
-        uniq, inverse = np.unique(days.astype(str), return_inverse=True)
-        for i, day in enumerate(uniq):
+        ns = pc.cast(table.column("first_seen"), pa.int64()).to_numpy()
+        uniq, inverse = np.unique(ns // _NS_PER_DAY, return_inverse=True)
+        for i, day_number in enumerate(uniq):
+            day = str(np.datetime64(int(day_number), "D"))  # UTC calendar day
             part = self._parts.get(day)
             if part is None:
                 path = self._tmp_dir / f"date={day}" / "part-0.parquet"  # type: ignore[operator]

@@ -28,3 +28,11 @@ def short_time(value: str | dt.datetime | None) -> str:
     if isinstance(value, dt.datetime):
         value = value.isoformat()
     return value.replace("T", " ")[:19]
+
+
+def seen_range(first: str | dt.datetime | None, last: str | dt.datetime | None) -> str:
+    """'2024-03-01 09:00:05 → 09:57:34' (the date of the end only when it differs)."""
+    a, b = short_time(first), short_time(last)
+    if a == "-" or b == "-":
+        return f"{a} → {b}"
+    return f"{a} → {b[11:]}" if a[:10] == b[:10] else f"{a} → {b}"

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from classifier.report import aggregate as agg
 from classifier.report import plots
-from classifier.report.format import human_bytes, human_count, short_time
+from classifier.report.format import human_bytes, human_count, seen_range, short_time
 
 if TYPE_CHECKING:  # pragma: no cover
     from classifier.report.build import ReportContext
@@ -31,7 +31,7 @@ header { background:#0f172a; color:#f8fafc; padding:22px 32px 18px; }
 header h1 { margin:0 0 4px; font-size:22px; font-weight:650; letter-spacing:.2px; }
 header .sub { color:#cbd5e1; font-size:13px; }
 header .sub code { color:#e2e8f0; }
-main { max-width:1180px; margin:0 auto; padding:20px 32px 40px; }
+main { max-width:1280px; margin:0 auto; padding:20px 32px 40px; }
 section { background:#fff; border:1px solid var(--line); border-radius:10px; padding:18px 20px; margin:18px 0; }
 h2 { font-size:16px; margin:0 0 10px; }
 p.note { color:var(--muted); margin:6px 0 10px; font-size:13px; }
@@ -47,14 +47,15 @@ th, td { text-align:left; padding:6px 8px; border-bottom:1px solid var(--line); 
 th { background:#f3f4f6; font-weight:600; cursor:pointer; white-space:nowrap; position:sticky; top:0; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
 td.addr { font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; white-space:nowrap; }
-td.ev { color:#374151; max-width:460px; }
+td.ev { color:#374151; min-width:260px; }
+td.ev .ex { color:var(--muted); font-size:11.5px; font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; }
 tr:hover td { background:#f9fafb; }
 .tag { display:inline-block; padding:1px 7px; border-radius:999px; font-size:11.5px; font-weight:600; }
 .tag.bad { background:#fee2e2; color:#991b1b; } .tag.good { background:#dcfce7; color:#166534; }
 .tag.proto { background:#e0e7ff; color:#3730a3; }
 .scroll { max-height:560px; overflow:auto; border:1px solid var(--line); border-radius:8px; }
-.two { display:grid; grid-template-columns:1fr 1fr; gap:18px; }
-@media (max-width:900px) { .two { grid-template-columns:1fr; } }
+h3 { font-size:14px; margin:16px 0 8px; }
+td.when { white-space:nowrap; font-variant-numeric:tabular-nums; }
 dl.meta { display:grid; grid-template-columns:max-content 1fr; gap:4px 16px; margin:0; font-size:13px; }
 dl.meta dt { color:var(--muted); } dl.meta dd { margin:0; word-break:break-all; }
 .empty { color:var(--muted); font-style:italic; padding:8px 0; }
@@ -120,7 +121,7 @@ def _endpoint_rows(table: pa.Table, n: int) -> list[str]:
         rows.append(
             f'<tr><td class="addr">{_e(r["address"])}</td>{_num(r["flows"])}{_bytes(r["bytes"])}'
             f'{_num(r["peers"])}<td>{_e(r["protocols"])}</td>'
-            f"<td>{_e(short_time(r['first_seen']))}</td><td>{_e(short_time(r['last_seen']))}</td></tr>"
+            f'<td class="when">{_e(seen_range(r["first_seen"], r["last_seen"]))}</td></tr>'
         )
     return rows
 
@@ -173,18 +174,18 @@ def render_html(summary: dict[str, Any], vpn: pa.Table, use: pa.Table, unreg: pa
         for r in mix.to_pylist()
     ]
     endpoint_head = [("address", False), ("flows", True), ("bytes", True), ("peers", True),
-                     ("protocols", False), ("first seen (UTC)", False), ("last seen (UTC)", False)]
+                     ("protocols", False), ("seen (UTC)", False)]
     finding_rows = []
     for r in unreg.slice(0, MAX_FINDINGS).to_pylist():
         conf = r["confidence"]
         finding_rows.append(
             f'<tr><td class="addr">{_e(r["client_ip"])}</td><td class="addr">{_e(_server(r))}</td>'
             f'<td><span class="tag proto">{_e(r["vpn_protocol"])}</span></td>{_num(r["flows"])}{_bytes(r["bytes"])}'
-            f"<td>{_e(short_time(r['first_seen']))}</td><td>{_e(short_time(r['last_seen']))}</td>"
-            f"<td>{_e(r['detection'])}</td>"
-            + _num(conf, f"{conf:.2f}" if conf is not None else "-")
-            + f'<td class="ev">{_e(r["evidence"])}</td>'
-            f'<td class="addr">{_e(r["example_capture"])} #{_e(r["example_flow_id"])}</td></tr>'
+            f'<td class="when">{_e(seen_range(r["first_seen"], r["last_seen"]))}</td>'
+            f'<td class="when" data-v="{_e(conf)}">{_e(r["detection"] or "-")}'
+            f'{_e(f" · {conf:.2f}" if conf is not None else "")}</td>'
+            f'<td class="ev">{_e(r["evidence"])}'
+            f'<div class="ex">{_e(r["example_capture"])} flow {_e(r["example_flow_id"])}</div></td></tr>'
         )
     more = ""
     if unreg.num_rows > MAX_FINDINGS:
@@ -235,15 +236,14 @@ from {len(summary["inputs"])} input(s).</div></header>
 {_table([("protocol", False), ("flows", True), ("bytes", True), ("registered flows", True),
          ("unregistered flows", True), ("clients", True)], mix_rows, "No VPN flows.")}</section>
 <section id="top"><h2>Top unregistered clients and servers</h2>{top_fig}
-<div class="two"><div><h2>Clients</h2>{_table(endpoint_head, _endpoint_rows(clients, top), "None.")}</div>
-<div><h2>Servers</h2>{_table(endpoint_head, _endpoint_rows(servers, top), "None.")}</div></div></section>
+<h3>Clients</h3>{_table(endpoint_head, _endpoint_rows(clients, top), "None.")}
+<h3>Servers</h3>{_table(endpoint_head, _endpoint_rows(servers, top), "None.")}</section>
 <section id="findings"><h2>Unregistered findings and their evidence</h2>
 <p class="note">One row per client, server and protocol with no registered endpoint. The evidence is that of the
-strongest flow (a signature verdict before a model one, then by confidence); the last column names it in
+strongest flow (a signature verdict before a model one, then by confidence), with the capture and <code>flow_id</code> that find it in
 <code>flows.parquet</code>.</p>{more}
 {_table([("client", False), ("server", False), ("protocol", False), ("flows", True), ("bytes", True),
-         ("first seen (UTC)", False), ("last seen (UTC)", False), ("detection", False), ("confidence", True),
-         ("evidence", False), ("example flow", False)], finding_rows, "No unregistered VPN use.")}</section>
+         ("seen (UTC)", False), ("verdict", False), ("evidence and example flow", False)], finding_rows, "No unregistered VPN use.")}</section>
 <section id="registered"><h2>Registered VPN use</h2>
 {_table([("registration id", False), ("organization", False), ("flows", True), ("bytes", True), ("clients", True)],
         reg_rows, "No VPN flow matched the registry.")}</section>

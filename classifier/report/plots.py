@@ -80,10 +80,9 @@ def traffic_over_time(edges: np.ndarray, names: list[str], data: np.ndarray, wid
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     _bytes_axis(ax.yaxis)
     ax.set_ylabel("bytes per bin", fontsize=9, color="#374151")
-    step = _step_text(width_s)
-    ax.set_title(f"VPN traffic over time (UTC, {step} bins, flows counted at their start)",
-                 fontsize=10, loc="left", color="#111827")
-    ax.legend(fontsize=8, frameon=False, ncols=min(len(names), 6), loc="upper left", bbox_to_anchor=(0, -0.12))
+    ax.set_xlabel(f"UTC; {_step_text(width_s)} bins; a flow's bytes are counted at its start",
+                  fontsize=8.5, color="#6b7280")
+    ax.legend(fontsize=8, frameon=False, ncols=min(len(names), 8), loc="lower left", bbox_to_anchor=(0, 1.0))
     return to_png(fig)
 
 
@@ -112,7 +111,6 @@ def protocol_mix(mix: pa.Table) -> bytes:
     ax.set_yticks(y, names)
     ax.set_xlabel("flows", fontsize=9, color="#374151")
     ax.set_xlim(0, max(1.0, float((reg + unreg).max(initial=0))) * 1.35)
-    ax.set_title("Protocol mix: VPN flows per protocol", fontsize=10, loc="left", color="#111827")
     ax.legend(fontsize=8, frameon=False, loc="lower right")
     return to_png(fig)
 

@@ -100,20 +100,22 @@ def _associate(batch: FlowBatch, view: BatchView, verdicts: list[Verdict | None]
     src = t.column("src_ip").to_pylist()
     dst = t.column("dst_ip").to_pylist()
     sport, dport, proto = view.sport, view.dport, view.proto
+    # Unclaimed TCP/UDP rows by address pair, built once (no pass over the batch per anchor).
+    by_pair: dict[frozenset, list[int]] = {}
+    for j in np.flatnonzero(np.isin(proto, (TCP, UDP))):
+        if verdicts[j] is None:
+            by_pair.setdefault(frozenset((src[j], dst[j])), []).append(int(j))
     for i, v in anchors:
-        pair = frozenset((src[i], dst[i]))
-        if v.protocol == "tinc":
-            want, ports = UDP, {int(dport[i])}
-        else:
-            want, ports = TCP, {int(dport[i])}
-        for j in range(len(verdicts)):
-            if verdicts[j] is not None or proto[j] != want or frozenset((src[j], dst[j])) != pair:
+        want = UDP if v.protocol == "tinc" else TCP
+        port = int(dport[i])
+        for j in by_pair.get(frozenset((src[i], dst[i])), ()):
+            if verdicts[j] is not None or proto[j] != want:
                 continue
-            if v.protocol == "tinc" and ports & {int(sport[j]), int(dport[j])}:
-                verdicts[j] = Verdict("tinc", 0.8, f"tinc udp: same peers and port {next(iter(ports))} as "
+            if v.protocol == "tinc" and port in (int(sport[j]), int(dport[j])):
+                verdicts[j] = Verdict("tinc", 0.8, f"tinc udp: same peers and port {port} as "
                                       f"tinc meta connection (flow row {i}); payload encrypted", midflow=False)
-            elif v.protocol == "openconnect" and int(dport[j]) in ports and dst[j] == dst[i] and \
+            elif v.protocol == "openconnect" and int(dport[j]) == port and dst[j] == dst[i] and \
                     view.data[j, 0, 0] == 0x16:
                 verdicts[j] = Verdict("openconnect", 0.8, f"openconnect/anyconnect cstp: TLS to the same server "
-                                      f"{dst[i]} port {dport[i]} as the AnyConnect DTLS flow (row {i})",
+                                      f"{dst[i]} port {port} as the AnyConnect DTLS flow (row {i})",
                                       midflow=not (view.first_flags[j] & 0x02))

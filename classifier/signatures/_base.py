@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -65,7 +66,7 @@ def increasing(values: list[int], max_step: int = 64) -> bool:
     OpenVPN packet id) advances by one per packet, a few more when packets are
     lost or not captured; a random field would not stay inside such a window.
     """
-    return len(values) >= 2 and all(0 < b - a <= max_step for a, b in zip(values, values[1:], strict=False))
+    return len(values) >= 2 and all(0 < b - a <= max_step for a, b in pairwise(values))
 
 
 class BatchView:

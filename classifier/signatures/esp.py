@@ -1,7 +1,8 @@
 """IPsec data plane: ESP (IP protocol 50), AH (51) and UDP-encapsulated ESP.
 
 ESP (RFC 4303) starts with the SPI and a 32-bit sequence number that starts at 1 and
-grows by one per packet; each direction uses its own SA, so its own SPI. AH (RFC 4302)
+grows by one per packet (so a first sequence number above 2 means the SA's start was
+not captured: mid-flow); each direction uses its own SA, so its own SPI. AH (RFC 4302)
 has next header, payload length (in 32-bit words minus 2), two reserved zero bytes,
 SPI and sequence number. The protocol number alone proves nothing (anything can be
 sent with protocol 50), so a flow matches when its SPI stays constant per direction
@@ -53,13 +54,14 @@ def check(f: Flow) -> Verdict | None:
 
 
 def _esp(f: Flow) -> Verdict | None:
-    pkts = [p for p in f.packets if len(p.data) >= 8 and p.len >= 16]
+    pkts = [p for p in f.packets if len(p.data) >= 8]
     if not pkts or len(pkts) < len(f.packets):
         return None
-    ok, run = esp_pattern(pkts)
+    # Protocol 50 is ESP's own number, so test SPIs in the reserved range 1..255 count.
+    ok, run = esp_pattern(pkts, min_spi=1)
     if not ok:
         return None
-    spis = len({be32(p.data, 0) for p in pkts})
+    spis = len({be32(p.data, 0) for p in pkts})  # SAs seen
     first_seq = min(be32(p.data, 4) for p in pkts)
     if run >= 3:
         conf, how = 0.97, f"SPI constant and sequence rising over {run} packets"
@@ -71,7 +73,7 @@ def _esp(f: Flow) -> Verdict | None:
         conf, how = 0.6, f"single packet per direction (sequence {first_seq}), not confirmed by a second"
     dirs = "both directions" if len(f.directions) == 2 else "one direction"
     ev = f"ipsec-esp ip proto 50: {len(pkts)} packets, {spis} SPI{'s' if spis > 1 else ''} ({dirs}), {how}"
-    return Verdict(NAME, conf, ev, midflow=first_seq > 64)
+    return Verdict(NAME, conf, ev, midflow=first_seq > 2)
 
 
 def _ah(f: Flow) -> Verdict | None:
@@ -87,7 +89,7 @@ def _ah(f: Flow) -> Verdict | None:
     if not pkts:
         return None
     shifted = [type(p)(p.dir, p.len, p.data[4:12], p.ts, p.seq) for p in pkts]
-    ok, run = esp_pattern(shifted)
+    ok, run = esp_pattern(shifted, min_spi=1)
     if not ok:
         return None
     seq0 = min(be32(p.data, 8) for p in pkts)
@@ -98,14 +100,14 @@ def _ah(f: Flow) -> Verdict | None:
     mode = "tunnel mode" if nxt <= set(_TUNNEL_NEXT) else f"next header {'/'.join(map(str, sorted(nxt)))}"
     how = f"SPI constant and sequence rising over {run} packets" if run >= 2 else "single packet per direction"
     ev = f"ipsec-ah ip proto 51: {len(pkts)} packets, reserved zero, {mode}, {how}"
-    return Verdict("ipsec-ah", conf, ev, midflow=seq0 > 64)
+    return Verdict("ipsec-ah", conf, ev, midflow=seq0 > 2)
 
 
 def _esp_in_udp(f: Flow) -> Verdict | None:
     pkts = [p for p in f.packets if not (p.len == 1 and p.data == b"\xff")]
     if len(pkts) < 3 or any(p.len < 16 or len(p.data) < 8 or p.data.startswith(b"\0\0\0\0") for p in pkts):
         return None
-    ok, run = esp_pattern(pkts)
+    ok, run = esp_pattern(pkts, max_sas=1)
     if not ok or run < 3:
         return None
     spis = {p.dir: be32(p.data, 0) for p in pkts}
@@ -120,4 +122,4 @@ def _esp_in_udp(f: Flow) -> Verdict | None:
     seq0 = min(be32(p.data, 4) for p in pkts)
     ev = (f"ipsec-esp udp-encapsulated: {len(pkts)} packets, {len(spis)} SPI{'s' if len(spis) > 1 else ''}, "
           f"sequence rising over {run} packets; no IKE seen on this flow")
-    return Verdict(NAME, conf, ev, midflow=seq0 > 64)
+    return Verdict(NAME, conf, ev, midflow=seq0 > 2)

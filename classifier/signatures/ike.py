@@ -41,16 +41,27 @@ def _header_ok_vec(v: BatchView, off: int, length: np.ndarray) -> np.ndarray:
 
 def candidates(v: BatchView) -> np.ndarray:
     lens = v.lens.astype(np.int64)
-    plain = _header_ok_vec(v, 0, lens)
-    natt = (v.be32(0) == 0) & _header_ok_vec(v, 4, lens - 4)
+    plain = _header_ok_vec(v, 0, lens) | ((v.be32(24) == 0) & (v.b(17) == 0x10) & (v.b(16) == 1))
+    natt = (v.be32(0) == 0) & ((v.b(21) == 0x10) | (v.b(21) == 0x20)) & (v.be32(28) >= (lens - 4).astype(np.uint32))
     udp = v.udp & v.any_slot(plain | natt)
     tcp = v.tcp & v.any_slot(v.starts_with(b"IKETCP") | ((v.be32(2) == 0) & (v.be16(0) >= 32)))
     return udp | tcp
 
 
-def parse_header(msg: bytes, length: int) -> tuple[int, int, int, bytes, bytes] | None:
-    """(version, exchange type, message id, initiator SPI, responder SPI) of a valid IKE header."""
-    if len(msg) < 28 or length < 28 or be32(msg, 24) != length:
+def parse_header(msg: bytes, length: int, loose: bool = False) -> tuple[int, int, int, bytes, bytes] | None:
+    """(version, exchange type, message id, initiator SPI, responder SPI) of a valid IKE header.
+
+    ``loose`` accepts a length field larger than the datagram seen, as when the engine
+    kept only the first IP fragment of a large IKE_AUTH; both SPIs must then be set.
+    """
+    if len(msg) < 28 or length < 28:
+        return None
+    total = be32(msg, 24)
+    # A zero length field in an otherwise valid IKEv1 first message (SA payload first) is
+    # a known malformation some stacks send; Wireshark then stops, nDPI still says IPsec.
+    zero_v1 = total == 0 and msg[16] == 1 and msg[17] == 0x10 and msg[8:16] == b"\0" * 8
+    if total != length and not zero_v1 and \
+            not (loose and length < total <= 65535 and msg[8:16] != b"\0" * 8):
         return None
     ispi, rspi = msg[0:8], msg[8:16]
     nxt, ver, exch, flags = msg[16], msg[17], msg[18], msg[19]
@@ -67,16 +78,21 @@ def parse_header(msg: bytes, length: int) -> tuple[int, int, int, bytes, bytes] 
     return ver >> 4, exch, be32(msg, 20), ispi, rspi
 
 
-def _messages(f: Flow) -> tuple[list[tuple[int, tuple]], list[Packet], int, int]:
-    """IKE headers (dir, header), ESP-in-UDP packets, keepalives, and other packets."""
+def _messages(f: Flow) -> tuple[list[tuple[int, tuple]], list[Packet], int, int, int]:
+    """IKE headers (dir, header), ESP-in-UDP packets, keepalives, other packets, fragment heads."""
     ike: list[tuple[int, tuple]] = []
     esp: list[Packet] = []
     keepalive = other = 0
+    fragments = 0
     if f.proto == UDP:
         for p in f.packets:
             h = parse_header(p.data, p.len)
             if h is None and p.data.startswith(_MARKER):
                 h = parse_header(p.data[4:], p.len - 4)
+            if h is None and p.data.startswith(_MARKER):
+                h = parse_header(p.data[4:], p.len - 4, loose=True)
+                if h is not None:
+                    fragments += 1
             if h is not None:
                 ike.append((p.dir, h))
             elif p.len == 1 and p.data == b"\xff":
@@ -85,7 +101,7 @@ def _messages(f: Flow) -> tuple[list[tuple[int, tuple]], list[Packet], int, int]
                 esp.append(p)
             else:
                 other += 1
-        return ike, esp, keepalive, other
+        return ike, esp, keepalive, other, fragments
     for d, stream in enumerate(f.streams):
         off = 6 if stream.read(0, 6) == b"IKETCP" else 0
         n = 0
@@ -107,25 +123,27 @@ def _messages(f: Flow) -> tuple[list[tuple[int, tuple]], list[Packet], int, int]
                 esp.append(Packet(d, total - 2, body, 0, 0))
             off += total
             n += 1
-    return ike, esp, keepalive, other
+    return ike, esp, keepalive, other, 0
 
 
-def esp_pattern(pkts: list[Packet]) -> tuple[bool, int]:
-    """Per direction: one SPI (not reserved), sequence numbers climbing. Returns (ok, longest run)."""
-    by_dir: dict[int, list[Packet]] = {}
+def esp_pattern(pkts: list[Packet], min_spi: int = 256, max_sas: int = 4) -> tuple[bool, int]:
+    """SPI + sequence shape: per SA (direction, SPI) the sequence numbers climb.
+
+    A direction may carry a few SAs (rekeying, several child SAs); SPIs below
+    ``min_spi`` are reserved by RFC 4303 (0 always is). Returns (ok, longest run).
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
     for p in pkts:
-        by_dir.setdefault(p.dir, []).append(p)
-    spis = set()
+        groups.setdefault((p.dir, be32(p.data, 0)), []).append(be32(p.data, 4))
+    per_dir: dict[int, int] = {}
+    for d, spi in groups:
+        if spi == 0 or spi < min_spi:
+            return False, 0
+        per_dir[d] = per_dir.get(d, 0) + 1
+    if any(n > max_sas for n in per_dir.values()):
+        return False, 0
     run = 0
-    for ps in by_dir.values():
-        s = {be32(p.data, 0) for p in ps}
-        if len(s) != 1:
-            return False, 0
-        spi = s.pop()
-        if spi < 256:
-            return False, 0
-        spis.add(spi)
-        seqs = [be32(p.data, 4) for p in ps]
+    for seqs in groups.values():
         if len(seqs) >= 2 and not increasing(seqs, 64):
             return False, 0
         run = max(run, len(seqs))
@@ -135,7 +153,7 @@ def esp_pattern(pkts: list[Packet]) -> tuple[bool, int]:
 def check(f: Flow) -> Verdict | None:
     if f.proto not in (UDP, TCP):
         return None
-    ike, esp, keepalive, other = _messages(f)
+    ike, esp, keepalive, other, frags = _messages(f)
     if not ike:
         return None
     # Everything else on an IKE socket is ESP-in-UDP, keepalives or IKE fragments we
@@ -147,6 +165,10 @@ def check(f: Flow) -> Verdict | None:
     main_spi, main_n = ispis.most_common(1)[0]
     dirs_main = {d for d, h in ike if h[3] == main_spi}
     initial = any(h[4] == b"\0" * 8 for _, h in ike)
+    # The flow's own start: an initial exchange, or (NAT-T port change) the first
+    # IKE_AUTH / main-mode message; anything later means the capture began mid-flow.
+    started = initial or any((h[0] == 2 and h[2] <= 1 and h[1] in (34, 35)) or
+                             (h[0] == 1 and h[1] in (2, 4) and h[2] == 0) for _, h in ike)
     exch = Counter(_EXCH_NAMES.get(h[1], str(h[1])) for _, h in ike)
     esp_ok, _ = esp_pattern(esp) if esp else (True, 0)
     if len(dirs_main) == 2 and main_n >= 2:
@@ -155,19 +177,27 @@ def check(f: Flow) -> Verdict | None:
         conf = 0.95
     else:
         conf = 0.9
+    if frags == len(ike):
+        conf = min(conf, 0.85)
+    zero = sum(1 for p in f.packets if f.proto == UDP and len(p.data) >= 28 and be32(p.data, 24) == 0)
+    if zero == len(ike):
+        conf = 0.7
     transport = "tcp (RFC 8229)" if f.proto == TCP else "udp"
     if f.proto == UDP and any(p.data.startswith(_MARKER) for p in f.packets):
         transport = "udp with non-ESP marker (NAT-T)"
     ver = "/".join(f"IKEv{k}" for k in sorted(vers))
     parts = [f"ipsec-ike {transport}: {len(ike)} {ver} messages ({', '.join(f'{n} {e}' for e, n in exch.items())})",
-             "length field equal to payload"]
+             "length field zero (malformed first message)" if zero == len(ike) else
+             "length field equal to payload" if frags < len(ike) else "header fields valid"]
     parts.append("initiator SPI constant, both directions" if len(dirs_main) == 2 else
                  "one direction captured" if len(f.directions) == 1 else "initiator SPI constant")
     if esp:
         parts.append(f"{len(esp)} ESP-in-UDP packets{' (SPI constant, sequence rising)' if esp_ok else ''}")
     if keepalive:
         parts.append(f"{keepalive} NAT-T keepalives")
-    midflow = not initial
+    if frags:
+        parts.append(f"{frags} with a length field beyond the datagram (first IP fragment)")
+    midflow = not started
     if midflow:
         parts.append("no initial exchange seen (mid-flow)")
     return Verdict(NAME, conf, ", ".join(parts), midflow)

@@ -151,6 +151,63 @@ def _variant(pkts: list[_Pkt], sids: dict[int, bytes]) -> tuple[str, bool]:
     return "tls-auth or unknown HMAC", echo
 
 
+#: Unix times of the tls-auth / tls-crypt replay field that a live peer could send.
+_TIME_MIN, _TIME_MAX = 0x4B000000, 0x88000000  # 2009 .. 2042
+
+
+def _plausible_time(d: bytes, off: int) -> bool:
+    return len(d) >= off + 4 and _TIME_MIN <= be32(d, off) <= _TIME_MAX
+
+
+def _reset_layout(p: _Pkt) -> str | None:
+    """Which wrapping a hard reset's layout fits (plain, tls-auth, tls-crypt), or None.
+
+    A client reset acks nothing and has message packet id 0; a server reset acks the
+    client's packet 0 and echoes its session id. With tls-auth a replay packet id
+    (starting at 1) and a Unix time precede that, after the HMAC; with tls-crypt they
+    follow the session id and the rest is encrypted.
+    """
+    d = p.data
+    client = p.op in HARD_RESET_CLIENT
+    if client and len(d) >= 14 and d[9] == 0 and be32(d, 10) == 0:
+        return "no HMAC"
+    if not client and len(d) >= 26 and d[9] == 1 and be32(d, 10) == 0 and be32(d, 22) == 0:
+        return "no HMAC"
+    for h in _HMAC_SIZES:
+        o = 9 + h
+        if len(d) < o + 13 or not 1 <= be32(d, o) <= 16 or not _plausible_time(d, o + 4):
+            continue
+        if client and d[o + 8] == 0 and be32(d, o + 9) == 0:
+            return f"tls-auth (HMAC {h * 8} bit)"
+        if not client and d[o + 8] == 1 and be32(d, o + 9) == 0:
+            return f"tls-auth (HMAC {h * 8} bit)"
+    if len(d) >= 17 and 1 <= be32(d, 9) & 0x00FFFFFF <= 16 and _plausible_time(d, 13):
+        return "tls-crypt-v2" if p.op == 10 else "tls-crypt"
+    return None
+
+
+def _ids_climb(ps: list[_Pkt]) -> bool:
+    """Replay or message packet ids rise over a direction's control packets."""
+    if len(ps) < 3 or len({p.data for p in ps}) < len(ps):
+        return False  # identical datagrams are repeats, not a session
+    for off in (9, *(9 + h for h in _HMAC_SIZES)):
+        if all(len(p.data) >= off + 8 for p in ps) and \
+                increasing([be32(p.data, off) for p in ps], 8) and _plausible_time(ps[0].data, off + 4):
+            return True
+    # No HMAC: CONTROL packets carry a message packet id after the ACK block.
+    ids = []
+    for p in ps:
+        if p.op not in (CONTROL, CONTROL_WKC):
+            continue
+        if len(p.data) < 10 or p.data[9] > 8:
+            return False
+        off = 10 + 4 * p.data[9] + (8 if p.data[9] else 0)
+        if len(p.data) < off + 4:
+            return False
+        ids.append(be32(p.data, off))
+    return len(ids) >= 2 and increasing(ids, 8)
+
+
 def check(f: Flow) -> Verdict | None:
     if f.proto not in (UDP, TCP):
         return None
@@ -181,9 +238,9 @@ def _state_machine_ok(pkts: list[_Pkt], d: int) -> bool:
         return True
     seen_data = False
     for i, op in enumerate(ops):
-        if op in HARD_RESET_CLIENT | HARD_RESET_SERVER:
-            if seen_data or i > 2:  # retransmitted resets come right at the start
-                return False
+        # Retransmitted resets come right at the start, never after data.
+        if op in HARD_RESET_CLIENT | HARD_RESET_SERVER and (seen_data or i > 2):
+            return False
         if op in (DATA_V1, DATA_V2):
             seen_data = True
     return True
@@ -228,16 +285,26 @@ def _handshake(f: Flow, pkts: list[_Pkt], transport: str) -> Verdict | None:
     if len(sids) == 2 and sids[0] == sids[1]:
         return None
     variant, echo = _variant(pkts, sids)
+    layouts = [_reset_layout(firsts[d]) for d in (client, server) if d is not None]
+    layout_ok = any(layouts)
     both = client is not None and server is not None
     most = max(n_ctrl.values(), default=0)
-    if both and (echo or most >= 2):
+    climbing = [d for d in (0, 1) if _ids_climb([p for p in pkts if p.dir == d and p.op in CONTROL_OPS])]
+    if both and (echo or layout_ok) and most >= 2:
         conf = 0.99
-    elif echo or (both and most >= 1):
+    elif both and (echo or layout_ok or climbing):
         conf = 0.95
-    elif most >= 3:
+    elif both and len(n_ctrl) == 2 and min(n_ctrl.values()) >= 2 and \
+            all(len({p.data for p in pkts if p.dir == d}) >= 2 for d in (0, 1)):
+        # Wide HMACs (SHA-512) push the checkable fields past the stored bytes; two
+        # distinct session ids, each kept over several packets, still pin it down.
+        conf = 0.95
+    elif layout_ok and climbing and most >= 3:
         conf = 0.9  # one direction only: reset + control packets under one session id
     else:
         return None
+    if variant.startswith("tls-auth or") and any(layouts):
+        variant = next(x for x in layouts if x)
     resets = []
     if client is not None:
         resets.append(f"client {_OP_NAMES[firsts[client].op]}")
@@ -260,12 +327,12 @@ def _midflow_control(f: Flow, pkts: list[_Pkt], transport: str) -> Verdict | Non
         if not ps:
             continue
         sid, n = _sid_consistent(pkts, d)
-        if sid is None or n < 3 or not _state_machine_ok(pkts, d):
+        if sid is None or n < 3 or not _state_machine_ok(pkts, d) or not _ids_climb(ps):
             return None
         ctrl_dirs.append(d)
     if not ctrl_dirs:
         return None
-    ev = (f"openvpn {transport}: mid-flow control channel, session id constant over "
+    ev = (f"openvpn {transport}: mid-flow control channel, session id constant and packet ids rising over "
           f"{sum(1 for p in pkts if p.op in CONTROL_OPS)} control/ack packets, {_counts(pkts)}")
     return Verdict(NAME, 0.85 if len(ctrl_dirs) == 1 else 0.9, ev, midflow=True)
 
@@ -287,11 +354,10 @@ def _midflow_data(f: Flow, pkts: list[_Pkt], transport: str) -> Verdict | None:
         if len(ps) >= 3 and increasing([be32(p.data, 4) for p in ps], 32):
             climbing += 1
     both = len(dirs) == 2 and all(sum(1 for p in data if p.dir == d) >= 2 for d in dirs)
-    small_peer = peer < 1 << 16 or peer == 0xFFFFFF
-    if climbing and small_peer:
+    if climbing:
         conf = 0.92 if both else 0.88
-    elif both and small_peer and len(data) >= 6:
-        conf = 0.8
+    elif both and len(data) >= 6 and (peer < 1 << 16 or peer == 0xFFFFFF):
+        conf = 0.8  # CBC ciphers hide the packet id; a small shared peer id is what is left
     else:
         return None
     ev = (f"openvpn {transport}: mid-flow, {len(data)} data v2 packets with constant peer id {peer}"

@@ -78,6 +78,10 @@ def check(f: Flow) -> Verdict | None:
         return None
     for label, test in (("vxlan", _vxlan), ("geneve", _geneve), ("gtp-u", _gtp), ("teredo", _teredo)):
         results = [test(p) for p in pk]
+        if all(results) and label == "gtp-u" and all(r.endswith("/ESP") for r in results):
+            return Verdict("ipsec-esp", 0.6, f"ipsec-esp inside gtp-u: {len(pk)} GTP-U packets whose inner IP "
+                           "packet is ESP (SPI/sequence not checked inside the tunnel)")
+        results = [r.removesuffix("/ESP") if r else r for r in results]
         if all(results):
             inner = "/".join(sorted(set(results)))
             return Verdict(label, 0.9 if len(pk) >= 2 else 0.8,
@@ -119,7 +123,10 @@ def _gtp(p: Packet) -> str | None:
             off += ln
     if off >= len(d):
         return "(inner not stored)"
-    return _inner_ip(d[off:], p.len - off) if len(d) >= off + 20 else "(inner not stored)"
+    inner = d[off:]
+    kind = _inner_ip(inner, p.len - off) if len(d) >= off + 20 else "(inner not stored)"
+    nxt = inner[9] if kind == "IPv4" else inner[6] if kind == "IPv6" else None
+    return f"{kind}/ESP" if nxt == 50 else kind
 
 
 def _teredo(p: Packet) -> str | None:

@@ -4,7 +4,8 @@ Message layout (WireGuard whitepaper, section 5.4): a type byte (1 initiation,
 2 response, 3 cookie reply, 4 transport data) followed by three reserved zero bytes.
 Initiation is exactly 148 bytes, response 92, cookie reply 64; a transport message
 has a 16-byte header (receiver index, 64-bit little-endian counter) and an AEAD
-payload padded to 16 bytes, so its length is 32 + 16n (32 = keepalive).
+payload padded to 16 bytes, so its length is 32 + 16n (32 = keepalive), except
+near the tunnel MTU, where padding is cut short.
 
 What makes a match: the handshake pair (the response's receiver index equals the
 initiation's sender index), or, mid-flow, transport messages whose receiver index
@@ -24,6 +25,8 @@ from classifier.signatures.tailscale import DISCO_MAGIC, TAILSCALE_PORT, is_disc
 
 NAME = "wireguard"
 _SIZES = {1: 148, 2: 92, 3: 64}
+#: Padding to 16 bytes stops at the interface MTU, so near it any length occurs.
+_MTU_BOUND = 1232
 
 
 def candidates(v: BatchView) -> np.ndarray:
@@ -34,7 +37,7 @@ def candidates(v: BatchView) -> np.ndarray:
         ((b0 == 1) & (lens == 148))
         | ((b0 == 2) & (lens == 92))
         | ((b0 == 3) & (lens == 64))
-        | ((b0 == 4) & (lens >= 32) & (lens % 16 == 0))
+        | ((b0 == 4) & (lens >= 32) & ((lens % 16 == 0) | (lens >= _MTU_BOUND)))
     )
     warp = (b0 >= 0xC1) & (b0 <= 0xC4) & ~zero_res & (lens >= 32)
     disco = v.starts_with(DISCO_MAGIC)
@@ -48,21 +51,32 @@ def _kind(p: Packet) -> int:
         return 0
     t = d[0]
     if t in _SIZES:
-        return t if p.len == _SIZES[t] else 0
-    if t == 4 and p.len >= 32 and p.len % 16 == 0 and len(d) >= 16:
+        if p.len == _SIZES[t]:
+            return t
+        # Some clients append bytes to handshake messages; such a message only counts
+        # when the handshake pairing confirms it (see check()).
+        return -t if t in (1, 2) and _SIZES[t] < p.len <= _SIZES[t] + 128 else 0
+    if t == 4 and p.len >= 32 and (p.len % 16 == 0 or p.len >= _MTU_BOUND) and len(d) >= 16:
         return 4
     return 0
 
 
-def _transport_ok(pkts: list[Packet]) -> tuple[bool, int]:
-    """Per direction: one receiver index, counters climbing. Returns (ok, directions with >= 2)."""
-    by_dir: dict[int, list[Packet]] = {}
+def _transport_ok(pkts: list[Packet], handshakes: int) -> tuple[bool, int]:
+    """Per direction and receiver index, counters climbing; few indices (one per session).
+
+    A rekey (a new handshake every two minutes) starts a new session: a new receiver
+    index whose counter restarts at zero. Returns (ok, number of sessions with >= 2 messages).
+    """
+    groups: dict[tuple[int, int], list[Packet]] = {}
     for p in pkts:
-        by_dir.setdefault(p.dir, []).append(p)
+        groups.setdefault((p.dir, be32(p.data, 4)), []).append(p)
+    per_dir: dict[int, int] = {}
+    for d, _ in groups:
+        per_dir[d] = per_dir.get(d, 0) + 1
+    if any(n > 1 + handshakes for n in per_dir.values()):
+        return False, 0
     multi = 0
-    for ps in by_dir.values():
-        if len({be32(p.data, 4) for p in ps}) != 1:
-            return False, 0
+    for ps in groups.values():
         if len(ps) >= 2:
             counters = [le64(p.data, 8) for p in ps]
             if not increasing(counters, 256) or counters[0] >= 1 << 48:
@@ -78,6 +92,7 @@ def check(f: Flow) -> Verdict | None:
     pkts = [p for p in f.packets if not is_disco(p)]
     kinds = [_kind(p) for p in pkts]
     wg = [p for p, k in zip(pkts, kinds, strict=True) if k]
+    extended = sum(1 for k in kinds if k < 0)
     if pkts and len(wg) < len(pkts):
         # Every packet of a WireGuard socket is a WireGuard message (or a Tailscale
         # disco message); one foreign packet means this is something else.
@@ -91,20 +106,25 @@ def check(f: Flow) -> Verdict | None:
     paired = any(
         r.dir != i.dir and be32(r.data, 8) == be32(i.data, 4) for i in init for r in resp if len(r.data) >= 12
     )
-    ok, multi = _transport_ok(data)
+    ok, multi = _transport_ok(data, len(init) + len(resp))
     if not ok:
         return None
-    if data and (init or resp):
-        # Transport messages must address the indices chosen in the handshake.
+    if data and paired:
+        # Transport messages must address an index chosen in a handshake (those seen
+        # before the first captured handshake may belong to an earlier session).
         senders = {be32(p.data, 4) for p in init + resp}
-        if not {be32(p.data, 4) for p in data} <= senders:
+        if not {be32(p.data, 4) for p in data} & senders:
             return None
+    if extended and not paired:
+        return None
     keepalive = sum(1 for p in data if p.len == 32)
     parts = []
     if paired:
         parts.append("handshake initiation/response with matching indices")
     elif init or resp:
         parts.append(f"{plural(len(init), 'initiation')} (148 B), {plural(len(resp), 'response')} (92 B)")
+    if extended:
+        parts.append(f"{extended} handshake messages longer than standard (extra trailing bytes)")
     if cookie:
         parts.append(plural(len(cookie), "cookie reply"))
     if data:

@@ -1,0 +1,122 @@
+"""``vpnid classify``: captures -> flows with a VPN verdict per flow.
+
+Writes the columns of ``vpnid flows`` plus ``is_vpn``, ``vpn_protocol``, ``confidence``,
+``detection``, ``evidence``, ``midflow`` and ``tunnel`` (and the registry columns with
+``--registry``). Signatures decide first; flows no signature claims go to the model
+when one is loaded (the shipped default unless ``--no-model``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from classifier.cli.common import add_input_options
+
+    p = sub.add_parser("classify", help="label each flow VPN or not, with protocol and evidence",
+                       description="Read captures, build flows and label each one: protocol signatures "
+                                   "first, then the model for flows no signature claims.")
+    add_input_options(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file (.parquet, .csv, .jsonl; '-' for standard output with csv/jsonl)")
+    p.add_argument("--format", choices=("parquet", "csv", "jsonl"), help="default: from the file name")
+    p.add_argument("--no-signatures", action="store_true", help="do not run the protocol signatures")
+    p.add_argument("--model", metavar="FILE", help="model file (default: the shipped model, when present)")
+    p.add_argument("--no-model", action="store_true", help="signatures only")
+    p.add_argument("--registry", metavar="FILE", help="registered-IP list (CSV or Parquet) to check VPN flows against")
+    p.add_argument("--strict-registry", action="store_true", help="refuse a registry file with any bad row")
+    p.set_defaults(func=run)
+
+
+def _load_model(args: argparse.Namespace):
+    """The model to use, or None. An explicit --model that cannot be loaded is an error."""
+    from classifier.errors import UsageError
+
+    if args.no_model:
+        if args.model:
+            raise UsageError("--model and --no-model exclude each other")
+        return None
+    try:
+        from classifier.model import default_model_path, load_model
+    except ImportError:
+        if args.model:
+            raise UsageError("this build has no model support; drop --model") from None
+        return None
+    if args.model:
+        if not Path(args.model).is_file():
+            raise UsageError(f"{args.model}: model file not found")
+        return load_model(args.model)
+    default = default_model_path()
+    return load_model(default) if default.is_file() else None
+
+
+def _load_registry(args: argparse.Namespace, log):
+    from classifier.errors import UsageError
+
+    if not args.registry:
+        if args.strict_registry:
+            raise UsageError("--strict-registry needs --registry FILE")
+        return None
+    if not Path(args.registry).is_file():
+        raise UsageError(f"{args.registry}: registry file not found")
+    from classifier.registry import Registry
+
+    return Registry.load(args.registry, strict=args.strict_registry, log=log)
+
+
+def summary(total: int, protocols: Counter, tunnels: Counter) -> str:
+    """One line: flows, VPN flows by protocol, plain tunnels."""
+    vpn = sum(protocols.values())
+    line = f"{total} flows, {vpn} VPN"
+    if protocols:
+        line += " (" + ", ".join(f"{p} {n}" for p, n in sorted(protocols.items(), key=lambda x: (-x[1], x[0]))) + ")"
+    if tunnels:
+        line += ", tunnels: " + ", ".join(f"{p} {n}" for p, n in sorted(tunnels.items()))
+    return line
+
+
+def run(args: argparse.Namespace) -> int:
+    from classifier.cli.common import flow_config
+    from classifier.errors import ErrorLog, UsageError
+    from classifier.flows.schema import CLASSIFY_SCHEMA, REPORT_SCHEMA
+    from classifier.output import TableSink, base_metadata, format_from_path
+    from classifier.pipeline import LabelOptions, iter_labeled
+
+    config = flow_config(args)
+    log = ErrorLog(quiet=False)
+    fmt = format_from_path(args.output, args.format)
+    model = _load_model(args)
+    registry = _load_registry(args, log)
+    options = LabelOptions(signatures=not args.no_signatures, model=model, registry=registry)
+    model_name = str(getattr(model, "path", "")) or None if model is not None else None
+    meta = base_metadata(inputs=list(map(str, args.inputs)), model=model_name,
+                         signatures=not args.no_signatures, registry=args.registry,
+                         idle_timeout_s=config.idle_timeout_s, active_timeout_s=config.active_timeout_s)
+    schema = REPORT_SCHEMA if registry is not None else CLASSIFY_SCHEMA
+    protocols: Counter = Counter()
+    tunnels: Counter = Counter()
+    t0 = time.perf_counter()
+    try:
+        sink = TableSink(args.output, schema, fmt, meta)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"{args.output}: {exc}") from None
+    with sink:
+        for table in iter_labeled(args.inputs, options, config=config, log=log):
+            sink.write(table)
+            is_vpn = table.column("is_vpn").to_pylist()
+            for vpn, proto, tun in zip(is_vpn, table.column("vpn_protocol").to_pylist(),
+                                       table.column("tunnel").to_pylist(), strict=True):
+                if vpn:
+                    protocols[proto or "unknown"] += 1
+                elif tun:
+                    tunnels[tun] += 1
+    elapsed = time.perf_counter() - t0
+    if not args.quiet:
+        print(f"vpnid classify: {summary(sink.rows, protocols, tunnels)} in {elapsed:.2f} s -> {args.output}",
+              file=sys.stderr)
+    return log.exit_status

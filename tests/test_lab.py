@@ -1,0 +1,310 @@
+"""The traffic lab: committed ground truth, the manifest reader and fresh captures from real daemons.
+
+The fast tests need no root: they check ``pcaps/MANIFEST.csv`` against the committed
+captures (every file present, counts as dpkt reads them, sizes within the limits, rows
+matching the scenario registry, docs in step) and the manifest reader. The ``lab`` tests
+run real WireGuard, OpenVPN and strongSwan in network namespaces (root and ``make
+lab-deps`` needed; they skip with the reason otherwise), classify the fresh captures with
+``vpnid classify`` and check that nothing is left behind, also after an interruption.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from classifier.errors import VpnidError
+from classifier.lab.manifest import (
+    MANIFEST_COLUMNS,
+    MANIFEST_SCHEMA,
+    ManifestError,
+    ManifestRow,
+    read_manifest,
+    read_manifest_rows,
+    update_manifest,
+)
+from classifier.lab.netns import NS_PREFIX
+from classifier.lab.runner import check_environment, count_pcap, missing_tools
+from classifier.lab.scenarios import all_scenarios
+
+REPO = Path(__file__).resolve().parents[1]
+PCAPS = REPO / "pcaps"
+MANIFEST = PCAPS / "MANIFEST.csv"
+MAX_FILE = 1_000_000
+MAX_TOTAL = 10_000_000
+
+
+# -- committed samples ---------------------------------------------------------------------
+
+def test_manifest_header_is_exact() -> None:
+    assert MANIFEST.read_text().splitlines()[0] == ",".join(MANIFEST_COLUMNS)
+
+
+def test_manifest_matches_committed_captures() -> None:
+    rows = read_manifest_rows(MANIFEST)
+    listed = {r.file for r in rows}
+    on_disk = {p.name for p in PCAPS.glob("*.pcap")}
+    assert listed == on_disk, f"unlisted: {on_disk - listed}, missing: {listed - on_disk}"
+    total = 0
+    for row in rows:
+        path = PCAPS / row.file
+        size = path.stat().st_size
+        total += size
+        assert size < MAX_FILE, f"{row.file} is {size} bytes"
+        assert path.read_bytes()[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"), f"{row.file}: not classic pcap"
+        assert count_pcap(path) == (row.packets, row.bytes), row.file
+    assert total < MAX_TOTAL
+
+
+def test_manifest_rows_agree_with_the_scenario_registry() -> None:
+    scenarios = all_scenarios()
+    for row in read_manifest_rows(MANIFEST):
+        scn = scenarios[row.scenario]
+        assert (row.vpn, row.protocol, row.transport, row.server_port, row.midflow, row.notes) == \
+            (scn.vpn, scn.protocol, scn.transport, scn.server_port, scn.midflow, scn.notes), row.file
+        if scn.crafted:
+            assert "crafted with scapy" in row.notes
+
+
+def test_the_samples_cover_the_required_scenarios() -> None:
+    rows = read_manifest_rows(MANIFEST)
+    protos = {(r.protocol, r.transport) for r in rows if r.vpn}
+    for need in [("wireguard", "udp"), ("openvpn", "udp"), ("openvpn", "tcp"), ("ipsec-ike", "udp"),
+                 ("ipsec-esp", "udp"), ("ipsec-esp", "esp"), ("l2tp", "udp"), ("pptp", "tcp"), ("pptp", "gre")]:
+        assert need in protos, need
+    assert {r.protocol for r in rows if not r.vpn} >= {"https", "http", "dns", "ssh", "iperf3-tcp", "iperf3-udp"}
+    assert any(r.midflow and r.protocol == "wireguard" for r in rows)
+    assert any(r.midflow and r.protocol.startswith("ipsec") for r in rows)
+    assert {"tls-auth", "tls-crypt"} <= {n for r in rows if r.protocol == "openvpn" for n in r.notes.split("; ")}
+    assert any(r.protocol == "openvpn" and r.transport == "tcp" and r.server_port == 443 for r in rows)
+
+
+def test_committed_captures_use_the_address_plan() -> None:
+    """Every IPv4 packet of a capture is between 198.18.N.1 and 198.18.N.2 of its scenario."""
+    import dpkt
+
+    scenarios = all_scenarios()
+    for row in read_manifest_rows(MANIFEST):
+        n = scenarios[row.scenario].number
+        allowed = {bytes([198, 18, n, 1]), bytes([198, 18, n, 2])}
+        with open(PCAPS / row.file, "rb") as fh:
+            for _ts, buf in dpkt.pcap.Reader(fh):
+                eth = dpkt.ethernet.Ethernet(buf)
+                if isinstance(eth.data, dpkt.ip.IP):
+                    assert {eth.data.src, eth.data.dst} <= allowed, row.file
+
+
+def test_scenario_numbers_are_unique_and_documented() -> None:
+    scenarios = all_scenarios()
+    numbers = [s.number for s in scenarios.values()]
+    assert len(numbers) == len(set(numbers))
+    doc = (REPO / "docs" / "lab.md").read_text()
+    for s in scenarios.values():
+        assert re.search(rf"\|\s*{s.number}\s*\|\s*`{re.escape(s.name)}`", doc), f"{s.name} missing from docs/lab.md"
+
+
+def test_crafted_captures_regenerate_identically(tmp_path: Path) -> None:
+    """Crafted samples are reproducible: the committed file is what the code makes today."""
+    crafted = [s for s in all_scenarios().values() if s.crafted]
+    assert crafted
+    rows = {r.scenario: r for r in read_manifest_rows(MANIFEST)}
+    for s in crafted:
+        out = tmp_path / f"{s.name}.pcap"
+        s.craft(out, s.number, 3.0)
+        assert out.read_bytes() == (PCAPS / rows[s.name].file).read_bytes(), s.name
+
+
+# -- the manifest reader -----------------------------------------------------------------
+
+def test_read_manifest_gives_an_arrow_table() -> None:
+    table = read_manifest(MANIFEST, resolve=True)
+    assert isinstance(table, pa.Table)
+    assert table.schema == MANIFEST_SCHEMA
+    assert table.num_rows == len(read_manifest_rows(MANIFEST))
+    assert all(Path(p).exists() for p in table.column("file").to_pylist())
+    assert set(table.column("vpn").to_pylist()) == {True, False}
+
+
+def test_bad_manifest_names_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "MANIFEST.csv"
+    bad.write_text(",".join(MANIFEST_COLUMNS) + "\nx.pcap,x,yes,wireguard,udp,51820,no,,10,100\n"
+                   "y.pcap,y,maybe,wireguard,udp,51820,no,,10,100\n")
+    with pytest.raises(ManifestError, match=r"MANIFEST.csv:3: column vpn"):
+        read_manifest_rows(bad)
+    bad.write_text("file,scenario\nx.pcap,x\n")
+    with pytest.raises(ManifestError, match=r"MANIFEST.csv:1: header"):
+        read_manifest(bad)
+    bad.write_text(",".join(MANIFEST_COLUMNS) + "\nx.pcap,x,yes,wireguard,sctp,51820,no,,10,100\n")
+    with pytest.raises(ManifestError, match="transport"):
+        read_manifest(bad)
+
+
+def test_update_manifest_replaces_rows_of_the_same_file(tmp_path: Path) -> None:
+    path = tmp_path / "MANIFEST.csv"
+    a = ManifestRow("a.pcap", "wireguard", True, "wireguard", "udp", 51820, False, "x, y", 3, 300)
+    b = ManifestRow("b.pcap", "dns", False, "dns", "udp", 53, False, "", 2, 200)
+    update_manifest(path, [a, b])
+    a2 = ManifestRow("a.pcap", "wireguard", True, "wireguard", "udp", 51820, True, "z", 4, 400)
+    update_manifest(path, [a2])
+    assert read_manifest_rows(path) == [a2, b]
+
+
+def test_capture_refuses_without_root_or_tools(monkeypatch: pytest.MonkeyPatch) -> None:
+    scenarios = all_scenarios()
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(VpnidError, match="needs root"):
+        check_environment([scenarios["wireguard"]])
+    check_environment([scenarios["ipsec-esp-crafted"]])  # crafted: no root needed
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda name, path=None: None)
+    with pytest.raises(VpnidError, match="make lab-deps"):
+        check_environment([scenarios["wireguard"]])
+
+
+def test_lab_list_and_crafted_capture_through_the_cli(tmp_path: Path) -> None:
+    listing = _vpnid("lab", "list", "--json")
+    rows = [json.loads(line) for line in listing.stdout.splitlines()]
+    assert {r["name"] for r in rows} == set(all_scenarios())
+    res = _vpnid("lab", "capture", "*-crafted", "-o", str(tmp_path))
+    written = read_manifest_rows(tmp_path / "MANIFEST.csv")
+    assert {r.scenario for r in written} == {s.name for s in all_scenarios().values() if s.crafted}, res.stderr
+    bad = _vpnid("lab", "capture", "no-such-scenario", "-o", str(tmp_path), check=False)
+    assert bad.returncode == 2 and "no scenario matches" in bad.stderr
+
+
+# -- fresh captures from real daemons ---------------------------------------------------------
+
+#: Where each run's private work directory (configs, keys, logs) is made.
+WORKDIR_PREFIX = os.path.join(tempfile.gettempdir(), "vpnid-lab-")
+LAB_SCENARIOS = ("wireguard", "openvpn-udp-tls-crypt", "ipsec-ikev2")
+#: Accepted labels per manifest protocol (a NAT-T flow carries both IKE and ESP).
+FAMILY = {"ipsec-ike": {"ipsec-ike", "ipsec-esp"}, "ipsec-esp": {"ipsec-esp", "ipsec-ike"}}
+
+
+def _lab_ready() -> str | None:
+    if os.geteuid() != 0:
+        return "the lab needs root (network namespaces, veth, tcpdump)"
+    scenarios = all_scenarios()
+    missing = sorted({t for n in LAB_SCENARIOS for t in missing_tools(scenarios[n])})
+    if missing:
+        return f"lab tools not installed ({', '.join(missing)}); run `make lab-deps`"
+    return None
+
+
+def _vpnid(*args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess:
+    res = subprocess.run([sys.executable, "-m", "classifier.cli.main", *args], capture_output=True, text=True,
+                         timeout=timeout, cwd=REPO, check=False)
+    if check:
+        assert res.returncode == 0, f"vpnid {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-3000:]}"
+    return res
+
+
+def _lab_processes() -> set[tuple[int, str]]:
+    """Live (non-zombie) processes that belong to lab runs: daemons started with lab work files."""
+    found = set()
+    for d in glob.glob("/proc/[0-9]*"):
+        try:
+            state = Path(d, "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmd = Path(d, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if state != "Z" and (WORKDIR_PREFIX in cmd or re.search(r"wireguard-go -f wg\d+[sc]", cmd)):
+            found.add((int(Path(d).name), cmd.strip()))
+    return found
+
+
+def _lab_state() -> dict[str, set]:
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout
+    return {
+        "namespaces": {line.split()[0] for line in ns.splitlines() if line.startswith(NS_PREFIX)},
+        "links": {name for line in links.splitlines()
+                  if re.match(r"(veth0|wg\d+[sc])", name := line.split(":")[1].strip())},
+        "processes": _lab_processes(),
+        "workdirs": set(glob.glob(WORKDIR_PREFIX + "*")),
+        "wg_sockets": set(glob.glob("/run/wireguard/wg*[sc]*.sock")),
+    }
+
+
+def _assert_nothing_left(before: dict[str, set]) -> None:
+    after = _lab_state()
+    for key, items in after.items():
+        assert not (items - before[key]), f"left behind ({key}): {sorted(items - before[key])}"
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+@pytest.mark.timeout(280)
+def test_fresh_lab_captures_are_labelled_correctly(tmp_path: Path) -> None:
+    reason = _lab_ready()
+    if reason:
+        pytest.skip(reason)
+    before = _lab_state()
+    _vpnid("lab", "capture", *LAB_SCENARIOS, "-o", str(tmp_path), "--duration", "2")
+    _assert_nothing_left(before)
+
+    rows = {r.scenario: r for r in read_manifest_rows(tmp_path / "MANIFEST.csv")}
+    assert set(rows) == set(LAB_SCENARIOS)
+    for row in rows.values():
+        assert count_pcap(tmp_path / row.file) == (row.packets, row.bytes)
+        assert row.packets > 20
+
+    out = tmp_path / "classified.jsonl"
+    _vpnid("classify", "-q", *(str(tmp_path / r.file) for r in rows.values()), "-o", str(out))
+    flows = [json.loads(line) for line in out.read_text().splitlines()]
+    for row in rows.values():
+        mine = [f for f in flows if f["capture"].endswith(row.file) and f["ip_proto"] in (6, 17, 50)]
+        assert mine, f"{row.file}: no flows"
+        accepted = FAMILY.get(row.protocol, {row.protocol})
+        for f in mine:  # every flow of these captures is the tunnel (or its IKE exchange)
+            assert f["is_vpn"] and f["vpn_protocol"] in accepted, \
+                f"{row.file}: {f['src_ip']}:{f['src_port']} -> {f['dst_ip']}:{f['dst_port']} labelled " \
+                f"{f['vpn_protocol']!r} (is_vpn={f['is_vpn']}), truth {row.protocol}"
+        on_port = [f for f in mine if row.server_port in (f["src_port"], f["dst_port"])]
+        assert on_port and all(f["vpn_protocol"] == row.protocol for f in on_port), row.file
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(120)
+def test_interrupted_capture_leaves_nothing_behind(tmp_path: Path) -> None:
+    reason = _lab_ready()
+    if reason:
+        pytest.skip(reason)
+    before = _lab_state()
+    proc = subprocess.Popen([sys.executable, "-m", "classifier.cli.main", "lab", "capture", "wireguard",
+                             "-o", str(tmp_path), "--duration", "60"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        # Wait until the tunnel is up and traffic flows: wireguard-go and a lab namespace exist.
+        while time.monotonic() < deadline:
+            state = _lab_state()
+            if state["namespaces"] - before["namespaces"] and any("wireguard-go" in c for _, c in
+                                                                  state["processes"] - before["processes"]):
+                break
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.2)
+        else:
+            pytest.fail("the lab did not start within 30 s")
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert not (tmp_path / "wireguard.pcap").exists()  # no half-finished capture
+    _assert_nothing_left(before)

@@ -1,0 +1,249 @@
+"""The model: training recipe, calibrated predictions with evidence, safe skops files, CLI commands."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from classifier.cli.main import main
+from classifier.errors import UsageError
+from classifier.model import ModelError, Prediction, VpnModel, load_model
+from classifier.model.data import LabeledFlows, Truth, label_capture_flows, load_labeled, parse_labels
+from classifier.model.features import FEATURE_NAMES, feature_matrix
+from classifier.model.io import BUNDLE_FORMAT, TRUSTED_TYPES, card_paths, load_bundle, save_bundle
+from classifier.model.synthetic import flow_row, synthetic_flows
+from classifier.model.train import TrainConfig, sample_weights, threshold_for_fpr, train
+from classifier.model.workflow import train_on
+
+FAST = TrainConfig(candidates=("hgb",), folds=3, name="test-model")
+
+
+def _labeled(table: pa.Table) -> LabeledFlows:
+    label = table.column("label").to_numpy().astype(np.int8)
+    return LabeledFlows(table.drop_columns(["label", "protocol"]), label,
+                        np.asarray(table.column("protocol").to_pylist(), object),
+                        np.asarray(table.column("capture").to_pylist(), object),
+                        np.full(len(label), "original", object))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict]:
+    path = tmp_path_factory.mktemp("model") / "syn.skops"
+    _, card = train_on(_labeled(synthetic_flows(36, seed=11)), path, FAST)
+    return path, card
+
+
+def test_train_save_load_predict(trained):
+    path, card = trained
+    model = load_model(path)
+    assert isinstance(model, VpnModel)
+    assert model.name == "test-model" and model.version == "1"
+    assert 0.5 <= model.threshold <= 1.0
+    test = synthetic_flows(18, seed=99)  # other captures than the training ones
+    pred = model.predict(test)
+    assert isinstance(pred, Prediction) and len(pred) == test.num_rows
+    assert pred.proba.dtype == np.float64 and ((pred.proba >= 0) & (pred.proba <= 1)).all()
+    y = test.column("label").to_numpy()
+    called = pred.proba >= model.threshold
+    assert called[y == 1].mean() > 0.8  # synthetic tunnels are easy; this checks the plumbing
+    assert not called[y == 0].any()
+    assert set(pred.protocol) <= {"wireguard", "openvpn-udp", "openvpn-tcp", "shadowsocks", "unknown"}
+    wg = (np.asarray(test.column("protocol").to_pylist()) == "wireguard") & called
+    assert (pred.protocol[wg] == "wireguard").mean() > 0.8
+    for ev, p in zip(pred.evidence, pred.proba, strict=True):
+        assert f"P(VPN)={p:.3f}" in ev
+        assert any(name in ev for name in FEATURE_NAMES)
+        assert ("-> VPN" in ev) == (p >= model.threshold)
+
+
+def test_card_beside_model(trained):
+    path, card = trained
+    jpath, mpath = card_paths(path)
+    assert jpath.name == "syn.card.json" and mpath.name == "syn.card.md"
+    on_disk = json.loads(jpath.read_text())
+    assert on_disk["threshold"] == pytest.approx(load_model(path).threshold)
+    assert on_disk["features"] == list(FEATURE_NAMES)
+    assert len(on_disk["training_data"]["sha256"]) == 64
+    assert {"scikit-learn", "skops", "numpy"} <= set(on_disk["libraries"])
+    assert 0 <= on_disk["metrics"]["fpr"] <= 0.01
+    assert "Model card: test-model" in mpath.read_text()
+    assert load_model(path).card["name"] == "test-model"
+
+
+def test_training_is_reproducible(tmp_path):
+    data = _labeled(synthetic_flows(27, seed=5))
+    a, b = tmp_path / "a.skops", tmp_path / "b.skops"
+    train_on(data, a, FAST)
+    train_on(data, b, FAST)
+    assert a.read_bytes() == b.read_bytes()
+    assert a.stat().st_size < 5 * 1024 * 1024
+
+
+def test_evidence_names_features_pushing_the_verdict(trained):
+    model = load_model(trained[0])
+    X = feature_matrix(synthetic_flows(9, seed=4))
+    lean = model.lean(X)
+    p = model.proba_from_features(X)
+    ev = model.evidence_from_features(X, p)
+    for i in range(len(X)):
+        sign = 1 if p[i] >= model.threshold else -1
+        best = FEATURE_NAMES[int(np.argmax(sign * lean[i]))]
+        if sign * lean[i].max() > 0 or sign < 0:
+            assert best in ev[i]
+
+
+def test_refuses_untrusted_types(tmp_path):
+    import skops.io as sio
+    from sklearn.neighbors import KNeighborsClassifier
+
+    path = tmp_path / "evil.skops"
+    path.write_bytes(sio.dumps({"format": BUNDLE_FORMAT, "x": KNeighborsClassifier()}))
+    with pytest.raises(ModelError, match="KNeighborsClassifier"):
+        load_bundle(path)
+    with pytest.raises(ModelError, match="allow-list"):
+        save_bundle({"format": BUNDLE_FORMAT, "x": KNeighborsClassifier()}, tmp_path / "no.skops")
+    assert not (tmp_path / "no.skops").exists()
+
+
+class _Trap:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_never_unpickles(tmp_path):
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "pickle.skops"
+    path.write_bytes(pickle.dumps(_Trap(str(marker))))
+    with pytest.raises(ModelError, match="not a readable skops model"):
+        load_model(path)
+    assert not marker.exists()
+    with zipfile.ZipFile(tmp_path / "z.skops", "w") as z:
+        z.writestr("schema.json", "{not json")
+    with pytest.raises(ModelError):
+        load_model(tmp_path / "z.skops")
+    with pytest.raises(ModelError, match="no such model file"):
+        load_model(tmp_path / "absent.skops")
+
+
+def test_allow_list_is_explicit():
+    assert all("." in t for t in TRUSTED_TYPES)
+    assert not any(t.startswith(("builtins.eval", "builtins.exec", "os.", "subprocess")) for t in TRUSTED_TYPES)
+
+
+def test_refuses_other_feature_version(trained, tmp_path):
+    bundle = load_bundle(trained[0])
+    bundle["feature_version"] = -1
+    save_bundle(bundle, tmp_path / "old.skops")
+    with pytest.raises(ModelError, match="feature set version"):
+        load_model(tmp_path / "old.skops")
+
+
+def test_threshold_rule():
+    neg = np.linspace(0, 0.9, 1000)
+    t = threshold_for_fpr(neg, 0.001, 0.5)
+    assert (neg >= t).mean() <= 0.001
+    assert t > 0.899
+    assert threshold_for_fpr(np.array([0.1, 0.2]), 0.001, 0.5) == 0.5
+
+
+def test_sample_weights_balance_classes_and_captures():
+    y = np.array([1] * 10 + [0] * 100 + [0])
+    g = np.array(["a"] * 10 + ["big"] * 100 + ["small"])
+    w = sample_weights(y, g)
+    assert w[y == 1].sum() == pytest.approx(w[y == 0].sum())
+    assert w[g == "big"].sum() / w[g == "small"].sum() == pytest.approx(10.0)
+
+
+def test_needs_both_classes():
+    t = synthetic_flows(6, seed=1, kinds=("https", "dns"))
+    X = feature_matrix(t)
+    with pytest.raises(ValueError, match="both"):
+        train(X, t.column("label").to_numpy(), t.column("capture").to_pylist(), config=FAST)
+
+
+def test_parse_labels():
+    np.testing.assert_array_equal(parse_labels([1, 0, "vpn", "non-vpn", True, "NO"], "x"), [1, 0, 1, 0, 1, 0])
+    with pytest.raises(UsageError, match="row 1"):
+        parse_labels([1, "maybe"], "f.parquet")
+
+
+def test_tunnel_labeling_rule():
+    """Only the tunnel flows of a VPN capture are VPN; its other flows are left out."""
+    rows = [
+        flow_row([176, 92, 1400], [0, 1, 1], [0, 1, 1], [0] * 3, 17, src_ip="198.18.1.2", dst_ip="198.18.1.1",
+                 src_port=40000, dst_port=51820),
+        flow_row([70, 120], [0, 1], [0, 1], [0] * 2, 17, src_ip="198.18.1.2", dst_ip="198.18.1.254",
+                 src_port=40001, dst_port=53),
+        flow_row([70, 120], [0, 1], [0, 1], [0] * 2, 17, src_ip="198.18.9.9", dst_ip="198.18.1.1",
+                 src_port=40002, dst_port=51820),
+    ]
+    from classifier.flows.schema import FLOW_SCHEMA
+
+    table = pa.Table.from_pylist(rows, schema=FLOW_SCHEMA)
+    label, keep = label_capture_flows(table, Truth("c", True, "wireguard", 51820))
+    assert label.tolist() == [1, 0, 0] and keep.tolist() == [True, False, False]
+    label, keep = label_capture_flows(table, Truth("c", False, None, None))
+    assert label.tolist() == [0, 0, 0] and keep.all()
+    label, keep = label_capture_flows(table, Truth("c", True, "openvpn", 1194))  # no port match: largest flow
+    assert label.tolist() == [1, 0, 0] and keep.all()
+    label, keep = label_capture_flows(table, Truth("c", None, None, None))
+    assert not keep.any()
+
+
+def _write_labeled(path: Path, table: pa.Table, label_strings: bool = False) -> None:
+    if label_strings:
+        lab = ["vpn" if v else "non-vpn" for v in table.column("label").to_pylist()]
+        table = table.set_column(table.schema.get_field_index("label"), "label", pa.array(lab))
+    pq.write_table(table, path)
+
+
+def test_cli_train_and_evaluate(tmp_path, capsys):
+    train_pq, test_pq = tmp_path / "train.parquet", tmp_path / "test.parquet"
+    _write_labeled(train_pq, synthetic_flows(27, seed=21))
+    _write_labeled(test_pq, synthetic_flows(18, seed=22), label_strings=True)
+    model = tmp_path / "m.skops"
+    assert main(["train", str(train_pq), "-o", str(model), "--candidates", "hgb,logreg", "--folds", "3",
+                 "-q"]) == 0
+    assert model.is_file() and card_paths(model)[0].is_file()
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(model), str(test_pq), "-o", str(out), "--folds", "3", "-q"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    for view in ("holdout", "grouped_cv", "leave_one_protocol_out"):
+        for key in ("precision", "recall", "f1", "roc_auc", "fpr"):
+            assert key in report[view], (view, key)
+    assert report["holdout"]["flows"] == 18 * 0 + pq.read_table(test_pq).num_rows
+    assert set(report["leave_one_protocol_out"]["runs"]) == {"wireguard", "openvpn-udp", "openvpn-tcp",
+                                                              "shadowsocks"}
+    assert report["grouped_cv"]["folds"]
+    for png in ("roc.png", "confusion.png", "protocol_recall.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "precision" in printed and "FPR" in printed
+
+
+def test_cli_bad_input_is_one_clear_message(tmp_path, capsys):
+    bad = tmp_path / "nolabel.parquet"
+    pq.write_table(synthetic_flows(3, seed=1).drop_columns(["label"]), bad)
+    assert main(["train", str(bad), "-o", str(tmp_path / "m.skops")]) == 2
+    err = capsys.readouterr().err
+    assert "label" in err and "Traceback" not in err
+    assert main(["train", str(tmp_path / "missing.parquet"), "-o", str(tmp_path / "m.skops")]) == 2
+    assert main(["evaluate", str(tmp_path / "absent.skops"), str(bad)]) == 1
+    assert "no such model file" in capsys.readouterr().err
+
+
+def test_captures_need_a_manifest(tmp_path):
+    cap = tmp_path / "x.pcap"
+    cap.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\0" * 20)
+    with pytest.raises(UsageError, match="manifest"):
+        load_labeled([str(cap)])

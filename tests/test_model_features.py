@@ -1,0 +1,114 @@
+"""Feature matrix: a pure, vectorized function of flow-table columns, blind to identifiers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from classifier.flows.schema import FLOW_SCHEMA
+from classifier.model.features import (
+    FEATURE_DOCS,
+    FEATURE_NAMES,
+    FORBIDDEN_COLUMNS,
+    INPUT_COLUMNS,
+    feature_matrix,
+)
+from classifier.model.synthetic import flow_row, synthetic_flows
+
+
+@pytest.fixture(scope="module")
+def table() -> pa.Table:
+    return synthetic_flows(18, seed=3)
+
+
+def test_shape_names_and_docs(table):
+    X = feature_matrix(table)
+    assert X.shape == (table.num_rows, len(FEATURE_NAMES))
+    assert X.dtype == np.float32
+    assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
+    assert set(FEATURE_DOCS) == set(FEATURE_NAMES)
+    assert not np.isinf(X).any()
+
+
+def test_never_reads_identifiers():
+    assert not FORBIDDEN_COLUMNS & set(INPUT_COLUMNS)
+    for name in FEATURE_NAMES:
+        for bad in ("port", "ip_", "_ip", "ttl", "seen", "capture", "vlan", "flow_id"):
+            assert bad not in name, name
+
+
+def test_identifiers_do_not_change_features(table):
+    """Rewriting addresses, ports, timestamps, ids and capture names leaves every feature unchanged."""
+    n = table.num_rows
+    rng = np.random.default_rng(7)
+    changed = table
+    repl = {
+        "src_ip": pa.array([f"203.0.113.{i % 250}" for i in range(n)], pa.string()),
+        "dst_ip": pa.array([f"2001:db8::{i:x}" for i in range(n)], pa.string()),
+        "src_port": pa.array(rng.integers(1, 65535, n), pa.uint16()),
+        "dst_port": pa.array(rng.integers(1, 65535, n), pa.uint16()),
+        "capture": pa.array(["elsewhere.pcap"] * n, pa.string()),
+        "flow_id": pa.array(np.arange(n)[::-1], pa.uint64()),
+        "first_seen": pc.add(table.column("first_seen"), pa.scalar(86_400_000_000_000, pa.duration("ns"))),
+        "last_seen": pc.add(table.column("last_seen"), pa.scalar(86_400_000_000_000, pa.duration("ns"))),
+        "ip_version": pa.array([6] * n, pa.uint8()),
+        "end_reason": pa.array(["fin"] * n, pa.string()),
+    }
+    for name, arr in repl.items():
+        changed = changed.set_column(changed.schema.get_field_index(name), name, arr)
+    np.testing.assert_array_equal(feature_matrix(table), feature_matrix(changed))
+
+
+def test_rows_are_independent(table):
+    """A flow's features do not depend on which other flows share its batch (offline == live)."""
+    X = feature_matrix(table)
+    for i in (0, 5, table.num_rows - 1):
+        np.testing.assert_array_equal(feature_matrix(table.slice(i, 1))[0], X[i])
+    order = np.random.default_rng(1).permutation(table.num_rows)
+    np.testing.assert_array_equal(feature_matrix(table.take(pa.array(order))), X[order])
+
+
+def test_values_follow_definitions():
+    sizes = np.array([176, 120, 200, 1400, 200, 1400])
+    dirs = np.array([0, 1, 0, 1, 0, 1])
+    iats = np.array([0.0, 40.0, 1.0, 2.0, 3.0, 4.0])
+    row = flow_row(sizes, dirs, iats, np.zeros(6), 17)
+    X = feature_matrix(pa.Table.from_pylist([row], schema=FLOW_SCHEMA))[0]
+    f = dict(zip(FEATURE_NAMES, X, strict=True))
+    assert f["is_udp"] == 1 and f["is_tcp"] == 0
+    assert f["log_packets"] == pytest.approx(np.log1p(6))
+    assert f["up_pkt_frac"] == pytest.approx(0.5)
+    assert f["first_size_0"] == 176 and f["first_size_1"] == -120
+    assert f["first_dir_switches"] == 5
+    assert f["first_distinct_size_frac"] == pytest.approx(4 / 6)
+    assert f["first_up_max"] == 200 and f["first_down_max"] == 1400
+    assert f["first_up_min"] == 176 and f["first_down_min"] == 120
+    assert f["hdr_per_pkt"] == pytest.approx(28.0)
+    # the first response turn took 40 ms, the slowest later one 4 ms
+    assert f["log_resp_delay_first"] == pytest.approx(np.log1p(40.0), rel=1e-6)
+    assert f["log_resp_delay_later_max"] == pytest.approx(np.log1p(4.0), rel=1e-6)
+    assert np.isnan(f["first_size_6"]) and np.isnan(f["first_log_iat_7"])
+    assert f["starts_with_syn"] == 0
+
+
+def test_one_packet_and_empty_tables():
+    row = flow_row(np.array([60]), np.array([0]), np.array([0.0]), np.array([0x02]), 6)
+    X = feature_matrix(pa.Table.from_pylist([row], schema=FLOW_SCHEMA))
+    f = dict(zip(FEATURE_NAMES, X[0], strict=True))
+    assert np.isnan(f["log_iat_mean"]) and np.isnan(f["log_pkt_rate"])
+    assert f["starts_with_syn"] == 1 and f["syn_frac"] == 1
+    assert feature_matrix(FLOW_SCHEMA.empty_table()).shape == (0, len(FEATURE_NAMES))
+
+
+def test_chunked_columns_give_same_matrix(table):
+    half = table.num_rows // 2
+    chunked = pa.concat_tables([table.slice(0, half), table.slice(half)])
+    assert chunked.column("first_sizes").num_chunks == 2
+    np.testing.assert_array_equal(feature_matrix(chunked), feature_matrix(table))
+
+
+def test_missing_column_is_a_clear_error(table):
+    with pytest.raises(ValueError, match="first_sizes"):
+        feature_matrix(table.drop_columns(["first_sizes"]))

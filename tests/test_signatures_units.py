@@ -1,0 +1,312 @@
+"""Protocol signatures on hand-built flows: each one fires on its protocol, on any port,
+mid-flow where the protocol allows, and stays silent on look-alikes and port-only cases."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from _sigflows import F, batch, rand, tcp_framed
+
+from classifier.signatures import detect, detect_verdicts
+
+TIME = struct.pack("!I", 1_700_000_000)
+
+
+def one(flow: F):
+    return detect_verdicts(batch(flow))[0]
+
+
+# --- WireGuard ---------------------------------------------------------------------------
+
+def wg_init(sender: int, seed: int = 1) -> bytes:
+    return b"\x01\0\0\0" + struct.pack("<I", sender) + rand(140, seed)
+
+
+def wg_resp(sender: int, receiver: int, seed: int = 2) -> bytes:
+    return b"\x02\0\0\0" + struct.pack("<I", sender) + struct.pack("<I", receiver) + rand(80, seed)
+
+
+def wg_data(receiver: int, counter: int, blocks: int = 4) -> bytes:
+    return b"\x04\0\0\0" + struct.pack("<I", receiver) + struct.pack("<Q", counter) + rand(16 * blocks + 16, counter)
+
+
+def wg_session(n: int = 6, start: int = 0) -> list[tuple[int, bytes]]:
+    pk = []
+    for i in range(n):
+        pk.append((0, wg_data(0xBBBB, start + i)))
+        pk.append((1, wg_data(0xAAAA, start + i, 2)))
+    return pk
+
+
+@pytest.mark.parametrize("port", [51820, 443, 53, 12345])
+def test_wireguard_handshake_any_port(port):
+    v = one(F([(0, wg_init(0xAAAA)), (1, wg_resp(0xBBBB, 0xAAAA)), *wg_session(4)], dport=port))
+    assert v.protocol == "wireguard" and v.confidence >= 0.99 and not v.midflow
+    assert "matching indices" in v.evidence
+
+
+def test_wireguard_midflow_transport_only():
+    v = one(F(wg_session(6, start=5000)))
+    assert v.protocol == "wireguard" and v.midflow and v.confidence >= 0.9
+
+
+def test_wireguard_keepalive_and_mtu_sized_messages():
+    pk = [(0, wg_data(7, i, 0)) for i in range(3)] + [(1, b"\x04\0\0\0" + struct.pack("<IQ", 9, i) +
+                                                       rand(1452 - 16, i)) for i in range(3)]
+    assert one(F(pk)).protocol == "wireguard"
+
+
+def test_wireguard_rejects_counter_going_back_and_foreign_packets():
+    pk = [(0, wg_data(7, c)) for c in (5, 4, 3, 2)]
+    assert one(F(pk)) is None
+    pk = [(0, wg_data(7, c)) for c in range(4)] + [(1, rand(100, 3))]
+    assert one(F(pk)) is None
+
+
+def test_wireguard_port_alone_is_nothing():
+    assert one(F([(0, rand(1200, i)) for i in range(8)] + [(1, rand(80, 99))], dport=51820)) is None
+
+
+def test_wireguard_rekey_starts_new_session():
+    pk = [*wg_session(3), (0, wg_init(0xCCCC, 5)), (1, wg_resp(0xDDDD, 0xCCCC, 6))]
+    pk += [(0, wg_data(0xDDDD, 0)), (1, wg_data(0xCCCC, 0))]
+    v = one(F(pk))
+    assert v.protocol == "wireguard" and v.confidence >= 0.99
+
+
+def test_tailscale_disco_plus_wireguard():
+    disco = b"TS\xf0\x9f\x92\xac" + rand(32, 1) + rand(24, 2) + rand(40, 3)
+    disco2 = b"TS\xf0\x9f\x92\xac" + rand(32, 4) + rand(24, 5) + rand(40, 6)
+    v = one(F([(0, disco), (1, disco2), *wg_session(3)], sport=41641, dport=41641))
+    assert v.protocol == "tailscale" and v.is_vpn
+    v = one(F([(0, disco), (1, disco2)], dport=3478))
+    assert v.protocol == "tailscale"
+
+
+def test_cloudflare_warp_variant():
+    pk = [(0, b"\xc4\x02\x78\x00" + struct.pack("<IQ", 0x11, i) + rand(60 + i, i)) for i in range(5)]
+    v = one(F(pk, dport=2408))
+    assert v.protocol == "wireguard-warp" and v.is_vpn
+
+
+# --- OpenVPN -----------------------------------------------------------------------------
+
+SID_C, SID_S = rand(8, 11), rand(8, 12)
+
+
+def ovpn_plain_handshake() -> list[tuple[int, bytes]]:
+    return [
+        (0, b"\x38" + SID_C + b"\x00" + b"\0\0\0\0"),
+        (1, b"\x40" + SID_S + b"\x01" + b"\0\0\0\0" + SID_C + b"\0\0\0\0"),
+        (0, b"\x28" + SID_C + b"\x01" + b"\0\0\0\0" + SID_S),
+        (0, b"\x20" + SID_C + b"\x00" + b"\0\0\0\x01" + b"\x16\x03\x01" + rand(200, 1)),
+        (1, b"\x20" + SID_S + b"\x01" + b"\0\0\0\x01" + SID_C + b"\0\0\0\x01" + b"\x16\x03\x03" + rand(900, 2)),
+        (0, b"\x48\0\0\x01" + b"\0\0\0\x01" + rand(100, 3)),
+        (1, b"\x48\0\0\x01" + b"\0\0\0\x01" + rand(100, 4)),
+    ]
+
+
+@pytest.mark.parametrize("port", [1194, 443, 53])
+def test_openvpn_udp_plain_handshake(port):
+    v = one(F(ovpn_plain_handshake(), dport=port))
+    assert v.protocol == "openvpn" and v.confidence >= 0.99
+    assert "session ids echoed" in v.evidence and "no HMAC" in v.evidence
+
+
+def test_openvpn_tcp_records_split_and_merged():
+    recs = [p for _, p in ovpn_plain_handshake()]
+    client = tcp_framed(recs[0]) , tcp_framed(recs[2], recs[3]), tcp_framed(recs[5])
+    server = tcp_framed(recs[1]), tcp_framed(recs[4]) + tcp_framed(recs[6])
+    pk = [(0, client[0]), (1, server[0]), (0, client[1]), (1, server[1]), (0, client[2])]
+    v = one(F(pk, proto=6, dport=443))
+    assert v.protocol == "openvpn" and "tcp" in v.evidence and v.confidence >= 0.95
+
+
+def test_openvpn_tls_auth_and_tls_crypt():
+    hmac = rand(20, 5)
+    c = [(0, b"\x38" + SID_C + hmac + struct.pack("!I", i + 1) + TIME + b"\x00\0\0\0\0") for i in range(1)]
+    s = [(1, b"\x40" + SID_S + hmac + b"\0\0\0\x01" + TIME + b"\x01\0\0\0\0" + SID_C + b"\0\0\0\0")]
+    more = [(0, b"\x20" + SID_C + hmac + struct.pack("!I", i + 2) + TIME + rand(60, i)) for i in range(3)]
+    v = one(F(c + s + more))
+    assert v.protocol == "openvpn" and "tls-auth (HMAC 160 bit)" in v.evidence
+    crypt = [(0, b"\x38" + SID_C + b"\0\0\0\x01" + TIME + rand(80, 1)),
+             (1, b"\x40" + SID_S + b"\0\0\0\x01" + TIME + rand(80, 2)),
+             (0, b"\x20" + SID_C + b"\0\0\0\x02" + TIME + rand(300, 3)),
+             (1, b"\x20" + SID_S + b"\0\0\0\x02" + TIME + rand(900, 4))]
+    v = one(F(crypt))
+    assert v.protocol == "openvpn" and "tls-crypt" in v.evidence
+
+
+def test_openvpn_midflow_data_v2():
+    pk = []
+    for i in range(6):
+        pk.append((0, b"\x48\x14\x1e\x8a" + struct.pack("!I", 100 + i) + rand(120, i)))
+        pk.append((1, b"\x48\x14\x1e\x8a" + struct.pack("!I", 200 + i) + rand(120, 50 + i)))
+    v = one(F(pk, dport=8443))
+    assert v.protocol == "openvpn" and v.midflow and "peer id" in v.evidence
+
+
+def test_openvpn_rejects_repeats_and_port_only():
+    raknet = b"\x08\x00\xff\xff\x00\xfe\xfe\xfe\xfe\xfd\xfd\xfd\xfd\x12\x34\x56\x78" + rand(18, 1)
+    assert one(F([(0, raknet)] * 3)) is None
+    assert one(F([(0, rand(300, i)) for i in range(6)] + [(1, rand(300, 9))], dport=1194)) is None
+    # data-v2 shape whose "packet id" jumps around is not enough on one direction
+    pk = [(0, b"\x48\0\0\x01" + rand(100, i)) for i in range(4)]
+    assert one(F(pk)) is None
+
+
+# --- IPsec -------------------------------------------------------------------------------
+
+ISPI, RSPI = rand(8, 21), rand(8, 22)
+
+
+def ike(ispi: bytes, rspi: bytes, exch: int, flags: int, msgid: int, body: int, ver: int = 0x20,
+        nxt: int = 33) -> bytes:
+    length = 28 + body
+    return ispi + rspi + bytes([nxt, ver, exch, flags]) + struct.pack("!II", msgid, length) + rand(body, body)
+
+
+def test_ikev2_sa_init_any_port():
+    pk = [(0, ike(ISPI, b"\0" * 8, 34, 0x08, 0, 300)), (1, ike(ISPI, RSPI, 34, 0x20, 0, 280))]
+    for port in (500, 9999):
+        v = one(F(pk, dport=port, sport=port))
+        assert v.protocol == "ipsec-ike" and v.confidence >= 0.99 and not v.midflow
+
+
+def test_ikev1_main_mode_and_natt_with_esp():
+    v = one(F([(0, ike(ISPI, b"\0" * 8, 2, 0, 0, 100, ver=0x10, nxt=1)),
+               (1, ike(ISPI, RSPI, 2, 0, 0, 80, ver=0x10, nxt=1))], dport=500))
+    assert v.protocol == "ipsec-ike" and "IKEv1" in v.evidence
+    natt = [(0, b"\0\0\0\0" + ike(ISPI, RSPI, 35, 0x08, 1, 200)),
+            (1, b"\0\0\0\0" + ike(ISPI, RSPI, 35, 0x20, 1, 180)),
+            (0, b"\xff")]
+    natt += [(0, b"\xc0\x01\x02\x03" + struct.pack("!I", i + 1) + rand(100, i)) for i in range(4)]
+    v = one(F(natt, dport=4500, sport=4500))
+    assert v.protocol == "ipsec-ike" and "NAT-T" in v.evidence and "ESP-in-UDP" in v.evidence
+
+
+def test_ike_length_mismatch_and_bad_version_rejected():
+    bad = bytearray(ike(ISPI, b"\0" * 8, 34, 0x08, 0, 300))
+    bad[27] ^= 1
+    assert one(F([(0, bytes(bad))], dport=500)) is None
+    bad = bytearray(ike(ISPI, b"\0" * 8, 34, 0x08, 0, 300))
+    bad[17] = 0x30
+    assert one(F([(0, bytes(bad))], dport=500)) is None
+
+
+def esp(spi: int, seq: int, n: int = 120) -> bytes:
+    return struct.pack("!II", spi, seq) + rand(n, seq)
+
+
+def test_esp_needs_spi_and_sequence():
+    v = one(F([(0, esp(0x1234, i + 1)) for i in range(5)] + [(1, esp(0x9876, i + 1)) for i in range(5)],
+              proto=50, sport=None, dport=None))
+    assert v.protocol == "ipsec-esp" and v.confidence >= 0.95
+    # protocol 50 with random bytes: no SPI/sequence pattern
+    assert one(F([(0, rand(120, i)) for i in range(5)], proto=50, sport=None, dport=None)) is None
+    # one packet: reported, with low confidence
+    v = one(F([(0, esp(0x1234, 1))], proto=50, sport=None, dport=None))
+    assert v.protocol == "ipsec-esp" and v.confidence < 0.7 and "single packet" in v.evidence
+
+
+def test_esp_in_udp_midflow():
+    pk = [(0, esp(0xC0DE0001, 5000 + i)) for i in range(5)] + [(1, esp(0xBEEF0002, 7000 + i)) for i in range(5)]
+    v = one(F(pk, sport=4500, dport=4500))
+    assert v.protocol == "ipsec-esp" and v.midflow
+
+
+def test_ah():
+    pk = [(0, bytes([4, 4, 0, 0]) + struct.pack("!II", 0x5555, i + 1) + rand(112, i)) for i in range(3)]
+    v = one(F(pk, proto=51, sport=None, dport=None))
+    assert v.protocol == "ipsec-ah" and "tunnel mode" in v.evidence
+
+
+# --- L2TP, PPTP, GRE, others ---------------------------------------------------------------
+
+def l2tp_ctrl(mtype: int, tid: int = 0, ns: int = 0) -> bytes:
+    avp = struct.pack("!HHHH", 0x8008, 0, 0, mtype)
+    body = struct.pack("!HHHH", tid, 0, ns, 0) + avp + rand(20, mtype)
+    return struct.pack("!HH", 0xC802, 4 + len(body)) + body
+
+
+def test_l2tp_control_and_data():
+    v = one(F([(0, l2tp_ctrl(1)), (1, l2tp_ctrl(2, 7))], sport=1701, dport=1701))
+    assert v.protocol == "l2tp" and v.confidence >= 0.99
+    data = [(0, struct.pack("!HHH", 0x0002, 7, 9) + b"\xff\x03\x00\x21" + rand(60, i)) for i in range(3)]
+    v = one(F(data, sport=33000, dport=33001))
+    assert v.protocol == "l2tp" and v.midflow
+
+
+def pptp_ctrl(ctype: int, length: int = 156) -> bytes:
+    return struct.pack("!HHIHH", length, 1, 0x1A2B3C4D, ctype, 0) + rand(length - 12, ctype)
+
+
+def test_pptp_control_and_gre():
+    v = one(F([(0, pptp_ctrl(1)), (1, pptp_ctrl(2))], proto=6, dport=8080))
+    assert v.protocol == "pptp" and v.confidence >= 0.99
+    gre = [(0, bytes([0x30, 0x01]) + struct.pack("!HHHI", 0x880B, 40, 3, i) + b"\xff\x03\x00\x21" + rand(36, i))
+           for i in range(3)]
+    v = one(F(gre, proto=47, sport=None, dport=None))
+    assert v.protocol == "pptp" and v.is_vpn
+
+
+def test_plain_gre_and_ipip_are_tunnels_not_vpn():
+    inner = bytes([0x45, 0, 0, 60]) + rand(16, 1) + rand(40, 2)
+    v = one(F([(0, b"\0\0\x08\x00" + inner)] * 2, proto=47, sport=None, dport=None))
+    assert v.protocol == "gre" and not v.is_vpn
+    v = one(F([(0, inner)], proto=4, sport=None, dport=None))
+    assert v.protocol == "ipip" and not v.is_vpn
+    t = detect(batch(F([(0, inner)], proto=4, sport=None, dport=None)))
+    assert t.column("is_vpn").to_pylist() == [False]
+
+
+def test_vxlan_tunnel():
+    frame = b"\x08\0\0\0\0\0\x01\0" + rand(12, 1) + b"\x08\x00" + bytes([0x45]) + rand(40, 2)
+    v = one(F([(0, frame), (1, frame)], dport=4789))
+    assert v.protocol == "vxlan" and not v.is_vpn
+
+
+def test_softether_and_tinc():
+    v = one(F([(0, b"A"), (1, b"IP=203.0.113.9,PORT=51381"), (0, b"A"), (1, b"IP=203.0.113.9,PORT=51381")],
+              dport=5004))
+    assert v.protocol == "softether"
+    tinc = [(0, b"0 alice 17\n"), (1, b"0 bob 17\n"), (0, b"1 94 64 0 0 5861ABF6A858\n"),
+            (1, b"1 94 64 0 0 ABCDEF\n")]
+    v = one(F(tinc, proto=6, dport=655))
+    assert v.protocol == "tinc"
+
+
+def test_anyconnect_dtls_needs_data():
+    rec = [(d, bytes([23, 1, 0, 0, 1, 0, 0, 0, 0, 0, i]) + struct.pack("!H", 80) + rand(80, i))
+           for i in range(6) for d in (0, 1)]
+    hello = [(0, bytes([22, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]) + struct.pack("!H", 90) + rand(90, 1))]
+    v = one(F(hello + rec, dport=443))
+    assert v.protocol == "openconnect"
+    assert one(F(hello * 3, dport=443)) is None
+
+
+def test_output_table_contract():
+    b = batch(F(wg_session(4)), F([(0, rand(100, 1))], dport=1194))
+    t = detect(b)
+    assert t.column_names == ["vpn_protocol", "is_vpn", "confidence", "evidence", "midflow"]
+    assert t.num_rows == 2
+    assert t.column("vpn_protocol").to_pylist() == ["wireguard", None]
+    assert t.column("is_vpn").to_pylist() == [True, False]
+    assert t.column("confidence").to_pylist()[1] is None
+    assert 0 < t.column("confidence").to_pylist()[0] <= 1
+
+
+def test_empty_batch():
+    t = detect(batch())
+    assert t.num_rows == 0
+
+
+def test_tinc_udp_associated_with_meta_connection_only():
+    tinc = [(0, b"0 alice 17\n"), (1, b"0 bob 17\n")]
+    meta = F(tinc, proto=6, sport=51000, dport=655)
+    data = F([(0, rand(200, i)) for i in range(4)], sport=655, dport=655)
+    other = F([(0, rand(200, i)) for i in range(4)], sport=655, dport=655, dst_ip="203.0.113.99")
+    v = detect_verdicts(batch(meta, data, other))
+    assert [x.protocol if x else None for x in v] == ["tinc", "tinc", None]
+    assert "meta connection" in v[1].evidence
