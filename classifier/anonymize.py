@@ -43,7 +43,9 @@ _PBKDF2_SALT = b"vpnid crypto-pan key v1"
 _PBKDF2_ROUNDS = 200_000
 _CHUNK = 4096  # addresses per AES call: bounds memory at CHUNK * 128 * 16 bytes
 
-_V4_TEXT = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
+# a dotted quad not embedded in a longer dotted number (a version 1.2.3.4.5), but possibly
+# followed by a full stop or a file suffix ("from 10.1.2.3.", "sensor-10.1.2.3.pcap")
+_V4_TEXT = re.compile(r"(?<!\d)(?<!\d\.)(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)")
 _V6_TEXT = re.compile(r"(?<![0-9A-Fa-f:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?"
                       r"(?![0-9A-Fa-f:])")
 

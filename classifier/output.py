@@ -135,6 +135,11 @@ class TableSink:
     def abort(self) -> None:
         if self._stdout:
             return
+        # Close the writer before its file: otherwise its finalizer later writes to a closed
+        # file and Python prints an "Exception ignored" traceback at exit.
+        with contextlib.suppress(Exception):
+            if self._writer is not None:
+                self._writer.close()  # type: ignore[attr-defined]
         with contextlib.suppress(Exception):
             self._fh.close()  # type: ignore[union-attr]
         with contextlib.suppress(FileNotFoundError):

@@ -6,10 +6,9 @@ import json
 import os
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 import classifier.batch.runner as runner_mod

@@ -55,7 +55,7 @@ def check_split(src: Path, tmp: Path, config: FlowConfig, spec: LabelSpec, colum
 # --- a synthetic capture with the awkward cases -------------------------------------------------
 
 def _synthetic(path: Path) -> None:
-    from scapy.all import IP, TCP, UDP, Dot1Q, Ether, ICMP, IPv6, Raw, wrpcap  # noqa: N811
+    from scapy.all import ICMP, IP, TCP, UDP, Dot1Q, Ether, IPv6, Raw, wrpcap
 
     t0 = 1_700_000_000.0
     pkts = []
@@ -147,7 +147,7 @@ def test_gap_longer_than_idle_stays_two_flows(synthetic: Path, tmp_path: Path) -
 
 def test_merged_flow_keeps_initiator_and_statistics(synthetic: Path, tmp_path: Path) -> None:
     # Cut inside the responder's burst: the second piece's meter sees the responder first.
-    offs, ts, _ = record_index(synthetic)
+    _offs, ts, _ = record_index(synthetic)
     cut = int(np.searchsorted(ts, 1_700_000_002 * 10**9))
     got = check_split(synthetic, tmp_path / "p", FlowConfig(), NO_SIG, at=[cut])
     udp = got.filter(pc.equal(got.column("dst_port"), 1194)).to_pylist()

@@ -17,9 +17,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import reference
 from conftest import PUBLIC_PCAPS, public_capture_files
 
-import reference
 from classifier.errors import ErrorLog
 from classifier.flows.api import iter_flow_batches
 from classifier.packets import InputStats

@@ -13,6 +13,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import reference
 from conftest import T0, write_pcap
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,7 +23,6 @@ from scapy.layers.ipsec import ESP
 from scapy.layers.l2 import GRE, Dot1Q, Ether
 from scapy.packet import Raw
 
-import reference
 from classifier.flows.api import read_flows
 from classifier.flows.config import FlowConfig
 

@@ -6,6 +6,8 @@ statistics over the packet list), never copied from an engine run.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -94,7 +96,7 @@ def test_tcp_flow_field_by_field(pcap_writer):
     assert f["first_tcp_flags"] == 0x02
     assert f["first_sizes"] == sizes
     assert f["first_dirs"] == dirs
-    assert f["first_iats_ms"] == pytest.approx([0.0] + [(b - a) / 1e6 for a, b in zip(times, times[1:])])
+    assert f["first_iats_ms"] == pytest.approx([0.0] + [(b - a) / 1e6 for a, b in pairwise(times)])
 
 
 @pytest.mark.parametrize("server_lower", [True, False], ids=["initiator-higher", "initiator-lower"])
@@ -135,7 +137,7 @@ def test_active_timeout_splits_long_flows(pcap_writer):
     assert [r["packets"] for r in rows] == [19, 19, 3]  # t - first > 1800 s starts a new flow
     assert [r["end_reason"] for r in rows] == ["active", "active", "eof"]
     firsts = [r["first_seen"] for r in rows]
-    assert [(b - a).total_seconds() for a, b in zip(firsts, firsts[1:])] == [1900, 1900]
+    assert [(b - a).total_seconds() for a, b in pairwise(firsts)] == [1900, 1900]
     rows = flows(pcap_writer, frames, FlowConfig(active_timeout_s=1000))
     assert [r["packets"] for r in rows] == [11, 11, 11, 8]
 

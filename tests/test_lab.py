@@ -35,7 +35,7 @@ from classifier.lab.manifest import (
     read_manifest_rows,
     update_manifest,
 )
-from classifier.lab.netns import NS_PREFIX
+from classifier.lab.netns import NS_PREFIX, run_tag
 from classifier.lab.runner import check_environment, count_pcap, missing_tools
 from classifier.lab.scenarios import all_scenarios
 
@@ -211,37 +211,43 @@ def _vpnid(*args: str, check: bool = True, timeout: float = 240) -> subprocess.C
     return res
 
 
-def _lab_processes() -> set[tuple[int, str]]:
-    """Live (non-zombie) processes that belong to lab runs: daemons started with lab work files."""
-    found = set()
+def _start_vpnid(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "classifier.cli.main", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _lab_state(pid: int) -> dict[str, list[str]]:
+    """What the lab run in process ``pid`` still holds, found by its run tag in the names.
+
+    Scoped to one run so that other lab runs on the machine (a concurrent test suite)
+    are neither blamed nor mistaken for this one.
+    """
+    tag = run_tag(pid)
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout
+    workdir = re.compile(re.escape(WORKDIR_PREFIX) + rf"\d+-{tag}-")
+    wg = re.compile(rf"wg\d+[sc]{tag}\b")
+    procs = []
     for d in glob.glob("/proc/[0-9]*"):
         try:
             state = Path(d, "stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmd = Path(d, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmd = Path(d, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        if state != "Z" and (WORKDIR_PREFIX in cmd or re.search(r"wireguard-go -f wg\d+[sc]", cmd)):
-            found.add((int(Path(d).name), cmd.strip()))
-    return found
-
-
-def _lab_state() -> dict[str, set]:
-    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout
+        if state != "Z" and (workdir.search(cmd) or wg.search(cmd)):  # zombies hold nothing
+            procs.append(f"{Path(d).name}: {cmd}")
     return {
-        "namespaces": {line.split()[0] for line in ns.splitlines() if line.startswith(NS_PREFIX)},
-        "links": {name for line in links.splitlines()
-                  if re.match(r"(veth0|wg\d+[sc])", name := line.split(":")[1].strip())},
-        "processes": _lab_processes(),
-        "workdirs": set(glob.glob(WORKDIR_PREFIX + "*")),
-        "wg_sockets": set(glob.glob("/run/wireguard/wg*[sc]*.sock")),
+        "namespaces": [n.split()[0] for n in ns.splitlines() if n.startswith(NS_PREFIX) and f"-{tag}-" in n],
+        "links": [line.split(":")[1].strip() for line in links.splitlines() if wg.search(line)],
+        "processes": procs,
+        "workdirs": [p for p in glob.glob(WORKDIR_PREFIX + "*") if workdir.match(p + "/")],
+        "wg_sockets": [p for p in glob.glob("/run/wireguard/*.sock") if wg.search(p)],
     }
 
 
-def _assert_nothing_left(before: dict[str, set]) -> None:
-    after = _lab_state()
-    for key, items in after.items():
-        assert not (items - before[key]), f"left behind ({key}): {sorted(items - before[key])}"
+def _assert_nothing_left(pid: int) -> None:
+    left = {k: v for k, v in _lab_state(pid).items() if v}
+    assert not left, f"left behind: {left}"
 
 
 @pytest.mark.lab
@@ -251,9 +257,15 @@ def test_fresh_lab_captures_are_labelled_correctly(tmp_path: Path) -> None:
     reason = _lab_ready()
     if reason:
         pytest.skip(reason)
-    before = _lab_state()
-    _vpnid("lab", "capture", *LAB_SCENARIOS, "-o", str(tmp_path), "--duration", "2")
-    _assert_nothing_left(before)
+    run = _start_vpnid("lab", "capture", *LAB_SCENARIOS, "-o", str(tmp_path), "--duration", "2")
+    try:
+        _, err = run.communicate(timeout=240)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, err[-3000:]
+    _assert_nothing_left(run.pid)
 
     rows = {r.scenario: r for r in read_manifest_rows(tmp_path / "MANIFEST.csv")}
     assert set(rows) == set(LAB_SCENARIOS)
@@ -282,17 +294,13 @@ def test_interrupted_capture_leaves_nothing_behind(tmp_path: Path) -> None:
     reason = _lab_ready()
     if reason:
         pytest.skip(reason)
-    before = _lab_state()
-    proc = subprocess.Popen([sys.executable, "-m", "classifier.cli.main", "lab", "capture", "wireguard",
-                             "-o", str(tmp_path), "--duration", "60"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start_vpnid("lab", "capture", "wireguard", "-o", str(tmp_path), "--duration", "60")
     try:
         deadline = time.monotonic() + 30
-        # Wait until the tunnel is up and traffic flows: wireguard-go and a lab namespace exist.
+        # Wait until the tunnel is up and traffic flows: its namespaces and wireguard-go exist.
         while time.monotonic() < deadline:
-            state = _lab_state()
-            if state["namespaces"] - before["namespaces"] and any("wireguard-go" in c for _, c in
-                                                                  state["processes"] - before["processes"]):
+            state = _lab_state(proc.pid)
+            if state["namespaces"] and any("wireguard-go" in p for p in state["processes"]):
                 break
             assert proc.poll() is None, proc.communicate()[1]
             time.sleep(0.2)
@@ -307,4 +315,4 @@ def test_interrupted_capture_leaves_nothing_behind(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 130, err
     assert not (tmp_path / "wireguard.pcap").exists()  # no half-finished capture
-    _assert_nothing_left(before)
+    _assert_nothing_left(proc.pid)

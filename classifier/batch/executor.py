@@ -82,7 +82,7 @@ class DaskExecutor:
         except ImportError as exc:  # pragma: no cover - a declared dependency
             raise UsageError(f"--scheduler needs dask.distributed: {exc}") from None
         try:
-            self.client = Client(address, timeout=timeout_s, set_as_default=False)
+            self.client = Client(address, timeout=timeout_s)
         except OSError as exc:
             raise UsageError(f"cannot reach Dask scheduler {address}: {exc}") from None
         self.address = address
@@ -96,10 +96,14 @@ class DaskExecutor:
 
     @property
     def dashboard_link(self) -> str | None:
+        """The scheduler's dashboard URL, or None when it runs without one."""
         try:
-            return self.client.dashboard_link
+            services = self.client.scheduler_info(n_workers=0).get("services", {})
         except Exception:
             return None
+        if "dashboard" not in services:
+            return None
+        return self.client.dashboard_link
 
     def run(self, fn: Callable[..., Any], tasks: list[tuple[Any, tuple]]) -> Iterator[tuple[Any, Any, BaseException | None]]:
         from distributed import as_completed

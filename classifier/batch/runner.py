@@ -73,6 +73,7 @@ class BatchSummary:
     written: bool = False
     seconds: float = 0.0
     problems: int = 0
+    write_seconds: float = 0.0  # client: stitching across files and writing the partitions
 
     @property
     def exit_status(self) -> int:
@@ -161,6 +162,8 @@ def run_batch(opts: BatchOptions, log: ErrorLog | None = None, out: TextIO | Non
                     log.add(path, None, f"failed: {entry.error}")
                 else:
                     _record(manifest, entry, res, skey)
+                    for ppath, offset, message in res.problems:
+                        log.add(ppath, offset, message)
                     summary.processed += 1
                     summary.packets += res.packets
                     _say(out, opts.quiet, f"[{n}/{len(todo)}] {path}: {res.packets:,} packets, "
@@ -176,7 +179,9 @@ def run_batch(opts: BatchOptions, log: ErrorLog | None = None, out: TextIO | Non
                 log.add(path, offset, message)
     summary.problems = len(log.problems) - summary.failed
     done = [manifest.inputs[p] for p in paths if p in manifest.inputs and manifest.inputs[p].status == "done"]
+    t_write = time.perf_counter()
     _write_dataset(manifest, done, opts, summary, out)
+    summary.write_seconds = time.perf_counter() - t_write
     manifest.prune()
     if opts.clean_work and not summary.failed:
         shutil.rmtree(manifest.files_dir, ignore_errors=True)

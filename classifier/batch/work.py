@@ -74,12 +74,15 @@ class FileResult:
 
 
 def file_digest(path: str) -> str:
-    """BLAKE2b of the file's bytes: recorded in the manifest to notice changed inputs."""
-    h = hashlib.blake2b(digest_size=16)
+    """SHA-256 of the file's bytes (first 128 bits): recorded in the manifest to notice changed inputs.
+
+    SHA-256 rather than BLAKE2: with the CPU's SHA extensions it is the faster of the two here.
+    """
+    h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(HASH_CHUNK):
             h.update(chunk)
-    return h.hexdigest()
+    return h.hexdigest()[:32]
 
 
 def _first_per_key(st: S.FlowState) -> np.ndarray:

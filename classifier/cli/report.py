@@ -106,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
         model_version=getattr(model, "version", None) if model is not None else None,
         anonymized=anonymizer is not None, top=args.top,
     )
-    builder = ReportBuilder(out_dir, context, partition_by=args.partition_by, anonymizer=anonymizer)
+    try:
+        builder = ReportBuilder(out_dir, context, partition_by=args.partition_by, anonymizer=anonymizer)
+    except OSError as exc:
+        raise UsageError(f"-o {out_dir}: cannot write the report ({exc.strerror or exc})") from None
     try:
         with ByteProgress(files, enabled=not args.quiet) as bar:
             for batch in iter_flow_batches(files, config=config, log=log, on_progress=bar.advance):

@@ -60,6 +60,11 @@ def inner_client(n: int) -> str:
     return f"10.{n}.0.2"
 
 
+def run_tag(pid: int) -> str:
+    """The tag in the names of everything a lab run in process ``pid`` creates."""
+    return f"{pid % 100000:05d}"
+
+
 @dataclass
 class Proc:
     """A process started in a namespace, in its own process group (killed as a group)."""
@@ -153,12 +158,14 @@ class Lab:
         if not 1 <= n <= 254:
             raise LabError(f"scenario number {n} outside 1..254")
         self.n = n
-        self.tag = f"{os.getpid() % 100000:05d}"
+        #: Names what this process creates (namespaces, work directory, interfaces), so
+        #: concurrent runs never collide and each run's leftovers can be told apart.
+        self.tag = run_tag(os.getpid())
         self.server = f"{NS_PREFIX}{n}-{self.tag}-s"
         self.client = f"{NS_PREFIX}{n}-{self.tag}-c"
         self.procs: list[Proc] = []
         self.cleanups: list[Callable[[], object]] = []
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"vpnid-lab-{n}-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"vpnid-lab-{n}-{self.tag}-"))
         self.keep_workdir = keep_workdir
         self._created: list[str] = []
         self._old_handlers: dict[int, object] = {}

@@ -52,6 +52,7 @@ class LiveOptions:
     tick_s: float = 1.0  # wall-clock expiry and early labelling interval
     early: bool = True
     early_model_packets: int = 10  # a model verdict on an open flow needs this many packets
+    early_max_flows: int = 4096  # open flows labelled per tick at most
     stats_s: float = 60.0  # progress line interval (0: never)
     duration_s: float | None = None  # stop by itself after this long
     quiet: bool = False
@@ -80,7 +81,12 @@ class Sensor:
         self.opts = opts
         self.log = log or sys.stderr
         self.interface = opts.capture.interface
-        self.capture = capture if capture is not None else open_capture(opts.capture)
+        if capture is None:
+            from classifier.live.warmup import warm
+
+            warm(opts.label, opts.config)  # before the ring exists: nothing waits in it meanwhile
+            capture = open_capture(opts.capture)
+        self.capture = capture
         self.meter = FlowMeter(opts.config, capture=self.interface)
         self.alerts = AlertWriter(opts.alerts)
         self.totals = LiveTotals()
@@ -198,10 +204,12 @@ class Sensor:
     def _early(self, now_ns: int) -> None:
         """Label open flows that changed since they were last looked at; alert confident VPN ones.
 
-        Signatures read the payload heads, so a flow is relabelled when it has new heads
-        (at most 16 times); the model reads statistics that settle as a flow grows, so
-        with a model a flow is relabelled when its packet count has doubled. That bounds
-        the work per flow however long it runs.
+        Signatures read the payload heads, so a flow is relabelled when its number of heads
+        has doubled (1, 2, 4, 8, 16: at most five times); the model reads statistics that
+        settle as a flow grows, so with a model a flow is also relabelled when its packet
+        count has doubled. That bounds the work per flow however long it runs; at most
+        ``early_max_flows`` flows are labelled per tick (flows never looked at first), the
+        rest wait for the next tick, so a burst of new flows cannot stall the capture.
         """
         meter = self.meter
         slots = meter.open_slots()
@@ -217,18 +225,21 @@ class Sensor:
         heads = si[slots, S.HEADN]
         pk = si[slots, S.PK0] + si[slots, S.PK0 + 1]
         same = self._checked_fid[slots] == fid
-        due = heads > np.where(same, self._checked_heads[slots], 0)
+        due = np.frexp(heads)[1] > np.frexp(np.where(same, self._checked_heads[slots], 0))[1]
         if self.opts.label.model is not None:
             prev = np.where(same, self._checked_pk[slots], 0)
             due |= (pk >= self.opts.early_model_packets) & (np.frexp(pk)[1] > np.frexp(prev)[1])
         if self._alerted:
             due &= ~np.isin(fid, np.fromiter(self._alerted, np.int64, len(self._alerted)))
-        cand = slots[due]
-        if len(cand) == 0:
+        pick = np.flatnonzero(due)
+        if len(pick) > self.opts.early_max_flows:
+            pick = pick[np.argsort(same[pick], kind="stable")[: self.opts.early_max_flows]]
+        if len(pick) == 0:
             return
-        self._checked_fid[cand] = fid[due]
-        self._checked_heads[cand] = heads[due]
-        self._checked_pk[cand] = pk[due]
+        cand = slots[pick]
+        self._checked_fid[cand] = fid[pick]
+        self._checked_heads[cand] = heads[pick]
+        self._checked_pk[cand] = pk[pick]
         batch = meter.snapshot(cand)
         self.totals.early_checks += len(batch)
         table = label_batch(batch, self.opts.label)

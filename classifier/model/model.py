@@ -74,7 +74,8 @@ class VpnModel:
         """Calibrated P(VPN) for a feature matrix."""
         if len(X) == 0:
             return np.zeros(0)
-        return apply_calibration(self.bundle["calibration"], raw_scores(self.bundle["classifier"], X))
+        with _one_thread():
+            return apply_calibration(self.bundle["calibration"], raw_scores(self.bundle["classifier"], X))
 
     def protocol_from_features(self, X: np.ndarray) -> np.ndarray:
         """Protocol guess per row, ``"unknown"`` when the guesser is unsure or absent."""
@@ -87,7 +88,8 @@ class VpnModel:
             if len(classes) == 1:  # a model trained on one protocol can only guess that one
                 out[:] = classes[0]
             return out
-        p = clf.predict_proba(X)
+        with _one_thread():
+            p = clf.predict_proba(X)
         best = p.argmax(1)
         sure = p[np.arange(len(X)), best] >= float(self.bundle.get("protocol_min_proba", 0.6))
         out[sure] = np.asarray(clf.classes_, object)[best[sure]]
@@ -130,6 +132,13 @@ class VpnModel:
         proba = self.proba_from_features(X)
         return Prediction(proba=proba, protocol=self.protocol_from_features(X),
                           evidence=self.evidence_from_features(X, proba))
+
+
+def _one_thread():
+    """OpenMP threads that spin on shared cores slow scoring down; callers parallelise across batches."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
 
 
 def _num(v: float) -> str:

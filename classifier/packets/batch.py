@@ -7,6 +7,7 @@ arrays of offsets and decoded fields, all of length ``n``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -21,7 +22,7 @@ class PacketStatus:
     BAD_L4 = 4  # TCP data offset or UDP header does not fit the IP payload
     BAD_LINK = 5  # link header inconsistent
 
-    MESSAGES = {
+    MESSAGES: ClassVar[dict[int, str]] = {
         BAD_IP: "IP header length fields do not fit the packet (IHL, total or payload length lie)",
         BAD_L4: "transport header does not fit the IP payload (TCP data offset or UDP length lies)",
         BAD_LINK: "link-layer header is inconsistent",

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from classifier.flows.schema import REGISTRY_FIELDS
-from classifier.registry.addresses import V6_DTYPE, ParsedAddresses, parse_distinct, v6_key
+from classifier.registry.addresses import V6_DTYPE, parse_distinct, v6_key
 from classifier.registry.index import FamilyIndex
 from classifier.registry.loader import (
     Entry,
@@ -118,15 +118,6 @@ class Registry:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def match_addresses(self, parsed: ParsedAddresses, times_ns: np.ndarray) -> np.ndarray:
-        """Entry number matching each parsed address at its time, or -1."""
-        out = np.full(len(parsed.family), -1, np.int64)
-        for fam, index, keys in ((4, self._v4, parsed.v4), (6, self._v6, parsed.v6)):
-            rows = np.flatnonzero(parsed.family == fam)
-            if len(rows) and len(index.bounds):
-                out[rows] = index.lookup(keys[rows], times_ns[rows], self._from, self._until)
-        return out
-
     def match(self, src: pa.Array | pa.ChunkedArray, dst: pa.Array | pa.ChunkedArray,
               times_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For flows given by endpoint columns and start times -> (entry number or -1,
@@ -137,6 +128,8 @@ class Registry:
             return np.zeros(0, np.int64), np.zeros(0, np.int8)
         both = pa.chunked_array([*_chunks(src), *_chunks(dst)], pa.string())
         uniq, idx = parse_distinct(both)  # each distinct address parsed and looked up once
+        if len(uniq.family) == 0:  # every address null
+            return np.full(n, -1, np.int64), np.zeros(n, np.int8)
         lo = np.zeros(len(uniq.family), np.int64)
         count = np.zeros(len(uniq.family), np.int64)
         for fam, index, keys in ((4, self._v4, uniq.v4), (6, self._v6, uniq.v6)):
@@ -145,11 +138,9 @@ class Registry:
                 lo[sel], count[sel] = index.candidates_of(keys[sel])
         valid = idx >= 0
         safe = np.where(valid, idx, 0)
-        row_lo = lo[safe] if len(lo) else np.zeros(2 * n, np.int64)
-        row_count = np.where(valid, count[safe], 0) if len(count) else np.zeros(2 * n, np.int64)
+        row_lo, row_count, fam_rows = lo[safe], np.where(valid, count[safe], 0), uniq.family[safe]
         # candidate positions are per family index, so each family resolves its own rows
         hit = np.full(2 * n, -1, np.int64)
-        fam_rows = uniq.family[safe] if len(uniq.family) else np.zeros(2 * n, np.uint8)
         times2 = np.concatenate([times_ns, times_ns])
         for fam, index in ((4, self._v4), (6, self._v6)):
             rows = np.flatnonzero((fam_rows == fam) & (row_count > 0))

@@ -73,7 +73,9 @@ class ReportBuilder:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.context = context
         self.anonymizer = anonymizer
-        context.anonymized = context.anonymized or anonymizer is not None
+        if anonymizer is not None:  # addresses may hide in file names too (capture-10.1.2.3.pcap)
+            context.anonymized = True
+            context.inputs = [anonymizer.text(x) for x in context.inputs]
         self._meta = context.metadata()
         self._flows = FlowsWriter(self.out_dir, REPORT_SCHEMA, self._meta, partition_by)
         self._vpn: list[pa.Table] = []
@@ -90,7 +92,7 @@ class ReportBuilder:
         if table.num_rows == 0:
             return
         if self.anonymizer is not None:
-            table = self.anonymizer.table(table)
+            table = self.anonymizer.table(table, text_columns=("evidence", "capture"))
         table = table.select(REPORT_SCHEMA.names)
         self._flows.write(table)
         n = table.num_rows
@@ -121,6 +123,8 @@ class ReportBuilder:
         from classifier.report.html import render_html
         from classifier.report.summary import build_summary
 
+        if self.anonymizer is not None:
+            self.context.errors = [self.anonymizer.text(x) for x in self.context.errors]
         try:
             days = self._flows.close()
         except BaseException:

@@ -44,7 +44,7 @@ p.note { color:var(--muted); margin:6px 0 10px; font-size:13px; }
 img.plot { display:block; max-width:100%; height:auto; margin:6px 0 4px; }
 table { border-collapse:collapse; width:100%; font-size:12.5px; }
 th, td { text-align:left; padding:6px 8px; border-bottom:1px solid var(--line); vertical-align:top; }
-th { background:#f3f4f6; font-weight:600; cursor:pointer; white-space:nowrap; position:sticky; top:0; }
+th { background:#f3f4f6; font-weight:600; cursor:pointer; white-space:nowrap; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
 td.addr { font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; white-space:nowrap; }
 td.ev { color:#374151; min-width:260px; }
@@ -53,7 +53,7 @@ tr:hover td { background:#f9fafb; }
 .tag { display:inline-block; padding:1px 7px; border-radius:999px; font-size:11.5px; font-weight:600; }
 .tag.bad { background:#fee2e2; color:#991b1b; } .tag.good { background:#dcfce7; color:#166534; }
 .tag.proto { background:#e0e7ff; color:#3730a3; }
-.scroll { max-height:560px; overflow:auto; border:1px solid var(--line); border-radius:8px; }
+.scroll { overflow-x:auto; border:1px solid var(--line); border-radius:8px; }
 h3 { font-size:14px; margin:16px 0 8px; }
 td.when { white-space:nowrap; font-variant-numeric:tabular-nums; }
 dl.meta { display:grid; grid-template-columns:max-content 1fr; gap:4px 16px; margin:0; font-size:13px; }

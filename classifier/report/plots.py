@@ -64,7 +64,7 @@ def traffic_over_time(edges: np.ndarray, names: list[str], data: np.ndarray, wid
     """Stacked bars: VPN bytes per time bin, one colour per protocol."""
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 
-    fig = _figure(9.6, 3.4)
+    fig = _figure(10.8, 3.4)
     ax = fig.add_subplot()
     _style(ax)
     starts = [dt.datetime.fromtimestamp(e / 1e9, dt.UTC).replace(tzinfo=None) for e in edges[:-1]]
@@ -99,7 +99,7 @@ def protocol_mix(mix: pa.Table) -> bytes:
     reg = np.asarray(mix.column("registered_flows").to_pylist()[::-1], float)
     unreg = np.asarray(mix.column("unregistered_flows").to_pylist()[::-1], float)
     nbytes = mix.column("bytes").to_pylist()[::-1]
-    fig = _figure(9.6, 0.9 + 0.42 * len(names))
+    fig = _figure(10.8, 0.9 + 0.42 * len(names))
     ax = fig.add_subplot()
     _style(ax)
     ax.grid(axis="y", visible=False)
@@ -117,7 +117,9 @@ def protocol_mix(mix: pa.Table) -> bytes:
 
 def top_endpoints(clients: pa.Table, servers: pa.Table, n: int = 10) -> bytes:
     """Two panels: unregistered VPN bytes of the top clients and the top servers."""
-    fig = _figure(9.6, 0.9 + 0.32 * max(min(n, clients.num_rows), min(n, servers.num_rows), 1))
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(10.8, 0.9 + 0.32 * max(min(n, clients.num_rows), min(n, servers.num_rows), 1))
     axes = fig.subplots(1, 2)
     for ax, table, title in ((axes[0], clients, "Top unregistered clients"),
                              (axes[1], servers, "Top unregistered servers")):
@@ -129,6 +131,7 @@ def top_endpoints(clients: pa.Table, servers: pa.Table, n: int = 10) -> bytes:
         y = np.arange(len(labels))
         ax.barh(y, values, color=UNREGISTERED, height=0.6)
         ax.set_yticks(y, labels, fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
         _bytes_axis(ax.xaxis)
         ax.set_xlim(0, max(1.0, float(values.max(initial=0))) * 1.1)
         ax.set_title(f"{title} (bytes)", fontsize=10, loc="left", color="#111827")

@@ -26,8 +26,7 @@ def _genkey(s: Session, who: str) -> tuple[str, str]:
 
 def setup(s: Session, port: int) -> None:
     """Start wireguard-go on both sides, configure them with ``wg set`` and wait for a ping."""
-    tag = s.lab.tag[-3:]
-    ifs, ifc = f"wg{s.n}s{tag}", f"wg{s.n}c{tag}"
+    ifs, ifc = f"wg{s.n}s{s.lab.tag}", f"wg{s.n}c{s.lab.tag}"  # at most 11 characters
     for ifname in (ifs, ifc):  # a stale socket of a killed run would block wireguard-go
         s.lab.on_close(partial(_remove_socket, ifname))
     skey, spub = _genkey(s, "server")
