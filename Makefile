@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= out/report
 
-.PHONY: all venv install run test lint bench bench-registry lab-deps ci-deps clean
+.PHONY: all venv install run test lint bench bench-registry model lab-deps ci-deps clean
 
 all: test
 
@@ -30,6 +30,14 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+## The shipped model, retrained from the lab's sample captures plus augmentation (docs/model.md).
+## Deterministic: the same captures give the same model file, byte for byte.
+MODEL_DATA    ?= pcaps/
+MODEL_AUGMENT ?= 12
+model: $(STAMP)
+	$(BIN)/vpnid train $(MODEL_DATA) --augment $(MODEL_AUGMENT) --seed 0 --name vpnid-default \
+	  -o models/vpnid-default.skops
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py

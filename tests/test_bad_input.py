@@ -82,6 +82,8 @@ def _bad_block(kind: str) -> bytes:
     n = len(body) + 12
     if kind == "odd":
         blk = struct.pack("<II", 6, n + 2) + body + struct.pack("<I", n + 2)
+    elif kind == "caplen":
+        blk = _block(6, struct.pack("<IIIII", 0, 0, 9, 4096, 4096) + f)
     else:
         blk = struct.pack("<II", 6, n) + body + struct.pack("<I", n + 8)
     return prefix + blk + _block(6, struct.pack("<IIIII", 0, 0, 10, len(FRAMES[3]), len(FRAMES[3])) + FRAMES[3])
@@ -95,6 +97,7 @@ CASES = {
     "absurd-record-length": (_absurd(), record_offsets(FRAMES)[2], 2, "absurd"),
     "pcapng-block-length-not-multiple-of-4": (_bad_block("odd"), len(_pcapng_prefix()), 2, "bad length"),
     "pcapng-trailing-length-differs": (_bad_block("trail"), len(_pcapng_prefix()), 2, "length"),
+    "pcapng-captured-length-beyond-block": (_bad_block("caplen"), len(_pcapng_prefix()), 2, "length"),
     "ihl-beyond-total-length": (_lying("ihl"), record_offsets(FRAMES)[2], 4, "IP header"),
     "total-length-beyond-frame": (_lying("total"), record_offsets(FRAMES)[2], 4, "IP header"),
 }
@@ -209,3 +212,26 @@ def test_output_is_never_half_written(files, tmp_path, monkeypatch, capsys):
     assert main(["flows", str(files["good"]), "-o", str(target)]) == 0
     assert pq.read_table(target).num_rows == 5
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_cut_gzip_input_keeps_what_decompressed(tmp_path, capsys):
+    import gzip
+
+    frames = [bytes(Ether(**MAC) / IP(src="10.0.0.1", dst=f"10.{i // 250}.0.{i % 250 + 1}") / UDP(sport=7, dport=53)
+                    / Raw(bytes(range(256)) * 4)) for i in range(1500)]
+    data = gzip.compress(pcap_bytes([(T0 + i, f) for i, f in enumerate(frames)]), compresslevel=1)
+    cut = tmp_path / "cut.pcap.gz"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    garbage = tmp_path / "garbage.gz"
+    garbage.write_bytes(b"\x1f\x8b" + b"not deflate" * 20)
+    good = tmp_path / "good.pcap"
+    good.write_bytes(good_pcap())
+    out = tmp_path / "o.parquet"
+    assert main(["flows", str(cut), str(garbage), str(good), "-o", str(out)]) == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 2
+    assert str(cut) in lines[0] and "at byte " in lines[0]
+    assert str(garbage) in lines[1] and "at byte 0:" in lines[1]
+    captures = pq.read_table(out).column("capture").to_pylist()
+    assert 500 < captures.count(str(cut)) < 1500  # most of what was decompressed is kept
+    assert captures.count(str(good)) == 5

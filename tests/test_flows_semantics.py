@@ -249,6 +249,21 @@ def test_ipv4_fragments_join_their_flow(pcap_writer):
     assert [(r["src_port"], r["ip_proto"], r["packets"]) for r in rows] == [(None, 17, 1)]
 
 
+def test_ipv6_fragments_join_their_flow(pcap_writer):
+    from scapy.layers.inet6 import IPv6ExtHdrFragment
+
+    a, b = "2001:db8::a", "2001:db8::b"
+    first = IPv6(src=a, dst=b) / IPv6ExtHdrFragment(id=99, m=1, offset=0, nh=17) / UDP(sport=500, dport=4500,
+                                                                                     len=8 + 1600) / Raw(b"1" * 992)
+    later = IPv6(src=a, dst=b) / IPv6ExtHdrFragment(id=99, m=0, offset=125, nh=17) / Raw(b"2" * 608)
+    reply = IPv6(src=b, dst=a) / UDP(sport=4500, dport=500) / Raw(b"r")
+    frames = [(T0, Ether(**MAC) / first), (T0 + MS, Ether(**MAC) / later), (T0 + 2 * MS, Ether(**MAC) / reply)]
+    (f,) = flows(pcap_writer, frames)
+    assert (f["src_ip"], f["src_port"], f["dst_port"], f["ip_proto"]) == (a, 500, 4500, 17)
+    assert (f["src2dst_packets"], f["dst2src_packets"], f["fragments"]) == (2, 1, 2)
+    assert f["src2dst_bytes"] == len(bytes(first)) + len(bytes(later))
+
+
 def test_identical_endpoints_are_one_direction(pcap_writer):
     frames = [udp(T0, C, C, 7, 7), udp(T0 + MS, C, C, 7, 7)]
     (f,) = flows(pcap_writer, frames)

@@ -313,7 +313,14 @@ def test_parse_duration():
 
 
 def test_bpf_programs_keep_the_snap_length():
-    prog = bpf.compile_bpf("udp port 51820", 1, 200)
+    from classifier.errors import UsageError
+
+    try:
+        prog = bpf.compile_bpf("udp port 51820", 1, 200)
+    except UsageError as exc:
+        if "neither was found" in str(exc):
+            pytest.skip("no filter compiler here (libpcap for scapy, or tcpdump)")
+        raise
     rets = [k for c, _jt, _jf, k in prog if c == bpf.BPF_RET_K]
     assert set(rets) == {0, 200} and len(prog) > 4
     if shutil.which("tcpdump"):
@@ -327,3 +334,28 @@ def test_cli_refuses_a_missing_interface(tmp_path: Path, capsys):
 
     assert main(["live", "--interface", "no-such-if0", "-o", str(tmp_path / "o"), "--no-model", "-q"]) == 2
     assert "no-such-if0" in capsys.readouterr().err
+
+
+def test_sensor_keeps_what_it_captured_when_the_interface_goes_away(tmp_path: Path):
+    from classifier.live.capture import CaptureError
+
+    path = _lab_capture("wireguard.pcap")
+
+    class Vanishing(FileCapture):
+        def read(self, timeout_s: float):
+            if self.pos >= 100:
+                raise CaptureError("--interface test0: capture stopped: Network is down")
+            return super().read(timeout_s)
+
+    log = io.StringIO()
+    opts = LiveOptions(capture=CaptureOptions("test0"), out_dir=tmp_path / "out", alerts=str(tmp_path / "a.jsonl"),
+                       label=LabelOptions(), tick_s=3600, stats_s=0, quiet=True)
+    cap = Vanishing(path, 50, lambda: None)
+    totals = Sensor(opts, log=log, capture=cap).run()
+    assert totals.error and "Network is down" in log.getvalue() and totals.packets == 100
+    meter = FlowMeter()
+    meter.add(batch_from_frames(cap.frames[:100], cap.ts[:100], 1))
+    expect = meter.flush().table
+    table = pq.read_table(next((tmp_path / "out").glob("*.parquet")))
+    assert table.column("packets").to_pylist() == expect.column("packets").to_pylist()
+    assert table.column("end_reason").to_pylist() == ["eof"] and expect.num_rows == 1

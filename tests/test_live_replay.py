@@ -208,3 +208,31 @@ def test_capture_methods_on_loopback_with_a_filter():
             assert stats.drops == 0 and stats.packets >= 50
         finally:
             cap.close()
+
+
+def test_interface_going_down_ends_the_capture_with_the_flows_written(veth, tmp_path: Path):
+    ns_cap, if_cap, ns_tx, if_tx = veth
+    capture = REPO / "pcaps" / "wireguard.pcap"
+    if not capture.exists():
+        pytest.skip(f"{capture} not present")
+    out, log = tmp_path / "out", tmp_path / "live.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(["ip", "netns", "exec", ns_cap, sys.executable, "-m", "classifier.cli.main", "live",
+                                 "--interface", if_cap, "-o", str(out), "--no-model"],
+                                stderr=err, stdout=subprocess.DEVNULL, cwd=REPO)
+    try:
+        _wait_for(log, "capturing on", proc, 60)
+        subprocess.run(["ip", "netns", "exec", ns_tx, "tcpreplay", "-i", if_tx, "--pps", "2000", str(capture)],
+                       capture_output=True, check=True, timeout=60)
+        time.sleep(0.3)
+        _sh("ip", "-n", ns_cap, "link", "set", if_cap, "down")
+        assert proc.wait(timeout=30) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _sh("ip", "-n", ns_cap, "link", "set", if_cap, "up")
+    assert "Network is down" in log.read_text()
+    table = pa.concat_tables([pq.read_table(f) for f in out.glob("flows-*.parquet")])
+    offline = _offline(capture)
+    assert _rows(table, FLOW_KEYS[:-1]) == _rows(offline, FLOW_KEYS[:-1])

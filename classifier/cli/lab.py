@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import random
 import sys
 
 from classifier.errors import UsageError, VpnidError
@@ -33,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="seconds of traffic per capture (default 3; the committed samples use 3)")
     cap.add_argument("--repeat", type=int, default=1, metavar="K",
                      help="captures per scenario; K > 1 names them NAME-r01.pcap ... (training data)")
+    cap.add_argument("--vary", action=argparse.BooleanOptionalAction, default=None,
+                     help="draw the traffic parameters (ping rate and size, pauses, file size, iperf3 rate) "
+                          "at random for each capture; default: on when --repeat > 1")
+    cap.add_argument("--seed", type=int, default=None, help="seed for --vary (default: random)")
     cap.add_argument("--keep-going", action="store_true",
                      help="continue with the next scenario when one fails (exit status 1 at the end)")
     cap.add_argument("--keep-workdir", action="store_true",
@@ -88,6 +93,7 @@ def run_capture(args: argparse.Namespace) -> int:
 
     from classifier.lab.manifest import update_manifest
     from classifier.lab.runner import check_environment, run_scenario
+    from classifier.lab.session import TrafficProfile
 
     if args.duration <= 0 or args.duration > 3600:
         raise UsageError("--duration must be between 0 and 3600 seconds")
@@ -95,6 +101,8 @@ def run_capture(args: argparse.Namespace) -> int:
         raise UsageError("--repeat must be at least 1")
     scenarios = select(args.scenarios)
     check_environment(scenarios)
+    vary = args.vary if args.vary is not None else args.repeat > 1
+    rng = random.Random(args.seed)
     out = Path(args.output)
     failures = 0
     for scn in scenarios:
@@ -102,7 +110,9 @@ def run_capture(args: argparse.Namespace) -> int:
             name = f"{scn.name}.pcap" if args.repeat == 1 else f"{scn.name}-r{k:02d}.pcap"
             print(f"lab: {scn.name} (N={scn.number}) -> {out / name}", file=sys.stderr, flush=True)
             try:
-                row = run_scenario(scn, out, args.duration, file_name=name, keep_workdir=args.keep_workdir)
+                profile = TrafficProfile.draw(rng) if vary else TrafficProfile()
+                row = run_scenario(scn, out, args.duration, file_name=name, keep_workdir=args.keep_workdir,
+                                   profile=profile)
             except VpnidError as exc:
                 if not args.keep_going:
                     raise

@@ -101,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
     sensor = Sensor(opts)
     previous = {sig: signal.signal(sig, sensor.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        sensor.run()
+        totals = sensor.run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 0
+    return 1 if totals.error else 0

@@ -62,7 +62,7 @@ def inner_client(n: int) -> str:
 
 def run_tag(pid: int) -> str:
     """The tag in the names of everything a lab run in process ``pid`` creates."""
-    return f"{pid % 100000:05d}"
+    return str(pid)  # at most 7 digits: interface names like wg107s4194304 stay within 15 characters
 
 
 @dataclass
@@ -140,11 +140,18 @@ def delete_namespace(ns: str) -> None:
 
 
 def cleanup_leftovers() -> list[str]:
-    """Remove namespaces of lab runs that were killed before they could tear down."""
-    found = list_lab_namespaces()
-    for ns in found:
+    """Remove namespaces of lab runs that were killed before they could tear down.
+
+    A namespace whose run is still alive (its tag is a running process id) is left alone.
+    """
+    removed = []
+    for ns in list_lab_namespaces():
+        parts = ns[len(NS_PREFIX):].split("-")  # N-TAG-s
+        if len(parts) == 3 and parts[1].isdigit() and Path(f"/proc/{int(parts[1])}").exists():
+            continue
         delete_namespace(ns)
-    return found
+        removed.append(ns)
+    return removed
 
 
 class Lab:

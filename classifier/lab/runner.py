@@ -18,7 +18,7 @@ from classifier.errors import VpnidError
 from classifier.lab.manifest import ManifestRow
 from classifier.lab.netns import Lab, LabError
 from classifier.lab.scenarios import Scenario
-from classifier.lab.session import Session
+from classifier.lab.session import Session, TrafficProfile
 from classifier.output import atomic_path
 
 #: Tools every live scenario needs besides its own daemons.
@@ -62,11 +62,13 @@ def count_pcap(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float = DEFAULT_DURATION,
-                 file_name: str | None = None, keep_workdir: bool = False) -> ManifestRow:
+                 file_name: str | None = None, keep_workdir: bool = False,
+                 profile: TrafficProfile | None = None) -> ManifestRow:
     """Make one capture of ``scenario`` into ``outdir``; return its manifest row.
 
     The capture appears in ``outdir`` only when the run succeeded (written atomically);
-    the lab is torn down in every case.
+    the lab is torn down in every case. ``profile`` sets the traffic parameters (default:
+    those of the committed samples); crafted scenarios ignore it.
     """
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +79,8 @@ def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float 
             scenario.craft(tmp, scenario.number, duration)  # type: ignore[misc]
     else:
         with Lab(scenario.number, keep_workdir=keep_workdir) as lab:
-            session = Session(lab, scenario, duration, lab.workdir / "capture.pcap")
+            session = Session(lab, scenario, duration, lab.workdir / "capture.pcap",
+                              profile=profile or TrafficProfile())
             if not scenario.midflow:
                 session.start_capture()
             scenario.setup(session)  # type: ignore[misc]

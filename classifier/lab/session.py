@@ -8,6 +8,7 @@ the traffic through the tunnel and the timing are the same for all of them.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sys
 import time
@@ -37,6 +38,27 @@ INNER_HTTP_PORT = 8080
 BLOB_SIZE = 24 * 1024
 
 
+@dataclass(frozen=True)
+class TrafficProfile:
+    """Parameters of the traffic a run drives; the defaults made the committed samples.
+
+    Training data wants variety across repeated captures of one scenario, so
+    ``TrafficProfile.draw`` picks them at random (``vpnid lab capture --vary``).
+    """
+
+    ping_interval: float = 0.2  # seconds between pings through the tunnel
+    ping_size: int = 120  # ICMP payload bytes
+    pause_scale: float = 1.0  # multiplies the pauses between fetches / commands
+    blob_size: int = BLOB_SIZE  # bytes of the file fetched over HTTP
+    rate_kbit: int = 600  # iperf3 target rate
+
+    @classmethod
+    def draw(cls, rng: random.Random) -> TrafficProfile:
+        return cls(ping_interval=round(rng.uniform(0.05, 0.5), 3), ping_size=rng.choice([56, 120, 400, 1000, 1300]),
+                   pause_scale=round(rng.uniform(0.3, 2.5), 2), blob_size=rng.choice([4, 16, 24, 64, 160]) * 1024,
+                   rate_kbit=rng.choice([200, 600, 1500, 4000]))
+
+
 @dataclass
 class Session:
     """State handed to a scenario's ``setup`` and ``traffic`` functions."""
@@ -46,6 +68,7 @@ class Session:
     duration: float
     pcap: Path
     capture_proc: Proc | None = None
+    profile: TrafficProfile = field(default_factory=TrafficProfile)
     extra: dict[str, object] = field(default_factory=dict)
 
     # Addresses of the fixed plan (docs/lab.md).
@@ -124,18 +147,19 @@ class Session:
 
     # -- traffic ---------------------------------------------------------------------------
     def http_server(self, ns: str, bind: str, port: int = INNER_HTTP_PORT) -> Proc:
-        """A small HTTP server (Python's http.server) serving one ``BLOB_SIZE`` file."""
+        """A small HTTP server (Python's http.server) serving one file of ``profile.blob_size`` bytes."""
         root = self.work / f"www-{port}"
         root.mkdir(exist_ok=True)
-        (root / "blob").write_bytes(os.urandom(BLOB_SIZE))
+        (root / "blob").write_bytes(os.urandom(self.profile.blob_size))
         proc = self.lab.spawn(ns, [sys.executable, "-m", "http.server", "--bind", bind, str(port)],
                               f"http-{port}", cwd=root)
         self.lab.wait_port(ns, port, procs=[proc])
         return proc
 
-    def ping_background(self, addr: str | None = None, interval: float = 0.2) -> Proc:
+    def ping_background(self, addr: str | None = None) -> Proc:
         """Ping ``addr`` (default: the inner server) from the client until teardown."""
-        return self.lab.spawn(self.client_ns, ["ping", "-q", "-i", f"{interval}", "-s", "120",
+        return self.lab.spawn(self.client_ns, ["ping", "-q", "-i", f"{self.profile.ping_interval}",
+                                               "-s", f"{self.profile.ping_size}",
                                                addr or self.inner_server], "ping")
 
     def fetch_loop(self, url: str, seconds: float, extra_args: tuple[str, ...] = (), pause: float = 0.6) -> int:
@@ -146,7 +170,7 @@ class Session:
             res = self.lab.run(self.client_ns, ["curl", "-s", "-k", "-o", "/dev/null", "--max-time", "5",
                                                 *extra_args, url], check=False, timeout=10)
             ok += res.returncode == 0
-            time.sleep(pause)
+            time.sleep(pause * self.profile.pause_scale)
         if ok == 0:
             raise LabError(f"no successful fetch of {url} through the {self.scenario.name} set-up")
         return ok

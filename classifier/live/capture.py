@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import os
 import select
 import socket
 import struct
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.errors import UsageError
+from classifier.errors import UsageError, VpnidError
 from classifier.live import bpf
 from classifier.live.frames import (
     BLOCK_STATUS,
@@ -127,13 +128,27 @@ def _bind(sock: socket.socket, opts: CaptureOptions) -> None:
         sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
 
 
+class CaptureError(VpnidError):
+    """The interface stopped delivering (it went down or was removed)."""
+
+
 class _Base:
     linktype: int
     sock: socket.socket
+    poller: select.poll
+    interface: str
 
     def __init__(self) -> None:
         self.kernel = KernelStats()
         self.frames = 0  # frames handed out in batches
+
+    def _wait(self, timeout_s: float) -> None:
+        """Wait for frames; an error on the socket (interface down or gone) ends the capture."""
+        for _fd, events in self.poller.poll(max(0, int(timeout_s * 1000))):
+            if events & select.POLLERR:
+                err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise CaptureError(f"--interface {self.interface}: capture stopped: {os.strerror(err)}")
 
     def stats(self) -> KernelStats:
         """Cumulative kernel counters (reading them resets the kernel's copy, so sum here)."""
@@ -154,6 +169,7 @@ class RingCapture(_Base):
 
     def __init__(self, opts: CaptureOptions) -> None:
         super().__init__()
+        self.interface = opts.interface
         self.linktype, loopback = interface_linktype(opts.interface)
         self.skip_outgoing = loopback
         self.block_size = max(mmap.PAGESIZE, 1 << (opts.block_kb * 1024 - 1).bit_length())
@@ -187,7 +203,7 @@ class RingCapture(_Base):
     def read(self, timeout_s: float) -> PacketBatch | None:
         """Frames of every block ready now (waiting up to ``timeout_s`` for one), decoded."""
         if not self._ready(self.cur):
-            self.poller.poll(max(0, int(timeout_s * 1000)))
+            self._wait(timeout_s)
         fb = self.fb
         per_block = self.block_size // 64 + 1
         while self._ready(self.cur):
@@ -229,6 +245,7 @@ class SocketCapture(_Base):
 
     def __init__(self, opts: CaptureOptions) -> None:
         super().__init__()
+        self.interface = opts.interface
         self.linktype, self.skip_outgoing = interface_linktype(opts.interface)
         self.snaplen = opts.snaplen
         self.sock = _packet_socket(opts, self.linktype)
@@ -262,7 +279,7 @@ class SocketCapture(_Base):
             except BlockingIOError:
                 if fb.n or waited:
                     break
-                self.poller.poll(max(0, int(timeout_s * 1000)))
+                self._wait(timeout_s)
                 waited = True
                 continue
             if self.skip_outgoing and addr[2] == PACKET_OUTGOING:

@@ -34,7 +34,7 @@ from classifier.flows.config import FlowConfig
 from classifier.flows.meter import FlowMeter
 from classifier.flows.schema import CLASSIFY_SCHEMA, REPORT_SCHEMA
 from classifier.live.alerts import AlertWriter, alert_records
-from classifier.live.capture import Capture, CaptureOptions, KernelStats, open_capture
+from classifier.live.capture import Capture, CaptureError, CaptureOptions, KernelStats, open_capture
 from classifier.live.rotate import RotatingParquet
 from classifier.pipeline import LabelOptions, label_batch
 
@@ -71,6 +71,7 @@ class LiveTotals:
     alerts_ended: int = 0
     early_checks: int = 0
     files: int = 0
+    error: str | None = None  # why the capture ended early (interface down), if it did
 
 
 class Sensor:
@@ -121,28 +122,12 @@ class Sensor:
         self.say(f"capturing on {self.interface} ({self.capture.method}"
                  + (f", filter {o.capture.bpf!r}" if o.capture.bpf else "") + f") -> {o.out_dir}")
         started = time.monotonic()
-        next_tick = started + o.tick_s
-        next_stats = started + o.stats_s if o.stats_s > 0 else float("inf")
         try:
-            while not self._stopping:
-                mono = time.monotonic()
-                if o.duration_s is not None and mono - started >= o.duration_s:
-                    break
-                wait = max(0.0, min(next_tick, next_stats) - mono)
-                self._feed(self.capture.read(min(wait, 0.1)))
-                mono = time.monotonic()
-                if mono >= next_tick:
-                    now = time.time_ns()
-                    self._poll_kernel()
-                    self._ended(self.meter.expire(now), now)
-                    if o.early:
-                        self._early(now)
-                    if self.files.due(now):
-                        self._rotate(now)
-                    next_tick = mono + o.tick_s
-                if mono >= next_stats:
-                    self._progress()
-                    next_stats = mono + o.stats_s
+            try:
+                self._loop(started)
+            except CaptureError as exc:  # the interface went away: keep what was captured
+                self.totals.error = str(exc)
+                print(f"vpnid live: error: {exc}", file=self.log, flush=True)
             self._finish()
         except BaseException:
             self.files.abort()
@@ -151,6 +136,30 @@ class Sensor:
             self.capture.close()
             self.alerts.close()
         return self.totals
+
+    def _loop(self, started: float) -> None:
+        o = self.opts
+        next_tick = started + o.tick_s
+        next_stats = started + o.stats_s if o.stats_s > 0 else float("inf")
+        while not self._stopping:
+            mono = time.monotonic()
+            if o.duration_s is not None and mono - started >= o.duration_s:
+                break
+            wait = max(0.0, min(next_tick, next_stats) - mono)
+            self._feed(self.capture.read(min(wait, 0.1)))
+            mono = time.monotonic()
+            if mono >= next_tick:
+                now = time.time_ns()
+                self._poll_kernel()
+                self._ended(self.meter.expire(now), now)
+                if o.early:
+                    self._early(now)
+                if self.files.due(now):
+                    self._rotate(now)
+                next_tick = mono + o.tick_s
+            if mono >= next_stats:
+                self._progress()
+                next_stats = mono + o.stats_s
 
     def _feed(self, packets) -> None:
         if packets is None:
@@ -163,8 +172,11 @@ class Sensor:
 
     def _finish(self) -> None:
         """Drain the capture, end every open flow, write them, close the file."""
-        for packets in self.capture.drain():
-            self._feed(packets)
+        try:
+            for packets in self.capture.drain():
+                self._feed(packets)
+        except CaptureError:
+            pass  # already reported: what the ring held up to the error has been read
         now = time.time_ns()
         self._ended(self.meter.expire(now), now)
         self._ended(self.meter.flush(), now)

@@ -18,7 +18,8 @@ Augmentation (``augment`` copies per capture) re-meters each capture with packet
 changes: random packet loss, timing jitter, and a capture window that starts and ends
 mid-way, so flows lose their beginnings (mid-flow) and their ends. Copies keep the
 source capture as their group, so grouped evaluation never tests on a sibling of a
-training capture.
+training capture; repeated lab captures of one scenario (``--repeat``) share the
+scenario as their group for the same reason.
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ class Truth:
     protocol: str | None
     server_port: int | None
     public: bool = False  # a public-corpus row: tunnel flows found by the incidental-port rule
+    group: str = ""  # what grouped evaluation keeps together: the lab scenario, else the file
 
 
 def _public_protocol(text: str) -> str | None:
@@ -208,7 +210,9 @@ def read_truth(manifest: str | os.PathLike) -> dict[str, Truth]:
 
     for row in read_manifest_rows(mp):
         path = str((base / row.file).resolve())
-        out[path] = Truth(path, row.vpn, row.protocol if row.vpn else None, row.server_port)
+        # repeated captures of one scenario are near-twins: they share a group
+        out[path] = Truth(path, row.vpn, row.protocol if row.vpn else None, row.server_port,
+                          group=f"scenario:{row.scenario}")
     return out
 
 
@@ -376,7 +380,7 @@ def load_captures(paths: list[str], truth: dict[str, Truth], augment: int = 0, s
             table = table.take(pa.array(idx))
             label = label[idx]
             proto = np.where(label == 1, t.protocol, None).astype(object)
-            parts.append(LabeledFlows(table, label, proto, np.full(len(idx), t.path, object),
+            parts.append(LabeledFlows(table, label, proto, np.full(len(idx), t.group or t.path, object),
                                       np.full(len(idx), variant, object)))
             if variant == "original":
                 vpn_rows = int(label.sum())

@@ -205,18 +205,16 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def plot_all(report: dict[str, Any], curves, out: Path) -> list[Path]:
+def plot_all(report: dict[str, Any], curves, out: Path) -> list[Path]:  # noqa: C901
     """ROC curves (log FPR axis: the operating region is far left), confusion matrices, per-protocol recall."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from sklearn.metrics import roc_curve
 
     from classifier.output import atomic_path
 
     paths = []
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
     for label, (y, p, t) in curves.items():
         ok = np.isfinite(p)
         if len(np.unique(y[ok])) < 2:
@@ -233,10 +231,11 @@ def plot_all(report: dict[str, Any], curves, out: Path) -> list[Path]:
     ax.set_ylabel("VPN flows found (recall)")
     ax.set_title("ROC; dots: operating threshold")
     ax.legend(loc="lower right", fontsize=8)
-    paths.append(_save(fig, out / "roc.png", atomic_path, plt))
+    paths.append(_save(fig, out / "roc.png", atomic_path))
 
     views = [(k, v) for k, v in curves.items()]
-    fig, axes = plt.subplots(1, max(len(views), 1), figsize=(4 * max(len(views), 1), 3.6), squeeze=False)
+    fig = Figure(figsize=(4 * max(len(views), 1), 3.6))
+    axes = fig.subplots(1, max(len(views), 1), squeeze=False)
     for ax, (label, (y, p, t)) in zip(axes[0], views, strict=False):
         ok = np.isfinite(p)
         pred = p[ok] >= t[ok]
@@ -251,11 +250,12 @@ def plot_all(report: dict[str, Any], curves, out: Path) -> list[Path]:
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(label, fontsize=9)
-    paths.append(_save(fig, out / "confusion.png", atomic_path, plt))
+    paths.append(_save(fig, out / "confusion.png", atomic_path))
 
     keys = [("holdout", "model as shipped"), ("grouped_cv", "grouped CV"), ("leave_one_protocol_out", "left out")]
     protos = sorted({p for k, _ in keys for p in (report.get(k, {}).get("per_protocol") or {})})
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(protos) + 2), 4))
+    fig = Figure(figsize=(max(6, 0.9 * len(protos) + 2), 4))
+    ax = fig.subplots()
     width = 0.8 / len(keys)
     for i, (k, label) in enumerate(keys):
         pp = report.get(k, {}).get("per_protocol") or {}
@@ -267,13 +267,13 @@ def plot_all(report: dict[str, Any], curves, out: Path) -> list[Path]:
     ax.set_ylabel("recall (VPN flows found)")
     ax.set_title("per-protocol recall (dotted: 95% goal)")
     ax.legend(fontsize=8)
-    paths.append(_save(fig, out / "protocol_recall.png", atomic_path, plt))
+    paths.append(_save(fig, out / "protocol_recall.png", atomic_path))
     return paths
 
 
-def _save(fig, path: Path, atomic_path, plt) -> Path:
+def _save(fig, path: Path, atomic_path) -> Path:
+    """Figures are drawn without pyplot, so the caller's matplotlib backend is left alone."""
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
     return path

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from classifier.packets._decode import decode
 from classifier.packets.batch import COLUMNS, PacketBatch, PacketStatus
 
 CHUNK_BYTES = 32 << 20
+_READ_STEP = 1 << 18
 MAX_PACKETS_PER_BATCH = 1 << 19
 
 _PCAP_MAGICS = {
@@ -64,6 +66,7 @@ class _Source:
         self.end = 0
         self.base = 0  # file offset of buf[0]
         self.eof = False
+        self.error: Exception | None = None  # why reading stopped early (corrupt or cut gzip stream)
 
     def fill(self, need: int = 0) -> None:
         """Move the unread tail to the front and read more (growing for huge blocks)."""
@@ -78,7 +81,13 @@ class _Source:
         self.start, self.end = 0, keep
         view = memoryview(self.buf)
         while self.end < len(self.buf):
-            got = self.fh.readinto(view[self.end:])
+            # Read in steps so that a gzip stream that is cut or corrupt keeps everything
+            # decompressed before the damage (a failed readinto reports nothing it read).
+            try:
+                got = self.fh.readinto(view[self.end:self.end + _READ_STEP])
+            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+                self.error = exc
+                got = 0
             if not got:
                 self.eof = True
                 break
@@ -148,7 +157,7 @@ def iter_packet_batches(
             stats.ok = False
             return
         if src.end == 0:
-            log.add(name, 0, "empty file: not a capture")
+            log.add(name, 0, f"cannot read: {src.error}" if src.error else "empty file: not a capture")
             stats.ok = False
             return
         magic = bytes(src.buf[:4])
@@ -163,6 +172,9 @@ def iter_packet_batches(
         for batch in reader:
             _count(batch, stats, name, log)
             yield batch
+        if src.error is not None and stats.ok:  # the damage fell on a record boundary
+            log.add(name, src.base + src.end, f"compressed data is cut or corrupt: {src.error}")
+            stats.ok = False
         progress()
     except (OSError, EOFError, gzip.BadGzipFile, zlib_error()) as exc:
         log.add(name, None, f"read error after {stats.packets} packets: {exc}")

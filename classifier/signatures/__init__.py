@@ -99,6 +99,7 @@ def _associate(batch: FlowBatch, view: BatchView, verdicts: list[Verdict | None]
     t = batch.table
     src = t.column("src_ip").to_pylist()
     dst = t.column("dst_ip").to_pylist()
+    fid = t.column("flow_id").to_pylist()
     sport, dport, proto = view.sport, view.dport, view.proto
     # Unclaimed TCP/UDP rows by address pair, built once (no pass over the batch per anchor).
     by_pair: dict[frozenset, list[int]] = {}
@@ -113,9 +114,9 @@ def _associate(batch: FlowBatch, view: BatchView, verdicts: list[Verdict | None]
                 continue
             if v.protocol == "tinc" and port in (int(sport[j]), int(dport[j])):
                 verdicts[j] = Verdict("tinc", 0.8, f"tinc udp: same peers and port {port} as "
-                                      f"tinc meta connection (flow row {i}); payload encrypted", midflow=False)
+                                      f"tinc meta connection (flow id {fid[i]}); payload encrypted", midflow=False)
             elif v.protocol == "openconnect" and int(dport[j]) == port and dst[j] == dst[i] and \
                     view.data[j, 0, 0] == 0x16:
                 verdicts[j] = Verdict("openconnect", 0.8, f"openconnect/anyconnect cstp: TLS to the same server "
-                                      f"{dst[i]} port {port} as the AnyConnect DTLS flow (row {i})",
+                                      f"{dst[i]} port {port} as the AnyConnect DTLS flow (flow id {fid[i]})",
                                       midflow=not (view.first_flags[j] & 0x02))

@@ -15,7 +15,7 @@ from functools import partial
 
 from classifier.lab.netns import LabError
 from classifier.lab.scenarios import Scenario, register
-from classifier.lab.session import BLOB_SIZE, Session
+from classifier.lab.session import Session
 
 NGINX_CONF = """\
 daemon off;
@@ -45,7 +45,7 @@ def _www(s: Session) -> None:
 
     www = s.work / "www"
     www.mkdir(exist_ok=True)
-    (www / "blob").write_bytes(os.urandom(BLOB_SIZE))
+    (www / "blob").write_bytes(os.urandom(s.profile.blob_size))
 
 
 def nginx_setup(s: Session, tls: bool) -> None:
@@ -86,7 +86,7 @@ def dns_traffic(s: Session) -> None:
                         check=False)
         ok += res.returncode == 0
         i += 1
-        time.sleep(0.1)
+        time.sleep(0.1 * s.profile.pause_scale)
     if not ok:
         raise LabError("no DNS answer")
 
@@ -122,9 +122,9 @@ def ssh_traffic(s: Session) -> None:
             "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", f"root@{s.server_ip}"]
     deadline = time.monotonic() + s.duration
     while time.monotonic() < deadline:
-        s.lab.run(s.client_ns, [*base, f"uname -a; head -c {BLOB_SIZE} /dev/urandom | base64 | head -c 20000"],
+        s.lab.run(s.client_ns, [*base, f"uname -a; head -c {s.profile.blob_size} /dev/urandom | base64 | head -c 20000"],
                   timeout=20)
-        time.sleep(0.3)
+        time.sleep(0.3 * s.profile.pause_scale)
 
 
 def iperf_setup(s: Session) -> None:
@@ -133,7 +133,8 @@ def iperf_setup(s: Session) -> None:
 
 
 def iperf_traffic(s: Session, udp: bool) -> None:
-    args = ["iperf3", "-c", s.server_ip, "-p", "5201", "-t", f"{max(1, round(s.duration))}", "-b", "600K"]
+    args = ["iperf3", "-c", s.server_ip, "-p", "5201", "-t", f"{max(1, round(s.duration))}",
+            "-b", f"{s.profile.rate_kbit}K"]
     if udp:
         args += ["-u", "-l", "1200"]
     s.lab.run(s.client_ns, args, timeout=s.duration + 30)
@@ -162,7 +163,7 @@ def dtls_traffic(s: Session) -> None:
             server.popen.stdin.write(f"reply {i} {'y' * (i * 53 % 900)}\n".encode())
             server.popen.stdin.flush()
         i += 1
-        time.sleep(0.1)
+        time.sleep(0.1 * s.profile.pause_scale)
     if not proc.alive():
         raise LabError(f"DTLS client exited: {proc.tail()}")
 
@@ -181,7 +182,7 @@ def quic_traffic(s: Session) -> None:
     while time.monotonic() < deadline:
         s.lab.run(s.client_ns, ["gtlsclient", "-q", "--exit-on-all-streams-close", s.server_ip, "443",
                                 f"https://{s.server_ip}/blob"], timeout=15)
-        time.sleep(0.3)
+        time.sleep(0.3 * s.profile.pause_scale)
 
 
 def _neg(name: str, number: int, protocol: str, transport: str, port: int, requires: tuple[str, ...],
@@ -200,9 +201,9 @@ _neg("dns", 102, "dns", "udp", 53, ("dnsmasq", "dig"), dns_setup, dns_traffic, "
 _neg("ssh", 103, "ssh", "tcp", 22, ("/usr/sbin/sshd", "ssh", "ssh-keygen"), ssh_setup, ssh_traffic,
      "OpenSSH, key auth, command output", "SSH sessions running commands with some bulk output.")
 _neg("iperf3-tcp", 104, "iperf3-tcp", "tcp", 5201, ("iperf3",), iperf_setup, partial(iperf_traffic, udp=False),
-     "iperf3 at 600 kbit/s", "Rate-limited TCP bulk transfer.")
+     "iperf3 at 600 kbit/s by default", "Rate-limited TCP bulk transfer.")
 _neg("iperf3-udp", 105, "iperf3-udp", "udp", 5201, ("iperf3",), iperf_setup, partial(iperf_traffic, udp=True),
-     "iperf3 -u at 600 kbit/s, 1200-byte datagrams",
+     "iperf3 -u at 600 kbit/s by default, 1200-byte datagrams",
      "Constant-rate UDP stream of equal datagrams: statistically tunnel-like.")
 _neg("dtls", 106, "dtls", "udp", 4433, ("openssl",), dtls_setup, dtls_traffic, "openssl s_server/s_client DTLS 1.2",
      "A DTLS 1.2 session exchanging lines: DTLS like OpenConnect's data channel, but no VPN.")

@@ -1,7 +1,8 @@
 """WireGuard with ``wireguard-go`` (userspace; no kernel module is needed).
 
 Configuration: keys from ``wg genkey`` per run; the server listens on the scenario's port,
-the client has the server as endpoint; inner /24 10.N.0.0 on interfaces ``wgNs``/``wgNc``.
+the client has the server as endpoint; inner /24 10.N.0.0 on interfaces ``wgNsTAG``/``wgNcTAG``
+(TAG: the run tag).
 wireguard-go's control socket is ``/run/wireguard/IFNAME.sock`` in the shared /run, so the
 two sides (and concurrent runs) need different interface names.
 """
