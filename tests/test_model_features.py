@@ -78,7 +78,7 @@ def test_values_follow_definitions():
     X = feature_matrix(pa.Table.from_pylist([row], schema=FLOW_SCHEMA))[0]
     f = dict(zip(FEATURE_NAMES, X, strict=True))
     assert f["is_udp"] == 1 and f["is_tcp"] == 0
-    assert f["log_packets"] == pytest.approx(np.log1p(6))
+    assert f["up_byte_frac"] == pytest.approx((176 + 200 + 200) / sizes.sum())
     assert f["up_pkt_frac"] == pytest.approx(0.5)
     assert f["first_size_0"] == 176 and f["first_size_1"] == -120
     assert f["first_dir_switches"] == 5
@@ -97,7 +97,7 @@ def test_one_packet_and_empty_tables():
     row = flow_row(np.array([60]), np.array([0]), np.array([0.0]), np.array([0x02]), 6)
     X = feature_matrix(pa.Table.from_pylist([row], schema=FLOW_SCHEMA))
     f = dict(zip(FEATURE_NAMES, X[0], strict=True))
-    assert np.isnan(f["log_iat_mean"]) and np.isnan(f["log_pkt_rate"])
+    assert np.isnan(f["log_iat_mean"]) and np.isnan(f["first_log_iat_1"])
     assert f["starts_with_syn"] == 1 and f["syn_frac"] == 1
     assert feature_matrix(FLOW_SCHEMA.empty_table()).shape == (0, len(FEATURE_NAMES))
 

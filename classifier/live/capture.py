@@ -22,6 +22,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +190,7 @@ class RingCapture(_Base):
         self.ring = np.frombuffer(self.mm, np.uint8)
         self.words = self.ring.view(np.uint32)
         self.cur = 0
+        self.blocks = 0  # blocks read so far
         self.batch_ms = opts.batch_ms
         per_block = self.block_size // 64 + 1
         self.max_frames = max(opts.max_frames, per_block)
@@ -216,18 +218,23 @@ class RingCapture(_Base):
             fb.gather_from(self.ring, start, fb.n)
             self.words[(off + BLOCK_STATUS) // 4] = TP_STATUS_KERNEL  # hand the block back
             self.cur = (self.cur + 1) % self.block_nr
+            self.blocks += 1
         self.frames += fb.n
         return fb.take()
 
-    def drain(self) -> list[PacketBatch]:
-        """Everything still in the ring, after the kernel retires the block it is filling."""
+    def drain(self) -> Iterator[PacketBatch]:
+        """What the ring holds, once the kernel has retired the block it is filling.
+
+        Bounded to one turn of the ring, so that stopping ends even while traffic keeps
+        arriving.
+        """
         time.sleep(2 * self.batch_ms / 1000)
-        out = []
-        while True:
+        stop_at = self.blocks + self.block_nr
+        while self.blocks < stop_at:
             batch = self.read(0)
             if batch is None:
-                return out
-            out.append(batch)
+                return
+            yield batch
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -303,13 +310,17 @@ class SocketCapture(_Base):
         self.frames += fb.n
         return fb.take()
 
-    def drain(self) -> list[PacketBatch]:
-        out = []
-        while True:
+    def drain(self) -> Iterator[PacketBatch]:
+        """What the socket has queued (for at most two seconds while traffic keeps arriving).
+
+        One batch at a time: each must be consumed before the next read reuses its buffer.
+        """
+        until = time.monotonic() + 2.0
+        while time.monotonic() < until:
             batch = self.read(0)
             if batch is None:
-                return out
-            out.append(batch)
+                return
+            yield batch
 
     def close(self) -> None:
         self.sock.close()

@@ -15,8 +15,9 @@ Labeling captures is where most training sets go wrong, so the rule is explicit:
 IP addresses and ports decide labels here; they are never features (features.py).
 
 Augmentation (``augment`` copies per capture) re-meters each capture with packet-level
-changes: random packet loss, timing jitter, and a capture window that starts and ends
-mid-way, so flows lose their beginnings (mid-flow) and their ends. Copies keep the
+changes: random packet loss, timing jitter, a slowdown of all gaps (1-10x: lab links
+between namespaces answer in microseconds, real paths in milliseconds), and a capture
+window that starts and ends mid-way, so flows lose their beginnings (mid-flow) and their ends. Copies keep the
 source capture as their group, so grouped evaluation never tests on a sibling of a
 training capture; repeated lab captures of one scenario (``--repeat``) share the
 scenario as their group for the same reason.
@@ -277,6 +278,7 @@ class Augmentation:
 
     loss: float  # probability of dropping each packet
     jitter: float  # sigma of the log-normal factor applied to every inter-arrival gap
+    slowdown: float  # factor applied to all gaps: a lab link of microseconds looks like a real path
     start: float  # fraction of the capture's packets skipped at the start (mid-flow start)
     stop: float  # fraction of packets after which the capture ends
 
@@ -285,10 +287,12 @@ class Augmentation:
         start = float(rng.choice([0.0, 0.0, rng.uniform(0.05, 0.6)]))
         stop = float(rng.choice([1.0, 1.0, rng.uniform(start + 0.2, 1.0)])) if start < 0.8 else 1.0
         return cls(loss=float(rng.choice([0.0, 0.005, 0.02, 0.05])), jitter=float(rng.choice([0.0, 0.2, 0.5])),
+                   slowdown=float(np.exp(rng.uniform(0.0, np.log(10.0)))),
                    start=start, stop=min(1.0, max(stop, start + 0.1)))
 
     def describe(self) -> str:
-        return f"loss={self.loss:g} jitter={self.jitter:g} window={self.start:.2f}-{self.stop:.2f}"
+        return (f"loss={self.loss:g} jitter={self.jitter:g} slowdown={self.slowdown:.1f} "
+                f"window={self.start:.2f}-{self.stop:.2f}")
 
 
 class _PacketTransform:
@@ -313,6 +317,7 @@ class _PacketTransform:
             prev = self.last_in if self.last_in is not None else int(ts[0])
             gaps = np.diff(ts, prepend=prev).astype(float)
             gaps = np.maximum(gaps, 0.0)
+            gaps *= self.aug.slowdown
             if self.aug.jitter > 0:
                 gaps *= self.rng.lognormal(0.0, self.aug.jitter, n)
             start = self.last_out if self.last_out is not None else int(ts[0])

@@ -8,7 +8,10 @@ What is deliberately left out (shortcut learning): IP addresses, ports, VLAN, TT
 timestamps, flow ids, capture names, IP version and the end reason. A model that
 learns "port 1194" or "the lab's 10.0.0.0/8" scores well on its own captures and
 fails on everybody else's; these columns identify *where* a capture was made, not
-*what* the traffic is. The transport (TCP / UDP / other) is kept as a category
+*what* the traffic is. Flow volume and length (packets, bytes, duration, rates) are
+left out for the same reason: they measure how long the capture ran (lab captures
+last seconds), and with them the model learned "long flow = VPN" and did worse on
+captures made elsewhere (docs/model.md). Counts enter only as ratios. The transport (TCP / UDP / other) is kept as a category
 because the tunnel rhythm reads differently over TCP (outer ACKs, records split
 across segments) than over UDP (one datagram per inner packet); docs/model.md
 discusses the risk.
@@ -31,7 +34,7 @@ FEATURE_VERSION = 1
 
 #: Flow-table columns the features read (all others are ignored, identifiers included).
 INPUT_COLUMNS: tuple[str, ...] = (
-    "ip_proto", "duration_ms", "packets", "bytes",
+    "ip_proto", "packets", "bytes",
     "src2dst_packets", "src2dst_bytes", "dst2src_packets", "dst2src_bytes",
     "src2dst_payload_bytes", "dst2src_payload_bytes",
     *(f"{p}{s}" for p in ("", "src2dst_", "dst2src_")
@@ -56,8 +59,7 @@ _DIRS = (("", "all"), ("up_", "src2dst_"), ("down_", "dst2src_"))
 
 
 def _names() -> list[str]:
-    n = ["is_tcp", "is_udp", "log_packets", "log_bytes", "log_duration_ms",
-         "log_pkt_rate", "log_byte_rate", "up_pkt_frac", "up_byte_frac", "payload_frac",
+    n = ["is_tcp", "is_udp", "up_pkt_frac", "up_byte_frac", "payload_frac",
          "hdr_per_pkt", "up_payload_mean", "down_payload_mean"]
     for short, _ in _DIRS:
         n += [f"{short}size_min", f"{short}size_max", f"{short}size_mean", f"{short}size_std",
@@ -81,11 +83,6 @@ FEATURE_NAMES: tuple[str, ...] = tuple(_names())
 FEATURE_DOCS: dict[str, str] = {
     "is_tcp": "transport is TCP (1) or not (0)",
     "is_udp": "transport is UDP (1) or not (0)",
-    "log_packets": "log(1 + packets)",
-    "log_bytes": "log(1 + IP bytes)",
-    "log_duration_ms": "log(1 + duration in ms)",
-    "log_pkt_rate": "log(1 + packets per second); NaN below 2 packets",
-    "log_byte_rate": "log(1 + bytes per second); NaN below 2 packets",
     "up_pkt_frac": "share of packets sent by the initiator",
     "up_byte_frac": "share of bytes sent by the initiator",
     "payload_frac": "transport payload bytes / IP bytes",
@@ -193,13 +190,6 @@ def feature_matrix(table: pa.Table) -> np.ndarray:
     f["is_tcp"] = (proto == 6).astype(float)
     f["is_udp"] = (proto == 17).astype(float)
     pk, by = c["packets"], c["bytes"]
-    dur_s = c["duration_ms"] / 1000.0
-    f["log_packets"] = _log(pk)
-    f["log_bytes"] = _log(by)
-    f["log_duration_ms"] = _log(c["duration_ms"])
-    timed = (pk >= 2) & (dur_s > 0)
-    f["log_pkt_rate"] = np.where(timed, _log(_div(pk, dur_s)), np.nan)
-    f["log_byte_rate"] = np.where(timed, _log(_div(by, dur_s)), np.nan)
     f["up_pkt_frac"] = _div(c["src2dst_packets"], pk)
     f["up_byte_frac"] = _div(c["src2dst_bytes"], by)
     payload = c["src2dst_payload_bytes"] + c["dst2src_payload_bytes"]

@@ -23,7 +23,7 @@ from classifier.lab.scenarios import Scenario, register
 
 CLIENT_MAC = "02:00:00:00:00:02"
 SERVER_MAC = "02:00:00:00:00:01"
-T0 = 1_700_000_000.0  # fixed epoch start: reproducible files
+T0 = 1_795_331_490.0  # fixed start (2026-11-22T07:11:30Z, beside the other samples): reproducible files
 
 
 def _inner_packets(n: int, duration: float, rng: random.Random) -> list[tuple[float, bool, bytes]]:
