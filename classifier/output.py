@@ -116,7 +116,7 @@ class TableSink:
                 self._writer = pacsv.CSVWriter(self._fh, flat.schema)
             self._writer.write(flat)  # type: ignore[union-attr]
         else:
-            for row in table.to_pylist():
+            for row in _timestamps_as_text(table).to_pylist():
                 self._fh.write((json.dumps(row, default=_json_default) + "\n").encode())  # type: ignore[union-attr]
 
     def close(self) -> None:
@@ -153,6 +153,18 @@ class TableSink:
             self.close()
         else:
             self.abort()
+
+
+def _timestamps_as_text(table: pa.Table) -> pa.Table:
+    """ISO 8601 text with all nine fractional digits (Python datetimes would keep only six)."""
+    import pyarrow.compute as pc
+
+    for i, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type):
+            text = pc.strftime(table.column(i), format="%Y-%m-%dT%H:%M:%SZ") if table.num_rows else \
+                table.column(i).cast(pa.string())
+            table = table.set_column(i, pa.field(field.name, pa.string()), text)
+    return table
 
 
 def _flatten_lists(table: pa.Table) -> pa.Table:

@@ -485,7 +485,7 @@ def build_flows(packets: list[RefPacket], idle_s: float = 120.0, active_s: float
         elif p.frag == 2 and fkey in frag_ports:
             sport, dport = frag_ports[fkey]
             has_ports = True
-        key = (p.proto, p.vlan, frozenset({(p.src, sport), (p.dst, dport)}))
+        key = (p.proto, p.vlan, p.version, frozenset({(p.src, sport), (p.dst, dport)}))
         flow = table.get(key)
         if flow is not None:
             reason = ""
@@ -514,8 +514,8 @@ def build_flows(packets: list[RefPacket], idle_s: float = 120.0, active_s: float
                 flow.closed = "rst"
             elif all(flow.fin_seen) and not flow.closed:
                 flow.closed = "fin"
-    for flow in table.values():  # end of input: flows not yet ended are closed ones or still open
-        flow.end_reason = flow.closed or "eof"
+    for flow in table.values():  # end of input: closed, past a timeout at the last packet, or still open
+        flow.end_reason = flow.closed or _expired(flow, now, idle, active, linger) or "eof"
     return flows
 
 

@@ -96,8 +96,26 @@ def veth():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
+@pytest.fixture(scope="module")
+def classified(tmp_path_factory) -> pa.Table:
+    """``vpnid classify --registry`` over every capture of CASES present here, in one run."""
+    _need_root_tools()
+    files = [str(c) for c, _p, _s in CASES if c.exists()]
+    if not files or not REGISTRY.exists():
+        pytest.skip("no capture of CASES (or no sample registry) present")
+    out = tmp_path_factory.mktemp("classify") / "classified.parquet"
+    done = subprocess.run([sys.executable, "-m", "classifier.cli.main", "classify", *files, "-o", str(out),
+                           "--registry", str(REGISTRY), "-q"], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    return pq.read_table(out)
+
+
+def _classify_rows(classified: pa.Table, path: Path) -> pa.Table:
+    return classified.filter(pa.compute.equal(classified.column("capture"), str(path)))
+
+
 def _offline(path: Path, config: FlowConfig | None = None) -> pa.Table:
-    """What ``vpnid classify`` computes for the file: the engine, signatures, the default model, registry."""
+    """The offline pipeline in process (the engine, signatures, the default model, the registry)."""
     from classifier.cli.report import load_default_model
     from classifier.registry import Registry
 
@@ -122,13 +140,13 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float) -> 
 
 
 @pytest.mark.parametrize(("capture", "pps", "stop"), CASES, ids=[f"{c.parent.name}/{c.name}" for c, _p, _s in CASES])
-def test_live_replay_matches_classify(veth, tmp_path: Path, capture: Path, pps: int | None, stop: int):
+def test_live_replay_matches_classify(veth, classified, tmp_path: Path, capture: Path, pps: int | None,
+                                      stop: int):
     if not capture.exists():
         pytest.skip(f"{capture} not present")
-    if not REGISTRY.exists():
-        pytest.skip(f"{REGISTRY} not present")
     ns_cap, if_cap, ns_tx, if_tx = veth
-    offline = _offline(capture)
+    offline = _classify_rows(classified, capture)
+    assert offline.num_rows, f"vpnid classify found no flow in {capture}"
     # replay-safe: no flow of this capture depends on a timeout (see the module docstring)
     unbounded = _offline(capture, FlowConfig(idle_timeout_s=1e9, active_timeout_s=1e9))
     assert _rows(unbounded, FLOW_KEYS[:-1]) == _rows(offline, FLOW_KEYS[:-1]), "capture not replay-safe"
@@ -234,7 +252,7 @@ def test_interface_going_down_ends_the_capture_with_the_flows_written(veth, tmp_
         _sh("ip", "-n", ns_cap, "link", "set", if_cap, "up")
     assert "Network is down" in log.read_text()
     table = pa.concat_tables([pq.read_table(f) for f in out.glob("flows-*.parquet")])
-    offline = _offline(capture)
+    offline = _offline(capture, FlowConfig())
     assert _rows(table, FLOW_KEYS[:-1]) == _rows(offline, FLOW_KEYS[:-1])
 
 

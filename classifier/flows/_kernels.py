@@ -236,7 +236,8 @@ def run(start, n, buf, status, ts, ip_ver, ip_proto, src_hi, src_lo, dst_hi, dst
                 hp = 1
         a_hi, a_lo, b_hi, b_lo = src_hi[i], src_lo[i], dst_hi[i], dst_lo[i]
         sender_low = (a_hi < b_hi) or (a_hi == b_hi and (a_lo < b_lo or (a_lo == b_lo and sp <= dp)))
-        meta_hi = (np.uint64(proto) << np.uint64(56)) | (np.uint64(vlan[i] + 1) << np.uint64(40))
+        meta_hi = (np.uint64(proto) << np.uint64(56)) | (np.uint64(vlan[i] + 1) << np.uint64(40)) \
+            | (np.uint64(ip_ver[i]) << np.uint64(32))
         if sender_low:
             k0, k1, k2, k3 = a_hi, a_lo, b_hi, b_lo
             k4 = meta_hi | (sp << np.uint64(16)) | dp
@@ -366,8 +367,9 @@ def run(start, n, buf, status, ts, ip_ver, ip_proto, src_hi, src_lo, dst_hi, dst
 
 
 @nb.njit(cache=True)
-def flush_all(si, index, hashes, done, ctl):
-    return sweep(ctl[C_NOW], si, index, hashes, done, ctl, _BIG, _BIG, _BIG, True)
+def flush_all(si, index, hashes, done, ctl, idle, active, linger):
+    """End every flow: those past a timeout at the last packet with that reason, the rest ``eof``."""
+    return sweep(ctl[C_NOW], si, index, hashes, done, ctl, idle, active, linger, True)
 
 
 _unused = (REASON_EOF,)

@@ -95,7 +95,8 @@ class FlowMeter:
 
     def flush(self) -> FlowBatch | S.FlowState | None:
         """End every open flow (reason ``eof`` unless it had closed) and return them."""
-        K.flush_all(self.pool.si, self.index, self.pool.hashes, self.done, self.ctl)
+        idle, active, linger, _ = self.config.ns
+        K.flush_all(self.pool.si, self.index, self.pool.hashes, self.done, self.ctl, idle, active, linger)
         return self._drain()
 
     def open_slots(self) -> np.ndarray:

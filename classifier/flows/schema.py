@@ -40,7 +40,7 @@ def _dir_stats(prefix: str, who: str) -> list[pa.Field]:
 
 
 FLOW_FIELDS: list[pa.Field] = [
-    _f("flow_id", pa.uint64(), "sequence number of the flow within its capture, in order of first packet", False),
+    _f("flow_id", pa.uint64(), "sequence number of the flow in order of first packet, within its capture (vpnid batch: within the dataset)", False),
     _f("capture", pa.string(), "the input the flow was read from, as given on the command line", False),
     _f("src_ip", pa.string(), "initiator address (sender of the first packet seen)", False),
     _f("dst_ip", pa.string(), "responder address", False),

@@ -226,7 +226,8 @@ class RingCapture(_Base):
         """What the ring holds, once the kernel has retired the block it is filling.
 
         Bounded to one turn of the ring, so that stopping ends even while traffic keeps
-        arriving.
+        arriving. One batch at a time: each must be consumed before the next read reuses
+        its buffer.
         """
         time.sleep(2 * self.batch_ms / 1000)
         stop_at = self.blocks + self.block_nr

@@ -11,7 +11,6 @@ file's key-value metadata just before it is closed.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,12 +26,6 @@ class _PeriodSink(TableSink):
     def close_with(self, metadata: dict[str, str]) -> None:
         self._writer.add_key_value_metadata(metadata)  # type: ignore[union-attr]
         self.close()
-
-    def abort(self) -> None:
-        # Close the Parquet writer before its file goes, or it fails later when collected.
-        with contextlib.suppress(Exception):
-            self._writer.close()  # type: ignore[union-attr]
-        super().abort()
 
 
 def _stamp(ns: int) -> str:

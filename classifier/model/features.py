@@ -11,7 +11,9 @@ fails on everybody else's; these columns identify *where* a capture was made, no
 *what* the traffic is. Flow volume and length (packets, bytes, duration, rates) are
 left out for the same reason: they measure how long the capture ran (lab captures
 last seconds), and with them the model learned "long flow = VPN" and did worse on
-captures made elsewhere (docs/model.md). Counts enter only as ratios. The transport (TCP / UDP / other) is kept as a category
+captures made elsewhere (docs/model.md). Counts enter only as ratios. FIN and RST
+counts are left out too: whether a flow's end was captured says when the capture
+stopped (lab tunnels are still up when it does), not what the flow carried. The transport (TCP / UDP / other) is kept as a category
 because the tunnel rhythm reads differently over TCP (outer ACKs, records split
 across segments) than over UDP (one datagram per inner packet); docs/model.md
 discusses the risk.
@@ -40,7 +42,7 @@ INPUT_COLUMNS: tuple[str, ...] = (
     *(f"{p}{s}" for p in ("", "src2dst_", "dst2src_")
       for s in ("size_min", "size_max", "size_mean", "size_std",
                 "iat_min_ms", "iat_max_ms", "iat_mean_ms", "iat_std_ms")),
-    "tcp_syn", "tcp_ack", "tcp_fin", "tcp_rst", "tcp_psh", "tcp_urg", "tcp_ece", "tcp_cwr",
+    "tcp_syn", "tcp_ack", "tcp_psh", "tcp_urg", "tcp_ece", "tcp_cwr",
     "first_tcp_flags", "first_sizes", "first_dirs", "first_iats_ms",
 )
 
@@ -66,7 +68,7 @@ def _names() -> list[str]:
               f"{short}size_cv", f"{short}size_mean_pos", f"{short}size_bimodality"]
         n += [f"{short}log_iat_min", f"{short}log_iat_max", f"{short}log_iat_mean",
               f"{short}log_iat_std", f"{short}iat_cv"]
-    n += ["syn_frac", "ack_frac", "fin_frac", "rst_frac", "psh_frac", "urg_ecn_frac", "starts_with_syn"]
+    n += ["syn_frac", "ack_frac", "psh_frac", "urg_ecn_frac", "starts_with_syn"]
     n += [f"first_size_{i}" for i in range(FIRST_PACKETS)]
     n += [f"first_log_iat_{i}" for i in range(1, FIRST_PACKETS)]
     n += ["first_dir_switches", "first_up_frac", "first_distinct_size_frac", "first_small_frac",
@@ -90,7 +92,6 @@ FEATURE_DOCS: dict[str, str] = {
     "up_payload_mean": "mean transport payload per initiator packet",
     "down_payload_mean": "mean transport payload per responder packet",
     "syn_frac": "TCP SYN segments / packets", "ack_frac": "TCP ACK segments / packets",
-    "fin_frac": "TCP FIN segments / packets", "rst_frac": "TCP RST segments / packets",
     "psh_frac": "TCP PSH segments / packets", "urg_ecn_frac": "TCP URG, ECE or CWR segments / packets",
     "starts_with_syn": "the first packet seen is a TCP SYN (the start of the flow was seen)",
     "first_dir_switches": "direction changes among the first packets (request/response turns)",
@@ -214,8 +215,6 @@ def feature_matrix(table: pa.Table) -> np.ndarray:
         f[f"{short}iat_cv"] = _div(istd, imean)
     f["syn_frac"] = _div(c["tcp_syn"], pk)
     f["ack_frac"] = _div(c["tcp_ack"], pk)
-    f["fin_frac"] = _div(c["tcp_fin"], pk)
-    f["rst_frac"] = _div(c["tcp_rst"], pk)
     f["psh_frac"] = _div(c["tcp_psh"], pk)
     f["urg_ecn_frac"] = _div(c["tcp_urg"] + c["tcp_ece"] + c["tcp_cwr"], pk)
     flags = c["first_tcp_flags"]
