@@ -41,7 +41,7 @@ def trained(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_train_save_load_predict(trained):
-    path, card = trained
+    path, _card = trained
     model = load_model(path)
     assert isinstance(model, VpnModel)
     assert model.name == "test-model" and model.version == "1"
@@ -68,7 +68,7 @@ def test_train_save_load_predict(trained):
 
 
 def test_card_beside_model(trained):
-    path, card = trained
+    path, _card = trained
     jpath, mpath = card_paths(path)
     assert jpath.name == "syn.card.json" and mpath.name == "syn.card.md"
     on_disk = json.loads(jpath.read_text())
@@ -176,9 +176,15 @@ def test_needs_both_classes():
 
 
 def test_parse_labels():
-    np.testing.assert_array_equal(parse_labels([1, 0, "vpn", "non-vpn", True, "NO"], "x"), [1, 0, 1, 0, 1, 0])
+    np.testing.assert_array_equal(parse_labels(["1", "0", "vpn", "non-vpn", "True", " NO"], "x"), [1, 0, 1, 0, 1, 0])
+    np.testing.assert_array_equal(parse_labels(pa.array([True, False]), "x"), [1, 0])
+    np.testing.assert_array_equal(parse_labels(pa.chunked_array([[1, 0], [1]], pa.int8()), "x"), [1, 0, 1])
     with pytest.raises(UsageError, match="row 1"):
-        parse_labels([1, "maybe"], "f.parquet")
+        parse_labels(["vpn", "maybe"], "f.parquet")
+    with pytest.raises(UsageError, match="row 2"):
+        parse_labels(pa.array([1, 0, 2]), "f.parquet")
+    with pytest.raises(UsageError, match="row 0"):
+        parse_labels(pa.array([None, 1], pa.int64()), "f.parquet")
 
 
 def test_tunnel_labeling_rule():
@@ -251,3 +257,40 @@ def test_captures_need_a_manifest(tmp_path):
     cap.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\0" * 20)
     with pytest.raises(UsageError, match="manifest"):
         load_labeled([str(cap)])
+
+
+@pytest.mark.parametrize("method", ["isotonic", "sigmoid"])
+def test_calibration_keeps_order_and_matches_rates(method):
+    from classifier.model.train import apply_calibration, fit_calibration
+
+    rng = np.random.default_rng(0)
+    s = np.concatenate([rng.normal(-2, 1, 2000), rng.normal(2, 1, 2000)])
+    y = np.concatenate([np.zeros(2000), np.ones(2000)]).astype(int)
+    cal = fit_calibration(s, y, method)
+    grid = np.linspace(-6, 6, 200)
+    p = apply_calibration(cal, grid)
+    assert ((p >= 0) & (p <= 1)).all()
+    assert (np.diff(p) > 0).all()  # strictly increasing: ties are broken by the raw score
+    mid = apply_calibration(cal, np.array([0.0]))[0]
+    assert 0.3 < mid < 0.7  # equal classes meet at 0
+    assert apply_calibration(cal, np.array([4.0]))[0] > 0.95
+
+
+def test_pipeline_uses_model_verdicts(trained):
+    """classifier.pipeline calls model.predict(table) and compares with model.threshold."""
+    from classifier.flows.batch import FlowBatch, PayloadHeads
+    from classifier.pipeline import LabelOptions, label_batch
+
+    model = load_model(trained[0])
+    table = synthetic_flows(9, seed=8)
+    flows = table.drop_columns(["label", "protocol"])
+    out = label_batch(FlowBatch(flows, PayloadHeads.empty(flows.num_rows)),
+                      LabelOptions(signatures=False, model=model))
+    pred = model.predict(flows)
+    assert out.column("detection").to_pylist() == ["model"] * flows.num_rows
+    np.testing.assert_array_equal(out.column("is_vpn").to_numpy(zero_copy_only=False),
+                                  pred.proba >= model.threshold)
+    assert out.column("evidence").to_pylist() == list(pred.evidence)
+    vpn = pred.proba >= model.threshold
+    assert out.column("vpn_protocol").to_pylist() == [p if v else None for p, v in
+                                                       zip(pred.protocol, vpn, strict=True)]

@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="directory for metrics.json and the plots (default out/evaluate)")
     p.add_argument("--manifest", metavar="CSV", help="manifest labelling the captures")
     p.add_argument("--folds", type=int, default=5, help="capture-grouped folds (default 5)")
+    p.add_argument("--augment", type=int, default=0, metavar="N",
+                   help="augmented copies per capture, as for `vpnid train` (default 0); copies stay in "
+                        "their capture's fold")
     p.add_argument("--no-cv", action="store_true", help="skip grouped cross-validation")
     p.add_argument("--no-lopo", action="store_true", help="skip leave-one-protocol-out")
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
@@ -31,12 +34,12 @@ def run(args: argparse.Namespace) -> int:
     from classifier.model.data import load_labeled
     from classifier.model.evaluate import evaluate, write_report
 
-    if args.folds < 2:
-        raise UsageError("--folds must be >= 2")
+    if args.folds < 2 or args.augment < 0:
+        raise UsageError("--folds must be >= 2 and --augment >= 0")
     model = load_model(None if args.model == "default" else args.model)
     log = ErrorLog(quiet=False)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"vpnid evaluate: {m}", file=sys.stderr))
-    data = load_labeled(args.inputs, manifest=args.manifest, log=log, say=say)
+    data = load_labeled(args.inputs, manifest=args.manifest, augment=args.augment, log=log, say=say)
     say(f"{len(data)} labeled flows ({int(data.label.sum())} VPN) from {len(set(data.group))} captures")
     report, curves = evaluate(model, data, folds=args.folds, cv=not args.no_cv, lopo=not args.no_lopo, say=say)
     written = write_report(report, curves, args.output)

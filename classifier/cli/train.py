@@ -22,11 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                      "beside them)")
     p.add_argument("--augment", type=int, default=0, metavar="N",
                    help="augmented copies per capture: packet loss, jitter, flows cut mid-way (default 0)")
-    p.add_argument("--candidates", default="hgb,rf", metavar="LIST",
-                   help=f"estimators to compare, best kept (from {','.join(CANDIDATES)}; default hgb,rf)")
+    p.add_argument("--candidates", default="rf,hgb", metavar="LIST",
+                   help=f"estimators to compare, best kept, ties to the first (from {','.join(CANDIDATES)}; "
+                        "default rf,hgb)")
     p.add_argument("--fpr-target", type=float, default=0.001, metavar="F",
                    help="false-positive rate the threshold is chosen for (default 0.001)")
-    p.add_argument("--calibration", choices=("sigmoid", "isotonic"), default="sigmoid")
+    p.add_argument("--calibration", choices=("sigmoid", "isotonic"), default="isotonic",
+                   help="probability calibration on out-of-fold scores (default isotonic)")
     p.add_argument("--folds", type=int, default=5, help="capture-grouped folds (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", help="model name (default: the output file's stem)")

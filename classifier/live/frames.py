@@ -15,7 +15,7 @@ import numpy as np
 
 from classifier.packets import linktypes
 from classifier.packets.batch import PacketBatch
-from classifier.packets.capture import _decode_columns
+from classifier.packets.capture import batch_from_buffer
 
 # struct tpacket_block_desc / tpacket_hdr_v1 (linux/if_packet.h), byte offsets
 BLOCK_STATUS = 8
@@ -112,22 +112,6 @@ def gather(src, src_off, cap, wire, vlan, n, out, out_off, out_cap, out_wire, et
     return pos
 
 
-def packets_from_buffer(buf: np.ndarray, offs: np.ndarray, caps: np.ndarray, wires: np.ndarray,
-                        ts_ns: np.ndarray, linktype: int) -> PacketBatch:
-    """Decode frames that already sit in one buffer (the array form of ``batch_from_frames``)."""
-    n = len(offs)
-    batch = PacketBatch.allocate(buf, n)
-    c = batch.cols
-    c["record_off"][:] = offs
-    c["data_off"][:] = offs
-    c["cap_len"][:] = caps
-    c["wire_len"][:] = np.maximum(wires, caps)
-    c["ts"][:] = ts_ns
-    c["linktype"][:] = linktype
-    _decode_columns(batch)
-    return batch
-
-
 class FrameBuffer:
     """Reusable arrays one capture batch is collected in, then decoded in one call."""
 
@@ -167,7 +151,7 @@ class FrameBuffer:
         n = self.n
         if n == 0:
             return None
-        batch = packets_from_buffer(self.out, self.out_off[:n], self.out_cap[:n], self.out_wire[:n],
+        batch = batch_from_buffer(self.out, self.out_off[:n], self.out_cap[:n], self.out_wire[:n],
                                     self.ts[:n], self.linktype)
         self.n = 0
         self.pos = 0

@@ -109,23 +109,24 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def parse_labels(values: list, where: str) -> np.ndarray:
-    """1/0, booleans or vpn/non-vpn strings -> int8; a bad value names ``where`` and the row."""
-    out = np.zeros(len(values), np.int8)
-    for i, v in enumerate(values):  # labels come as mixed Python values; validated one by one
-        if isinstance(v, bool):
-            out[i] = int(v)
-            continue
-        if isinstance(v, int | float) and v in (0, 1):
-            out[i] = int(v)
-            continue
-        s = str(v).strip().lower() if v is not None else ""
-        if s in _TRUE:
-            out[i] = 1
-        elif s in _FALSE:
-            out[i] = 0
-        else:
-            raise UsageError(f"{where}: row {i}: label must be 1/0 or vpn/non-vpn, not {v!r}")
+def parse_labels(values: pa.ChunkedArray | pa.Array | list, where: str) -> np.ndarray:
+    """1/0, booleans or vpn/non-vpn strings -> int8; a bad value names ``where`` and its row."""
+    arr = values if isinstance(values, pa.ChunkedArray | pa.Array) else pa.array(values, from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    if pa.types.is_boolean(arr.type) or pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+        num = pc.cast(arr, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+        bad = ~np.isin(num, (0.0, 1.0))
+        out = np.nan_to_num(num).astype(np.int8)
+    else:
+        text = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(arr, pa.string()))).fill_null("")
+        text = text.to_numpy(zero_copy_only=False).astype(str)
+        yes, no = np.isin(text, list(_TRUE)), np.isin(text, list(_FALSE))
+        bad = ~(yes | no)
+        out = yes.astype(np.int8)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise UsageError(f"{where}: row {row}: label must be 1/0 or vpn/non-vpn, not {arr[row].as_py()!r}")
     return out
 
 
@@ -140,7 +141,7 @@ def load_parquet(path: str) -> LabeledFlows:
     missing = [c for c in FLOW_SCHEMA.names if c not in table.column_names]
     if missing:
         raise UsageError(f"{path}: not a vpnid flow table; missing column(s): {', '.join(missing[:8])}")
-    label = parse_labels(table.column("label").to_pylist(), path)
+    label = parse_labels(table.column("label"), path)
     protocol = (np.asarray(table.column("protocol").to_pylist(), object) if "protocol" in table.column_names
                 else np.full(len(label), None, object))
     protocol[label == 0] = None

@@ -161,7 +161,7 @@ def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo
     p = model.proba_from_features(X)
     t = np.full(len(y), model.threshold)
     report["holdout"] = _view(y, p, t, names, groups)
-    curves["holdout (model as shipped)"] = (y, p, t)
+    curves["model as given"] = (y, p, t)
     say(f"model as is: recall {report['holdout']['recall']:.4f}, FPR {report['holdout']['fpr']:.5f}, "
         f"precision {report['holdout']['precision']:.4f}")
     config = TrainConfig.from_dict(model.bundle.get("train_config", {}))
@@ -205,7 +205,7 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def plot_all(report: dict[str, Any], curves, out: Path) -> list[Path]:  # noqa: C901
+def plot_all(report: dict[str, Any], curves, out: Path) -> list[Path]:
     """ROC curves (log FPR axis: the operating region is far left), confusion matrices, per-protocol recall."""
     from matplotlib.figure import Figure
     from sklearn.metrics import roc_curve
@@ -252,7 +252,7 @@ def plot_all(report: dict[str, Any], curves, out: Path) -> list[Path]:  # noqa: 
         ax.set_title(label, fontsize=9)
     paths.append(_save(fig, out / "confusion.png", atomic_path))
 
-    keys = [("holdout", "model as shipped"), ("grouped_cv", "grouped CV"), ("leave_one_protocol_out", "left out")]
+    keys = [("holdout", "model as given"), ("grouped_cv", "grouped CV"), ("leave_one_protocol_out", "left out")]
     protos = sorted({p for k, _ in keys for p in (report.get(k, {}).get("per_protocol") or {})})
     fig = Figure(figsize=(max(6, 0.9 * len(protos) + 2), 4))
     ax = fig.subplots()

@@ -137,10 +137,7 @@ assert set(FEATURE_DOCS) == set(FEATURE_NAMES), set(FEATURE_NAMES) ^ set(FEATURE
 def _col(table: pa.Table, name: str) -> np.ndarray:
     """A numeric column as float64 with nulls as NaN."""
     col = table.column(name)
-    if col.num_chunks != 1:
-        col = col.combine_chunks()
-    else:
-        col = col.chunk(0)
+    col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     return pc.cast(col, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
 
 

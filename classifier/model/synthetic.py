@@ -183,7 +183,7 @@ def synthetic_flows(n_captures: int = 40, flows_per_capture: tuple[int, int] = (
     protos: list[str | None] = []
     for c in range(n_captures):
         kind = names[c % len(names)]
-        vpn, proto = KINDS[kind]
+        vpn, _proto = KINDS[kind]
         capture = f"synthetic-{c:03d}-{kind}.pcap"
         for i in range(int(rng.integers(*flows_per_capture))):
             this = kind if not (vpn and i == 0) else "dns"

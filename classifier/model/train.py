@@ -24,18 +24,18 @@ from classifier.model.features import FEATURE_DOCS, FEATURE_NAMES, FEATURE_VERSI
 from classifier.model.io import BUNDLE_FORMAT
 
 #: Estimators ``vpnid train`` knows; the first is the default choice when scores tie.
-CANDIDATES = ("hgb", "rf", "logreg")
+CANDIDATES = ("rf", "hgb", "logreg")
 
 
 @dataclass
 class TrainConfig:
     """Knobs of the recipe; stored in the bundle so ``vpnid evaluate`` can retrain the same way."""
 
-    candidates: tuple[str, ...] = ("hgb", "rf")
+    candidates: tuple[str, ...] = ("rf", "hgb")
     folds: int = 5
     fpr_target: float = 0.001
     min_threshold: float = 0.5
-    calibration: str = "sigmoid"
+    calibration: str = "isotonic"
     seed: int = 0
     protocol_min_proba: float = 0.6
     name: str = "vpnid-model"
@@ -128,7 +128,12 @@ def raw_scores(est, X: np.ndarray) -> np.ndarray:
 
 
 def fit_calibration(scores: np.ndarray, y: np.ndarray, method: str = "sigmoid") -> dict[str, Any]:
-    """Map raw out-of-fold scores to probabilities: Platt's sigmoid (two numbers) or isotonic.
+    """Map raw out-of-fold scores to probabilities: isotonic (steps) or Platt's sigmoid (two numbers).
+
+    Isotonic is the default: with few capture groups the out-of-fold scores are far from
+    a logistic shape, and a sigmoid fitted to them squeezes every probability toward the
+    base rate, so no flow ever clears a 0.5 floor; isotonic keeps the top of the ranking
+    where only VPN flows scored.
 
     Why fitted on out-of-fold scores: scores of the flows a model was trained on are
     overconfident; only scores of unseen captures say how often a score is right.
@@ -148,7 +153,9 @@ def fit_calibration(scores: np.ndarray, y: np.ndarray, method: str = "sigmoid") 
         from sklearn.isotonic import IsotonicRegression
 
         iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(scores, y)
-        return {"method": "isotonic", "isotonic": iso}
+        lo, hi = np.nanpercentile(scores, [1, 99]) if len(scores) else (0.0, 1.0)
+        return {"method": "isotonic", "isotonic": iso, "tie_center": float((lo + hi) / 2),
+                "tie_scale": float(max(hi - lo, 1e-9))}
     raise ValueError(f"unknown calibration {method!r}; choose sigmoid or isotonic")
 
 
@@ -157,7 +164,12 @@ def apply_calibration(calibration: dict[str, Any], scores: np.ndarray) -> np.nda
     if calibration["method"] == "sigmoid":
         z = calibration["coef"] * np.asarray(scores, float) + calibration["intercept"]
         return 1.0 / (1.0 + np.exp(-np.clip(z, -700, 700)))
-    return np.asarray(calibration["isotonic"].predict(np.asarray(scores, float)), float)
+    s = np.asarray(scores, float)
+    p = np.asarray(calibration["isotonic"].predict(s), float)
+    # isotonic steps put many flows on one plateau; a nudge of at most 1e-6 by the raw score
+    # keeps their order (ROC curves stay informative) without changing any probability visibly
+    nudge = 0.999e-6 * np.tanh((s - calibration.get("tie_center", 0.0)) / calibration.get("tie_scale", 1.0))
+    return p * (1.0 - 2e-6) + 1e-6 + nudge  # both terms rise with the score; stays inside (0, 1)
 
 
 def oof_scores(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, splits, seed: int) -> np.ndarray:
@@ -220,15 +232,24 @@ class TrainResult:
 
 
 def _protocol_model(X: np.ndarray, y: np.ndarray, protocol: np.ndarray, seed: int):
-    """A multiclass guesser over VPN flows with a protocol name; None when fewer than two are known."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    """A multiclass guesser over VPN flows with a protocol name; None when fewer than two are known.
+
+    A small forest: every flow a sensor sees gets a guess, and a forest scores a batch in
+    one pass over its trees (boosting needs one tree per class per round).
+    """
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
 
     known = (y == 1) & np.array([isinstance(p, str) and p != "" for p in protocol], bool)
     names = np.unique(protocol[known].astype(str)) if known.any() else np.array([])
     if len(names) < 2:
         return None, [str(n) for n in names]
-    clf = HistGradientBoostingClassifier(max_iter=60, learning_rate=0.1, max_leaf_nodes=15, max_bins=64,
-                                         class_weight="balanced", early_stopping=False, random_state=seed)
+    clf = Pipeline([
+        ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+        ("forest", RandomForestClassifier(n_estimators=40, max_depth=10, min_samples_leaf=3,
+                                          class_weight="balanced", random_state=seed, n_jobs=1)),
+    ])
     clf.fit(X[known], protocol[known].astype(str))
     return clf, [str(c) for c in clf.classes_]
 
@@ -325,8 +346,8 @@ def _train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarra
             f"recall at FPR<={config.fpr_target:g} {m['recall']:.4f}")
     # ROC-AUC first: on few capture groups the partial AUC hangs on a handful of flows of one
     # unseen kind of traffic, and swings from fold to fold
-    best = max(config.candidates, key=lambda k: (round(float(np.nan_to_num(candidates[k]["roc_auc"])), 3),
-                                                 np.nan_to_num(candidates[k]["pauc"]),
+    # ties (within 0.01) go to the earlier candidate
+    best = max(config.candidates, key=lambda k: (round(float(np.nan_to_num(candidates[k]["roc_auc"])), 2),
                                                  -config.candidates.index(k)))
     say(f"chosen estimator: {best}")
 

@@ -27,7 +27,7 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
     return {
         "name": b["name"],
         "version": b["version"],
-        "summary": ("Flags VPN tunnels from flow statistics alone (sizes, timing, counts, first packets), "
+        "summary": ("Flags VPN tunnels from flow statistics alone (sizes, timing, ratios, first packets), "
                     "for flows no signature claims. Probabilities are calibrated on captures held out "
                     "from training; the threshold keeps false alarms at the target rate on held-out "
                     "non-VPN captures."),
@@ -45,7 +45,8 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
             "original_flows": int(original.sum()),
             "augmented_flows": int((~original).sum()),
             "augmentation": (f"{augment} copies per capture (packet loss 0-5%, log-normal jitter sigma 0-0.5, "
-                             "capture window starting and ending mid-way)") if augment else "none",
+                             "all gaps slowed 1-10x, capture window starting and ending mid-way)")
+            if augment else "none",
             "sha256": data_hash(X, data.label),
             "inputs": data.inputs,
         },

@@ -394,26 +394,34 @@ def _parse_idb(body: bytes, fmt: str) -> _Iface:
     return iface
 
 
+def batch_from_buffer(buf: np.ndarray, offs: np.ndarray, caps: np.ndarray, wires: np.ndarray,
+                      ts_ns: np.ndarray, linktype: int) -> PacketBatch:
+    """Decode frames that already sit in one buffer (a live ring block, joined frames).
+
+    ``offs``/``caps``/``wires``/``ts_ns`` give each frame's offset in ``buf``, captured and
+    wire length, and timestamp; decoding runs as one kernel call over the whole batch,
+    exactly as for a capture file.
+    """
+    n = len(offs)
+    batch = PacketBatch.allocate(buf, n)
+    c = batch.cols
+    c["record_off"][:] = offs
+    c["data_off"][:] = offs
+    c["cap_len"][:] = caps
+    c["wire_len"][:] = np.maximum(wires, caps)
+    c["ts"][:] = ts_ns
+    c["linktype"][:] = linktype
+    _decode_columns(batch)
+    return batch
+
+
 def batch_from_frames(frames: list[bytes], ts_ns: np.ndarray, linktype: int,
                       wire_lens: np.ndarray | None = None) -> PacketBatch:
-    """Decode frames captured elsewhere (a live socket, a test) into a PacketBatch.
-
-    The frames are joined into one buffer so decoding runs as one kernel call over the
-    whole batch, exactly as for a capture file.
-    """
+    """Decode frames captured elsewhere (a socket, a test) into a PacketBatch."""
     n = len(frames)
     lens = np.fromiter((len(f) for f in frames), np.int64, n)
     offs = np.zeros(n, np.int64)
     if n:
         np.cumsum(lens[:-1], out=offs[1:])
     buf = np.frombuffer(b"".join(frames), np.uint8) if n else np.zeros(0, np.uint8)
-    batch = PacketBatch.allocate(buf, n)
-    c = batch.cols
-    c["record_off"][:] = offs
-    c["data_off"][:] = offs
-    c["cap_len"][:] = lens
-    c["wire_len"][:] = lens if wire_lens is None else np.maximum(wire_lens, lens)
-    c["ts"][:] = ts_ns
-    c["linktype"][:] = linktype
-    _decode_columns(batch)
-    return batch
+    return batch_from_buffer(buf, offs, lens, lens if wire_lens is None else wire_lens, ts_ns, linktype)

@@ -1,0 +1,57 @@
+"""The shipped default model: loadable, small, carded, and quiet on non-VPN captures it never saw."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from classifier.model import default_model_path, load_model
+from classifier.model.features import FEATURE_NAMES
+from classifier.model.io import card_paths
+
+REPO = Path(__file__).resolve().parents[1]
+PUBLIC = REPO.parent / "shared" / "pcaps" / "public" / "MANIFEST.csv"
+
+
+def test_shipped_model_loads_with_card():
+    path = default_model_path()
+    assert path == REPO / "models" / "vpnid-default.skops"
+    assert path.stat().st_size < 5 * 1024 * 1024
+    model = load_model()
+    assert model.name == "vpnid-default"
+    assert 0.5 <= model.threshold <= 1.0
+    jpath, mpath = card_paths(path)
+    card = json.loads(jpath.read_text())
+    assert card["threshold"] == pytest.approx(model.threshold)
+    assert card["features"] == list(FEATURE_NAMES)
+    assert card["training_data"]["augmentation"] != "none"
+    assert all(i["path"].startswith("pcaps/") for i in card["training_data"]["inputs"])
+    assert mpath.read_text().startswith("# Model card: vpnid-default")
+
+
+def test_shipped_model_scores_sample_flows():
+    pytest.importorskip("classifier.flows.api")
+    from classifier.flows.api import read_flows
+
+    table = read_flows(str(REPO / "pcaps" / "wireguard.pcap"), str(REPO / "pcaps" / "https.pcap"))
+    pred = load_model().predict(table)
+    assert len(pred.proba) == table.num_rows
+    assert np.isfinite(pred.proba).all()
+    assert all(e.startswith("model vpnid-default: P(VPN)=") for e in pred.evidence)
+
+
+@pytest.mark.skipif(not PUBLIC.is_file(), reason="public capture corpus ../shared/pcaps/public is not present")
+def test_shipped_model_no_false_alarms_on_public_non_vpn():
+    """A compliance report cannot tolerate false alarms: FPR <= 0.1% on non-VPN captures never trained on."""
+    from classifier.errors import ErrorLog
+    from classifier.model.data import load_labeled
+
+    data = load_labeled([str(PUBLIC)], log=ErrorLog(quiet=True))
+    model = load_model()
+    proba = model.predict(data.table).proba
+    neg = data.label == 0
+    assert neg.sum() > 1000
+    assert (proba[neg] >= model.threshold).mean() <= 0.001
