@@ -21,7 +21,10 @@ from classifier.flows.batch import HEAD_PACKETS, HEAD_PACKETS_PER_DIR
 from classifier.flows.schema import FIRST_PACKETS
 
 #: int64 columns that come in (initiator, responder) pairs.
-_PAIR_INT = (S.PK0, S.BY0, S.PL0, S.SMIN0, S.SMAX0, S.LTS0, S.IMIN0, S.IMAX0, S.FSEEN0, S.HD0)
+_PAIR_INT = (S.PK0, S.BY0, S.PL0, S.SMIN0, S.SMAX0, S.LTS0, S.IMIN0, S.IMAX0, S.FSEEN0, S.HD0, S.PPK0)
+#: per-direction payload-size histograms: direction 0's bins, then direction 1's
+_HIST0 = np.arange(S.PHIST0, S.PHIST0 + S.N_HIST)
+_HIST1 = _HIST0 + S.N_HIST
 #: float64 columns that come in pairs.
 _PAIR_FLOAT = (S.F_SMEAN0, S.F_SM2_0, S.F_IMEAN0, S.F_IM2_0)
 _BIG = np.int64(1) << np.int64(62)
@@ -53,6 +56,7 @@ def remap_directions(st: S.FlowState, swap: np.ndarray) -> S.FlowState:
         out.si[rows, c], out.si[rows, c + 1] = st.si[rows, c + 1], st.si[rows, c]
     for c in _PAIR_FLOAT:
         out.sf[rows, c], out.sf[rows, c + 1] = st.sf[rows, c + 1], st.sf[rows, c]
+    out.si[np.ix_(rows, _HIST0)], out.si[np.ix_(rows, _HIST1)] = st.si[np.ix_(rows, _HIST1)], st.si[np.ix_(rows, _HIST0)]
     fvalid = np.arange(FIRST_PACKETS)[None, :] < st.si[rows, S.FN][:, None]
     out.fdir[rows] = np.where(fvalid, 1 - st.fdir[rows], st.fdir[rows])
     hvalid = np.arange(HEAD_PACKETS)[None, :] < st.si[rows, S.HEADN][:, None]
@@ -116,7 +120,8 @@ def merge_rows(p: S.FlowState, c: S.FlowState) -> S.FlowState:
     ps, cs, ms = p.si, c.si, m.si
     pf, cf, mf = p.sf, c.sf, m.sf
 
-    for col in (S.PK0, S.PK0 + 1, S.BY0, S.BY0 + 1, S.PL0, S.PL0 + 1, S.TRUNC, S.FRAGS, *range(S.TCP0, S.TCP0 + 8)):
+    for col in (S.PK0, S.PK0 + 1, S.BY0, S.BY0 + 1, S.PL0, S.PL0 + 1, S.TRUNC, S.FRAGS, *range(S.TCP0, S.TCP0 + 8),
+                S.PPK0, S.PPK0 + 1, *_HIST0, *_HIST1):
         ms[:, col] = ps[:, col] + cs[:, col]
     for d in (0, 1):
         ms[:, S.SMIN0 + d] = np.minimum(ps[:, S.SMIN0 + d], cs[:, S.SMIN0 + d])

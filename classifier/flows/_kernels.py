@@ -50,8 +50,12 @@ from classifier.flows.state import (
     IPVER,
     LAST,
     LTS0,
+    N_HIST,
+    PAYLOAD_HIST_EDGES,
+    PHIST0,
     PK0,
     PL0,
+    PPK0,
     PROTO,
     REASON_ACTIVE,
     REASON_EOF,
@@ -65,6 +69,7 @@ from classifier.flows.state import (
     VLAN,
 )
 
+_EDGES = PAYLOAD_HIST_EDGES
 NEED_SPACE = 1
 DONE = 0
 _BIG = np.int64(1) << np.int64(62)
@@ -337,6 +342,12 @@ def run(start, n, buf, status, ts, ip_ver, ip_proto, src_hi, src_lo, dst_hi, dst
             fts[s, fn] = t
             si[s, FN] = fn + 1
         pl = payload_len[i]
+        if pl > 0:
+            si[s, PPK0 + d] += 1
+            b = N_HIST - 1
+            while pl < _EDGES[b]:
+                b -= 1
+            si[s, PHIST0 + d * N_HIST + b] += 1
         if pl > 0 and si[s, HD0 + d] < heads_per_dir and si[s, HEADN] < n_heads:
             hn = si[s, HEADN]
             c = min(payload_cap[i], head_bytes)

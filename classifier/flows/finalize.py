@@ -87,6 +87,11 @@ def finalize(st: S.FlowState, capture: str) -> FlowBatch:
     cols["dst2src_bytes"] = pa.array(si[:, S.BY0 + 1])
     cols["src2dst_payload_bytes"] = pa.array(si[:, S.PL0])
     cols["dst2src_payload_bytes"] = pa.array(si[:, S.PL0 + 1])
+    cols["src2dst_payload_packets"] = pa.array(si[:, S.PPK0])
+    cols["dst2src_payload_packets"] = pa.array(si[:, S.PPK0 + 1])
+    for d, name in ((0, "src2dst"), (1, "dst2src")):
+        hist = si[:, S.PHIST0 + d * S.N_HIST: S.PHIST0 + (d + 1) * S.N_HIST]
+        cols[f"{name}_payload_hist"] = _list_column(hist, np.full(n, S.N_HIST, np.int32), pa.int64())
     cols["truncated_packets"] = pa.array(si[:, S.TRUNC])
     cols["fragments"] = pa.array(si[:, S.FRAGS])
 

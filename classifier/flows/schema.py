@@ -61,6 +61,13 @@ FLOW_FIELDS: list[pa.Field] = [
     _f("dst2src_bytes", pa.int64(), "IP bytes sent by the responder", False),
     _f("src2dst_payload_bytes", pa.int64(), "transport payload bytes sent by the initiator", False),
     _f("dst2src_payload_bytes", pa.int64(), "transport payload bytes sent by the responder", False),
+    _f("src2dst_payload_packets", pa.int64(), "packets of the initiator that carry transport payload", False),
+    _f("dst2src_payload_packets", pa.int64(), "packets of the responder that carry transport payload", False),
+    _f("src2dst_payload_hist", pa.list_(pa.int64()),
+       "initiator's payload-carrying packets by payload size, one count per bin of PAYLOAD_HIST_EDGES "
+       "(1, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1280+ bytes)", False),
+    _f("dst2src_payload_hist", pa.list_(pa.int64()),
+       "responder's payload-carrying packets by payload size, bins as src2dst_payload_hist", False),
     _f("truncated_packets", pa.int64(), "packets cut by the snap length (counted with their wire length)", False),
     _f("fragments", pa.int64(), "IP fragments (first and later) in the flow", False),
     *_dir_stats("", "both directions"),

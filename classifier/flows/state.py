@@ -35,7 +35,14 @@ INIT_LOW = 39  # 1 when the initiator is the numerically lower endpoint of the k
 ACTIVE = 40
 END = 41
 IPVER, VLAN, PROTO, HAS_PORTS = 42, 43, 44, 45
-N_INT = 46
+PPK0 = 46  # payload-carrying packets per direction
+N_HIST = 12  # payload-size histogram bins per direction (edges: PAYLOAD_HIST_EDGES)
+PHIST0 = 48  # histogram of direction 0 at PHIST0..PHIST0+N_HIST-1, direction 1 right after
+N_INT = PHIST0 + 2 * N_HIST
+
+#: Lower edges of the payload-size histogram bins, bytes (the last bin is open-ended).
+#: Fine below 128 bytes, where encrypted inner ACKs and keepalives of tunnels sit.
+PAYLOAD_HIST_EDGES = np.array([1, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1280], np.int64)
 
 # --- float64 columns of ``sf``
 F_SMEAN0, F_SM2_0 = 0, 2  # size mean and M2 per direction
