@@ -1,16 +1,20 @@
-"""Where per-file tasks run: a local process pool, or a Dask distributed cluster.
+"""Where tasks run: a local process pool, or a Dask distributed cluster.
 
-Both give the same interface (submit tasks, receive results as they finish), and the
-client merges and writes in file order whatever the completion order, so the dataset
-is the same byte for byte either way.
+All executors give the same interface: ``submit(key, fn, *args)`` at any time, and
+``results()`` yields ``(key, result, error)`` as tasks finish, including tasks
+submitted while iterating. The runner decides what to submit when (per-file tasks,
+then label tasks for stitched flows) with the same code for every executor, and
+merges and writes in file order whatever the completion order, so the dataset is
+the same byte for byte either way.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 from classifier.errors import UsageError
@@ -29,19 +33,27 @@ class LocalExecutor:
 
     dashboard_link: str | None = None
 
-    def run(self, fn: Callable[..., Any], tasks: list[tuple[Any, tuple]]) -> Iterator[tuple[Any, Any, BaseException | None]]:
-        """Run ``fn(*args)`` for each ``(key, args)``; yield ``(key, result, error)`` as they finish."""
-        if not tasks:
-            return
-        self._pool = ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)),
-                                         mp_context=multiprocessing.get_context("spawn"))
-        futures = {self._pool.submit(fn, *args): key for key, args in tasks}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in sorted(done, key=lambda f: str(futures[f])):
+    def start(self) -> None:
+        """Spawn the worker processes now, so their start-up overlaps the client's own."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pending: dict[Future, Any] = {}
+            for _ in range(self.workers):  # start every process (the pool starts them lazily)
+                self._pool.submit(int)
+
+    def submit(self, key: Any, fn: Callable[..., Any], *args: Any) -> None:
+        self.start()
+        assert self._pool is not None
+        self._pending[self._pool.submit(fn, *args)] = key
+
+    def results(self) -> Iterator[tuple[Any, Any, BaseException | None]]:
+        """Yield ``(key, result, error)`` as tasks finish, until none is pending."""
+        while self._pool is not None and self._pending:
+            done, _ = wait(list(self._pending), return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: str(self._pending[f])):
+                key = self._pending.pop(fut)
                 exc = fut.exception()
-                yield futures[fut], (None if exc else fut.result()), exc
+                yield key, (None if exc else fut.result()), exc
 
     def close(self) -> None:
         if self._pool is not None:
@@ -56,14 +68,21 @@ class InlineExecutor:
     description = "this process"
     dashboard_link: str | None = None
 
-    def run(self, fn: Callable[..., Any], tasks: list[tuple[Any, tuple]]) -> Iterator[tuple[Any, Any, BaseException | None]]:
-        for key, args in tasks:
-            try:
-                res = fn(*args)
-            except Exception as exc:
-                yield key, None, exc
-            else:
-                yield key, res, None
+    def __init__(self) -> None:
+        self._done: deque[tuple[Any, Any, BaseException | None]] = deque()
+
+    def start(self) -> None:
+        pass
+
+    def submit(self, key: Any, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._done.append((key, fn(*args), None))
+        except Exception as exc:
+            self._done.append((key, None, exc))
+
+    def results(self) -> Iterator[tuple[Any, Any, BaseException | None]]:
+        while self._done:
+            yield self._done.popleft()
 
     def close(self) -> None:
         pass
@@ -88,6 +107,10 @@ class DaskExecutor:
         self.address = address
         if workers:
             self.client.wait_for_workers(workers, timeout=timeout_s)
+        self._keys: dict[str, Any] = {}
+        self._ac: Any = None
+        n = len(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+        self.workers = max(1, n)
 
     @property
     def description(self) -> str:
@@ -105,14 +128,24 @@ class DaskExecutor:
             return None
         return self.client.dashboard_link
 
-    def run(self, fn: Callable[..., Any], tasks: list[tuple[Any, tuple]]) -> Iterator[tuple[Any, Any, BaseException | None]]:
+    def start(self) -> None:
+        pass
+
+    def submit(self, key: Any, fn: Callable[..., Any], *args: Any) -> None:
         from distributed import as_completed
 
-        if not tasks:
-            return
-        futures = {self.client.submit(fn, *args, pure=False, retries=1): key for key, args in tasks}
-        for fut in as_completed(list(futures)):
-            key = futures[fut]
+        fut = self.client.submit(fn, *args, pure=False, retries=1)
+        self._keys[fut.key] = key
+        if self._ac is None:
+            self._ac = as_completed([fut])
+        else:
+            self._ac.add(fut)
+
+    def results(self) -> Iterator[tuple[Any, Any, BaseException | None]]:
+        """Futures submitted while iterating are picked up (``as_completed.add``)."""
+        while self._ac is not None and not self._ac.is_empty():
+            fut = next(self._ac)
+            key = self._keys.pop(fut.key)
             try:
                 yield key, fut.result(), None
             except Exception as exc:

@@ -18,9 +18,12 @@ the unsplit stream:
 * a closed chain (FIN both ways or RST) only takes a head made of late packets of the
   close: within the linger time and without a new SYN.
 
-Chains that end are emitted as raw rows to finalize; the worker rows they replace
-(every merged head and the chain's first row) are listed in ``drops``. Rows whose
-worker result stays valid are not touched, so only boundary flows are recomputed.
+Chains that end are emitted as raw rows to finalize and label (every chain began as a
+tail, and workers leave tails unlabelled); the worker rows they replace (merged heads)
+are listed in ``drops``. Rows whose worker result stays valid are not touched, so only
+boundary flows are recomputed. ``add`` can run while later files are still being
+processed: the runner feeds files as soon as their results (and the next file's first
+timestamp) are known, and sends ended chains out for labelling right away.
 """
 
 from __future__ import annotations
@@ -216,8 +219,8 @@ class Stitcher:
         esi[:, S.END] = reason
         self.done.append(ended)
 
-    def finish(self) -> StitchResult:
-        """End the chains still open at the end of input and return everything to finalize."""
+    def close(self) -> None:
+        """End the chains still open at the end of input (after the last ``add``)."""
         idle, active, _, _ = self.config.ns
         rest = self.open
         if len(rest):
@@ -232,10 +235,31 @@ class Stitcher:
             si[:, S.END] = reason
             self.done.append(rest)
             self.open = _Chains()
+
+    def take_done(self) -> tuple[S.FlowState, np.ndarray]:
+        """Chains that ended since the last call: (raw rows, file index where each began).
+
+        Every chain began as a tail, which the worker did not label: all of them are
+        finalized and labelled (``classifier.batch.work.label_rows``).
+        """
         out = _Chains.concat(self.done)
-        changed = np.flatnonzero(out.changed)
-        out = out.take(changed)
-        drop_file = [*self.drop_file, out.start_file]
-        drop_id = [*self.drop_id, out.st.si[:, S.FLOW_ID].copy()]
-        return StitchResult(out.st, out.start_file, np.concatenate(drop_file).astype(np.int64),
-                            np.concatenate(drop_id).astype(np.int64), self.merges)
+        self.done = []
+        return out.st, out.start_file
+
+    def take_drops(self) -> tuple[np.ndarray, np.ndarray]:
+        """(file index, local flow id) of worker rows merged into a chain since the last call."""
+        f = np.concatenate(self.drop_file).astype(np.int64) if self.drop_file else np.zeros(0, np.int64)
+        i = np.concatenate(self.drop_id).astype(np.int64) if self.drop_id else np.zeros(0, np.int64)
+        self.drop_file, self.drop_id = [], []
+        return f, i
+
+    def open_start_files(self) -> np.ndarray:
+        """File indices where the still-open chains began (their flows may grow further)."""
+        return np.unique(self.open.start_file)
+
+    def finish(self) -> StitchResult:
+        """End the chains still open at the end of input and return everything to finalize."""
+        self.close()
+        rows, start = self.take_done()
+        drop_file, drop_id = self.take_drops()
+        return StitchResult(rows, start, drop_file, drop_id, self.merges)

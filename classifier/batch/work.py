@@ -5,8 +5,10 @@ can be processed in any order and on any machine. What travels back to the clien
 small: the labelled flow table (no payload) and raw state only for the rows that may
 cross a file boundary (see ``classifier.batch.stitch``): tails still open at the end
 of the file, and per key the first flow starting within the idle timeout of the
-file's first packet. Everything else is finished and labelled here, where the
-payload heads are.
+file's first packet. Every flow that ended inside the file is finished and labelled
+here, where the payload heads are. Tails are not labelled here: almost every tail is
+either continued by the next file or ends with another reason once the next file is
+known, so the client stitches them first and sends them back as ``label_rows`` tasks.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class FileResult:
     """What one worker returns for one capture."""
 
     path: str
-    table: pa.Table  # labelled flows (FLOW_SCHEMA + CLASSIFY_FIELDS), local flow ids
+    table: pa.Table  # labelled flows that ended in the file (CLASSIFY_SCHEMA), local flow ids
     edges: S.FlowState  # raw rows that may cross a boundary
     is_head: np.ndarray
     is_tail: np.ndarray
@@ -126,14 +128,15 @@ def process_file(path: str, config: FlowConfig, spec: LabelSpec) -> FileResult:
             labelled.append(label_batch(FlowBatch.concat(pending), options))
         pending, pending_rows = [], 0
 
-    def take(rows: S.FlowState | None) -> None:
+    def take(rows: S.FlowState | None, label: bool = True) -> None:
         nonlocal pending_rows
         if rows is None or len(rows) == 0:
             return
-        pending.append(finalize(rows, path))
-        pending_rows += len(rows)
-        if pending_rows >= BATCH_ROWS:
-            label_pending()
+        if label:
+            pending.append(finalize(rows, path))
+            pending_rows += len(rows)
+            if pending_rows >= BATCH_ROWS:
+                label_pending()
         if first_ts is not None:
             near = rows.si[:, S.FIRST] - first_ts <= idle
             if near.any():
@@ -146,7 +149,7 @@ def process_file(path: str, config: FlowConfig, spec: LabelSpec) -> FileResult:
                 first_ts = int(packets.cols["ts"][ok].min())
         take(meter.add(packets))
     tail = meter.flush()
-    take(tail)
+    take(tail, label=False)  # labelled after stitching (``label_rows``)
     label_pending()
 
     cand = S.FlowState.concat(early)
@@ -170,3 +173,20 @@ def process_file(path: str, config: FlowConfig, spec: LabelSpec) -> FileResult:
         seconds=time.perf_counter() - t0,
         problems=[(p.path, p.offset, p.message) for p in log.problems],
     )
+
+
+def label_rows(rows: S.FlowState, capture: str, spec: LabelSpec) -> pa.Table:
+    """Finalize and label stitched boundary flows that began in ``capture`` (a worker task).
+
+    Labelled in batches of ``BATCH_ROWS`` in the given order, like the flows of a file,
+    so the result depends only on the rows, never on which worker ran it.
+    """
+    from classifier.flows.api import BATCH_ROWS
+    from classifier.flows.finalize import finalize
+    from classifier.flows.schema import CLASSIFY_SCHEMA
+    from classifier.pipeline import label_batch
+
+    options = spec.options()
+    parts = [label_batch(finalize(rows.take(np.arange(lo, min(len(rows), lo + BATCH_ROWS))), capture), options)
+             for lo in range(0, len(rows), BATCH_ROWS)]
+    return pa.concat_tables(parts) if parts else CLASSIFY_SCHEMA.empty_table()

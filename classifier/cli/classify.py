@@ -33,28 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _load_model(args: argparse.Namespace):
-    """The model to use, or None. An explicit --model that cannot be loaded is an error."""
-    from classifier.errors import UsageError
-
-    if args.no_model:
-        if args.model:
-            raise UsageError("--model and --no-model exclude each other")
-        return None
-    try:
-        from classifier.model import default_model_path, load_model
-    except ImportError:
-        if args.model:
-            raise UsageError("this build has no model support; drop --model") from None
-        return None
-    if args.model:
-        if not Path(args.model).is_file():
-            raise UsageError(f"{args.model}: model file not found")
-        return load_model(args.model)
-    default = default_model_path()
-    return load_model(default) if default.is_file() else None
-
-
 def _load_registry(args: argparse.Namespace, log):
     from classifier.errors import UsageError
 
@@ -81,7 +59,7 @@ def summary(total: int, protocols: Counter, tunnels: Counter) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from classifier.cli.common import flow_config
+    from classifier.cli.common import flow_config, load_model_option
     from classifier.errors import ErrorLog, UsageError
     from classifier.flows.schema import CLASSIFY_SCHEMA, REPORT_SCHEMA
     from classifier.output import TableSink, base_metadata, format_from_path
@@ -90,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     config = flow_config(args)
     log = ErrorLog(quiet=False)
     fmt = format_from_path(args.output, args.format)
-    model = _load_model(args)
+    model = load_model_option(args.model, args.no_model, log.warn)
     registry = _load_registry(args, log)
     options = LabelOptions(signatures=not args.no_signatures, model=model, registry=registry)
     model_name = str(getattr(model, "path", "")) or None if model is not None else None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 from classifier.errors import UsageError
 from classifier.flows.config import FlowConfig
@@ -23,3 +25,34 @@ def flow_config(args: argparse.Namespace) -> FlowConfig:
         return FlowConfig(idle_timeout_s=args.idle_timeout, active_timeout_s=args.active_timeout)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def load_model_option(path: str | None, disabled: bool, warn: Callable[[str, str], None]) -> Any:
+    """The model a command uses: ``--model FILE``, else the shipped model when there is one.
+
+    One rule for classify, report and live: an explicit ``--model`` that cannot be
+    loaded is an error; a missing or unusable shipped model falls back to signatures
+    only, with a warning that says so.
+    """
+    from classifier.errors import UsageError, VpnidError
+
+    if disabled:
+        if path:
+            raise UsageError("--model and --no-model exclude each other")
+        return None
+    try:
+        from classifier.model import default_model_path, load_model
+    except ImportError:
+        if path:
+            raise UsageError("--model: this vpnid has no model support") from None
+        return None
+    if path is None and not default_model_path().exists():
+        warn(str(default_model_path()), "no shipped model found; classifying with signatures only")
+        return None
+    try:
+        return load_model(path)
+    except (VpnidError, OSError, ValueError) as exc:
+        if path:
+            raise UsageError(f"--model {path}: {exc}") from None
+        warn(str(default_model_path()), f"shipped model unusable ({exc}); classifying with signatures only")
+        return None

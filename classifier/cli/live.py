@@ -67,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
-    from classifier.cli.common import flow_config
-    from classifier.cli.report import load_default_model
+    from classifier.cli.common import flow_config, load_model_option
     from classifier.errors import ErrorLog, UsageError
     from classifier.live.capture import CaptureOptions
     from classifier.live.sensor import LiveOptions, Sensor
@@ -88,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         from classifier.registry import Registry
 
         registry = Registry.load(args.registry, log=notes)
-    model = load_default_model(args.model, args.no_model, notes.warn)
+    model = load_model_option(args.model, args.no_model, notes.warn)
     label = LabelOptions(signatures=True, model=model, registry=registry)
     capture = CaptureOptions(interface=args.interface, bpf=args.bpf, snaplen=args.snaplen,
                              promisc=not args.no_promisc, method=args.capture, buffer_mb=args.buffer_mb,

@@ -9,7 +9,6 @@ report.html (classifier.report), and the terminal a short summary.
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,38 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_default_model(path: str | None, disabled: bool, warn: Any) -> Any:
-    """The model to use: ``--model FILE``, else the shipped model when there is one.
-
-    An explicit ``--model`` that cannot be loaded is an error; a missing or unusable
-    shipped model falls back to signatures only, with a warning that says so.
-    """
-    from classifier.errors import UsageError, VpnidError
-
-    if disabled:
-        return None
-    try:
-        from classifier.model import default_model_path, load_model
-    except ImportError:
-        if path:
-            raise UsageError("--model: this vpnid has no model support") from None
-        return None
-    if path is None and not default_model_path().exists():
-        warn(str(default_model_path()), "no shipped model found; classifying with signatures only")
-        return None
-    try:
-        return load_model(path)
-    except (VpnidError, OSError, ValueError) as exc:
-        if path:
-            raise VpnidError(f"--model {path}: {exc}") from None
-        warn(str(default_model_path()), f"shipped model unusable ({exc}); classifying with signatures only")
-        return None
-
-
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from classifier.cli.common import flow_config
+    from classifier.cli.common import flow_config, load_model_option
     from classifier.errors import ErrorLog, UsageError, VpnidError
     from classifier.flows.api import expand_inputs, iter_flow_batches
     from classifier.pipeline import LabelOptions, label_batch
@@ -94,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
         anonymizer = Anonymizer.from_spec(args.anonymize)
     registry = Registry.load(args.registry, strict=args.strict, log=notes)
-    model = load_default_model(args.model, args.no_model, notes.warn)
+    model = load_model_option(args.model, args.no_model, notes.warn)
     options = LabelOptions(signatures=True, model=model, registry=registry)
 
     files = expand_inputs(args.inputs, log)
