@@ -28,7 +28,8 @@ L4_LEN = {"tcp": 20, "udp": 8, "wg": 8 + 16, "esp": 8, "icmp": 8}
 PROTO = {"tcp": 6, "udp": 17, "wg": 17, "esp": 50, "icmp": 1}
 
 
-def _flows(rng: np.random.Generator, n_flows: int, n_packets: int, duration_s: float) -> dict[str, np.ndarray]:
+def _flows(rng: np.random.Generator, n_flows: int, n_packets: int, duration_s: float,
+           span_s: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
     kind = rng.choice(len(KINDS), n_flows, p=KIND_P)
     weights = rng.pareto(1.2, n_flows) + 1.0
     counts = np.maximum(2, np.floor(weights / weights.sum() * n_packets)).astype(np.int64)
@@ -37,8 +38,10 @@ def _flows(rng: np.random.Generator, n_flows: int, n_packets: int, duration_s: f
     return {
         "kind": kind,
         "count": counts,
-        "start": rng.uniform(0, duration_s * 0.6, n_flows),
-        "span": rng.uniform(0.05, 0.4, n_flows) * duration_s,
+        # Default: spans of 5-40 % of the duration; ``span_s`` gives them in seconds instead.
+        "start": rng.uniform(0, duration_s * 0.6 if span_s is None else duration_s - span_s[1], n_flows),
+        "span": (rng.uniform(0.05, 0.4, n_flows) * duration_s if span_s is None
+                 else rng.uniform(span_s[0], span_s[1], n_flows)),
         "vlan": np.where(rng.random(n_flows) < 0.3, rng.integers(1, 4095, n_flows), -1),
         "src4": rng.integers(0x0A000000, 0x0AFFFFFF, n_flows, dtype=np.uint32),
         "dst4": rng.integers(0x01000000, 0xDF000000, n_flows, dtype=np.uint32),
@@ -57,9 +60,10 @@ def _put(mat: np.ndarray, col: int, value: np.ndarray, width: int) -> None:
         mat[:, col + k] = ((v >> np.uint64(8 * (width - 1 - k))) & np.uint64(0xFF)).astype(np.uint8)
 
 
-def generate(path: str, n_packets: int, n_flows: int, duration_s: float = 300.0, seed: int = 7) -> None:
+def generate(path: str, n_packets: int, n_flows: int, duration_s: float = 300.0, seed: int = 7,
+             span_s: tuple[float, float] | None = None) -> None:
     rng = np.random.default_rng(seed)
-    fl = _flows(rng, n_flows, n_packets, duration_s)
+    fl = _flows(rng, n_flows, n_packets, duration_s, span_s)
     total = int(fl["count"].sum())
     fid = np.repeat(np.arange(n_flows), fl["count"])
     first = np.zeros(total, bool)
@@ -213,10 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--packets", type=int, default=10_000_000)
     p.add_argument("--flows", type=int, default=50_000)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--duration", type=float, default=300.0, help="capture time span in seconds")
+    p.add_argument("--span", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="flow durations in seconds (default: 5-40 %% of --duration)")
     args = p.parse_args(argv)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     t0 = time.perf_counter()
-    generate(args.output, args.packets, args.flows, seed=args.seed)
+    generate(args.output, args.packets, args.flows, duration_s=args.duration, seed=args.seed,
+             span_s=tuple(args.span) if args.span else None)
     size = os.path.getsize(args.output)
     print(f"wrote {args.output}: {args.packets} packets, {size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s",
           file=sys.stderr)

@@ -13,19 +13,22 @@ from __future__ import annotations
 import glob
 import json
 import os
+import random
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from classifier.errors import VpnidError
+from classifier.cli.lab import choose_profile, parse_kinds
+from classifier.errors import UsageError, VpnidError
 from classifier.lab.manifest import (
     MANIFEST_COLUMNS,
     MANIFEST_SCHEMA,
@@ -36,8 +39,15 @@ from classifier.lab.manifest import (
     update_manifest,
 )
 from classifier.lab.netns import NS_PREFIX, run_tag
-from classifier.lab.runner import check_environment, count_pcap, missing_tools
+from classifier.lab.runner import (
+    capture_notes,
+    check_environment,
+    count_pcap,
+    effective_profile,
+    missing_tools,
+)
 from classifier.lab.scenarios import all_scenarios
+from classifier.lab.session import TRAFFIC_KINDS, TrafficProfile
 
 REPO = Path(__file__).resolve().parents[1]
 PCAPS = REPO / "pcaps"
@@ -184,6 +194,88 @@ def test_lab_list_and_crafted_capture_through_the_cli(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "no scenario matches" in bad.stderr
 
 
+# -- inner-traffic kinds and the profile --------------------------------------------------
+
+L3_TUNNELS = ("wireguard", "wireguard-midflow", "openvpn-udp", "openvpn-tcp443", "ipsec-ikev2", "ipsec-ikev1",
+              "openconnect", "stunnel-openvpn")
+
+
+def test_tunnels_offer_every_traffic_kind_and_negatives_only_their_own() -> None:
+    scenarios = all_scenarios()
+    for name in (*L3_TUNNELS, "shadowsocks"):
+        assert scenarios[name].traffic_kinds == TRAFFIC_KINDS, name
+    for s in scenarios.values():
+        if not s.vpn or s.crafted or s.protocol in ("l2tp", "pptp"):
+            assert s.traffic_kinds == ("default",), s.name
+    services = ("https-h2-browse", "https-keepalive", "https-bulk", "ssh-interactive", "ssh-copy", "rtp-voice",
+                "rtp-video", "dns-over-tls", "ntp", "iperf3-bidir-udp", "iperf3-bidir-tcp", "websocket",
+                "bittorrent")
+    assert all(scenarios[n].number >= 108 and not scenarios[n].vpn for n in services)
+
+
+def test_vary_draws_reproducible_profiles_within_the_scenarios_kinds() -> None:
+    scenarios = all_scenarios()
+    wg, dns = scenarios["wireguard"], scenarios["dns"]
+    draws = [choose_profile(wg, None, True, random.Random(7)) for _ in range(2)]
+    assert draws[0] == draws[1]  # same seed, same profile
+    rng = random.Random(3)
+    kinds = {choose_profile(wg, None, True, rng).kind for _ in range(200)}
+    assert kinds == set(TRAFFIC_KINDS)
+    rng = random.Random(3)
+    assert {choose_profile(wg, ("bulk", "idle"), True, rng).kind for _ in range(50)} == {"bulk", "idle"}
+    assert {choose_profile(dns, ("bulk",), True, rng).kind for _ in range(20)} == {"default"}
+    fixed = choose_profile(wg, ("iperf",), False, rng)
+    assert fixed == TrafficProfile(kind="iperf")  # no --vary: the kind's default parameters
+    assert choose_profile(wg, None, False, rng) == TrafficProfile()
+    for _ in range(100):
+        p = TrafficProfile.draw(rng, TRAFFIC_KINDS)
+        assert 2 << 20 <= p.bulk_size <= 16 << 20 and 256 << 10 <= p.bulk_rate <= 4 << 20
+        assert p.kind != "idle" or p.ping_interval >= 1.0
+
+
+def test_manifest_notes_name_the_traffic_kind_only_when_it_is_not_the_default() -> None:
+    scenarios = all_scenarios()
+    wg, https = scenarios["wireguard"], scenarios["https"]
+    assert effective_profile(wg, None) == TrafficProfile()
+    assert capture_notes(wg, TrafficProfile()) == wg.notes  # the committed samples' notes
+    bulk = TrafficProfile(kind="bulk", bulk_size=8 << 20, bulk_rate=512 << 10)
+    assert capture_notes(wg, bulk) == f"{wg.notes}; traffic bulk (8 MiB at 512 KiB/s)"
+    iperf = TrafficProfile(kind="iperf", udp=True, reverse=True, rate_kbit=3000, datagram=400)
+    assert capture_notes(wg, iperf).endswith("traffic iperf (udp 3000 kbit/s, 400-byte writes, reverse)")
+    assert effective_profile(https, bulk).kind == "default"  # negatives keep their own traffic
+    assert capture_notes(https, effective_profile(https, bulk)) == https.notes
+    for row in read_manifest_rows(MANIFEST):  # the committed samples stay on the default traffic
+        assert "traffic " not in row.notes, row.file
+
+
+def test_traffic_option_is_checked(tmp_path: Path) -> None:
+    assert parse_kinds(None) is None
+    assert parse_kinds("all") == TRAFFIC_KINDS
+    assert parse_kinds("bulk, idle,bulk") == ("bulk", "idle")
+    with pytest.raises(UsageError, match="unknown kind nope"):
+        parse_kinds("bulk,nope")
+    res = _vpnid("lab", "capture", "wireguard", "--traffic", "nope", "-o", str(tmp_path), check=False)
+    assert res.returncode == 2 and "unknown kind nope" in res.stderr
+
+
+def test_concurrent_manifest_updates_lose_no_rows(tmp_path: Path) -> None:
+    """Several capture runs may write into one directory: every row survives, the file stays valid."""
+    path = tmp_path / "MANIFEST.csv"
+
+    def writer(w: int) -> None:
+        for i in range(6):
+            update_manifest(path, [ManifestRow(f"w{w}-{i}.pcap", "dns", False, "dns", "udp", 53, False, "", i, i)])
+            read_manifest_rows(path)  # readers never see a partial file
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert {r.file for r in read_manifest_rows(path)} == {f"w{w}-{i}.pcap" for w in range(6) for i in range(6)}
+    assert [p.name for p in tmp_path.iterdir()] == ["MANIFEST.csv"]  # no lock or temporary files left
+
+
 # -- fresh captures from real daemons ---------------------------------------------------------
 
 #: Where each run's private work directory (configs, keys, logs) is made.
@@ -316,3 +408,41 @@ def test_interrupted_capture_leaves_nothing_behind(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert not (tmp_path / "wireguard.pcap").exists()  # no half-finished capture
     _assert_nothing_left(proc.pid)
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(150)
+def test_inner_traffic_kind_and_a_service_scenario(tmp_path: Path) -> None:
+    """A proxy carrying iperf3 through ss-tunnel, and RTP voice: notes and packets as declared."""
+    import dpkt
+
+    reason = _lab_ready()
+    missing = sorted({t for n in ("shadowsocks", "rtp-voice") for t in missing_tools(all_scenarios()[n])})
+    if reason or missing:
+        pytest.skip(reason or f"lab tools not installed ({', '.join(missing)}); run `make lab-deps`")
+    run = _start_vpnid("lab", "capture", "shadowsocks", "rtp-voice", "--traffic", "iperf", "-o", str(tmp_path),
+                       "--duration", "2")
+    try:
+        _, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, err[-3000:]
+    _assert_nothing_left(run.pid)
+    rows = {r.scenario: r for r in read_manifest_rows(tmp_path / "MANIFEST.csv")}
+    assert rows["shadowsocks"].notes.endswith("traffic iperf (tcp 600 kbit/s, 1200-byte writes)")
+    assert rows["rtp-voice"].notes == all_scenarios()["rtp-voice"].notes  # negatives ignore --traffic
+    n = all_scenarios()["rtp-voice"].number
+    directions: dict[tuple[bytes, int], int] = {}
+    with open(tmp_path / rows["rtp-voice"].file, "rb") as fh:
+        for _ts, buf in dpkt.pcap.Reader(fh):
+            ip = dpkt.ethernet.Ethernet(buf).data
+            if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP):
+                key = (ip.src, ip.data.dport)
+                directions[key] = directions.get(key, 0) + 1
+    for side in (1, 2):  # both ends send RTP to port 5004, about one packet per 20 ms
+        assert directions.get((bytes([198, 18, n, side]), 5004), 0) > 40, directions
+    with open(tmp_path / rows["shadowsocks"].file, "rb") as fh:
+        ss_bytes = sum(len(buf) for _ts, buf in dpkt.pcap.Reader(fh))
+    assert ss_bytes > 100_000  # 2 s of iperf3 at 600 kbit/s went through the proxy

@@ -112,3 +112,62 @@ def test_chunked_columns_give_same_matrix(table):
 def test_missing_column_is_a_clear_error(table):
     with pytest.raises(ValueError, match="first_sizes"):
         feature_matrix(table.drop_columns(["first_sizes"]))
+
+
+def _download(tunnel: bool, server_first: bool = False) -> dict[str, float]:
+    """A TCP download of 40 full segments: the client ACKs every second one.
+
+    Plain TCP acknowledges with pure ACKs (no payload); through a TCP tunnel the inner ACKs
+    travel encrypted, as small packets of one size *with* payload.
+    """
+    seg = np.full(40, 1500)
+    ack = 52 + (93 if tunnel else 0)
+    sizes, dirs = [52, 52, 52, 300], [0, 1, 0, 0]  # 52: IP + TCP header with options
+    for i, s in enumerate(seg):
+        sizes.append(int(s))
+        dirs.append(1)
+        if i % 2:
+            sizes.append(ack)
+            dirs.append(0)
+    sizes_a, dirs_a = np.array(sizes), np.array(dirs)
+    if server_first:  # the same packets, metered with the other side as initiator
+        dirs_a = 1 - dirs_a
+    flags = np.full(len(sizes_a), 0x10)
+    flags[0] = 0x02
+    row = flow_row(sizes_a, dirs_a, np.full(len(sizes_a), 1.0), flags, 6)
+    X = feature_matrix(pa.Table.from_pylist([row], schema=FLOW_SCHEMA))[0]
+    return dict(zip(FEATURE_NAMES, X, strict=True))
+
+
+def test_payload_rhythm_separates_inner_acks_from_pure_acks():
+    plain, tunnel = _download(False), _download(True)
+    # the client's pure ACKs carry no payload; only its request does
+    assert plain["up_payload_pkt_frac"] == pytest.approx(1 / 23)
+    assert tunnel["up_payload_pkt_frac"] == pytest.approx(21 / 23)
+    assert plain["payload_pkt_balance"] == pytest.approx(1 / 40)
+    assert tunnel["payload_pkt_balance"] == pytest.approx(21 / 40)
+    # 93 bytes of payload: bin 64-95; the request (248 bytes of payload) is the other one
+    assert tunnel["light_hist_2"] == pytest.approx(20 / 21)
+    assert tunnel["light_small_frac"] == pytest.approx(20 / 21)
+    assert tunnel["light_small_per_heavy"] == pytest.approx(20 / 40)
+    assert plain["light_small_frac"] == 0 and plain["light_small_per_heavy"] == 0
+    assert tunnel["heavy_large_frac"] == 1 and tunnel["heavy_hist_11"] == 1
+    assert tunnel["heavy_hist_top"] == 1 and tunnel["heavy_hist_entropy"] == pytest.approx(0.0)
+    assert 0 < tunnel["light_hist_entropy"] < 1
+    assert sum(tunnel[f"light_hist_{i}"] for i in range(12)) == pytest.approx(1.0)
+
+
+def test_light_and_heavy_do_not_depend_on_who_initiated():
+    a, b = _download(True), _download(True, server_first=True)
+    for name in FEATURE_NAMES:
+        if name.startswith(("light_", "heavy_", "payload_pkt_balance", "hist_overlap")):
+            assert a[name] == pytest.approx(b[name], nan_ok=True), name
+    assert a["up_payload_pkt_frac"] == pytest.approx(b["down_payload_pkt_frac"])
+
+
+def test_flow_without_payload_has_nan_histogram_shares():
+    row = flow_row(np.array([52, 52, 52]), np.array([0, 1, 0]), np.array([0.0, 1.0, 1.0]),
+                   np.array([0x02, 0x12, 0x10]), 6)
+    f = dict(zip(FEATURE_NAMES, feature_matrix(pa.Table.from_pylist([row], schema=FLOW_SCHEMA))[0], strict=True))
+    assert f["up_payload_pkt_frac"] == 0 and np.isnan(f["payload_pkt_balance"])
+    assert np.isnan(f["light_hist_0"]) and np.isnan(f["heavy_hist_entropy"]) and np.isnan(f["light_small_frac"])

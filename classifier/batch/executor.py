@@ -32,6 +32,7 @@ class LocalExecutor:
         return f"local process pool, {self.workers} worker(s)"
 
     dashboard_link: str | None = None
+    shares_disk = True  # workers see the dataset's work area and write their results there
 
     def start(self) -> None:
         """Spawn the worker processes now, so their start-up overlaps the client's own."""

@@ -4,7 +4,7 @@ Layout of a dataset directory::
 
     DATASET/part-00000.parquet ...   the flows (what pyarrow.dataset reads)
     DATASET/_manifest.json           inputs (size, mtime, hash, status), settings, output state
-    DATASET/_work/files/             per-input results: labelled flows + raw boundary rows
+    DATASET/_work/files/             per-input results: labelled flows (Arrow IPC) + raw boundary rows
     DATASET/_work/stage/             partitions being written, moved into place on commit
 
 Names starting with ``_`` are skipped by ``pyarrow.dataset``. Every file is written
@@ -26,13 +26,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from classifier.batch.work import FileResult
 from classifier.flows import state as S
 from classifier.output import atomic_path, write_text_atomic
 
-FORMAT = "vpnid-batch/1"
+FORMAT = "vpnid-batch/2"
 MANIFEST = "_manifest.json"
 WORK = "_work"
 
@@ -102,27 +101,21 @@ class Manifest:
     # --- per-input results -------------------------------------------------------------------
 
     def result_paths(self, stem: str) -> tuple[Path, Path]:
-        return self.files_dir / f"{stem}.flows.parquet", self.files_dir / f"{stem}.edges.npz"
+        return result_paths(self.files_dir, stem)
 
     def has_result(self, entry: InputEntry) -> bool:
         return entry.result is not None and all(p.exists() for p in self.result_paths(entry.result))
 
     def store_result(self, res: FileResult, settings_key: str) -> str:
-        """Write a worker result into the work area; returns its stem."""
-        stem = f"{res.digest}-{settings_key[:16]}"
-        flows, edges = self.result_paths(stem)
-        self.files_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            os.chmod(self.root / WORK, 0o700)  # boundary rows hold payload heads: owner only
-        with atomic_path(flows) as tmp:
-            pq.write_table(res.table, tmp, compression="zstd")
-        arrays = {name: getattr(res.edges, name) for name in S.ROW_ARRAYS}
-        with atomic_path(edges) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, is_head=res.is_head, is_tail=res.is_tail, **arrays)
-        return stem
+        """Write a worker result into the work area (unless the worker did); returns its stem."""
+        if res.stored is not None:
+            return res.stored
+        return write_result(self.files_dir, result_stem(res.digest, settings_key), res.table,
+                            res.edges, res.is_head, res.is_tail)
 
     def load_table(self, stem: str) -> pa.Table:
-        return pq.read_table(self.result_paths(stem)[0])
+        with pa.memory_map(str(self.result_paths(stem)[0])) as src:
+            return pa.ipc.open_file(src).read_all()
 
     def load_edges(self, stem: str) -> tuple[S.FlowState, np.ndarray, np.ndarray]:
         with np.load(self.result_paths(stem)[1], allow_pickle=False) as z:
@@ -139,6 +132,35 @@ class Manifest:
             if stem not in keep:
                 with contextlib.suppress(OSError):
                     p.unlink()
+
+
+def result_stem(digest: str, settings_key: str) -> str:
+    return f"{digest}-{settings_key[:16]}"
+
+
+def result_paths(files_dir: Path, stem: str) -> tuple[Path, Path]:
+    return files_dir / f"{stem}.flows.arrow", files_dir / f"{stem}.edges.npz"
+
+
+def write_result(files_dir: str | os.PathLike, stem: str, table: pa.Table, edges: S.FlowState,
+                 is_head: np.ndarray, is_tail: np.ndarray) -> str:
+    """Write one input's result (labelled flows, raw boundary rows) atomically; returns ``stem``.
+
+    Called by a local worker itself (it sees the work area: no copy through the client)
+    or by the client for results that came over the network.
+    """
+    files_dir = Path(files_dir)
+    flows, edge_path = result_paths(files_dir, stem)
+    files_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.chmod(files_dir.parent, 0o700)  # boundary rows hold payload heads: owner only
+    # Arrow IPC, uncompressed: cheap to write and to map back; the work area is transient.
+    with atomic_path(flows) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    arrays = {name: getattr(edges, name) for name in S.ROW_ARRAYS}
+    with atomic_path(edge_path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, is_head=is_head, is_tail=is_tail, **arrays)
+    return stem
 
 
 def settings_key(settings: dict[str, Any]) -> str:

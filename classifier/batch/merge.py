@@ -42,13 +42,14 @@ def same_endpoints(keys: np.ndarray) -> np.ndarray:
     return (keys[:, 0] == keys[:, 2]) & (keys[:, 1] == keys[:, 3]) & (lo_port == hi_port)
 
 
-def remap_directions(st: S.FlowState, swap: np.ndarray) -> S.FlowState:
-    """A copy of ``st`` with initiator/responder exchanged on rows where ``swap`` is set.
+def remap_directions(st: S.FlowState, swap: np.ndarray, copy: bool = True) -> S.FlowState:
+    """``st`` (a copy unless ``copy`` is False) with initiator/responder exchanged where ``swap``.
 
     Needed because a continuation's first packet may come from the responder, so its
-    meter called the other endpoint the initiator.
+    meter called the other endpoint the initiator. In place is safe: every swapped
+    value is read (fancy indexing copies) before it is written.
     """
-    out = st.take(np.arange(len(st)))
+    out = st.take(np.arange(len(st))) if copy else st
     if not swap.any():
         return out
     rows = np.flatnonzero(swap)
@@ -108,17 +109,24 @@ def first_ts_per_direction(st: S.FlowState) -> np.ndarray:
     return out
 
 
-def merge_rows(p: S.FlowState, c: S.FlowState) -> S.FlowState:
+def merge_rows(p: S.FlowState, c: S.FlowState, copy: bool = True) -> S.FlowState:
     """Merge continuation rows ``c`` into earlier partial rows ``p`` (row i with row i).
 
     Keeps ``p``'s identity (flow id, key, initiator, first packet flags) and takes the
-    end reason from ``c``; the caller decides the final end reason.
+    end reason from ``c``; the caller decides the final end reason. With ``copy`` False
+    the result is ``p`` itself, updated in place, and ``c`` may be modified: for callers
+    that own both (each copy is a full pass over the payload heads).
     """
     swap = (c.si[:, S.INIT_LOW] != p.si[:, S.INIT_LOW]) & ~same_endpoints(p.keys)
-    c = remap_directions(c, swap)
-    m = p.take(np.arange(len(p)))
-    ps, cs, ms = p.si, c.si, m.si
-    pf, cf, mf = p.sf, c.sf, m.sf
+    c = remap_directions(c, swap, copy=copy)
+    if copy:
+        m = p.take(np.arange(len(p)))
+        ps, pf = p.si, p.sf
+    else:
+        m = p
+        ps, pf = p.si.copy(), p.sf.copy()  # the formulas below read P's values after writing M's
+    cs, ms = c.si, m.si
+    cf, mf = c.sf, m.sf
 
     for col in (S.PK0, S.PK0 + 1, S.BY0, S.BY0 + 1, S.PL0, S.PL0 + 1, S.TRUNC, S.FRAGS, *range(S.TCP0, S.TCP0 + 8),
                 S.PPK0, S.PPK0 + 1, *_HIST0, *_HIST1):

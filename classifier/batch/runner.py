@@ -19,21 +19,18 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from classifier._version import __version__
+from classifier.batch.assemble import Assembler
 from classifier.batch.executor import make_executor
 from classifier.batch.manifest import Manifest, file_stat, settings_key
-from classifier.batch.stitch import FileEdges, Stitcher
-from classifier.batch.work import FileResult, LabelSpec, process_file
+from classifier.batch.work import FileResult, LabelSpec, label_rows, process_file
 from classifier.errors import ErrorLog, UsageError
 from classifier.flows.config import FlowConfig
 from classifier.flows.schema import CLASSIFY_SCHEMA, REGISTRY_FIELDS
@@ -145,43 +142,17 @@ def run_batch(opts: BatchOptions, log: ErrorLog | None = None, out: TextIO | Non
         todo.append(p)
     manifest.save()
 
-    executor = make_executor(opts.scheduler, opts.workers) if todo else None
-    if executor is not None:
-        _say(out, opts.quiet, f"{len(paths)} input(s): {len(todo)} to process, {summary.cached} unchanged; "
-                              f"running on {executor.description}")
-        if executor.dashboard_link:
-            _say(out, opts.quiet, f"Dask dashboard: {executor.dashboard_link}")
-    try:
-        if executor is not None:
-            tasks = [(p, (p, opts.config, opts.spec)) for p in todo]
-            for n, (path, res, exc) in enumerate(executor.run(process_file, tasks), start=1):
-                entry = manifest.inputs[path]
-                if exc is not None:
-                    entry.status, entry.error = "failed", f"{type(exc).__name__}: {exc}"
-                    summary.failed += 1
-                    log.add(path, None, f"failed: {entry.error}")
-                else:
-                    _record(manifest, entry, res, skey)
-                    for ppath, offset, message in res.problems:
-                        log.add(ppath, offset, message)
-                    summary.processed += 1
-                    summary.packets += res.packets
-                    _say(out, opts.quiet, f"[{n}/{len(todo)}] {path}: {res.packets:,} packets, "
-                                          f"{res.table.num_rows:,} flows, {res.seconds:.2f} s")
-                manifest.save()
-    finally:
-        if executor is not None:
-            executor.close()
-
     for e in manifest.inputs.values():  # problems of cached inputs count toward the exit status too
-        for path, offset, message in e.problems:
-            if e.path not in todo:
+        if e.path not in todo:
+            for path, offset, message in e.problems:
                 log.add(path, offset, message)
+
+    job = _Job(opts, manifest, paths, todo, skey, summary, log, out)
+    try:
+        job.run()
+    finally:
+        job.close()
     summary.problems = len(log.problems) - summary.failed
-    done = [manifest.inputs[p] for p in paths if p in manifest.inputs and manifest.inputs[p].status == "done"]
-    t_write = time.perf_counter()
-    _write_dataset(manifest, done, opts, summary, out)
-    summary.write_seconds = time.perf_counter() - t_write
     manifest.prune()
     if opts.clean_work and not summary.failed:
         shutil.rmtree(manifest.files_dir, ignore_errors=True)
@@ -200,7 +171,7 @@ def _record(manifest: Manifest, entry, res: FileResult, skey: str) -> None:
     entry.digest = res.digest
     entry.status, entry.error = "done", None
     entry.first_ts, entry.last_ts = res.first_ts, res.last_ts
-    entry.packets, entry.flows, entry.seconds = res.packets, res.table.num_rows, round(res.seconds, 3)
+    entry.packets, entry.flows, entry.seconds = res.packets, res.flows, round(res.seconds, 3)
     entry.problems = [list(p) for p in res.problems]
 
 
@@ -211,160 +182,311 @@ def _output_key(done: list, manifest: Manifest, registry_digest: str | None) -> 
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _time_order(done: list) -> list:
+def _time_key(e) -> tuple:
     """Files in capture-time order (empty files last), ties by path."""
-    return sorted(done, key=lambda e: (e.first_ts is None, e.first_ts or 0, e.path))
+    return (e.first_ts is None, e.first_ts or 0, e.path)
 
 
-def _write_dataset(manifest: Manifest, done: list, opts: BatchOptions, summary: BatchSummary,
-                   out: TextIO) -> None:
-    root = manifest.root
-    reg_digest = hashlib.sha256(Path(opts.registry).read_bytes()).hexdigest() if opts.registry else None
-    files = _time_order(done)
-    key = _output_key(files, manifest, reg_digest)
-    prev = manifest.output
-    if prev.get("state") == "committed" and prev.get("key") == key and \
-            all((root / name).exists() for name in prev.get("partitions", [])):
-        summary.flows = int(prev.get("flows", 0))
-        summary.merges = int(prev.get("merges", 0))
-        summary.partitions = len(prev.get("partitions", []))
-        _say(out, opts.quiet, "dataset already up to date")
-        return
-
-    registry = None
-    if opts.registry:
-        from classifier.registry import Registry
-
-        registry = Registry.load(opts.registry)
-
-    schema = CLASSIFY_SCHEMA if registry is None else pa.schema(list(CLASSIFY_SCHEMA) + REGISTRY_FIELDS)
-    from classifier.output import TableSink, base_metadata
-
-    meta = base_metadata(inputs=[e.path for e in files], idle_timeout_s=opts.config.idle_timeout_s,
-                         active_timeout_s=opts.config.active_timeout_s, signatures=opts.spec.signatures,
-                         model=manifest.settings.get("model"), registry=reg_digest)
-    stage = manifest.stage_dir
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    names: list[str] = []
-    offset = 0
-    sources = [FileSource(e.path, e.first_ts, e.last_ts, partial(manifest.load_table, e.result),
-                          partial(manifest.load_edges, e.result)) for e in files]
-    stitched = StitchedPartitions(sources, opts.config, opts.spec)
-    for k, table in stitched:
-        n = table.num_rows
-        offset += n
-        if registry is not None:
-            table = registry.annotate(table)
-        name = f"{PART_PREFIX}{k:05d}.parquet"
-        with TableSink(str(stage / name), schema, "parquet", meta) as sink:
-            for lo in range(0, n, ROW_GROUP_ROWS):
-                sink.write(table.slice(lo, ROW_GROUP_ROWS))
-        names.append(name)
-    if not names:  # no flows at all: one empty partition keeps the dataset's schema readable
-        name = f"{PART_PREFIX}00000.parquet"
-        with TableSink(str(stage / name), schema, "parquet", meta):
-            pass
-        names.append(name)
-    summary.merges = stitched.merges
-    summary.flows = offset
-    summary.partitions = len(names)
-
-    # Commit: record the intent, move partitions into place, drop stale ones, record success.
-    manifest.output = {"state": "committing", "key": key, "partitions": names, "flows": offset,
-                       "merges": stitched.merges}
-    manifest.save()
-    for name in names:
-        os.replace(stage / name, root / name)
-    for p in root.glob(f"{PART_PREFIX}*.parquet"):
-        if p.name not in names:
-            p.unlink()
-    manifest.output["state"] = "committed"
-    manifest.save()
-    shutil.rmtree(stage, ignore_errors=True)
-    summary.written = True
+def _time_order(done: list) -> list:
+    return sorted(done, key=_time_key)
 
 
-@dataclass
-class FileSource:
-    """One processed input, its result loaded on demand (partitions are written one at a time)."""
+class _Job:
+    """One run: per-file tasks, stitching as results arrive, label tasks, partitions.
 
-    path: str
-    first_ts: int | None
-    last_ts: int
-    table: Callable[[], pa.Table]
-    edges: Callable[[], tuple]
-
-
-class StitchedPartitions:
-    """Yield ``(file index, table)`` per file in time order: the flows that began in the file.
-
-    ``sources`` must already be in time order. Boundary flows are stitched first (only
-    the raw boundary rows are held in memory), then each file's labelled table is
-    loaded, its replaced rows dropped, its stitched rows added, rows sorted by first
-    packet, and ``flow_id`` numbered across the whole dataset in that order.
+    The pipeline overlaps everything the client can start early: files are stitched
+    in input order while later files are still being processed (the order of rotated
+    files; if their first timestamps turn out not to follow it, everything is stitched
+    again in time order at the end), label tasks for stitched flows go to the workers
+    as soon as their flows can no longer grow, and each partition is written as soon
+    as it is complete. At most ``workers + 1`` per-file tasks are queued, so label
+    tasks never wait behind the whole input list.
     """
 
-    def __init__(self, sources: list[FileSource], config: FlowConfig, spec: LabelSpec) -> None:
-        self.sources, self.config, self.spec = sources, config, spec
-        self.merges = 0
+    def __init__(self, opts: BatchOptions, manifest: Manifest, paths: list[str], todo: list[str], skey: str,
+                 summary: BatchSummary, log: ErrorLog, out: TextIO) -> None:
+        self.opts, self.manifest, self.paths, self.todo, self.skey = opts, manifest, paths, todo, skey
+        self.summary, self.log, self.out = summary, log, out
+        self.executor = None
+        self.results: dict[str, FileResult] = {}  # processed this run, until stitched and written
+        self.registry = None
+        self.reg_digest = hashlib.sha256(Path(opts.registry).read_bytes()).hexdigest() if opts.registry else None
 
-    def __iter__(self) -> Iterator[tuple[int, pa.Table]]:
-        stitcher = Stitcher(self.config)
-        src = self.sources
-        for k, f in enumerate(src):
-            st, is_head, is_tail = f.edges()
-            nxt = src[k + 1].first_ts if k + 1 < len(src) else None
-            stitcher.add(FileEdges(k, f.first_ts, f.last_ts, st, is_head, is_tail), nxt)
-        result = stitcher.finish()
-        self.merges = result.merges
-        extra = _label_stitched(result, src, self.spec)
-        offset = 0
-        for k, f in enumerate(src):
-            table = f.table()
-            drop = result.drop_id[result.drop_file == k]
-            if len(drop):
-                keep = pc.invert(pc.is_in(table.column("flow_id"), value_set=pa.array(drop.astype(np.uint64))))
-                table = table.filter(keep)
-            if k in extra:
-                table = pa.concat_tables([table.select(extra[k].column_names), extra[k]])
-            if table.num_rows == 0:
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.close()
+            self.executor = None
+
+    def _executor(self):
+        if self.executor is None:
+            self.executor = make_executor(self.opts.scheduler, self.opts.workers)
+        return self.executor
+
+    def run(self) -> None:
+        manifest, opts = self.manifest, self.opts
+        if not self.todo:
+            done = self._done()
+            key = _output_key(_time_order(done), manifest, self.reg_digest)
+            if self._up_to_date(key):
+                return
+        if self.todo:
+            ex = self._executor()
+            ex.start()
+            _say(self.out, opts.quiet, f"{len(self.paths)} input(s): {len(self.todo)} to process, "
+                                       f"{self.summary.cached} unchanged; running on {ex.description}")
+            if ex.dashboard_link:
+                _say(self.out, opts.quiet, f"Dask dashboard: {ex.dashboard_link}")
+        self._begin_output()
+        self.asm = Assembler(opts.config)
+        self.fed: list = []  # manifest entries fed to the assembler, in order
+        self.speculative = True
+        self.t_client = 0.0
+        queue = list(self.todo)
+        self.n_done = 0
+        in_flight = 0
+        slots = (self.executor.workers + 1) if self.executor is not None else 1
+        while queue and in_flight < slots:
+            self._submit_file(queue.pop(0))
+            in_flight += 1
+        self._advance()
+        if self.executor is not None:
+            for key, res, exc in self.executor.results():
+                kind, name = key
+                if kind == "file":
+                    in_flight -= 1
+                    if queue:
+                        self._submit_file(queue.pop(0))
+                        in_flight += 1
+                    self._file_done(name, res, exc)
+                    self._advance()
+                else:
+                    self._label_done(name, res, exc)
+        if self.pending_labels:
+            raise RuntimeError("label tasks left unfinished")  # pragma: no cover - executor contract
+        done = self._done()
+        if not self.speculative or [e.path for e in self.fed] != [e.path for e in _time_order(done)
+                                                                   if e.first_ts is not None]:
+            self._restart_in_time_order(done)
+        self._commit(done)
+
+    # --- per-file tasks ------------------------------------------------------------------------
+
+    def _submit_file(self, path: str) -> None:
+        args = (path, self.opts.config, self.opts.spec)
+        if getattr(self.executor, "shares_disk", False):  # a local pool writes its results itself
+            args += ((str(self.manifest.files_dir), self.skey),)
+        self.executor.submit(("file", path), process_file, *args)
+
+    def _file_done(self, path: str, res: FileResult | None, exc: BaseException | None) -> None:
+        t = time.perf_counter()
+        entry = self.manifest.inputs[path]
+        self.n_done += 1
+        if exc is not None:
+            entry.status, entry.error = "failed", f"{type(exc).__name__}: {exc}"
+            self.summary.failed += 1
+            self.log.add(path, None, f"failed: {entry.error}")
+        else:
+            _record(self.manifest, entry, res, self.skey)
+            for ppath, offset, message in res.problems:
+                self.log.add(ppath, offset, message)
+            self.summary.processed += 1
+            self.summary.packets += res.packets
+            self.results[path] = res
+            _say(self.out, self.opts.quiet, f"[{self.n_done}/{len(self.todo)}] {path}: {res.packets:,} packets, "
+                                            f"{res.flows:,} flows, {res.seconds:.2f} s")
+        self.manifest.save()
+        self.t_client += time.perf_counter() - t
+
+    def _done(self) -> list:
+        m = self.manifest.inputs
+        return [m[p] for p in self.paths if p in m and m[p].status == "done"]
+
+    # --- stitching, labelling, writing -----------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Feed the assembler the files whose turn has come (input order, while it is time order)."""
+        if not self.speculative or self.asm_closed:
+            return
+        t = time.perf_counter()
+        m = self.manifest.inputs
+        known = []  # non-empty done inputs after the fed prefix, in input order, up to the first unknown one
+        complete = True
+        for p in self.paths[self.cursor:]:
+            e = m.get(p)
+            if e is None or e.status == "failed":
                 continue
-            table = table.sort_by([("first_seen", "ascending"), ("flow_id", "ascending")])
-            n = table.num_rows
-            table = table.set_column(table.schema.get_field_index("flow_id"), CLASSIFY_SCHEMA.field("flow_id"),
-                                     pa.array(np.arange(offset, offset + n, dtype=np.uint64)))
-            offset += n
-            yield k, table.combine_chunks()
+            if e.status != "done":
+                complete = False
+                break
+            if e.first_ts is not None:
+                known.append(e)
+        # Each file needs the next one's first timestamp, unless no later file can exist.
+        ready = known if complete else known[:-1]
+        for i, e in enumerate(ready):
+            if self.fed and _time_key(e) <= _time_key(self.fed[-1]):
+                self.speculative = False  # not in time order: stitched again at the end
+                self.t_client += time.perf_counter() - t
+                return
+            self._feed(e, known[i + 1].first_ts if i + 1 < len(known) else None)
+            self.cursor = self.paths.index(e.path) + 1
+        if complete:
+            self.asm_closed = True
+            self._submit_labels(self.asm.close())
+        self._write_ready()
+        self.t_client += time.perf_counter() - t
 
+    def _feed(self, e, next_first_ts: int | None) -> None:
+        res = self.results.get(e.path)
+        if res is not None and res.stored is None and res.edges is not None:
+            edges = (res.edges, res.is_head, res.is_tail)
+            res.edges = None  # stitched: the raw rows are not needed any more
+        else:
+            edges = self.manifest.load_edges(e.result)
+        index = len(self.fed)
+        self.fed.append(e)
+        self._submit_labels(self.asm.add(index, e.path, e.first_ts, e.last_ts, edges,
+                                         partial(self._table, e), next_first_ts))
 
-def _label_stitched(result, files: list, spec: LabelSpec) -> dict[int, pa.Table]:
-    """Finalize and label the stitched rows; group them by the file where each flow began."""
-    from classifier.flows.finalize import finalize
-    from classifier.pipeline import label_batch
+    def _table(self, e) -> pa.Table:
+        """A file's labelled table: from this run's result (once), else from the work area."""
+        res = self.results.pop(e.path, None)
+        return res.table if res is not None and res.stored is None else self.manifest.load_table(e.result)
 
-    if len(result.rows) == 0:
-        return {}
-    batch = finalize(result.rows, "")
-    captures = np.array([files[k].path for k in result.start_file], dtype=object)
-    table = label_batch(batch, spec.options())
-    table = table.set_column(table.schema.get_field_index("capture"), CLASSIFY_SCHEMA.field("capture"),
-                             pa.array(captures, pa.string()))
-    out = {}
-    for k in np.unique(result.start_file):
-        out[int(k)] = table.filter(pa.array(result.start_file == k))
-    return out
+    def _submit_labels(self, jobs: list) -> None:
+        for j in jobs:
+            self.pending_labels.add(j.index)
+            self._executor().submit(("label", j.index), label_rows, j.rows, j.capture, self.opts.spec)
 
+    def _label_done(self, index: int, table, exc: BaseException | None) -> None:
+        if exc is not None:
+            raise exc
+        t = time.perf_counter()
+        self.pending_labels.discard(index)
+        self.asm.labelled(index, table)
+        self._write_ready()
+        self.t_client += time.perf_counter() - t
+
+    def _begin_output(self) -> None:
+        self.pending_labels: set[int] = set()
+        self.asm_closed = False
+        self.cursor = 0
+        if self.opts.registry:
+            from classifier.registry import Registry
+
+            self.registry = Registry.load(self.opts.registry)
+        self.schema = CLASSIFY_SCHEMA if self.registry is None else pa.schema(list(CLASSIFY_SCHEMA) + REGISTRY_FIELDS)
+        self.names: list[str] = []
+        self.rows = 0
+        stage = self.manifest.stage_dir
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+
+    def _write_ready(self) -> None:
+        from classifier.output import TableSink, base_metadata
+
+        for k, table in self.asm.partitions():
+            if self.registry is not None:
+                table = self.registry.annotate(table)
+            name = f"{PART_PREFIX}{k:05d}.parquet"
+            # Footer metadata names every input given (sorted, so the order of the arguments
+            # does not matter): partitions are written before the run knows which inputs fail.
+            meta = base_metadata(inputs=sorted(self.paths), idle_timeout_s=self.opts.config.idle_timeout_s,
+                                 active_timeout_s=self.opts.config.active_timeout_s,
+                                 signatures=self.opts.spec.signatures, model=self.manifest.settings.get("model"),
+                                 registry=self.reg_digest)
+            with TableSink(str(self.manifest.stage_dir / name), self.schema, "parquet", meta) as sink:
+                for lo in range(0, table.num_rows, ROW_GROUP_ROWS):
+                    sink.write(table.slice(lo, ROW_GROUP_ROWS))
+            self.names.append(name)
+            self.rows += table.num_rows
+
+    def _restart_in_time_order(self, done: list) -> None:
+        """Inputs were not in time order (or some failed late): stitch everything again in time order."""
+        self._begin_output()
+        self.asm = Assembler(self.opts.config)
+        self.fed = []
+        self.asm_closed = True
+        files = [e for e in _time_order(done) if e.first_ts is not None]
+        for i, e in enumerate(files):
+            self._feed(e, files[i + 1].first_ts if i + 1 < len(files) else None)
+        self._submit_labels(self.asm.close())
+        self._write_ready()
+        if self.pending_labels:
+            for (_, index), res, exc in self._executor().results():
+                self._label_done(index, res, exc)
+
+    def _up_to_date(self, key: str) -> bool:
+        prev = self.manifest.output
+        root = self.manifest.root
+        if prev.get("state") == "committed" and prev.get("key") == key and \
+                all((root / name).exists() for name in prev.get("partitions", [])):
+            self.summary.flows = int(prev.get("flows", 0))
+            self.summary.merges = int(prev.get("merges", 0))
+            self.summary.partitions = len(prev.get("partitions", []))
+            _say(self.out, self.opts.quiet, "dataset already up to date")
+            return True
+        return False
+
+    def _commit(self, done: list) -> None:
+        t = time.perf_counter()
+        manifest, root = self.manifest, self.manifest.root
+        stage = manifest.stage_dir
+        key = _output_key(_time_order(done), manifest, self.reg_digest)
+        if self._up_to_date(key):
+            shutil.rmtree(stage, ignore_errors=True)
+            return
+        names = list(self.names)
+        if not names:  # no flows at all: one empty partition keeps the dataset's schema readable
+            from classifier.output import TableSink, base_metadata
+
+            name = f"{PART_PREFIX}00000.parquet"
+            meta = base_metadata(inputs=sorted(self.paths), idle_timeout_s=self.opts.config.idle_timeout_s,
+                                 active_timeout_s=self.opts.config.active_timeout_s,
+                                 signatures=self.opts.spec.signatures, model=manifest.settings.get("model"),
+                                 registry=self.reg_digest)
+            with TableSink(str(stage / name), self.schema, "parquet", meta):
+                pass
+            names.append(name)
+        summary = self.summary
+        summary.merges = self.asm.merges
+        summary.flows = self.rows
+        summary.partitions = len(names)
+
+        # Commit: record the intent, move partitions into place, drop stale ones, record success.
+        manifest.output = {"state": "committing", "key": key, "partitions": names, "flows": self.rows,
+                           "merges": self.asm.merges}
+        manifest.save()
+        for name in names:
+            os.replace(stage / name, root / name)
+        for p in root.glob(f"{PART_PREFIX}*.parquet"):
+            if p.name not in names:
+                p.unlink()
+        manifest.output["state"] = "committed"
+        manifest.save()
+        shutil.rmtree(stage, ignore_errors=True)
+        summary.written = True
+        self.t_client += time.perf_counter() - t
+        summary.write_seconds = self.t_client
 
 
 def stitch_results(results: list[FileResult], config: FlowConfig, spec: LabelSpec) -> pa.Table:
     """In-memory form of the merge step: per-file results (any order) -> one labelled table.
 
-    Used by tests and small jobs; ``run_batch`` does the same from the work area, one
-    partition at a time.
+    Used by tests and small jobs; ``run_batch`` does the same with the work area and
+    label tasks on the workers.
     """
-    ordered = sorted(results, key=lambda r: (r.first_ts is None, r.first_ts or 0, r.path))
-    sources = [FileSource(r.path, r.first_ts, r.last_ts, (lambda r=r: r.table),
-                          (lambda r=r: (r.edges, r.is_head, r.is_tail))) for r in ordered]
-    tables = [t for _, t in StitchedPartitions(sources, config, spec)]
+    ordered = [r for r in sorted(results, key=lambda r: (r.first_ts is None, r.first_ts or 0, r.path))
+               if r.first_ts is not None]
+    asm = Assembler(config)
+    tables = []
+
+    def label(jobs) -> None:
+        for j in jobs:
+            asm.labelled(j.index, label_rows(j.rows, j.capture, spec))
+        tables.extend(t for _, t in asm.partitions())
+
+    for i, r in enumerate(ordered):
+        label(asm.add(i, r.path, r.first_ts, r.last_ts, (r.edges, r.is_head, r.is_tail), (lambda r=r: r.table),
+                      ordered[i + 1].first_ts if i + 1 < len(ordered) else None))
+    label(asm.close())
     return pa.concat_tables(tables) if tables else CLASSIFY_SCHEMA.empty_table()

@@ -137,9 +137,7 @@ class Stitcher:
                                        assume_unique=True, return_indices=True)
             if len(oi):
                 hrow = head_idx[hi]
-                p = self.open.st.take(oi)
-                c = e.take(hrow)
-                pi, ci = p.si, c.si
+                pi, ci = self.open.st.si[oi], e.si[hrow]  # decisions need only the scalar columns
                 idle_ok = ci[:, S.FIRST] - pi[:, S.LAST] <= idle
                 active_ok = ci[:, S.LAST] - pi[:, S.FIRST] <= active
                 closed = pi[:, S.CLOSED] != 0
@@ -160,8 +158,8 @@ class Stitcher:
                 # Chains continued by the head.
                 if merge.any():
                     ch = self.open.take(oi[merge])
-                    cm = c.take(np.flatnonzero(merge))
-                    m = merge_rows(ch.st, cm)
+                    cm = e.take(hrow[merge])
+                    m = merge_rows(ch.st, cm, copy=False)  # both are fresh copies
                     self.merges += int(merge.sum())
                     self.drop_file.append(np.full(len(cm), fe.index, np.int64))
                     self.drop_id.append(cm.si[:, S.FLOW_ID].copy())

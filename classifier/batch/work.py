@@ -73,6 +73,8 @@ class FileResult:
     digest: str = ""
     seconds: float = 0.0
     problems: list[tuple[str, int | None, str]] = field(default_factory=list)
+    flows: int = 0  # rows of ``table``
+    stored: str | None = None  # stem in the work area when the worker wrote the result itself
 
 
 def file_digest(path: str) -> str:
@@ -96,8 +98,14 @@ def _first_per_key(st: S.FlowState) -> np.ndarray:
     return np.sort(order[first])
 
 
-def process_file(path: str, config: FlowConfig, spec: LabelSpec) -> FileResult:
-    """Meter one capture, label finished flows, keep boundary rows raw."""
+def process_file(path: str, config: FlowConfig, spec: LabelSpec,
+                 store: tuple[str, str] | None = None) -> FileResult:
+    """Meter one capture, label finished flows, keep boundary rows raw.
+
+    ``store`` = (work area directory, settings key): write the result there and return
+    only its summary (local workers share the client's disk, so the client neither
+    receives nor writes the bulk of it). Without it, everything is returned.
+    """
     from classifier.flows.api import BATCH_ROWS
     from classifier.flows.batch import FlowBatch
     from classifier.flows.finalize import finalize
@@ -167,12 +175,19 @@ def process_file(path: str, config: FlowConfig, spec: LabelSpec) -> FileResult:
     from classifier.flows.schema import CLASSIFY_SCHEMA
 
     table = pa.concat_tables(labelled) if labelled else CLASSIFY_SCHEMA.empty_table()
-    return FileResult(
+    res = FileResult(
         path=path, table=table, edges=edges, is_head=is_head, is_tail=is_tail,
         first_ts=first_ts, last_ts=meter.now_ns, packets=stats.packets, size=size, digest=digest,
-        seconds=time.perf_counter() - t0,
-        problems=[(p.path, p.offset, p.message) for p in log.problems],
+        problems=[(p.path, p.offset, p.message) for p in log.problems], flows=table.num_rows,
     )
+    if store is not None:
+        from classifier.batch.manifest import result_stem, write_result
+
+        res.stored = write_result(store[0], result_stem(digest, store[1]), table, edges, is_head, is_tail)
+        res.table, res.edges = None, None  # type: ignore[assignment]
+        res.is_head = res.is_tail = np.zeros(0, bool)
+    res.seconds = time.perf_counter() - t0
+    return res
 
 
 def label_rows(rows: S.FlowState, capture: str, spec: LabelSpec) -> pa.Table:

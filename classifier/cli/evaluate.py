@@ -51,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
         if "recall" in v:
             print(f"{key}: precision {v['precision']:.4f}  recall {v['recall']:.4f}  F1 {v['f1']:.4f}  "
                   f"ROC-AUC {v['roc_auc']:.4f}  FPR {v['fpr']:.5f}")
+    for key in ("holdout", "grouped_cv", "leave_one_protocol_out"):
+        rows = report.get(key, {}).get("tradeoff")
+        if rows:
+            print(f"{key} trade-off: " + "  ".join(f"{r['threshold']:g}: recall {r['recall']:.3f} FPR {r['fpr']:.4f}"
+                                                   for r in rows))
     if not args.quiet:
         print(f"vpnid evaluate: wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     return log.exit_status

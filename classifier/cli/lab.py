@@ -35,9 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cap.add_argument("--repeat", type=int, default=1, metavar="K",
                      help="captures per scenario; K > 1 names them NAME-r01.pcap ... (training data)")
     cap.add_argument("--vary", action=argparse.BooleanOptionalAction, default=None,
-                     help="draw the traffic parameters (ping rate and size, pauses, file size, iperf3 rate) "
-                          "at random for each capture; default: on when --repeat > 1")
+                     help="draw the traffic parameters (inner-traffic kind, ping rate and size, pauses, file "
+                          "sizes, rates) at random for each capture; default: on when --repeat > 1")
     cap.add_argument("--seed", type=int, default=None, help="seed for --vary (default: random)")
+    cap.add_argument("--traffic", default=None, metavar="KIND[,KIND...]",
+                     help="inner traffic through tunnels: default (pings + small HTTP fetches), bulk, "
+                          "interactive, mixed, iperf, idle, or 'all'; several (comma-separated) or --vary "
+                          "pick one per capture at random; scenarios without inner traffic ignore it")
     cap.add_argument("--keep-going", action="store_true",
                      help="continue with the next scenario when one fails (exit status 1 at the end)")
     cap.add_argument("--keep-workdir", action="store_true",
@@ -64,6 +68,33 @@ def select(patterns: list[str]) -> list:
     return sorted(chosen.values(), key=lambda s: s.number)  # type: ignore[attr-defined]
 
 
+def parse_kinds(text: str | None) -> tuple[str, ...] | None:
+    """The kinds named by ``--traffic`` (None: not given); 'all' means every kind."""
+    from classifier.lab.session import TRAFFIC_KINDS
+
+    if text is None:
+        return None
+    kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    if kinds == ("all",):
+        return TRAFFIC_KINDS
+    bad = [k for k in kinds if k not in TRAFFIC_KINDS]
+    if bad or not kinds:
+        raise UsageError(f"--traffic: unknown kind {', '.join(bad) or repr(text)}; known: {', '.join(TRAFFIC_KINDS)}, all")
+    return kinds
+
+
+def choose_profile(scn, requested: tuple[str, ...] | None, vary: bool, rng: random.Random):
+    """The traffic profile of one capture: kind among those asked for that the scenario supports."""
+    from classifier.lab.session import TrafficProfile
+
+    kinds = tuple(k for k in scn.traffic_kinds if requested is None or k in requested) or ("default",)
+    if vary:
+        return TrafficProfile.draw(rng, kinds)
+    if requested is None:
+        return TrafficProfile()
+    return TrafficProfile().with_kind(rng.choice(kinds))
+
+
 def run_list(args: argparse.Namespace) -> int:
     from classifier.lab.runner import missing_tools
     from classifier.lab.scenarios import all_scenarios
@@ -73,7 +104,8 @@ def run_list(args: argparse.Namespace) -> int:
         missing = missing_tools(s)
         rows.append({"number": s.number, "name": s.name, "vpn": s.vpn, "protocol": s.protocol,
                      "transport": s.transport, "server_port": s.server_port, "midflow": s.midflow,
-                     "crafted": s.crafted, "missing": missing, "notes": s.notes})
+                     "crafted": s.crafted, "missing": missing, "notes": s.notes,
+                     "traffic": list(s.traffic_kinds)})
     if args.json:
         for r in rows:
             print(json.dumps(r))
@@ -93,12 +125,12 @@ def run_capture(args: argparse.Namespace) -> int:
 
     from classifier.lab.manifest import update_manifest
     from classifier.lab.runner import check_environment, run_scenario
-    from classifier.lab.session import TrafficProfile
 
     if args.duration <= 0 or args.duration > 3600:
         raise UsageError("--duration must be between 0 and 3600 seconds")
     if args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
+    requested = parse_kinds(args.traffic)
     scenarios = select(args.scenarios)
     check_environment(scenarios)
     vary = args.vary if args.vary is not None else args.repeat > 1
@@ -110,7 +142,7 @@ def run_capture(args: argparse.Namespace) -> int:
             name = f"{scn.name}.pcap" if args.repeat == 1 else f"{scn.name}-r{k:02d}.pcap"
             print(f"lab: {scn.name} (N={scn.number}) -> {out / name}", file=sys.stderr, flush=True)
             try:
-                profile = TrafficProfile.draw(rng) if vary else TrafficProfile()
+                profile = choose_profile(scn, requested, vary, rng)
                 row = run_scenario(scn, out, args.duration, file_name=name, keep_workdir=args.keep_workdir,
                                    profile=profile)
             except VpnidError as exc:

@@ -9,6 +9,7 @@ reported with the file and line number, never a traceback.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import os
 from dataclasses import asdict, dataclass, fields
@@ -159,10 +160,20 @@ def write_manifest(path: str | os.PathLike, rows: list[ManifestRow]) -> None:
 def update_manifest(path: str | os.PathLike, new_rows: list[ManifestRow]) -> list[ManifestRow]:
     """Merge ``new_rows`` into the manifest at ``path`` (a row for the same file is replaced)."""
     p = Path(path)
-    existing = read_manifest_rows(p) if p.exists() else []
-    by_file = {r.file: r for r in existing}
-    for r in new_rows:
-        by_file[r.file] = r
-    rows = list(by_file.values())
-    write_manifest(p, rows)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    # Several captures may write into one directory at once: the read-merge-write is done
+    # under an exclusive lock so no run loses another's rows; readers never need the lock
+    # because the file itself is replaced atomically. The lock is on the directory, so no
+    # lock file is left next to the captures.
+    fd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        existing = read_manifest_rows(p) if p.exists() else []
+        by_file = {r.file: r for r in existing}
+        for r in new_rows:
+            by_file[r.file] = r
+        rows = list(by_file.values())
+        write_manifest(p, rows)
+    finally:
+        os.close(fd)  # releases the lock
     return rows

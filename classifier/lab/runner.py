@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import dpkt
@@ -19,6 +20,7 @@ from classifier.lab.manifest import ManifestRow
 from classifier.lab.netns import Lab, LabError
 from classifier.lab.scenarios import Scenario
 from classifier.lab.session import Session, TrafficProfile
+from classifier.lab.traffic import drive
 from classifier.output import atomic_path
 
 #: Tools every live scenario needs besides its own daemons.
@@ -61,6 +63,22 @@ def count_pcap(path: str | os.PathLike) -> tuple[int, int]:
     return packets, total
 
 
+def effective_profile(scenario: Scenario, profile: TrafficProfile | None) -> TrafficProfile:
+    """The profile a run uses: a kind the scenario does not support falls back to its own traffic."""
+    profile = profile or TrafficProfile()
+    if profile.kind not in scenario.traffic_kinds:
+        profile = replace(profile, kind="default")
+    return profile
+
+
+def capture_notes(scenario: Scenario, profile: TrafficProfile) -> str:
+    """Manifest notes of one capture: the scenario's, plus the inner traffic when it is not the
+    default (so the committed samples' rows equal the registry's notes)."""
+    if len(scenario.traffic_kinds) > 1 and profile != TrafficProfile():
+        return f"{scenario.notes}; {profile.describe()}" if scenario.notes else profile.describe()
+    return scenario.notes
+
+
 def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float = DEFAULT_DURATION,
                  file_name: str | None = None, keep_workdir: bool = False,
                  profile: TrafficProfile | None = None) -> ManifestRow:
@@ -68,8 +86,12 @@ def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float 
 
     The capture appears in ``outdir`` only when the run succeeded (written atomically);
     the lab is torn down in every case. ``profile`` sets the traffic parameters (default:
-    those of the committed samples); crafted scenarios ignore it.
+    those of the committed samples); crafted scenarios ignore it, and a kind of inner traffic
+    the scenario does not support falls back to its own traffic. When the traffic differs
+    from the default, the manifest notes say which kind and parameters were used.
     """
+    profile = effective_profile(scenario, profile)
+    notes = capture_notes(scenario, profile)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     name = file_name or f"{scenario.name}.pcap"
@@ -80,7 +102,7 @@ def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float 
     else:
         with Lab(scenario.number, keep_workdir=keep_workdir) as lab:
             session = Session(lab, scenario, duration, lab.workdir / "capture.pcap",
-                              profile=profile or TrafficProfile())
+                              profile=profile)
             if not scenario.midflow:
                 session.start_capture()
             scenario.setup(session)  # type: ignore[misc]
@@ -88,7 +110,7 @@ def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float 
                 session.extra["ping"] = session.ping_background()
                 time.sleep(MIDFLOW_LEAD_S)
                 session.start_capture()
-            (scenario.traffic or Session.tunnel_traffic)(session)
+            drive(session)
             session.stop_capture()
             with atomic_path(target) as tmp:
                 shutil.copyfile(session.pcap, tmp)
@@ -98,4 +120,4 @@ def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float 
         raise LabError(f"{scenario.name}: the capture is empty")
     return ManifestRow(file=name, scenario=scenario.name, vpn=scenario.vpn, protocol=scenario.protocol,
                        transport=scenario.transport, server_port=scenario.server_port,
-                       midflow=scenario.midflow, notes=scenario.notes, packets=packets, bytes=nbytes)
+                       midflow=scenario.midflow, notes=notes, packets=packets, bytes=nbytes)

@@ -12,7 +12,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,12 +38,18 @@ INNER_HTTP_PORT = 8080
 BLOB_SIZE = 24 * 1024
 
 
+#: Inner-traffic kinds a tunnel scenario can carry (``vpnid lab capture --traffic``); "default"
+#: is the ping-plus-small-fetches mix of the committed samples, the rest live in ``lab/traffic.py``.
+TRAFFIC_KINDS = ("default", "bulk", "interactive", "mixed", "iperf", "idle")
+
+
 @dataclass(frozen=True)
 class TrafficProfile:
     """Parameters of the traffic a run drives; the defaults made the committed samples.
 
     Training data wants variety across repeated captures of one scenario, so
-    ``TrafficProfile.draw`` picks them at random (``vpnid lab capture --vary``).
+    ``TrafficProfile.draw`` picks them at random (``vpnid lab capture --vary``): the kind of
+    inner traffic (for tunnels that support several) and its rates, sizes and pauses.
     """
 
     ping_interval: float = 0.2  # seconds between pings through the tunnel
@@ -51,12 +57,54 @@ class TrafficProfile:
     pause_scale: float = 1.0  # multiplies the pauses between fetches / commands
     blob_size: int = BLOB_SIZE  # bytes of the file fetched over HTTP
     rate_kbit: int = 600  # iperf3 target rate
+    kind: str = "default"  # inner traffic through a tunnel (TRAFFIC_KINDS)
+    bulk_size: int = 4 * 1024 * 1024  # bytes of the large file of the "bulk" kind
+    bulk_rate: int = 1024 * 1024  # bytes/s cap of bulk downloads (keeps captures bounded)
+    udp: bool = False  # iperf3 over UDP instead of TCP
+    reverse: bool = False  # iperf3 -R: the server sends
+    datagram: int = 1200  # iperf3 -u datagram / -l write size
+    seed: int = 0  # seeds the randomness inside the traffic (keystroke timing, query mix)
 
     @classmethod
-    def draw(cls, rng: random.Random) -> TrafficProfile:
-        return cls(ping_interval=round(rng.uniform(0.05, 0.5), 3), ping_size=rng.choice([56, 120, 400, 1000, 1300]),
+    def draw(cls, rng: random.Random, kinds: tuple[str, ...] = ("default",)) -> TrafficProfile:
+        """Random parameters, and a kind chosen from ``kinds`` (those the scenario supports)."""
+        base = cls(ping_interval=round(rng.uniform(0.05, 0.5), 3), ping_size=rng.choice([56, 120, 400, 1000, 1300]),
                    pause_scale=round(rng.uniform(0.3, 2.5), 2), blob_size=rng.choice([4, 16, 24, 64, 160]) * 1024,
                    rate_kbit=rng.choice([200, 600, 1500, 4000]))
+        kind = rng.choice(kinds)
+        return base.with_kind(kind, rng)
+
+    def with_kind(self, kind: str, rng: random.Random | None = None) -> TrafficProfile:
+        """This profile with inner-traffic ``kind``; with ``rng``, that kind's parameters drawn at random."""
+        if kind not in TRAFFIC_KINDS:
+            raise ValueError(f"unknown traffic kind {kind!r}; known: {', '.join(TRAFFIC_KINDS)}")
+        if rng is None:
+            return replace(self, kind=kind, ping_interval=2.0 if kind == "idle" else self.ping_interval)
+        # Every parameter is drawn whatever the kind: negatives with their own traffic (bulk
+        # HTTPS, scp, iperf3) use them too.
+        extra: dict[str, object] = {
+            "kind": kind, "seed": rng.randrange(1 << 30),
+            "bulk_size": rng.choice([2, 4, 8, 16]) * 1024 * 1024,
+            "bulk_rate": rng.choice([256, 512, 1024, 2048, 4096]) * 1024,
+            "udp": rng.random() < 0.5, "reverse": rng.random() < 0.3,
+            "datagram": rng.choice([160, 400, 800, 1200]),
+        }
+        if kind == "iperf":
+            extra["rate_kbit"] = rng.choice([100, 300, 1000, 3000, 8000])
+        elif kind == "idle":
+            extra["ping_interval"] = round(rng.uniform(1.0, 4.0), 2)
+        return replace(self, **extra)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """Short text for the manifest notes: the kind and the parameters that shape it."""
+        if self.kind == "bulk":
+            return f"traffic bulk ({self.bulk_size // 1024 // 1024} MiB at {self.bulk_rate // 1024} KiB/s)"
+        if self.kind == "iperf":
+            return (f"traffic iperf ({'udp' if self.udp else 'tcp'} {self.rate_kbit} kbit/s, "
+                    f"{self.datagram}-byte writes{', reverse' if self.reverse else ''})")
+        if self.kind == "idle":
+            return f"traffic idle (ping every {self.ping_interval:g} s)"
+        return f"traffic {self.kind}"
 
 
 @dataclass
@@ -91,6 +139,23 @@ class Session:
     @property
     def inner_client(self) -> str:
         return inner_client(self.n)
+
+    @property
+    def routed(self) -> bool:
+        """True when the tunnel carries IP packets; False for a TCP proxy (Shadowsocks), set up
+        by putting a ``forward`` function in ``extra``: no ping, DNS or UDP through it."""
+        return "forward" not in self.extra
+
+    @property
+    def service_ip(self) -> str:
+        """Where servers for the inner traffic listen: the tunnel-inner address, or for a
+        proxy the server's own address (the proxy server connects to it locally)."""
+        return self.inner_server if self.routed else self.server_ip
+
+    def reach(self, port: int) -> tuple[str, int]:
+        """(host, port) the client connects to for a TCP service on ``service_ip:port``."""
+        forward = self.extra.get("forward")
+        return forward(port) if callable(forward) else (self.inner_server, port)
 
     @property
     def server_ns(self) -> str:

@@ -470,6 +470,16 @@ def data_hash(X: np.ndarray, y: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def inputs_hash(inputs: list[dict]) -> str:
+    """sha256 over the input files' names and contents, independent of where the directory lies.
+
+    Why: the shipped model is trained on lab captures outside the repository; this one
+    number in the card says whether a regenerated training set is the same set.
+    """
+    lines = sorted(f"{Path(i['path']).name} {i.get('sha256', '')}" for i in inputs)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
 def label_counts(label: np.ndarray) -> dict[str, int]:
     return {"vpn": int((label == 1).sum()), "non_vpn": int((label == 0).sum())}
 

@@ -47,9 +47,34 @@ def false_positive_groups(groups: np.ndarray, y: np.ndarray, pred: np.ndarray, k
              "non_vpn_flows": int(((groups == g[i]) & (y == 0)).sum())} for i in order]
 
 
+#: Probability thresholds of the trade-off table (recall and FPR at each).
+TRADEOFF_THRESHOLDS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
+#: Flows of at least this many packets are reported apart: a few packets carry little rhythm.
+LONG_FLOW = 20
+
+
+def tradeoff(y: np.ndarray, proba: np.ndarray) -> list[dict[str, float]]:
+    """Recall and FPR at fixed probability thresholds: the curve an operator chooses a threshold on."""
+    ok = np.isfinite(proba)
+    y, p = y[ok], proba[ok]
+    out = []
+    for t in TRADEOFF_THRESHOLDS:
+        pred = p >= t
+        out.append({"threshold": t,
+                    "recall": float(pred[y == 1].mean()) if (y == 1).any() else float("nan"),
+                    "fpr": float(pred[y == 0].mean()) if (y == 0).any() else float("nan"),
+                    "false_positives": int(pred[y == 0].sum())})
+    return out
+
+
 def _view(y: np.ndarray, proba: np.ndarray, thresholds: np.ndarray, names: np.ndarray,
-          groups: np.ndarray) -> dict[str, Any]:
-    """Metrics where each row is judged against its own fold's threshold."""
+          groups: np.ndarray, packets: np.ndarray | None = None) -> dict[str, Any]:
+    """Metrics where each row is judged against its own fold's threshold.
+
+    Besides the operating point: the trade-off table (recall/FPR at fixed thresholds) and
+    the recall on VPN flows of at least LONG_FLOW packets (a tunnel in use, not a
+    handshake-only or keepalive flow).
+    """
     ok = np.isfinite(proba)
     pred = np.zeros(len(y), bool)
     pred[ok] = proba[ok] >= thresholds[ok]
@@ -63,7 +88,17 @@ def _view(y: np.ndarray, proba: np.ndarray, thresholds: np.ndarray, names: np.nd
     m["threshold"] = float(np.nanmean(thresholds[ok])) if ok.any() else float("nan")
     m["per_protocol"] = per_protocol_recall(names[ok], y[ok], pred[ok])
     m["false_positive_captures"] = false_positive_groups(groups[ok], y[ok], pred[ok])
+    m["tradeoff"] = tradeoff(y, proba)
+    if packets is not None:
+        long_vpn = ok & (y == 1) & (packets >= LONG_FLOW)
+        m[f"recall_vpn_flows_{LONG_FLOW}_packets_or_more"] = float(pred[long_vpn].mean()) if long_vpn.any() \
+            else float("nan")
+        m[f"vpn_flows_{LONG_FLOW}_packets_or_more"] = int(long_vpn.sum())
     return m
+
+
+def _packets(data: LabeledFlows) -> np.ndarray:
+    return data.table.column("packets").to_numpy().astype(np.int64)
 
 
 def grouped_cv(X: np.ndarray, data: LabeledFlows, config: TrainConfig, say=print) -> tuple[dict, np.ndarray,
@@ -89,7 +124,7 @@ def grouped_cv(X: np.ndarray, data: LabeledFlows, config: TrainConfig, say=print
         folds.append({"fold": k, "test_captures": len(np.unique(groups[te])), **fm})
         say(f"grouped CV fold {k}: {len(np.unique(groups[te]))} captures, recall {fm['recall']:.4f}, "
             f"FPR {fm['fpr']:.5f}")
-    view = _view(y, proba, thr, data.protocol_names(), groups)
+    view = _view(y, proba, thr, data.protocol_names(), groups, _packets(data))
     view["folds"] = folds
     return view, proba, thr
 
@@ -142,7 +177,7 @@ def leave_one_protocol_out(X: np.ndarray, data: LabeledFlows, config: TrainConfi
                        "recall": m["recall"], "fpr": m["fpr"], "threshold": model.threshold}
         say(f"leave out {proto}: recall {m['recall']:.4f} on {int((y[test] == 1).sum())} flows, "
             f"FPR {m['fpr']:.5f}")
-    view = _view(y, proba, thr, names, groups)
+    view = _view(y, proba, thr, names, groups, _packets(data))
     view["runs"] = runs
     return view, proba, thr
 
@@ -160,7 +195,7 @@ def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo
     curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     p = model.proba_from_features(X)
     t = np.full(len(y), model.threshold)
-    report["holdout"] = _view(y, p, t, names, groups)
+    report["holdout"] = _view(y, p, t, names, groups, _packets(data))
     curves["model as given"] = (y, p, t)
     say(f"model as is: recall {report['holdout']['recall']:.4f}, FPR {report['holdout']['fpr']:.5f}, "
         f"precision {report['holdout']['precision']:.4f}")

@@ -30,9 +30,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from classifier.flows.schema import FIRST_PACKETS
+from classifier.flows.state import N_HIST, PAYLOAD_HIST_EDGES
 
 #: Bump when a feature's definition changes: a model trained on another version is refused.
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 
 #: Flow-table columns the features read (all others are ignored, identifiers included).
 INPUT_COLUMNS: tuple[str, ...] = (
@@ -44,7 +45,12 @@ INPUT_COLUMNS: tuple[str, ...] = (
                 "iat_min_ms", "iat_max_ms", "iat_mean_ms", "iat_std_ms")),
     "tcp_syn", "tcp_ack", "tcp_psh", "tcp_urg", "tcp_ece", "tcp_cwr",
     "first_tcp_flags", "first_sizes", "first_dirs", "first_iats_ms",
+    "src2dst_payload_packets", "dst2src_payload_packets", "src2dst_payload_hist", "dst2src_payload_hist",
 )
+
+#: List columns (read by :func:`_padded`, not as scalars).
+_LIST_COLUMNS = frozenset({"first_sizes", "first_dirs", "first_iats_ms", "src2dst_payload_hist",
+                           "dst2src_payload_hist"})
 
 #: Columns that must never become features (checked by the tests).
 FORBIDDEN_COLUMNS: frozenset[str] = frozenset({
@@ -75,7 +81,20 @@ def _names() -> list[str]:
           "first_up_max", "first_down_max", "first_up_min", "first_down_min",
           "first_size_shift_match", "first_hello_like", "late_hello_like",
           "log_resp_delay_first", "log_resp_delay_later_max", "resp_delay_ratio"]
+    n += RHYTHM_NAMES
     return n
+
+
+#: Whole-flow payload rhythm (payload-carrying packet counts and payload-size histograms).
+#: ``light`` is the direction with fewer payload bytes (the ACK side of a download),
+#: ``heavy`` the other one: a tunnel's inner ACKs show up in the light direction whoever
+#: initiated the flow.
+RHYTHM_NAMES: list[str] = [
+    "up_payload_pkt_frac", "down_payload_pkt_frac", "payload_pkt_balance",
+    *(f"{d}_hist_{i}" for d in ("light", "heavy") for i in range(N_HIST)),
+    "light_hist_entropy", "heavy_hist_entropy", "light_hist_top", "heavy_hist_top",
+    "light_small_frac", "light_small_per_heavy", "heavy_large_frac", "hist_overlap",
+]
 
 
 #: Column order of :func:`feature_matrix`.
@@ -112,6 +131,20 @@ FEATURE_DOCS: dict[str, str] = {
     "log_resp_delay_later_max": "log(1 + ms) of the slowest later responder turn among the first packets",
     "resp_delay_ratio": "slowest later response turn / first response turn (an extra hop behind "
                         "a proxy makes inner round trips slower than the outer one)",
+    "up_payload_pkt_frac": "share of the initiator's packets that carry transport payload (TCP pure ACKs do not)",
+    "down_payload_pkt_frac": "share of the responder's packets that carry transport payload",
+    "payload_pkt_balance": "payload-carrying packets of the lighter direction / those of the heavier one "
+                           "(a tunnelled download sends encrypted inner ACKs back; plain TCP sends pure ACKs)",
+    "light_hist_entropy": "entropy of the light direction's payload-size histogram / log(bins) (size modality)",
+    "heavy_hist_entropy": "entropy of the heavy direction's payload-size histogram / log(bins)",
+    "light_hist_top": "share of the light direction's payload packets in its most common size bin",
+    "heavy_hist_top": "share of the heavy direction's payload packets in its most common size bin",
+    "light_small_frac": "share of the light direction's payload packets under 128 bytes of payload "
+                        "(encapsulated inner ACKs)",
+    "light_small_per_heavy": "light-direction payload packets under 128 bytes per heavy-direction payload "
+                             "packet (about one per one or two segments inside a tunnel)",
+    "heavy_large_frac": "share of the heavy direction's payload packets of 1024 bytes or more",
+    "hist_overlap": "overlap of the two directions' normalised payload-size histograms (sum of minima)",
 }
 for _short, _who in _DIRS:
     _w = {"all": "both directions", "src2dst_": "the initiator", "dst2src_": "the responder"}[_who]
@@ -127,6 +160,12 @@ for _short, _who in _DIRS:
         f"{_short}log_iat_std": f"log(1 + inter-arrival std ms) of {_w}",
         f"{_short}iat_cv": f"inter-arrival std / mean of {_w} (timer-driven traffic is regular)",
     })
+for _d in ("light", "heavy"):
+    for _i in range(N_HIST):
+        _lo = int(PAYLOAD_HIST_EDGES[_i])
+        _hi = f"-{int(PAYLOAD_HIST_EDGES[_i + 1]) - 1}" if _i + 1 < N_HIST else "+"
+        FEATURE_DOCS[f"{_d}_hist_{_i}"] = (f"share of the {_d} direction's payload packets with "
+                                           f"{_lo}{_hi} bytes of payload")
 for _i in range(FIRST_PACKETS):
     FEATURE_DOCS[f"first_size_{_i}"] = f"size of packet {_i}, positive from the initiator, negative from the responder"
 for _i in range(1, FIRST_PACKETS):
@@ -141,10 +180,10 @@ def _col(table: pa.Table, name: str) -> np.ndarray:
     return pc.cast(col, pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
 
 
-def _padded(table: pa.Table, name: str, dtype: type) -> np.ndarray:
-    """A list column as an (n, FIRST_PACKETS) array padded with NaN (vectorized, no row loop)."""
+def _padded(table: pa.Table, name: str, dtype: type, width: int = FIRST_PACKETS) -> np.ndarray:
+    """A list column as an (n, width) array padded with NaN (vectorized, no row loop)."""
     n = table.num_rows
-    out = np.full((n, FIRST_PACKETS), np.nan, dtype)
+    out = np.full((n, width), np.nan, dtype)
     col = table.column(name).combine_chunks() if table.column(name).num_chunks != 1 \
         else table.column(name).chunk(0)
     if n == 0:
@@ -154,7 +193,7 @@ def _padded(table: pa.Table, name: str, dtype: type) -> np.ndarray:
     rows = np.repeat(np.arange(n), lens)
     starts = np.cumsum(lens) - lens
     pos = np.arange(len(values)) - np.repeat(starts, lens)
-    keep = pos < FIRST_PACKETS
+    keep = pos < width
     out[rows[keep], pos[keep]] = values[keep]
     return out
 
@@ -181,8 +220,7 @@ def feature_matrix(table: pa.Table) -> np.ndarray:
     """Return the (rows, len(FEATURE_NAMES)) float32 feature matrix of a flow table."""
     check_columns(table)
     n = table.num_rows
-    c = {name: _col(table, name) for name in INPUT_COLUMNS if name not in ("first_sizes", "first_dirs",
-                                                                           "first_iats_ms")}
+    c = {name: _col(table, name) for name in INPUT_COLUMNS if name not in _LIST_COLUMNS}
     f: dict[str, np.ndarray] = {}
     proto = c["ip_proto"]
     f["is_tcp"] = (proto == 6).astype(float)
@@ -217,6 +255,7 @@ def feature_matrix(table: pa.Table) -> np.ndarray:
     flags = c["first_tcp_flags"]
     f["starts_with_syn"] = np.where(np.isnan(flags), 0.0, (np.nan_to_num(flags).astype(np.int64) & 0x02) > 0)
     f.update(_early(table, n))
+    f.update(_rhythm(table, c))
     out = np.empty((n, len(FEATURE_NAMES)), np.float32)
     for j, name in enumerate(FEATURE_NAMES):
         out[:, j] = f[name]
@@ -273,6 +312,43 @@ def _early(table: pa.Table, n: int) -> dict[str, np.ndarray]:
     f["log_resp_delay_first"] = _log(first_gap)
     f["log_resp_delay_later_max"] = _log(later_max)
     f["resp_delay_ratio"] = _log(_div(later_max, np.maximum(first_gap, 0.01)))
+    return f
+
+
+def _rhythm(table: pa.Table, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Whole-flow payload rhythm from the payload-packet counts and payload-size histograms.
+
+    Why: a TCP download through a tunnel sends encrypted inner ACKs (small payloads of
+    one size) where plain TCP sends pure ACKs (no payload, not in the histogram), and a
+    UDP tunnel carries inner packets plus a constant overhead both ways. Directions are
+    named light/heavy by payload bytes so the pattern reads the same whoever initiated.
+    """
+    f: dict[str, np.ndarray] = {}
+    up_pp, down_pp = c["src2dst_payload_packets"], c["dst2src_payload_packets"]
+    f["up_payload_pkt_frac"] = _div(up_pp, c["src2dst_packets"])
+    f["down_payload_pkt_frac"] = _div(down_pp, c["dst2src_packets"])
+    f["payload_pkt_balance"] = _div(np.minimum(up_pp, down_pp), np.maximum(up_pp, down_pp))
+    up_h = np.nan_to_num(_padded(table, "src2dst_payload_hist", np.float64, N_HIST))
+    down_h = np.nan_to_num(_padded(table, "dst2src_payload_hist", np.float64, N_HIST))
+    up_heavy = (c["src2dst_payload_bytes"] >= c["dst2src_payload_bytes"])[:, None]
+    heavy, light = np.where(up_heavy, up_h, down_h), np.where(up_heavy, down_h, up_h)
+    norms = {}
+    for name, h in (("light", light), ("heavy", heavy)):
+        tot = h.sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = h / tot[:, None]
+            ent = -np.nansum(np.where(p > 0, p * np.log(p), 0.0), axis=1) / np.log(N_HIST)
+        p = np.where(tot[:, None] > 0, p, np.nan)
+        norms[name] = p
+        for i in range(N_HIST):
+            f[f"{name}_hist_{i}"] = p[:, i]
+        f[f"{name}_hist_entropy"] = np.where(tot > 0, ent, np.nan)
+        f[f"{name}_hist_top"] = _nanreduce(p, np.nanmax)
+    small = light[:, :4].sum(1)  # payloads of 1-127 bytes
+    f["light_small_frac"] = _div(small, light.sum(1))
+    f["light_small_per_heavy"] = _div(small, heavy.sum(1))
+    f["heavy_large_frac"] = _div(heavy[:, 10:].sum(1), heavy.sum(1))
+    f["hist_overlap"] = np.minimum(norms["light"], norms["heavy"]).sum(1)
     return f
 
 

@@ -210,7 +210,8 @@ def card_markdown(card: dict[str, Any]) -> str:
               f"- flows: {data.get('flows')} ({data.get('vpn_flows')} VPN, {data.get('non_vpn_flows')} non-VPN)",
               f"- source captures / files: {data.get('groups')}",
               f"- augmentation: {data.get('augmentation')}",
-              f"- sha256 of features and labels: `{data.get('sha256')}`", ""]
+              f"- sha256 of features and labels: `{data.get('sha256')}`",
+              f"- sha256 of the input files (names and contents): `{data.get('inputs_sha256')}`", ""]
     if data.get("protocols"):
         lines += ["| protocol | VPN flows |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in sorted(data["protocols"].items())]

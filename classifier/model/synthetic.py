@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from classifier.flows.schema import FIRST_PACKETS, FLOW_SCHEMA
+from classifier.flows.state import PAYLOAD_HIST_EDGES
 
 #: Synthetic traffic kinds: name -> (is_vpn, transport protocol number).
 KINDS: dict[str, tuple[bool, int]] = {
@@ -128,6 +129,13 @@ def _stats(prefix: str, sizes: np.ndarray, ts_ms: np.ndarray) -> dict[str, objec
     return row
 
 
+def _hist(payload: np.ndarray) -> list[int]:
+    """Payload-carrying packets by payload size, binned like the flow engine (PAYLOAD_HIST_EDGES)."""
+    p = payload[payload > 0]
+    idx = np.searchsorted(PAYLOAD_HIST_EDGES, p, side="right") - 1
+    return np.bincount(idx, minlength=len(PAYLOAD_HIST_EDGES)).astype(int).tolist()
+
+
 def flow_row(sizes: np.ndarray, dirs: np.ndarray, iats_ms: np.ndarray, flags: np.ndarray, proto: int,
              *, capture: str = "synthetic", flow_id: int = 0, start_ns: int = 1_700_000_000_000_000_000,
              src_ip: str = "10.0.0.2", dst_ip: str = "192.0.2.1", src_port: int | None = 40000,
@@ -150,6 +158,8 @@ def flow_row(sizes: np.ndarray, dirs: np.ndarray, iats_ms: np.ndarray, flags: np
         "src2dst_packets": int(up.sum()), "src2dst_bytes": int(sizes[up].sum()),
         "dst2src_packets": int(down.sum()), "dst2src_bytes": int(sizes[down].sum()),
         "src2dst_payload_bytes": int(pay[up].sum()), "dst2src_payload_bytes": int(pay[down].sum()),
+        "src2dst_payload_packets": int((pay[up] > 0).sum()), "dst2src_payload_packets": int((pay[down] > 0).sum()),
+        "src2dst_payload_hist": _hist(pay[up]), "dst2src_payload_hist": _hist(pay[down]),
         "truncated_packets": 0, "fragments": 0,
     }
     row.update(_stats("", sizes, ts_ms))

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from classifier.errors import ErrorLog
-from classifier.model.data import LabeledFlows, data_hash, load_labeled
+from classifier.model.data import LabeledFlows, data_hash, inputs_hash, load_labeled
 from classifier.model.features import FEATURE_NAMES, FEATURE_VERSION, feature_matrix
 from classifier.model.io import save_bundle
 from classifier.model.train import TrainConfig, TrainResult, library_versions, top_features, train
@@ -48,6 +48,7 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
                              "all gaps slowed 1-10x, capture window starting and ending mid-way)")
             if augment else "none",
             "sha256": data_hash(X, data.label),
+            "inputs_sha256": inputs_hash(data.inputs),
             "inputs": data.inputs,
         },
         "metrics": {k: v for k, v in result.metrics.items()},

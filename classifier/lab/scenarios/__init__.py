@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from classifier.lab.session import Session
 
 #: Family modules, imported in this order by ``all_scenarios()``.
-FAMILIES = ("wireguard", "openvpn", "ipsec", "openconnect", "obfuscated", "legacy", "crafted", "negatives")
+FAMILIES = ("wireguard", "openvpn", "ipsec", "openconnect", "obfuscated", "legacy", "crafted", "negatives",
+            "services")
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,24 @@ class Scenario:
     traffic: Callable[[Session], None] | None = None
     craft: Callable[[Path, int, float], None] | None = None
     midflow: bool = False
+    #: Inner-traffic kinds the scenario can carry (``lab/traffic.py``). Empty: derived, all
+    #: of ``TRAFFIC_KINDS`` for a layer-3 tunnel with the default traffic, else "default" only.
+    kinds: tuple[str, ...] = ()
 
     @property
     def crafted(self) -> bool:
         return self.craft is not None
+
+    @property
+    def traffic_kinds(self) -> tuple[str, ...]:
+        """The inner-traffic kinds ``--traffic`` and ``--vary`` may choose for this scenario."""
+        if self.kinds:
+            return self.kinds
+        if self.setup is not None and self.traffic is None:
+            from classifier.lab.session import TRAFFIC_KINDS
+
+            return TRAFFIC_KINDS
+        return ("default",)
 
 
 _REGISTRY: dict[str, Scenario] = {}
@@ -67,6 +82,8 @@ def register(scenario: Scenario) -> Scenario:
             raise ValueError(f"scenario number {scenario.number} used by {other.name} and {scenario.name}")
     if not 1 <= scenario.number <= 254:
         raise ValueError(f"scenario number {scenario.number} outside 1..254")
+    if scenario.kinds and "default" not in scenario.kinds:
+        raise ValueError(f"scenario {scenario.name}: kinds must include 'default'")
     if (scenario.setup is None) == (scenario.craft is None):
         raise ValueError(f"scenario {scenario.name}: give exactly one of setup or craft")
     _REGISTRY[scenario.name] = scenario

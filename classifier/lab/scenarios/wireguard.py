@@ -38,8 +38,9 @@ def setup(s: Session, port: int) -> None:
                    lambda: all(Path(f"/run/wireguard/{i}.sock").exists() for i in (ifs, ifc)), 10, [srv, cli])
     s.lab.run(s.server_ns, ["wg", "set", ifs, "listen-port", str(port), "private-key", skey,
                             "peer", cpub, "allowed-ips", f"{s.inner_client}/32"])
+    keepalive = ["persistent-keepalive", "1"] if s.profile.kind == "idle" else []  # idle: keepalives show
     s.lab.run(s.client_ns, ["wg", "set", ifc, "private-key", ckey, "peer", spub,
-                            "allowed-ips", f"{s.inner_server}/32", "endpoint", f"{s.server_ip}:{port}"])
+                            "allowed-ips", f"{s.inner_server}/32", "endpoint", f"{s.server_ip}:{port}", *keepalive])
     for ns, ifname, addr in ((s.server_ns, ifs, s.inner_server), (s.client_ns, ifc, s.inner_client)):
         s.lab.run(ns, ["ip", "addr", "add", f"{addr}/24", "dev", ifname])
         s.lab.run(ns, ["ip", "link", "set", ifname, "up"])
