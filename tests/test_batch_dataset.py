@@ -180,7 +180,7 @@ def test_inputs_out_of_time_order_give_the_same_dataset(pieces, tmp_path: Path) 
     when their timestamps say otherwise, everything is stitched again in time order."""
     ordered, shuffled = tmp_path / "ordered", tmp_path / "shuffled"
     s1 = run_batch(_opts(pieces, ordered), ErrorLog(quiet=True))
-    mixed = list(reversed(pieces[1:])) + [pieces[0]]
+    mixed = [*reversed(pieces[1:]), pieces[0]]
     s2 = run_batch(_opts(mixed, shuffled), ErrorLog(quiet=True))
     assert (s1.flows, s1.merges) == (s2.flows, s2.merges) and s1.merges > 0
     assert _parts(ordered) == _parts(shuffled)

@@ -7,10 +7,13 @@ grow, and yields each **partition** once its own flows, its merged heads and its
 stitched flows are all known. Nothing here depends on the order in which workers
 finish, so a local pool, a Dask cluster and the in-process path give the same bytes.
 
-Label jobs group stitched flows by the file where they began (one job per file, the
-flows in the order their chains ended): a job is ready once no open chain began in
-that file. Flows are labelled by whichever worker takes the job
-(``classifier.batch.work.label_rows``), so the client never loads the model.
+Label jobs hold the chains that ended at one step (one job per file fed, when any
+ended): they go out at once, so labelling runs on the workers while later files are
+still being metered, and only the chains still open at the end are labelled after the
+last file. Flows are labelled by whichever worker takes the job
+(``classifier.batch.work.label_rows``), so the client never loads the model. A
+partition is complete once no open chain began in its file and every job holding
+some of its flows has returned.
 """
 
 from __future__ import annotations
@@ -30,18 +33,22 @@ from classifier.flows.schema import CLASSIFY_SCHEMA
 
 @dataclass
 class LabelJob:
-    """Stitched raw rows of the flows that began in file ``index`` (path ``capture``)."""
+    """Stitched raw rows of the chains that ended at one step, and the file each began in."""
 
-    index: int
-    capture: str
+    index: int  # job number (the order in which jobs were handed out)
     rows: S.FlowState
+    start_file: np.ndarray  # int64 per row
+    captures: list[str]  # path of every file index up to the last one fed
+
+    def capture_of_rows(self) -> list[str]:
+        return [self.captures[k] for k in self.start_file.tolist()]
 
 
 class Assembler:
     """Stitch files fed in time order; emit label jobs and finished partitions.
 
     ``add(index, ...)`` must be called with consecutive indices 0, 1, 2, ...; ``close``
-    after the last file; ``labelled(index, table)`` with each job's result (any order);
+    after the last file; ``labelled(job, table)`` with each job's result (any order);
     ``partitions()`` yields ``(index, table)`` for every partition that became complete,
     in index order, with ``flow_id`` numbered across the whole dataset.
     """
@@ -51,9 +58,11 @@ class Assembler:
         self.paths: list[str] = []
         self.tables: list[Callable[[], pa.Table] | None] = []
         self.drops: list[list[np.ndarray]] = []
-        self.buffers: dict[int, list[S.FlowState]] = {}
-        self.labels: dict[int, pa.Table | None] = {}  # None: job out, result pending
-        self.closed_upto = -1  # groups <= this index can no longer grow (when not open)
+        self.extra: dict[int, list[pa.Table]] = {}  # labelled stitched rows per file where they began
+        self.waiting: dict[int, set[int]] = {}  # file index -> label jobs holding some of its rows
+        self.jobs: dict[int, np.ndarray] = {}  # job -> start file of each row
+        self.n_jobs = 0
+        self.closed_upto = -1  # files <= this index have no open chain any more
         self.next_out = 0
         self.offset = 0
         self.finished = False
@@ -81,38 +90,42 @@ class Assembler:
         return self._collect()
 
     def _collect(self) -> list[LabelJob]:
+        """One label job for the chains that ended at this step (labelled as soon as they end)."""
+        jobs = []
         rows, start = self.stitcher.take_done()
         if len(rows):
-            order = np.argsort(start, kind="stable")
-            bounds = np.flatnonzero(np.diff(start[order])) + 1
-            for part in np.split(order, bounds):
-                self.buffers.setdefault(int(start[part[0]]), []).append(rows.take(part))
+            j = self.n_jobs
+            self.n_jobs += 1
+            self.jobs[j] = start
+            for k in np.unique(start).tolist():
+                self.waiting.setdefault(k, set()).add(j)
+            jobs.append(LabelJob(j, rows, start, list(self.paths)))
         dfile, did = self.stitcher.take_drops()
         for k in np.unique(dfile):
             self.drops[int(k)].append(did[dfile == k])
-        still_open = set() if self.finished else set(self.stitcher.open_start_files().tolist())
-        jobs = []
-        for k in range(self.closed_upto + 1, len(self.paths)):
-            if k in still_open:
-                break  # later groups wait too, so jobs go out in file order
-            parts = self.buffers.pop(k, [])
-            if parts:
-                self.labels[k] = None
-                jobs.append(LabelJob(k, self.paths[k], S.FlowState.concat(parts)))
-            self.closed_upto = k
+        if self.finished:
+            self.closed_upto = len(self.paths) - 1
+        else:
+            still_open = self.stitcher.open_start_files()
+            first_open = int(still_open.min()) if len(still_open) else len(self.paths)
+            self.closed_upto = first_open - 1
         return jobs
 
-    def labelled(self, index: int, table: pa.Table) -> None:
-        self.labels[index] = table
+    def labelled(self, job: int, table: pa.Table) -> None:
+        """Result of a label job: its rows go to the partitions of the files where they began."""
+        start = self.jobs.pop(job)
+        for k in np.unique(start).tolist():
+            self.extra.setdefault(k, []).append(table.filter(pa.array(start == k)))
+            self.waiting[k].discard(job)
 
     def partitions(self) -> Iterator[tuple[int, pa.Table]]:
         """Partitions complete so far, in order; skips files left without flows."""
         while self.next_out <= self.closed_upto:
             k = self.next_out
-            extra = self.labels.get(k, False)
-            if extra is None:
-                return  # its label job is still running
+            if self.waiting.get(k):
+                return  # a label job with some of its flows is still running
             self.next_out += 1
+            self.waiting.pop(k, None)
             table = self.tables[k]()
             self.tables[k] = None
             drops = self.drops[k]
@@ -120,9 +133,9 @@ class Assembler:
                 drop = np.concatenate(drops).astype(np.uint64)
                 keep = pc.invert(pc.is_in(table.column("flow_id"), value_set=pa.array(drop)))
                 table = table.filter(keep)
-            if extra is not False:
-                table = pa.concat_tables([table.select(extra.column_names), extra])
-                del self.labels[k]
+            extra = self.extra.pop(k, [])
+            if extra:
+                table = pa.concat_tables([table.select(extra[0].column_names), *extra])
             if table.num_rows == 0:
                 continue
             table = table.sort_by([("first_seen", "ascending"), ("flow_id", "ascending")])

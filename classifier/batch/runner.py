@@ -70,7 +70,8 @@ class BatchSummary:
     written: bool = False
     seconds: float = 0.0
     problems: int = 0
-    write_seconds: float = 0.0  # client: stitching across files and writing the partitions
+    write_seconds: float = 0.0  # client busy: caching results, stitching, writing partitions
+    startup_seconds: float = 0.0  # until every local worker process was running
 
     @property
     def exit_status(self) -> int:
@@ -160,6 +161,11 @@ def run_batch(opts: BatchOptions, log: ErrorLog | None = None, out: TextIO | Non
             e.result, e.status = None, "pending"
         manifest.save()
     summary.seconds = time.perf_counter() - t0
+    if summary.processed or summary.written:  # timings of the last run, for operators and benchmarks
+        manifest.output["last_run"] = {"seconds": round(summary.seconds, 3),
+                                       "client_busy_s": round(summary.write_seconds, 3),
+                                       "worker_startup_s": round(summary.startup_seconds, 3)}
+        manifest.save()
     _say(out, opts.quiet, f"{summary.flows:,} flows ({summary.merges:,} merged across files) in "
                           f"{summary.partitions} partition(s) -> {root}; {summary.processed} processed, "
                           f"{summary.cached} unchanged, {summary.failed} failed, {summary.seconds:.1f} s")
@@ -219,7 +225,7 @@ class _Job:
 
     def _executor(self):
         if self.executor is None:
-            self.executor = make_executor(self.opts.scheduler, self.opts.workers)
+            self.executor = make_executor(self.opts.scheduler, self.opts.workers, self.opts.spec.model_path)
         return self.executor
 
     def run(self) -> None:
@@ -355,7 +361,7 @@ class _Job:
     def _submit_labels(self, jobs: list) -> None:
         for j in jobs:
             self.pending_labels.add(j.index)
-            self._executor().submit(("label", j.index), label_rows, j.rows, j.capture, self.opts.spec)
+            self._executor().submit(("label", j.index), label_rows, j.rows, j.capture_of_rows(), self.opts.spec)
 
     def _label_done(self, index: int, table, exc: BaseException | None) -> None:
         if exc is not None:
@@ -467,6 +473,7 @@ class _Job:
         summary.written = True
         self.t_client += time.perf_counter() - t
         summary.write_seconds = self.t_client
+        summary.startup_seconds = getattr(self.executor, "startup_s", 0.0)
 
 
 def stitch_results(results: list[FileResult], config: FlowConfig, spec: LabelSpec) -> pa.Table:
@@ -482,7 +489,7 @@ def stitch_results(results: list[FileResult], config: FlowConfig, spec: LabelSpe
 
     def label(jobs) -> None:
         for j in jobs:
-            asm.labelled(j.index, label_rows(j.rows, j.capture, spec))
+            asm.labelled(j.index, label_rows(j.rows, j.capture_of_rows(), spec))
         tables.extend(t for _, t in asm.partitions())
 
     for i, r in enumerate(ordered):

@@ -190,8 +190,8 @@ def process_file(path: str, config: FlowConfig, spec: LabelSpec,
     return res
 
 
-def label_rows(rows: S.FlowState, capture: str, spec: LabelSpec) -> pa.Table:
-    """Finalize and label stitched boundary flows that began in ``capture`` (a worker task).
+def label_rows(rows: S.FlowState, captures: list[str], spec: LabelSpec) -> pa.Table:
+    """Finalize and label stitched boundary flows (a worker task); ``captures``: per row, its file.
 
     Labelled in batches of ``BATCH_ROWS`` in the given order, like the flows of a file,
     so the result depends only on the rows, never on which worker ran it.
@@ -202,6 +202,10 @@ def label_rows(rows: S.FlowState, capture: str, spec: LabelSpec) -> pa.Table:
     from classifier.pipeline import label_batch
 
     options = spec.options()
-    parts = [label_batch(finalize(rows.take(np.arange(lo, min(len(rows), lo + BATCH_ROWS))), capture), options)
+    parts = [label_batch(finalize(rows.take(np.arange(lo, min(len(rows), lo + BATCH_ROWS))), ""), options)
              for lo in range(0, len(rows), BATCH_ROWS)]
-    return pa.concat_tables(parts) if parts else CLASSIFY_SCHEMA.empty_table()
+    if not parts:
+        return CLASSIFY_SCHEMA.empty_table()
+    table = pa.concat_tables(parts)
+    return table.set_column(table.schema.get_field_index("capture"), CLASSIFY_SCHEMA.field("capture"),
+                            pa.array(captures, pa.string()))
