@@ -103,7 +103,7 @@ class TrafficProfile:
             return (f"traffic iperf ({'udp' if self.udp else 'tcp'} {self.rate_kbit} kbit/s, "
                     f"{self.datagram}-byte writes{', reverse' if self.reverse else ''})")
         if self.kind == "idle":
-            return f"traffic idle (ping every {self.ping_interval:g} s)"
+            return f"traffic idle (a ping or tiny request every {self.ping_interval:g} s)"
         return f"traffic {self.kind}"
 
 

@@ -13,6 +13,7 @@ forward (``ss-tunnel``), and the kinds that need IP (ping, DNS, UDP) fall back t
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import time
@@ -113,7 +114,7 @@ def _http(s: Session) -> str:
         s.extra["inner_http"] = s.http_server(s.server_ns, s.service_ip)
         root = s.work / f"www-{INNER_HTTP_PORT}"
         for size in SMALL_SIZES:
-            _write_random(root / f"s{size}", size)
+            write_random(root / f"s{size}", size)
     host, port = s.reach(INNER_HTTP_PORT)
     return f"http://{host}:{port}"
 
@@ -135,7 +136,7 @@ def bulk(s: Session) -> None:
     """Downloads of a several-MB file, rate-capped (``profile.bulk_rate``), for the duration."""
     base = _http(s)
     root = s.work / f"www-{INNER_HTTP_PORT}"
-    _write_random(root / "big", s.profile.bulk_size)
+    write_random(root / "big", s.profile.bulk_size)
     deadline = time.monotonic() + s.duration
     got = 0
     while (left := deadline - time.monotonic()) > 0.2:
@@ -243,10 +244,8 @@ def start_dnsmasq(s: Session, ip: str) -> Proc:
     return proc
 
 
-def _write_random(path: Path, size: int) -> None:
+def write_random(path: Path, size: int) -> None:
     """``size`` random bytes (incompressible, like real downloads) written in 1 MiB chunks."""
-    import os
-
     with open(path, "wb") as fh:
         left = size
         while left > 0:

@@ -16,6 +16,7 @@ from functools import partial
 from classifier.lab.netns import LabError
 from classifier.lab.scenarios import Scenario, register
 from classifier.lab.session import Session
+from classifier.lab.traffic import ssh_argv, start_dnsmasq, start_sshd
 
 NGINX_CONF = """\
 daemon off;
@@ -69,12 +70,7 @@ def nginx_traffic(s: Session, tls: bool) -> None:
 
 
 def dns_setup(s: Session) -> None:
-    proc = s.lab.spawn(s.server_ns, ["dnsmasq", "-k", "--no-resolv", "--no-hosts", "--bind-interfaces",
-                                     f"--listen-address={s.server_ip}", "--port=53", "--user=root",
-                                     f"--pid-file={s.work}/dnsmasq.pid", "--address=/lab.example/198.18.0.80",
-                                     "--txt-record=txt.lab.example,vpnid lab negative", "--log-facility=-"],
-                       "dnsmasq")
-    s.lab.wait_port(s.server_ns, 53, "udp", procs=[proc])
+    start_dnsmasq(s, s.server_ip)
 
 
 def dns_traffic(s: Session) -> None:
@@ -91,35 +87,13 @@ def dns_traffic(s: Session) -> None:
         raise LabError("no DNS answer")
 
 
-SSHD_CONF = """\
-Port 22
-ListenAddress {ip}
-HostKey {work}/ssh_host_ed25519_key
-PidFile {work}/sshd.pid
-AuthorizedKeysFile {work}/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-"""
-
-
 def ssh_setup(s: Session) -> None:
-    for key in ("ssh_host_ed25519_key", "id_ed25519"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(s.work / key)], check=True,
-                       capture_output=True, timeout=20)
-    (s.work / "authorized_keys").write_bytes((s.work / "id_ed25519.pub").read_bytes())
-    conf = s.file("sshd_config", SSHD_CONF.format(ip=s.server_ip, work=s.work))
-    s.lab.run(s.server_ns, ["mkdir", "-p", "/run/sshd"])  # privilege-separation directory sshd insists on
-    proc = s.lab.spawn(s.server_ns, ["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)], "sshd")
-    s.lab.wait_port(s.server_ns, 22, procs=[proc])
+    start_sshd(s, s.server_ip)
 
 
 def ssh_traffic(s: Session) -> None:
     """A few interactive-sized commands then a bulk transfer in one SSH session each."""
-    base = ["ssh", "-i", str(s.work / "id_ed25519"), "-o", "StrictHostKeyChecking=no", "-o",
-            "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", f"root@{s.server_ip}"]
+    base = ssh_argv(s, s.server_ip)
     deadline = time.monotonic() + s.duration
     while time.monotonic() < deadline:
         s.lab.run(s.client_ns, [*base, f"uname -a; head -c {s.profile.blob_size} /dev/urandom | base64 | head -c 20000"],

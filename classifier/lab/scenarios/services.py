@@ -27,7 +27,7 @@ from classifier.lab.netns import LabError
 from classifier.lab.scenarios import Scenario, register
 from classifier.lab.scenarios.negatives import NGINX_CONF
 from classifier.lab.session import Session
-from classifier.lab.traffic import curl_bytes, ssh_argv, start_sshd, type_session
+from classifier.lab.traffic import curl_bytes, ssh_argv, start_sshd, type_session, write_random
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # python3-websockets is a Debian package for the system Python
 
@@ -121,9 +121,7 @@ def keepalive_traffic(s: Session) -> None:
 
 def bulk_setup(s: Session) -> None:
     https_server(s, http2=False)
-    from classifier.lab.traffic import _write_random
-
-    _write_random(s.work / "www" / "big", s.profile.bulk_size)
+    write_random(s.work / "www" / "big", s.profile.bulk_size)
 
 
 def bulk_traffic(s: Session) -> None:
@@ -151,11 +149,9 @@ def ssh_interactive_traffic(s: Session) -> None:
 
 def ssh_copy_traffic(s: Session) -> None:
     """scp (SFTP protocol) or rsync over ssh of a 2-16 MiB file, upload or download, rate-capped."""
-    from classifier.lab.traffic import _write_random
-
     rng = _rng(s)
     src = s.work / "copy-src"
-    _write_random(src, s.profile.bulk_size)
+    write_random(src, s.profile.bulk_size)
     kbit = max(64, s.profile.bulk_rate * 8 // 1000)
     remote = f"root@{s.server_ip}:{s.work}/copy-remote-{{}}"
     ssh = " ".join(ssh_argv(s, s.server_ip)[:-1])
@@ -438,11 +434,9 @@ ARIA2_COMMON = ["--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=fa
 
 def bt_setup(s: Session) -> None:
     """A minimal HTTP tracker, a torrent of a 2-16 MiB file made with mktorrent, aria2c seeding it."""
-    from classifier.lab.traffic import _write_random
-
     seed_dir = s.work / "bt-seed"
     seed_dir.mkdir()
-    _write_random(seed_dir / "payload.bin", s.profile.bulk_size)
+    write_random(seed_dir / "payload.bin", s.profile.bulk_size)
     torrent = s.work / "payload.torrent"
     subprocess.run(["mktorrent", "-l", "18", "-a", f"http://{s.server_ip}:{TRACKER_PORT}/announce", "-o",
                     str(torrent), str(seed_dir / "payload.bin")], check=True, capture_output=True, timeout=60)
