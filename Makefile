@@ -37,21 +37,21 @@ lint: $(STAMP)
 ## Deterministic: the same captures give the same model file, byte for byte.
 MODEL_LAB        ?= /tmp/vpnid-labtrain2
 MODEL_DATA       ?= pcaps/ $(MODEL_LAB)
-MODEL_AUGMENT    ?= 3
-LAB_TRAIN_REPEAT ?= 3
+MODEL_AUGMENT    ?= 6
+LAB_TRAIN_REPEAT ?= 4
 LAB_TRAIN_SEED   ?= 1
 model: $(STAMP)
 	@test -f $(MODEL_LAB)/MANIFEST.csv || { \
 	  echo "make model: no training captures in $(MODEL_LAB) (no MANIFEST.csv). Create them (root, lab daemons):"; \
 	  echo "  make lab-deps && make lab-train MODEL_LAB=$(MODEL_LAB)"; \
 	  echo "or train on other captures: make model MODEL_LAB=DIR"; exit 2; }
-	$(BIN)/vpnid train $(MODEL_DATA) --augment $(MODEL_AUGMENT) --seed 0 --name vpnid-default \
+	$(BIN)/vpnid train $(MODEL_DATA) --augment $(MODEL_AUGMENT) --min-tunnel-packets 10 --folds 0 --seed 0 --name vpnid-default \
 	  -o models/vpnid-default.skops
 
 ## The model's training captures: every lab scenario, every inner-traffic kind, seeded (docs/model.md).
 lab-train: $(STAMP)
-	$(BIN)/vpnid lab capture all --repeat $(LAB_TRAIN_REPEAT) --traffic all --seed $(LAB_TRAIN_SEED) \
-	  --keep-going -o $(MODEL_LAB)
+	$(BIN)/vpnid lab capture all --repeat $(LAB_TRAIN_REPEAT) --vary --seed $(LAB_TRAIN_SEED) --keep-going \
+	  -o $(MODEL_LAB)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py --repeat 3

@@ -71,7 +71,9 @@ def label_batch(batch: FlowBatch, options: LabelOptions) -> pa.Table:
         claimed = np.zeros(n, bool)
 
     if options.model is not None and n:
-        rest = np.flatnonzero(~claimed)
+        # Flows a signature recognised as plain encapsulation (GRE, IP-in-IP, Teredo, ...)
+        # are explained already: they do not go to the model.
+        rest = np.flatnonzero(~claimed & np.array([t is None for t in tunnel], bool))
         if len(rest):
             pred = options.model.predict(batch.table.take(pa.array(rest)))
             yes = pred.proba >= options.model.threshold

@@ -118,10 +118,10 @@ def _classify_rows(classified: pa.Table, path: Path) -> pa.Table:
 
 def _offline(path: Path, config: FlowConfig | None = None) -> pa.Table:
     """The offline pipeline in process (the engine, signatures, the default model, the registry)."""
-    from classifier.cli.report import load_default_model
+    from classifier.cli.common import load_model_option
     from classifier.registry import Registry
 
-    label = LabelOptions(model=load_default_model(None, False, lambda *a: None), registry=Registry.load(REGISTRY))
+    label = LabelOptions(model=load_model_option(None, False, lambda *a: None), registry=Registry.load(REGISTRY))
     return pa.concat_tables([label_batch(b, label) for b in iter_flow_batches([str(path)], config=config)])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 import zipfile
@@ -235,6 +236,11 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     assert set(report["leave_one_protocol_out"]["runs"]) == {"wireguard", "openvpn-udp", "openvpn-tcp",
                                                               "shadowsocks"}
     assert report["grouped_cv"]["folds"]
+    # the trade-off table: recall and FPR fall (weakly) as the threshold rises
+    rows = report["holdout"]["tradeoff"]
+    assert [r["threshold"] for r in rows] == sorted(r["threshold"] for r in rows)
+    assert all(a["recall"] >= b["recall"] and a["fpr"] >= b["fpr"] for a, b in itertools.pairwise(rows))
+    assert report["holdout"]["vpn_flows_20_packets_or_more"] > 0
     for png in ("roc.png", "confusion.png", "protocol_recall.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
@@ -294,3 +300,29 @@ def test_pipeline_uses_model_verdicts(trained):
     vpn = pred.proba >= model.threshold
     assert out.column("vpn_protocol").to_pylist() == [p if v else None for p, v in
                                                        zip(pred.protocol, vpn, strict=True)]
+
+
+def test_short_tunnel_flows_left_out_of_training_only():
+    """min_tunnel_packets drops short VPN flows from fitting; non-VPN flows of any length stay."""
+    table = synthetic_flows(18, seed=5)
+    data = _labeled(table)
+    X = feature_matrix(data.table)
+    packets = data.table.column("packets").to_numpy()
+    cut = int(np.median(packets[data.label == 1]))
+    config = TrainConfig(candidates=("hgb",), folds=3, min_tunnel_packets=cut)
+    said: list[str] = []
+    res = train(X, data.label, data.group, data.protocol, config, explain=False, packets=packets, log=said.append)
+    dropped = int(((data.label == 1) & (packets < cut)).sum())
+    assert dropped > 0
+    assert res.metrics["flows"] == len(data) - dropped
+    assert res.metrics["non_vpn_flows"] == int((data.label == 0).sum())
+    assert any(f"left out {dropped} VPN flows" in m for m in said)
+
+
+def test_inputs_hash_ignores_directory_but_not_content():
+    from classifier.model.data import inputs_hash
+
+    a = [{"path": "/tmp/x/a.pcap", "sha256": "1" * 64}, {"path": "/tmp/x/b.pcap", "sha256": "2" * 64}]
+    moved = [{"path": "/data/b.pcap", "sha256": "2" * 64}, {"path": "/data/a.pcap", "sha256": "1" * 64}]
+    changed = [{"path": "/tmp/x/a.pcap", "sha256": "3" * 64}, {"path": "/tmp/x/b.pcap", "sha256": "2" * 64}]
+    assert inputs_hash(a) == inputs_hash(moved) != inputs_hash(changed)

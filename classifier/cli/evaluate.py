@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="out/evaluate", metavar="DIR",
                    help="directory for metrics.json and the plots (default out/evaluate)")
     p.add_argument("--manifest", metavar="CSV", help="manifest labelling the captures")
-    p.add_argument("--folds", type=int, default=5, help="capture-grouped folds (default 5)")
+    p.add_argument("--folds", type=int, default=5,
+                   help="capture-grouped folds of the retrained views (default 5; 0: leave one scenario or "
+                        "capture out); each retraining keeps the model's own inner folds")
     p.add_argument("--augment", type=int, default=0, metavar="N",
                    help="augmented copies per capture, as for `vpnid train` (default 0); copies stay in "
                         "their capture's fold")
@@ -34,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from classifier.model.data import load_labeled
     from classifier.model.evaluate import evaluate, write_report
 
-    if args.folds < 2 or args.augment < 0:
-        raise UsageError("--folds must be >= 2 and --augment >= 0")
+    if args.folds < 0 or args.folds == 1 or args.augment < 0:
+        raise UsageError("--folds must be 0 (leave one group out) or >= 2, and --augment >= 0")
     model = load_model(None if args.model == "default" else args.model)
     log = ErrorLog(quiet=False)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"vpnid evaluate: {m}", file=sys.stderr))

@@ -29,7 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="false-positive rate the threshold is chosen for (default 0.001)")
     p.add_argument("--calibration", choices=("sigmoid", "isotonic"), default="isotonic",
                    help="probability calibration on out-of-fold scores (default isotonic)")
-    p.add_argument("--folds", type=int, default=5, help="capture-grouped folds (default 5)")
+    p.add_argument("--min-tunnel-packets", type=int, default=0, metavar="N",
+                   help="leave VPN flows of fewer than N packets out of training (handshake-only and "
+                        "control flows; evaluation still counts them; default 0)")
+    p.add_argument("--folds", type=int, default=5,
+                   help="capture-grouped folds (default 5); 0: one fold per scenario or capture "
+                        "(leave one group out)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", help="model name (default: the output file's stem)")
     p.add_argument("--model-version", default="1", help="model version string for the card (default 1)")
@@ -51,11 +56,12 @@ def run(args: argparse.Namespace) -> int:
                          f"choose from {', '.join(CANDIDATES)}")
     if not 0 <= args.fpr_target < 1:
         raise UsageError("--fpr-target must be in [0, 1)")
-    if args.augment < 0 or args.folds < 2:
-        raise UsageError("--augment must be >= 0 and --folds >= 2")
+    if args.augment < 0 or args.folds < 0 or args.folds == 1:
+        raise UsageError("--augment must be >= 0 and --folds 0 (leave one group out) or >= 2")
     out = Path(args.output)
     config = TrainConfig(candidates=cands, folds=args.folds, fpr_target=args.fpr_target,
                          calibration=args.calibration, seed=args.seed,
+                         min_tunnel_packets=args.min_tunnel_packets,
                          name=args.name or out.name.split(".")[0], version=args.model_version)
     log = ErrorLog(quiet=False)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"vpnid train: {m}", file=sys.stderr))

@@ -101,17 +101,22 @@ def _packets(data: LabeledFlows) -> np.ndarray:
     return data.table.column("packets").to_numpy().astype(np.int64)
 
 
-def grouped_cv(X: np.ndarray, data: LabeledFlows, config: TrainConfig, say=print) -> tuple[dict, np.ndarray,
-                                                                                          np.ndarray]:
-    """Out-of-fold probabilities and per-fold thresholds from capture-grouped folds."""
+def grouped_cv(X: np.ndarray, data: LabeledFlows, config: TrainConfig, say=print,
+               outer_folds: int | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Out-of-fold probabilities and per-fold thresholds from capture-grouped folds.
+
+    ``outer_folds`` splits the outer evaluation (default: the recipe's own); each retraining
+    keeps the recipe's inner folds for its calibration and threshold.
+    """
     y = data.label.astype(int)
     groups = data.group.astype(str)
     proba = np.full(len(y), np.nan)
     thr = np.full(len(y), np.nan)
     folds = []
-    for k, (tr, te) in enumerate(group_splits(y, groups, config.folds, config.seed)):
+    outer = config.folds if outer_folds is None else outer_folds
+    for k, (tr, te) in enumerate(group_splits(y, groups, outer, config.seed)):
         try:
-            res = train(X[tr], y[tr], groups[tr], data.protocol[tr], config, explain=False)
+            res = train(X[tr], y[tr], groups[tr], data.protocol[tr], config, explain=False, packets=_packets(data)[tr])
         except ValueError as exc:  # a training fold without enough captures for inner CV
             say(f"grouped CV fold {k}: skipped ({exc})")
             continue
@@ -139,14 +144,15 @@ def leave_one_protocol_out(X: np.ndarray, data: LabeledFlows, config: TrainConfi
     protocols = sorted({str(n) for n in names[y == 1]})
     neg_groups = np.array(sorted(set(groups[y == 0]) - set(groups[y == 1])))
     rng = np.random.default_rng(config.seed)
-    neg_fold = dict(zip(rng.permutation(neg_groups), np.arange(len(neg_groups)) % max(config.folds, 2), strict=True))
+    rot = config.folds if config.folds >= 2 else 5  # non-VPN captures rotate through this many folds
+    neg_fold = dict(zip(rng.permutation(neg_groups), np.arange(len(neg_groups)) % rot, strict=True))
     proba = np.full(len(y), np.nan)
     thr = np.full(len(y), np.nan)
     runs: dict[str, Any] = {}
     for i, proto in enumerate(protocols):
         proto_groups = set(groups[(names == proto) & (y == 1)])
         in_proto = np.isin(groups, list(proto_groups))
-        held_neg = np.array([neg_fold.get(g, -1) == i % max(config.folds, 2) for g in groups]) & (y == 0)
+        held_neg = np.array([neg_fold.get(g, -1) == i % rot for g in groups]) & (y == 0)
         test = (in_proto & (y == 1)) | held_neg
         trainm = ~in_proto & ~held_neg
         if len(np.unique(y[trainm])) < 2:
@@ -154,7 +160,8 @@ def leave_one_protocol_out(X: np.ndarray, data: LabeledFlows, config: TrainConfi
             runs[proto] = {"skipped": "no other VPN protocol to train on"}
             continue
         try:
-            res = train(X[trainm], y[trainm], groups[trainm], data.protocol[trainm], config, explain=False)
+            res = train(X[trainm], y[trainm], groups[trainm], data.protocol[trainm], config, explain=False,
+                        packets=_packets(data)[trainm])
         except ValueError as exc:
             say(f"leave out {proto}: skipped ({exc})")
             runs[proto] = {"skipped": str(exc)}
@@ -201,10 +208,9 @@ def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo
         f"precision {report['holdout']['precision']:.4f}")
     config = TrainConfig.from_dict(model.bundle.get("train_config", {}))
     config.candidates = (model.estimator,)
-    config.folds = folds
     n_groups = len(np.unique(groups))
     if cv and n_groups >= 3 and len(np.unique(y)) == 2:
-        report["grouped_cv"], cp, ct = grouped_cv(X, data, config, say)
+        report["grouped_cv"], cp, ct = grouped_cv(X, data, config, say, folds)
         curves["grouped CV (retrained)"] = (y, cp, ct)
     elif cv:
         report["grouped_cv"] = {"skipped": "needs both classes and at least three captures"}

@@ -90,7 +90,7 @@ def _names() -> list[str]:
 #: ``heavy`` the other one: a tunnel's inner ACKs show up in the light direction whoever
 #: initiated the flow.
 RHYTHM_NAMES: list[str] = [
-    "up_payload_pkt_frac", "down_payload_pkt_frac", "payload_pkt_balance",
+    "up_payload_pkt_frac", "down_payload_pkt_frac", "payload_pkt_balance", "light_data_mean", "heavy_data_mean",
     *(f"{d}_hist_{i}" for d in ("light", "heavy") for i in range(N_HIST)),
     "light_hist_entropy", "heavy_hist_entropy", "light_hist_top", "heavy_hist_top",
     "light_small_frac", "light_small_per_heavy", "heavy_large_frac", "hist_overlap",
@@ -135,6 +135,8 @@ FEATURE_DOCS: dict[str, str] = {
     "down_payload_pkt_frac": "share of the responder's packets that carry transport payload",
     "payload_pkt_balance": "payload-carrying packets of the lighter direction / those of the heavier one "
                            "(a tunnelled download sends encrypted inner ACKs back; plain TCP sends pure ACKs)",
+    "light_data_mean": "mean payload of the light direction's payload-carrying packets, bytes",
+    "heavy_data_mean": "mean payload of the heavy direction's payload-carrying packets, bytes",
     "light_hist_entropy": "entropy of the light direction's payload-size histogram / log(bins) (size modality)",
     "heavy_hist_entropy": "entropy of the heavy direction's payload-size histogram / log(bins)",
     "light_hist_top": "share of the light direction's payload packets in its most common size bin",
@@ -328,10 +330,14 @@ def _rhythm(table: pa.Table, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     f["up_payload_pkt_frac"] = _div(up_pp, c["src2dst_packets"])
     f["down_payload_pkt_frac"] = _div(down_pp, c["dst2src_packets"])
     f["payload_pkt_balance"] = _div(np.minimum(up_pp, down_pp), np.maximum(up_pp, down_pp))
+    up_mean = _div(c["src2dst_payload_bytes"], up_pp)
+    down_mean = _div(c["dst2src_payload_bytes"], down_pp)
     up_h = np.nan_to_num(_padded(table, "src2dst_payload_hist", np.float64, N_HIST))
     down_h = np.nan_to_num(_padded(table, "dst2src_payload_hist", np.float64, N_HIST))
     up_heavy = (c["src2dst_payload_bytes"] >= c["dst2src_payload_bytes"])[:, None]
     heavy, light = np.where(up_heavy, up_h, down_h), np.where(up_heavy, down_h, up_h)
+    f["heavy_data_mean"] = np.where(up_heavy[:, 0], up_mean, down_mean)
+    f["light_data_mean"] = np.where(up_heavy[:, 0], down_mean, up_mean)
     norms = {}
     for name, h in (("light", light), ("heavy", heavy)):
         tot = h.sum(1)

@@ -38,6 +38,10 @@ class TrainConfig:
     calibration: str = "isotonic"
     seed: int = 0
     protocol_min_proba: float = 0.6
+    #: VPN flows with fewer packets are left out of training (not of evaluation): a handshake-only
+    #: IKE exchange or a tunnel's short control connection carries no tunnel rhythm, and as
+    #: positives they teach the model that any short encrypted flow is VPN.
+    min_tunnel_packets: int = 0
     name: str = "vpnid-model"
     version: str = "1"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -79,13 +83,22 @@ def make_estimator(kind: str, seed: int = 0):
 
 
 def group_splits(y: np.ndarray, groups: np.ndarray, folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Grouped folds over source captures, stratified where possible so each fold holds both classes."""
-    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+    """Grouped folds over source captures, stratified where possible so each fold holds both classes.
+
+    ``folds=0`` (or at least as many folds as groups) holds out one group at a time: every
+    out-of-fold score then comes from a model that saw all other kinds of traffic and only
+    missed this one, which is what a new kind of traffic in the field looks like. With
+    five folds several kinds are missing at once, and the threshold pays for it twice.
+    """
+    from sklearn.model_selection import GroupKFold, LeaveOneGroupOut, StratifiedGroupKFold
 
     n_groups = len(np.unique(groups))
-    k = max(2, min(folds, n_groups))
     if n_groups < 2:
         raise ValueError("grouped cross-validation needs flows from at least two captures")
+    if folds <= 0 or folds >= n_groups:
+        splits = list(LeaveOneGroupOut().split(np.zeros(len(y)), y, groups))
+        return [(tr, te) for tr, te in splits if len(np.unique(y[tr])) == 2]
+    k = max(2, min(folds, n_groups))
     # a group's class for stratification: does it hold any VPN flow
     try:
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -303,8 +316,12 @@ def permutation_importance_auc(score, X: np.ndarray, y: np.ndarray, seed: int, m
 
 
 def train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarray | None = None,
-          config: TrainConfig | None = None, log=None, explain: bool = True) -> TrainResult:
+          config: TrainConfig | None = None, log=None, explain: bool = True,
+          packets: np.ndarray | None = None) -> TrainResult:
     """Fit the whole recipe on a feature matrix; returns the bundle to save and its card facts.
+
+    ``packets`` (each flow's packet count) lets ``config.min_tunnel_packets`` leave short
+    VPN flows out; the out-of-fold arrays of the result cover the rows actually used.
 
     ``explain=False`` skips what only a shipped model needs (permutation importance and
     the protocol guesser), for the many refits of grouped evaluation.
@@ -314,6 +331,13 @@ def train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarray
     """
     from threadpoolctl import threadpool_limits
 
+    config = config or TrainConfig()
+    if packets is not None and config.min_tunnel_packets > 0:
+        keep = ~((np.asarray(y).astype(int) == 1) & (np.asarray(packets) < config.min_tunnel_packets))
+        X, y, groups = X[keep], np.asarray(y)[keep], np.asarray(groups)[keep]
+        protocol = None if protocol is None else np.asarray(protocol, object)[keep]
+        if log:
+            log(f"left out {int((~keep).sum())} VPN flows of fewer than {config.min_tunnel_packets} packets")
     with threadpool_limits(limits=1):
         return _train(X, y, groups, protocol, config, log, explain)
 

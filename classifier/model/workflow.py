@@ -49,6 +49,8 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
             if augment else "none",
             "sha256": data_hash(X, data.label),
             "inputs_sha256": inputs_hash(data.inputs),
+            "vpn_flows_left_out_short": int(((data.label == 1) & (data.table.column("packets").to_numpy()
+                                                                  < config.min_tunnel_packets)).sum()),
             "inputs": data.inputs,
         },
         "metrics": {k: v for k, v in result.metrics.items()},
@@ -78,7 +80,8 @@ def train_on(data: LabeledFlows, output: str | Path, config: TrainConfig, *, aug
         f"from {s['groups']} captures; VPN protocols: {s['protocols']}")
     X = feature_matrix(data.table)
     try:
-        result = train(X, data.label, data.group, data.protocol, config, log=say)
+        result = train(X, data.label, data.group, data.protocol, config, log=say,
+                       packets=data.table.column("packets").to_numpy())
     except ValueError as exc:
         from classifier.errors import UsageError
 
