@@ -79,3 +79,19 @@ def test_summary_line():
 
     line = summary(10, Counter({"openvpn": 2, "wireguard": 3}), Counter({"gre": 1}))
     assert line == "10 flows, 5 VPN (wireguard 3, openvpn 2), tunnels: gre 1"
+
+
+def test_threshold_option_overrides_the_model_threshold(tmp_path):
+    """--threshold changes which flows the model calls VPN; out-of-range values are usage errors."""
+    from classifier.cli.main import main
+
+    pcaps = Path(__file__).resolve().parents[1] / "pcaps"
+    src = [str(pcaps / "shadowsocks.pcap"), str(pcaps / "https.pcap")]
+    low, high = tmp_path / "low.parquet", tmp_path / "high.parquet"
+    assert main(["classify", *src, "-o", str(low), "--no-signatures", "--threshold", "0.000001", "-q"]) == 0
+    assert main(["classify", *src, "-o", str(high), "--no-signatures", "--threshold", "1.0", "-q"]) == 0
+    n_low = sum(pq.read_table(low).column("is_vpn").to_pylist())
+    n_high = sum(pq.read_table(high).column("is_vpn").to_pylist())
+    assert n_low > n_high
+    assert main(["classify", *src, "-o", str(low), "--threshold", "1.5", "-q"]) == 2
+    assert main(["classify", *src, "-o", str(low), "--no-model", "--threshold", "0.5", "-q"]) == 2

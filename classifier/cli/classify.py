@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from classifier.cli.common import add_input_options
+    from classifier.cli.common import add_input_options, add_model_options
 
     p = sub.add_parser("classify", help="label each flow VPN or not, with protocol and evidence",
                        description="Read captures, build flows and label each one: protocol signatures "
@@ -26,8 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output file (.parquet, .csv, .jsonl; '-' for standard output with csv/jsonl)")
     p.add_argument("--format", choices=("parquet", "csv", "jsonl"), help="default: from the file name")
     p.add_argument("--no-signatures", action="store_true", help="do not run the protocol signatures")
-    p.add_argument("--model", metavar="FILE", help="model file (default: the shipped model, when present)")
-    p.add_argument("--no-model", action="store_true", help="signatures only")
+    add_model_options(p)
     p.add_argument("--registry", metavar="FILE", help="registered-IP list (CSV or Parquet) to check VPN flows against")
     p.add_argument("--strict-registry", action="store_true", help="refuse a registry file with any bad row")
     p.set_defaults(func=run)
@@ -59,7 +58,7 @@ def summary(total: int, protocols: Counter, tunnels: Counter) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from classifier.cli.common import flow_config, load_model_option
+    from classifier.cli.common import apply_threshold, flow_config, load_model_option
     from classifier.errors import ErrorLog, UsageError
     from classifier.flows.schema import CLASSIFY_SCHEMA, REPORT_SCHEMA
     from classifier.output import TableSink, base_metadata, format_from_path
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     config = flow_config(args)
     log = ErrorLog(quiet=False)
     fmt = format_from_path(args.output, args.format)
-    model = load_model_option(args.model, args.no_model, log.warn)
+    model = apply_threshold(load_model_option(args.model, args.no_model, log.warn), args.threshold)
     registry = _load_registry(args, log)
     options = LabelOptions(signatures=not args.no_signatures, model=model, registry=registry)
     model_name = str(getattr(model, "path", "")) or None if model is not None else None

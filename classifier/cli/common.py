@@ -27,6 +27,28 @@ def flow_config(args: argparse.Namespace) -> FlowConfig:
         raise UsageError(str(exc)) from None
 
 
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="FILE", help="model file (default: the shipped model, when present)")
+    p.add_argument("--no-model", action="store_true", help="signatures only")
+    p.add_argument("--threshold", type=float, metavar="P",
+                   help="call a flow VPN when the model's P(VPN) >= P (default: the model's own threshold, "
+                        "chosen for a very low false-positive rate; see docs/model.md)")
+
+
+def apply_threshold(model: Any, threshold: float | None) -> Any:
+    """Override the model's operating threshold (``--threshold``), checking its range."""
+    from classifier.errors import UsageError
+
+    if threshold is None:
+        return model
+    if not 0.0 < threshold <= 1.0:
+        raise UsageError(f"--threshold must be in (0, 1], got {threshold}")
+    if model is None:
+        raise UsageError("--threshold needs a model (drop --no-model)")
+    model.threshold = float(threshold)
+    return model
+
+
 def load_model_option(path: str | None, disabled: bool, warn: Callable[[str, str], None]) -> Any:
     """The model a command uses: ``--model FILE``, else the shipped model when there is one.
 

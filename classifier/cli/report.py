@@ -12,7 +12,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from classifier.cli.common import add_input_options
+    from classifier.cli.common import add_input_options, add_model_options
 
     p = sub.add_parser(
         "report", help="find unregistered VPN use: Parquet, JSON, HTML and a terminal summary",
@@ -26,9 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true",
                    help="stop on any invalid registry row (default: skip it with a warning)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="report directory (created if needed)")
-    models = p.add_mutually_exclusive_group()
-    models.add_argument("--model", metavar="FILE", help="model file (default: the shipped model, when present)")
-    models.add_argument("--no-model", action="store_true", help="signatures only")
+    add_model_options(p)
     p.add_argument("--partition-by", choices=("date",),
                    help="write flows as a dataset DIR/flows/date=YYYY-MM-DD/ instead of DIR/flows.parquet")
     p.add_argument("--anonymize", metavar="KEY",
@@ -42,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from classifier.cli.common import flow_config, load_model_option
+    from classifier.cli.common import apply_threshold, flow_config, load_model_option
     from classifier.errors import ErrorLog, UsageError, VpnidError
     from classifier.flows.api import expand_inputs, iter_flow_batches
     from classifier.pipeline import LabelOptions, label_batch
@@ -65,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
         anonymizer = Anonymizer.from_spec(args.anonymize)
     registry = Registry.load(args.registry, strict=args.strict, log=notes)
-    model = load_model_option(args.model, args.no_model, notes.warn)
+    model = apply_threshold(load_model_option(args.model, args.no_model, notes.warn), args.threshold)
     options = LabelOptions(signatures=True, model=model, registry=registry)
 
     files = expand_inputs(args.inputs, log)
