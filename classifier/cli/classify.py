@@ -16,15 +16,13 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from classifier.cli.common import add_input_options, add_model_options
+    from classifier.cli.common import add_input_options, add_model_options, add_output_options
 
     p = sub.add_parser("classify", help="label each flow VPN or not, with protocol and evidence",
                        description="Read captures, build flows and label each one: protocol signatures "
                                    "first, then the model for flows no signature claims.")
     add_input_options(p)
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file (.parquet, .csv, .jsonl; '-' for standard output with csv/jsonl)")
-    p.add_argument("--format", choices=("parquet", "csv", "jsonl"), help="default: from the file name")
+    add_output_options(p)
     p.add_argument("--no-signatures", action="store_true", help="do not run the protocol signatures")
     add_model_options(p)
     p.add_argument("--registry", metavar="FILE", help="registered-IP list (CSV or Parquet) to check VPN flows against")

@@ -20,6 +20,13 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
 
 
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    """``-o OUT`` and ``--format`` of the commands that write one flow table."""
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file (.parquet, .csv, .jsonl; '-' for standard output with csv/jsonl)")
+    p.add_argument("--format", choices=("parquet", "csv", "jsonl"), help="default: from the file name")
+
+
 def flow_config(args: argparse.Namespace) -> FlowConfig:
     try:
         return FlowConfig(idle_timeout_s=args.idle_timeout, active_timeout_s=args.active_timeout)

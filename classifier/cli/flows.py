@@ -8,15 +8,13 @@ import time
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from classifier.cli.common import add_input_options
+    from classifier.cli.common import add_input_options, add_output_options
 
     p = sub.add_parser("flows", help="turn captures into bidirectional flow records",
                        description="Read captures and write one row per bidirectional flow "
                                    "(columns documented in docs/schema.md).")
     add_input_options(p)
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file (.parquet, .csv, .jsonl; '-' for standard output with csv/jsonl)")
-    p.add_argument("--format", choices=("parquet", "csv", "jsonl"), help="default: from the file name")
+    add_output_options(p)
     p.set_defaults(func=run)
 
 
