@@ -342,6 +342,20 @@ def _assert_nothing_left(pid: int) -> None:
     assert not left, f"left behind: {left}"
 
 
+def _capture_ok(out: Path, timeout: float, *args: str) -> dict:
+    """Run ``vpnid lab capture ARGS -o OUT``; assert it succeeded and left nothing behind; manifest rows."""
+    run = _start_vpnid("lab", "capture", *args, "-o", str(out))
+    try:
+        _, err = run.communicate(timeout=timeout)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, err[-3000:]
+    _assert_nothing_left(run.pid)
+    return {r.scenario: r for r in read_manifest_rows(out / "MANIFEST.csv")}
+
+
 @pytest.mark.lab
 @pytest.mark.slow
 @pytest.mark.timeout(280)
@@ -349,17 +363,7 @@ def test_fresh_lab_captures_are_labelled_correctly(tmp_path: Path) -> None:
     reason = _lab_ready()
     if reason:
         pytest.skip(reason)
-    run = _start_vpnid("lab", "capture", *LAB_SCENARIOS, "-o", str(tmp_path), "--duration", "2")
-    try:
-        _, err = run.communicate(timeout=240)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-    assert run.returncode == 0, err[-3000:]
-    _assert_nothing_left(run.pid)
-
-    rows = {r.scenario: r for r in read_manifest_rows(tmp_path / "MANIFEST.csv")}
+    rows = _capture_ok(tmp_path, 240, *LAB_SCENARIOS, "--duration", "2")
     assert set(rows) == set(LAB_SCENARIOS)
     for row in rows.values():
         assert count_pcap(tmp_path / row.file) == (row.packets, row.bytes)
@@ -420,17 +424,7 @@ def test_inner_traffic_kind_and_a_service_scenario(tmp_path: Path) -> None:
     missing = sorted({t for n in ("shadowsocks", "rtp-voice") for t in missing_tools(all_scenarios()[n])})
     if reason or missing:
         pytest.skip(reason or f"lab tools not installed ({', '.join(missing)}); run `make lab-deps`")
-    run = _start_vpnid("lab", "capture", "shadowsocks", "rtp-voice", "--traffic", "iperf", "-o", str(tmp_path),
-                       "--duration", "2")
-    try:
-        _, err = run.communicate(timeout=120)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-    assert run.returncode == 0, err[-3000:]
-    _assert_nothing_left(run.pid)
-    rows = {r.scenario: r for r in read_manifest_rows(tmp_path / "MANIFEST.csv")}
+    rows = _capture_ok(tmp_path, 120, "shadowsocks", "rtp-voice", "--traffic", "iperf", "--duration", "2")
     assert rows["shadowsocks"].notes.endswith("traffic iperf (tcp 600 kbit/s, 1200-byte writes)")
     assert rows["rtp-voice"].notes == all_scenarios()["rtp-voice"].notes  # negatives ignore --traffic
     n = all_scenarios()["rtp-voice"].number
