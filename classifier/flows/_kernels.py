@@ -196,6 +196,18 @@ def rebuild_index(index, keys, hashes, si):
             index[pos] = s + 1
 
 
+@nb.njit(cache=True, inline="always")
+def _observe(si, sf, s, x, n, cmin, cmax, cmean, cm2):
+    """Add sample ``x`` (the ``n``-th) to a min/max pair in ``si`` and a Welford mean/M2 pair in ``sf``."""
+    if x < si[s, cmin]:
+        si[s, cmin] = x
+    if x > si[s, cmax]:
+        si[s, cmax] = x
+    delta = x - sf[s, cmean]
+    sf[s, cmean] += delta / n
+    sf[s, cm2] += delta * (x - sf[s, cmean])
+
+
 @nb.njit(cache=True)
 def run(start, n, buf, status, ts, ip_ver, ip_proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport,
         has_ports, tcp_flags, tcp_seq, ip_len, payload_off, payload_len, payload_cap, vlan, frag, frag_id,
@@ -304,35 +316,13 @@ def run(start, n, buf, status, ts, ip_ver, ip_proto, src_hi, src_lo, dst_hi, dst
         si[s, PK0 + d] = pk
         si[s, BY0 + d] += size
         si[s, PL0 + d] += payload_len[i]
-        if size < si[s, SMIN0 + d]:
-            si[s, SMIN0 + d] = size
-        if size > si[s, SMAX0 + d]:
-            si[s, SMAX0 + d] = size
-        delta = size - sf[s, F_SMEAN0 + d]
-        sf[s, F_SMEAN0 + d] += delta / pk
-        sf[s, F_SM2_0 + d] += delta * (size - sf[s, F_SMEAN0 + d])
+        _observe(si, sf, s, size, pk, SMIN0 + d, SMAX0 + d, F_SMEAN0 + d, F_SM2_0 + d)
         if pk > 1:
-            iat = max(t - si[s, LTS0 + d], 0)
-            ni = pk - 1
-            if iat < si[s, IMIN0 + d]:
-                si[s, IMIN0 + d] = iat
-            if iat > si[s, IMAX0 + d]:
-                si[s, IMAX0 + d] = iat
-            delta = iat - sf[s, F_IMEAN0 + d]
-            sf[s, F_IMEAN0 + d] += delta / ni
-            sf[s, F_IM2_0 + d] += delta * (iat - sf[s, F_IMEAN0 + d])
+            _observe(si, sf, s, max(t - si[s, LTS0 + d], 0), pk - 1, IMIN0 + d, IMAX0 + d, F_IMEAN0 + d, F_IM2_0 + d)
         si[s, LTS0 + d] = t
         tot = si[s, PK0] + si[s, PK0 + 1]
         if tot > 1:
-            biat = max(t - si[s, LAST], 0)
-            nb_ = tot - 1
-            if biat < si[s, BIMIN]:
-                si[s, BIMIN] = biat
-            if biat > si[s, BIMAX]:
-                si[s, BIMAX] = biat
-            delta = biat - sf[s, F_BIMEAN]
-            sf[s, F_BIMEAN] += delta / nb_
-            sf[s, F_BIM2] += delta * (biat - sf[s, F_BIMEAN])
+            _observe(si, sf, s, max(t - si[s, LAST], 0), tot - 1, BIMIN, BIMAX, F_BIMEAN, F_BIM2)
         if t > si[s, LAST]:
             si[s, LAST] = t
         fn = si[s, FN]
