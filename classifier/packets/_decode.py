@@ -35,6 +35,17 @@ def _be64(b, p):
     return (np.uint64(_be32(b, p)) << np.uint64(32)) | np.uint64(_be32(b, p + 4))
 
 
+@nb.njit(cache=True, inline="always")
+def _ethertype_version(et):
+    return 4 if et == 0x0800 else (6 if et == 0x86DD else 0)
+
+
+@nb.njit(cache=True, inline="always")
+def _ip_start(p, ver, vlan):
+    """The result of ``_link``: IP starts at ``p`` (version 4 or 6), or the frame is not IP (0)."""
+    return p, ver, vlan, (OK if ver != 0 else NOT_IP)
+
+
 @nb.njit(cache=True)
 def _link(b, p, end, linktype):
     """Return (ip_start, ethertype_or_version, vlan, status) for one packet's link header."""
@@ -69,11 +80,7 @@ def _link(b, p, end, linktype):
             proto = _be16(b, p + 6)
             p += 8
             et = 0x0800 if proto == 0x21 else (0x86DD if proto == 0x57 else 0)
-        if et == 0x0800:
-            return p, 4, vlan, OK
-        if et == 0x86DD:
-            return p, 6, vlan, OK
-        return p, 0, vlan, NOT_IP
+        return _ip_start(p, _ethertype_version(et), vlan)
     if linktype == _SLL or linktype == _SLL2:
         hl = 16 if linktype == _SLL else 20
         if p + hl > end:
@@ -84,11 +91,7 @@ def _link(b, p, end, linktype):
             vlan = _be16(b, p) & 0xFFF
             et = _be16(b, p + 2)
             p += 4
-        if et == 0x0800:
-            return p, 4, vlan, OK
-        if et == 0x86DD:
-            return p, 6, vlan, OK
-        return p, 0, vlan, NOT_IP
+        return _ip_start(p, _ethertype_version(et), vlan)
     if linktype == _NULL or linktype == _LOOP:
         if p + 4 > end:
             return p, 0, vlan, TRUNCATED
@@ -96,11 +99,7 @@ def _link(b, p, end, linktype):
         if linktype == _NULL and fam > 0xFFFF:  # host byte order of the capturing machine
             fam = (np.int64(b[p + 3]) << 24) | (np.int64(b[p + 2]) << 16) | (np.int64(b[p + 1]) << 8) | b[p]
         p += 4
-        if fam == 2:
-            return p, 4, vlan, OK
-        if fam == 10 or fam == 24 or fam == 28 or fam == 30:
-            return p, 6, vlan, OK
-        return p, 0, vlan, NOT_IP
+        return _ip_start(p, 4 if fam == 2 else (6 if fam == 10 or fam == 24 or fam == 28 or fam == 30 else 0), vlan)
     if linktype == _PPP or linktype == _PPP_HDLC:
         if p + 2 <= end and b[p] == 0xFF and b[p + 1] == 0x03:
             p += 2
@@ -108,11 +107,7 @@ def _link(b, p, end, linktype):
             return p, 0, vlan, TRUNCATED
         proto = _be16(b, p)
         p += 2
-        if proto == 0x21:
-            return p, 4, vlan, OK
-        if proto == 0x57:
-            return p, 6, vlan, OK
-        return p, 0, vlan, NOT_IP
+        return _ip_start(p, 4 if proto == 0x21 else (6 if proto == 0x57 else 0), vlan)
     if linktype == _NFLOG:
         if p + 4 > end:
             return p, 0, vlan, TRUNCATED
