@@ -231,6 +231,18 @@ def _alloc_cols(n: int) -> dict[str, np.ndarray]:
     return {name: np.zeros(n, dtype) for name, dtype in COLUMNS if name in _SCAN_COLS}
 
 
+def _read_more(src: _Source, name: str, log: ErrorLog, stats: InputStats, unit: str, progress) -> bool:
+    """The scanner needs more bytes: read them; False at end of file (a leftover is a truncated last unit)."""
+    if src.eof:
+        if src.end > src.start:
+            log.add(name, src.offset, f"truncated last {unit} ({src.end - src.start} bytes left)")
+            stats.ok = False
+        return False
+    src.fill(src.end - src.start + 65536 + 16)
+    progress()
+    return True
+
+
 def _read_pcap(src: _Source, name: str, log: ErrorLog, stats: InputStats, progress) -> Iterator[PacketBatch]:
     header = src.read_exact(24)
     if header is None:
@@ -262,14 +274,8 @@ def _read_pcap(src: _Source, name: str, log: ErrorLog, stats: InputStats, progre
                     "the rest of the file cannot be read")
             stats.ok = False
             return
-        # NEED_MORE
-        if src.eof:
-            if src.end > src.start:
-                log.add(name, src.offset, f"truncated last record ({src.end - src.start} bytes left)")
-                stats.ok = False
+        if not _read_more(src, name, log, stats, "record", progress):  # NEED_MORE
             return
-        src.fill(src.end - src.start + 65536 + 16)
-        progress()
 
 
 @dataclass
@@ -309,13 +315,8 @@ def _read_pcapng(src: _Source, name: str, log: ErrorLog, stats: InputStats, prog
         if status == _scan.FULL:
             continue
         if status == _scan.NEED_MORE:
-            if src.eof:
-                if src.end > src.start:
-                    log.add(name, src.offset, f"truncated last block ({src.end - src.start} bytes left)")
-                    stats.ok = False
+            if not _read_more(src, name, log, stats, "block", progress):
                 return
-            src.fill(src.end - src.start + 65536 + 12)
-            progress()
             continue
         if status == _scan.BAD_LENGTH:
             log.add(name, src.offset, "pcapng block with a bad length (not a multiple of 4, too short, "
