@@ -67,13 +67,12 @@ class _Chains:
     st: S.FlowState = field(default_factory=lambda: S.FlowState.allocate(0))
     start_file: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     last_file: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    changed: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     def __len__(self) -> int:
         return len(self.st)
 
     def take(self, idx: np.ndarray) -> _Chains:
-        return _Chains(self.st.take(idx), self.start_file[idx], self.last_file[idx], self.changed[idx])
+        return _Chains(self.st.take(idx), self.start_file[idx], self.last_file[idx])
 
     @staticmethod
     def concat(parts: list[_Chains]) -> _Chains:
@@ -82,8 +81,7 @@ class _Chains:
             return _Chains()
         return _Chains(S.FlowState.concat([p.st for p in parts]),
                        np.concatenate([p.start_file for p in parts]),
-                       np.concatenate([p.last_file for p in parts]),
-                       np.concatenate([p.changed for p in parts]))
+                       np.concatenate([p.last_file for p in parts]))
 
 
 def _closed_reason(si: np.ndarray) -> np.ndarray:
@@ -152,7 +150,6 @@ class Stitcher:
                     open_ = si[:, S.CLOSED] == 0
                     reason = np.where(~open_, _closed_reason(si),
                                       np.where(idle_ok[stop], S.REASON_ACTIVE, timer_reason(si, self.config)))
-                    ended.changed |= reason != si[:, S.END]
                     si[:, S.END] = reason
                     self.done.append(ended)
                 # Chains continued by the head.
@@ -171,8 +168,7 @@ class Stitcher:
                         c_first_active = si[:, S.FIRST] + active
                         timer = np.where(cm.si[:, S.LAST] + idle <= c_first_active, S.REASON_IDLE, S.REASON_ACTIVE)
                         si[:, S.END] = np.where(si[:, S.CLOSED] != 0, _closed_reason(si), timer)
-                    chains = _Chains(m, ch.start_file, np.full(len(m), fe.index, np.int64),
-                                     np.ones(len(m), bool))
+                    chains = _Chains(m, ch.start_file, np.full(len(m), fe.index, np.int64))
                     if fin.any():
                         self.done.append(chains.take(np.flatnonzero(fin)))
                     if still_open.any():
@@ -196,7 +192,7 @@ class Stitcher:
         # New chains: this file's tails that did not continue anything.
         new_tail = np.flatnonzero(fe.is_tail & ~merged_edge)
         fresh = _Chains(e.take(new_tail), np.full(len(new_tail), fe.index, np.int64),
-                        np.full(len(new_tail), fe.index, np.int64), np.zeros(len(new_tail), bool))
+                        np.full(len(new_tail), fe.index, np.int64))
         if len(rest) and len(fresh):
             # A newer flow of the same key proves an older chain over (only possible when
             # timestamps go backwards): end the older one.
@@ -213,7 +209,6 @@ class Stitcher:
         """End chains no later file continues: closed reason, or whichever timer expired first."""
         esi = ended.st.si
         reason = np.where(esi[:, S.CLOSED] != 0, _closed_reason(esi), timer_reason(esi, self.config))
-        ended.changed |= reason != esi[:, S.END]
         esi[:, S.END] = reason
         self.done.append(ended)
 
@@ -229,7 +224,6 @@ class Stitcher:
             expired = older & ((self._max_ts - si[:, S.LAST] > idle) | (self._max_ts - si[:, S.FIRST] > active))
             reason = np.where(si[:, S.CLOSED] != 0, _closed_reason(si),
                               np.where(expired, timer_reason(si, self.config), S.REASON_EOF))
-            rest.changed |= reason != si[:, S.END]
             si[:, S.END] = reason
             self.done.append(rest)
             self.open = _Chains()

@@ -373,4 +373,3 @@ def flush_all(si, index, hashes, done, ctl, idle, active, linger):
     return sweep(ctl[C_NOW], si, index, hashes, done, ctl, idle, active, linger, True)
 
 
-_unused = (REASON_EOF,)
