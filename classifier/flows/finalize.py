@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from classifier.flows import state as S
 from classifier.flows.batch import FlowBatch, PayloadHeads
+from classifier.flows.head_stats import head_statistics
 from classifier.flows.schema import FIRST_PACKETS, FLOW_SCHEMA
 
 _BIG = np.int64(1) << np.int64(62)
@@ -150,9 +151,12 @@ def finalize(st: S.FlowState, capture: str) -> FlowBatch:
     iat[:, 1:] = np.maximum(np.diff(st.fts, axis=1), 0) / 1e6
     cols["first_iats_ms"] = _list_column(iat, fn, pa.float64())
 
-    table = pa.Table.from_arrays([cols[f.name] for f in FLOW_SCHEMA], schema=FLOW_SCHEMA)
     heads = PayloadHeads(
         count=si[:, S.HEADN].astype(np.uint8), dirs=st.hdir, lens=st.hlen, caps=st.hcap, ts=st.hts,
         seq=st.hseq, data=st.hdata,
     )
+    for name, (values, valid) in head_statistics(heads).items():
+        cols[name] = _masked(values, valid, pa.float64())
+
+    table = pa.Table.from_arrays([cols[f.name] for f in FLOW_SCHEMA], schema=FLOW_SCHEMA)
     return FlowBatch(table, heads)

@@ -25,6 +25,21 @@ def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Fie
     return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
 
 
+def _head_stats(prefix: str, who: str) -> list[pa.Field]:
+    """Byte statistics of the payload heads (``classifier/flows/head_stats.py``); null without payload."""
+    return [
+        _f(f"{prefix}_first_payload_bits", pa.float64(),
+           f"set bits per byte of the first 64 payload bytes of {who}'s first payload packet "
+           "(random: 4.0)"),
+        _f(f"{prefix}_first_payload_printable", pa.float64(),
+           f"fraction of printable ASCII among those bytes of {who} (random: 0.37)"),
+        _f(f"{prefix}_payload_bits", pa.float64(),
+           f"set bits per byte over the stored payload heads of {who}'s first 8 payload packets"),
+        _f(f"{prefix}_tls_record_frac", pa.float64(),
+           f"fraction of {who}'s first 8 payload packets that start with a TLS or DTLS record header"),
+    ]
+
+
 def _dir_stats(prefix: str, who: str) -> list[pa.Field]:
     p = f"{prefix}_" if prefix else ""
     return [
@@ -68,6 +83,8 @@ FLOW_FIELDS: list[pa.Field] = [
        "(1, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1280+ bytes)", False),
     _f("dst2src_payload_hist", pa.list_(pa.int64()),
        "responder's payload-carrying packets by payload size, bins as src2dst_payload_hist", False),
+    *_head_stats("src2dst", "the initiator"),
+    *_head_stats("dst2src", "the responder"),
     _f("truncated_packets", pa.int64(), "packets cut by the snap length (counted with their wire length)", False),
     _f("fragments", pa.int64(), "IP fragments (first and later) in the flow", False),
     *_dir_stats("", "both directions"),
