@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from classifier.cli.lab import choose_profile, parse_kinds
+from classifier.cli.lab import choose_profile, kind_plan, parse_kinds, scenario_kinds
 from classifier.errors import UsageError, VpnidError
 from classifier.lab.manifest import (
     MANIFEST_COLUMNS,
@@ -231,6 +231,20 @@ def test_vary_draws_reproducible_profiles_within_the_scenarios_kinds() -> None:
         p = TrafficProfile.draw(rng, TRAFFIC_KINDS)
         assert 2 << 20 <= p.bulk_size <= 16 << 20 and 256 << 10 <= p.bulk_rate <= 4 << 20
         assert p.kind != "idle" or p.ping_interval >= 1.0
+
+
+def test_repeated_captures_cover_every_kind_before_repeating_one() -> None:
+    wg = all_scenarios()["wireguard"]
+    kinds = scenario_kinds(wg, None)
+    for seed in range(20):
+        plan = kind_plan(kinds, 8, random.Random(seed))
+        assert len(plan) == 8 and set(plan[:len(kinds)]) == set(kinds)
+        assert all(plan.count(k) <= 2 for k in kinds)
+    assert kind_plan(kinds, 4, random.Random(1)) == kind_plan(kinds, 4, random.Random(1))
+    assert len(set(kind_plan(kinds, 4, random.Random(1)))) == 4  # four captures, four different kinds
+    assert kind_plan(("default",), 3, random.Random(0)) == ["default"] * 3
+    profile = choose_profile(wg, None, True, random.Random(2), kind="bulk")
+    assert profile.kind == "bulk"
 
 
 def test_manifest_notes_name_the_traffic_kind_only_when_it_is_not_the_default() -> None:

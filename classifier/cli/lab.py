@@ -83,11 +83,32 @@ def parse_kinds(text: str | None) -> tuple[str, ...] | None:
     return kinds
 
 
-def choose_profile(scn, requested: tuple[str, ...] | None, vary: bool, rng: random.Random):
-    """The traffic profile of one capture: kind among those asked for that the scenario supports."""
+def scenario_kinds(scn, requested: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The inner-traffic kinds asked for that the scenario supports (``default`` when none)."""
+    return tuple(k for k in scn.traffic_kinds if requested is None or k in requested) or ("default",)
+
+
+def kind_plan(kinds: tuple[str, ...], repeat: int, rng: random.Random) -> list[str]:
+    """Inner-traffic kind of each of ``repeat`` captures: every kind once, in shuffled order, before any twice.
+
+    Why not an independent draw per capture: with four captures and six kinds, chance
+    left some tunnels without any bulk transfer in their training data, and the model
+    then missed exactly those tunnels carrying downloads.
+    """
+    plan: list[str] = []
+    while len(plan) < repeat:
+        cycle = list(kinds)
+        rng.shuffle(cycle)
+        plan += cycle
+    return plan[:repeat]
+
+
+def choose_profile(scn, requested: tuple[str, ...] | None, vary: bool, rng: random.Random,
+                   kind: str | None = None):
+    """The traffic profile of one capture: ``kind``, or a kind among those asked for that the scenario supports."""
     from classifier.lab.session import TrafficProfile
 
-    kinds = tuple(k for k in scn.traffic_kinds if requested is None or k in requested) or ("default",)
+    kinds = (kind,) if kind is not None else scenario_kinds(scn, requested)
     if vary:
         return TrafficProfile.draw(rng, kinds)
     if requested is None:
@@ -138,11 +159,12 @@ def run_capture(args: argparse.Namespace) -> int:
     out = Path(args.output)
     failures = 0
     for scn in scenarios:
+        plan = kind_plan(scenario_kinds(scn, requested), args.repeat, rng) if vary else [None] * args.repeat
         for k in range(1, args.repeat + 1):
             name = f"{scn.name}.pcap" if args.repeat == 1 else f"{scn.name}-r{k:02d}.pcap"
             print(f"lab: {scn.name} (N={scn.number}) -> {out / name}", file=sys.stderr, flush=True)
             try:
-                profile = choose_profile(scn, requested, vary, rng)
+                profile = choose_profile(scn, requested, vary, rng, plan[k - 1])
                 row = run_scenario(scn, out, args.duration, file_name=name, keep_workdir=args.keep_workdir,
                                    profile=profile)
             except VpnidError as exc:

@@ -211,8 +211,11 @@ class Lab:
         for ns, addr in ((self.server, server_addr(n)), (self.client, client_addr(n))):
             self.exec_host(ns, ["ip", "addr", "add", f"{addr}/24", "dev", VETH])
             # No segmentation offloads: the capture then holds wire-sized packets (at most the
-            # MTU), as on a real link, instead of 64 KB super-segments.
-            self.exec_host(ns, ["ethtool", "-K", VETH, "tso", "off", "gso", "off", "gro", "off"])
+            # MTU), as on a real link, instead of 64 KB super-segments. UDP segmentation is a
+            # flag of its own: without it, QUIC stacks that batch datagrams (UDP_SEGMENT)
+            # showed up as 65,000-byte datagrams.
+            self.exec_host(ns, ["ethtool", "-K", VETH, "tso", "off", "gso", "off", "gro", "off",
+                                "tx-udp-segmentation", "off"])
             self.exec_host(ns, ["ip", "link", "set", VETH, "up"])
 
     def close(self) -> None:

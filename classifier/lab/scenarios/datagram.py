@@ -1,0 +1,191 @@
+"""Datagram negatives: encrypted UDP applications that are not VPNs.
+
+Why they exist: a UDP tunnel (WireGuard, OpenVPN, OpenConnect's DTLS channel, ESP in
+UDP) is an encrypted datagram stream with a rhythm of its own, and the model must learn
+that rhythm rather than "encrypted UDP = VPN". With a single DTLS negative, leaving it
+out of training (as the threshold rule does, one scenario at a time) taught the model
+that DTLS framing means OpenConnect. These add DTLS applications with other rhythms and
+a game-like stream of random-looking datagrams, the kinds of traffic (calls, games,
+IoT) a real network is full of.
+
+* ``dtls-download``: OpenSSL ``s_server`` streams records to ``s_client`` at a capped
+  rate, the client answers now and then (a one-way transfer over DTLS, no inner ACKs);
+* ``dtls-telemetry``: a client reports a small fixed-size record every 0.2-2 s and the
+  server acknowledges each (CoAP over DTLS style sensor traffic);
+* ``game-udp``: a client sends 30-64 input updates per second (random-looking bytes
+  behind a small header) and the server sends 10-30 state snapshots per second;
+* ``quic-bulk`` and ``quic-streams``: HTTP/3 (ngtcp2) downloading a 2-16 MiB file, and
+  fetching several objects over parallel streams of one connection. With QUIC as the
+  only HTTP/3 negative, leaving it out made every QUIC flow look like a UDP tunnel.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+
+from classifier.lab.netns import LabError
+from classifier.lab.scenarios import Scenario, register
+from classifier.lab.scenarios.negatives import dtls_setup, quic_setup
+from classifier.lab.session import Session
+from classifier.lab.traffic import write_random
+
+GAME_PORT = 27015
+
+
+def _rng(s: Session) -> random.Random:
+    return random.Random(s.profile.seed)
+
+
+def _dtls_client(s: Session):
+    proc = s.lab.spawn(s.client_ns, ["openssl", "s_client", "-dtls1_2", "-connect", f"{s.server_ip}:4433",
+                                     "-quiet"], "dtls-client", stdin=subprocess.PIPE)
+    return proc
+
+
+def _send(proc, text: str) -> None:
+    proc.popen.stdin.write(text.encode())
+    proc.popen.stdin.flush()
+
+
+def dtls_download_traffic(s: Session) -> None:
+    """The server writes records of 500-1300 bytes at ``profile.rate_kbit``; the client sends a line about each second."""
+    server, rng = s.extra["dtls-server"], _rng(s)
+    client = _dtls_client(s)
+    time.sleep(0.5)  # let the handshake finish before the server writes
+    deadline = time.monotonic() + s.duration
+    next_client = time.monotonic() + 1.0
+    i = 0
+    while time.monotonic() < deadline and client.alive() and server.alive():
+        size = rng.randint(500, 1300)
+        _send(server, f"chunk {i} " + "z" * size + "\n")
+        if time.monotonic() >= next_client:
+            _send(client, f"progress {i}\n")
+            next_client = time.monotonic() + rng.uniform(0.5, 2.0) * s.profile.pause_scale
+        i += 1
+        time.sleep(size * 8 / (s.profile.rate_kbit * 1000))
+    if not client.alive():
+        raise LabError(f"DTLS client exited: {client.tail()}")
+
+
+def dtls_telemetry_traffic(s: Session) -> None:
+    """A sensor-like client: one fixed-size report per period, each acknowledged by the server."""
+    server, rng = s.extra["dtls-server"], _rng(s)
+    client = _dtls_client(s)
+    report = rng.choice([24, 48, 96, 180])
+    period = rng.uniform(0.2, 2.0)
+    deadline = time.monotonic() + s.duration
+    i = 0
+    while time.monotonic() < deadline and client.alive() and server.alive():
+        _send(client, f"r{i:06d}," + "m" * report + "\n")
+        time.sleep(0.02)
+        _send(server, f"ack {i:06d}\n")
+        i += 1
+        time.sleep(period * rng.uniform(0.9, 1.1))
+    if not client.alive():
+        raise LabError(f"DTLS client exited: {client.tail()}")
+
+
+GAME = r"""
+import os, random, socket, struct, sys, time
+
+role, ip, port, seconds, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+rng = random.Random(seed)
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+deadline = time.monotonic() + seconds
+if role == "server":
+    sock.bind((ip, port))
+    sock.settimeout(30)
+    _, peer = sock.recvfrom(2048)
+    sock.setblocking(False)
+    tick = 1.0 / rng.choice([10, 20, 30])
+    seq = 0
+    while time.monotonic() < deadline:
+        try:
+            while True:
+                sock.recvfrom(2048)
+        except BlockingIOError:
+            pass
+        body = os.urandom(rng.randint(60, 700) if rng.random() < 0.9 else rng.randint(700, 1200))
+        sock.sendto(struct.pack("!HI", 0x5A01, seq) + body, peer)
+        seq += 1
+        time.sleep(tick * rng.uniform(0.8, 1.2))
+else:
+    rate = rng.choice([30, 60, 64])
+    seq = 0
+    while time.monotonic() < deadline:
+        sock.sendto(struct.pack("!HI", 0x5A02, seq) + os.urandom(rng.randint(20, 90)), (ip, port))
+        seq += 1
+        time.sleep(1.0 / rate * rng.uniform(0.7, 1.3))
+"""
+
+
+def game_setup(s: Session) -> None:
+    s.extra["game"] = s.file("game.py", GAME)
+
+
+def game_traffic(s: Session) -> None:
+    """A game session: fast small client inputs, slower larger server snapshots, both random-looking."""
+    script, seed = str(s.extra["game"]), str(s.profile.seed)
+    server = s.lab.spawn(s.server_ns, [sys.executable, script, "server", s.server_ip, str(GAME_PORT),
+                                       f"{s.duration + 2}", seed], "game-server")
+    s.lab.wait_port(s.server_ns, GAME_PORT, "udp", procs=[server])
+    s.lab.run(s.client_ns, [sys.executable, script, "client", s.server_ip, str(GAME_PORT), f"{s.duration}",
+                            str(int(seed) + 1)], timeout=s.duration + 30)
+
+
+def quic_bulk_setup(s: Session) -> None:
+    quic_setup(s)
+    write_random(s.work / "www" / "big", s.profile.bulk_size)
+
+
+def quic_bulk_traffic(s: Session) -> None:
+    """HTTP/3 downloads of the large file, one connection each, until the duration is over."""
+    payload = str(_rng(s).choice([1200, 1280, 1350, 1452]))
+    deadline = time.monotonic() + s.duration
+    while time.monotonic() < deadline:
+        s.lab.run(s.client_ns, ["gtlsclient", "-q", "--exit-on-all-streams-close", "--max-udp-payload-size", payload,
+                                s.server_ip, "443", f"https://{s.server_ip}/big"], timeout=max(30, s.duration + 15))
+
+
+def quic_streams_setup(s: Session) -> None:
+    quic_setup(s)
+    rng = _rng(s)
+    for i in range(12):
+        write_random(s.work / "www" / f"obj{i}", int(10 ** rng.uniform(2.5, 5.3)))
+
+
+def quic_streams_traffic(s: Session) -> None:
+    """Page-like loads: 3-12 objects on parallel streams of one HTTP/3 connection, think time between."""
+    rng = _rng(s)
+    deadline = time.monotonic() + s.duration
+    while time.monotonic() < deadline:
+        objs = [f"https://{s.server_ip}/obj{i}" for i in rng.sample(range(12), rng.randint(3, 12))]
+        s.lab.run(s.client_ns, ["gtlsclient", "-q", "--exit-on-all-streams-close", "-n", str(len(objs)),
+                                s.server_ip, "443", *objs], timeout=20)
+        time.sleep(rng.uniform(0.3, 2.0) * s.profile.pause_scale)
+
+
+def _neg(name: str, number: int, protocol: str, port: int, requires: tuple[str, ...], setup, traffic,
+         notes: str, description: str) -> None:
+    register(Scenario(name=name, number=number, vpn=False, protocol=protocol, transport="udp", server_port=port,
+                      notes=notes, requires=requires, setup=setup, traffic=traffic, description=description))
+
+
+_neg("dtls-download", 121, "dtls", 4433, ("openssl",), dtls_setup, dtls_download_traffic,
+     "openssl s_server streams 500-1300-byte records to s_client at a capped rate",
+     "A one-way transfer over DTLS 1.2: large records one way, a short line back about each second.")
+_neg("dtls-telemetry", 122, "dtls", 4433, ("openssl",), dtls_setup, dtls_telemetry_traffic,
+     "openssl s_client sends a fixed-size report every 0.2-2 s, s_server acknowledges",
+     "Sensor-style DTLS: periodic small equal-size records and acknowledgements.")
+_neg("game-udp", 123, "game", GAME_PORT, (), game_setup, game_traffic,
+     "Python UDP client (30-64 inputs/s) and server (10-30 snapshots/s), random-looking payloads",
+     "A game session: small fast client inputs and larger server snapshots of random-looking bytes.")
+_neg("quic-bulk", 124, "quic", 443, ("gtlsserver", "gtlsclient"), quic_bulk_setup, quic_bulk_traffic,
+     "ngtcp2 gtlsserver/gtlsclient, HTTP/3 download of a 2-16 MiB file",
+     "Bulk HTTP/3: a large download over QUIC on UDP 443.")
+_neg("quic-streams", 125, "quic", 443, ("gtlsserver", "gtlsclient"), quic_streams_setup, quic_streams_traffic,
+     "ngtcp2 gtlsclient fetching 3-12 objects on parallel streams of one connection",
+     "HTTP/3 page loads: several objects multiplexed on one QUIC connection, think time between.")
