@@ -33,7 +33,7 @@ from classifier.flows.schema import FIRST_PACKETS
 from classifier.flows.state import N_HIST, PAYLOAD_HIST_EDGES
 
 #: Bump when a feature's definition changes: a model trained on another version is refused.
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
 
 #: Flow-table columns the features read (all others are ignored, identifiers included).
 INPUT_COLUMNS: tuple[str, ...] = (
@@ -46,6 +46,8 @@ INPUT_COLUMNS: tuple[str, ...] = (
     "tcp_syn", "tcp_ack", "tcp_psh", "tcp_urg", "tcp_ece", "tcp_cwr",
     "first_tcp_flags", "first_sizes", "first_dirs", "first_iats_ms",
     "src2dst_payload_packets", "dst2src_payload_packets", "src2dst_payload_hist", "dst2src_payload_hist",
+    *(f"{d}_{s}" for d in ("src2dst", "dst2src")
+      for s in ("first_payload_bits", "first_payload_printable", "payload_bits", "tls_record_frac")),
 )
 
 #: List columns (read by :func:`_padded`, not as scalars).
@@ -82,6 +84,7 @@ def _names() -> list[str]:
           "first_size_shift_match", "first_hello_like", "late_hello_like",
           "log_resp_delay_first", "log_resp_delay_later_max", "resp_delay_ratio"]
     n += RHYTHM_NAMES
+    n += BYTES_NAMES
     return n
 
 
@@ -96,6 +99,19 @@ RHYTHM_NAMES: list[str] = [
     "light_small_frac", "light_small_per_heavy", "heavy_large_frac", "hist_overlap",
 ]
 
+#: How random the payload looks (``classifier/flows/head_stats.py``): fully encrypted
+#: proxies and tunnels start with random bytes; most other protocols start with a header.
+BYTES_NAMES: list[str] = [
+    *(f"{d}_{s}" for d in ("up", "down")
+      for s in ("first_bits", "first_printable", "payload_bits", "tls_frac")),
+    "first_bits_dev", "fully_encrypted_start",
+]
+#: Set bits per byte of random data, and the band around it where a first payload
+#: counts as random (Wu et al., USENIX Security 2023: 3.4-4.6 over whole packets; the
+#: heads hold 64 bytes, whose popcount mean has a standard deviation of about 0.18).
+RANDOM_BITS, RANDOM_BAND = 4.0, 0.6
+#: Most printable share of a random-looking first payload (random bytes: 0.37).
+RANDOM_MAX_PRINTABLE = 0.5
 
 #: Column order of :func:`feature_matrix`.
 FEATURE_NAMES: tuple[str, ...] = tuple(_names())
@@ -147,7 +163,19 @@ FEATURE_DOCS: dict[str, str] = {
                              "packet (about one per one or two segments inside a tunnel)",
     "heavy_large_frac": "share of the heavy direction's payload packets of 1024 bytes or more",
     "hist_overlap": "overlap of the two directions' normalised payload-size histograms (sum of minima)",
+    "first_bits_dev": "|set bits per byte - 4| of the initiator's first payload (0: looks random)",
+    "fully_encrypted_start": "the initiator's first payload looks random: set bits per byte within "
+                             f"{RANDOM_BITS - RANDOM_BAND:g}-{RANDOM_BITS + RANDOM_BAND:g}, at most "
+                             f"{RANDOM_MAX_PRINTABLE:g} printable, no TLS/DTLS record header "
+                             "(fully encrypted protocols; Wu et al. 2023); unknown for TCP without its SYN",
 }
+for _short, _who in (("up", "the initiator"), ("down", "the responder")):
+    FEATURE_DOCS.update({
+        f"{_short}_first_bits": f"set bits per byte of {_who}'s first payload (first 64 bytes; random: 4)",
+        f"{_short}_first_printable": f"printable ASCII share of {_who}'s first payload (random: 0.37)",
+        f"{_short}_payload_bits": f"set bits per byte over {_who}'s first 8 payload heads",
+        f"{_short}_tls_frac": f"share of {_who}'s first 8 payload packets starting with a TLS/DTLS record header",
+    })
 for _short, _who in _DIRS:
     _w = {"all": "both directions", "src2dst_": "the initiator", "dst2src_": "the responder"}[_who]
     FEATURE_DOCS.update({
@@ -258,6 +286,7 @@ def feature_matrix(table: pa.Table) -> np.ndarray:
     f["starts_with_syn"] = np.where(np.isnan(flags), 0.0, (np.nan_to_num(flags).astype(np.int64) & 0x02) > 0)
     f.update(_early(table, n))
     f.update(_rhythm(table, c))
+    f.update(_bytes(c, (proto != 6) | (f["starts_with_syn"] == 1)))
     out = np.empty((n, len(FEATURE_NAMES)), np.float32)
     for j, name in enumerate(FEATURE_NAMES):
         out[:, j] = f[name]
@@ -355,6 +384,28 @@ def _rhythm(table: pa.Table, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     f["light_small_per_heavy"] = _div(small, heavy.sum(1))
     f["heavy_large_frac"] = _div(heavy[:, 10:].sum(1), heavy.sum(1))
     f["hist_overlap"] = np.minimum(norms["light"], norms["heavy"]).sum(1)
+    return f
+
+
+def _bytes(c: dict[str, np.ndarray], start_seen: np.ndarray) -> dict[str, np.ndarray]:
+    """How random the payload heads look, and the fully-encrypted first-payload rule.
+
+    The rule needs the start of the stream: a TCP flow metered from the middle begins
+    with a segment in the middle of a TLS record or a file, which looks random whatever
+    the protocol. So for TCP it holds only when the SYN was seen (else unknown, NaN);
+    a datagram always starts a message.
+    """
+    f: dict[str, np.ndarray] = {}
+    for short, d in (("up", "src2dst"), ("down", "dst2src")):
+        f[f"{short}_first_bits"] = c[f"{d}_first_payload_bits"]
+        f[f"{short}_first_printable"] = c[f"{d}_first_payload_printable"]
+        f[f"{short}_payload_bits"] = c[f"{d}_payload_bits"]
+        f[f"{short}_tls_frac"] = c[f"{d}_tls_record_frac"]
+    dev = np.abs(f["up_first_bits"] - RANDOM_BITS)
+    f["first_bits_dev"] = dev
+    with np.errstate(invalid="ignore"):
+        random_start = (dev <= RANDOM_BAND) & (f["up_first_printable"] <= RANDOM_MAX_PRINTABLE) & (f["up_tls_frac"] == 0)
+    f["fully_encrypted_start"] = np.where(np.isnan(dev) | ~start_seen, np.nan, random_start.astype(float))
     return f
 
 

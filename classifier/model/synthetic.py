@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from classifier.flows.head_stats import HEAD_STAT_COLUMNS
 from classifier.flows.schema import FIRST_PACKETS, FLOW_SCHEMA
 from classifier.flows.state import PAYLOAD_HIST_EDGES
 
@@ -162,6 +163,13 @@ def flow_row(sizes: np.ndarray, dirs: np.ndarray, iats_ms: np.ndarray, flags: np
         "src2dst_payload_hist": _hist(pay[up]), "dst2src_payload_hist": _hist(pay[down]),
         "truncated_packets": 0, "fragments": 0,
     }
+    # payload byte statistics: drawn alike for every kind (no payload is simulated), so they
+    # carry no label information; null where a direction carries no payload
+    rng = np.random.default_rng(flow_id + int(sizes.sum()))
+    for d, mask in (("src2dst", up), ("dst2src", down)):
+        has = bool((pay[mask] > 0).any())
+        values = (rng.uniform(3.2, 4.2), rng.uniform(0.2, 0.9), rng.uniform(3.4, 4.1), float(rng.random() < 0.3))
+        row.update({f"{d}_{c}": (v if has else None) for c, v in zip(HEAD_STAT_COLUMNS, values, strict=True)})
     row.update(_stats("", sizes, ts_ms))
     row.update(_stats("src2dst", sizes[up], ts_ms[up]))
     row.update(_stats("dst2src", sizes[down], ts_ms[down]))

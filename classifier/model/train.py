@@ -128,6 +128,12 @@ def fit_estimator(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, s
     """Fit a fresh estimator of ``kind`` with class- and capture-balanced sample weights."""
     est = make_estimator(kind, seed)
     w = sample_weights(y, groups)
+    empty = np.isnan(X).all(axis=0)
+    if kind == "hgb" and empty.any():
+        # scikit-learn's binning fails on a column with no value at all (e.g. payload byte
+        # statistics of flows that carried no payload); a constant carries the same nothing
+        X = X.copy()
+        X[:, empty] = 0.0
     if hasattr(est, "steps"):
         return est.fit(X, y, **{f"{est.steps[-1][0]}__sample_weight": w})
     return est.fit(X, y, sample_weight=w)
