@@ -208,7 +208,7 @@ def card_markdown(card: dict[str, Any]) -> str:
     data = card.get("training_data", {})
     lines += ["## Training data", "",
               f"- flows: {data.get('flows')} ({data.get('vpn_flows')} VPN, {data.get('non_vpn_flows')} non-VPN)",
-              f"- source captures / files: {data.get('groups')}",
+              f"- groups (lab VPN scenarios, lab non-VPN protocols, other capture files): {data.get('groups')}",
               f"- augmentation: {data.get('augmentation')}",
               f"- sha256 of features and labels: `{data.get('sha256')}`",
               f"- sha256 of the input files (names and contents): `{data.get('inputs_sha256')}`", ""]

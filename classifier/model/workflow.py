@@ -27,7 +27,8 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
     return {
         "name": b["name"],
         "version": b["version"],
-        "summary": ("Flags VPN tunnels from flow statistics alone (sizes, timing, ratios, first packets), "
+        "summary": ("Flags VPN tunnels from flow statistics alone (sizes, timing, ratios, first packets, "
+                    "how random the first payload bytes look), "
                     "for flows no signature claims. Probabilities are calibrated on captures held out "
                     "from training; the threshold keeps false alarms at the target rate on held-out "
                     "non-VPN captures."),
