@@ -14,6 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from classifier.cli.common import add_input_options, add_model_options, add_output_options
@@ -55,16 +57,22 @@ def summary(total: int, protocols: Counter, tunnels: Counter) -> str:
     return line
 
 
+def _counts(table, column: str, where, missing: str | None) -> dict[str, int]:
+    """Rows per value of ``column`` among rows where ``where`` holds (nulls as ``missing``, or dropped)."""
+    values = pc.filter(table.column(column), where)
+    values = pc.fill_null(values, missing) if missing is not None else values.drop_null()
+    return {c["values"].as_py(): c["counts"].as_py() for c in pc.value_counts(values)}
+
+
 def run(args: argparse.Namespace) -> int:
-    from classifier.cli.common import apply_threshold, flow_config, load_model_option
-    from classifier.errors import ErrorLog, UsageError
+    from classifier.cli.common import apply_threshold, flow_config, load_model_option, open_output
+    from classifier.errors import ErrorLog
     from classifier.flows.schema import CLASSIFY_SCHEMA, REPORT_SCHEMA
-    from classifier.output import TableSink, base_metadata, format_from_path
+    from classifier.output import base_metadata
     from classifier.pipeline import LabelOptions, iter_labeled
 
     config = flow_config(args)
     log = ErrorLog(quiet=False)
-    fmt = format_from_path(args.output, args.format)
     model = apply_threshold(load_model_option(args.model, args.no_model, log.warn), args.threshold)
     registry = _load_registry(args, log)
     options = LabelOptions(signatures=not args.no_signatures, model=model, registry=registry)
@@ -76,20 +84,12 @@ def run(args: argparse.Namespace) -> int:
     protocols: Counter = Counter()
     tunnels: Counter = Counter()
     t0 = time.perf_counter()
-    try:
-        sink = TableSink(args.output, schema, fmt, meta)
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"{args.output}: {exc}") from None
+    sink = open_output(args, schema, meta)
     with sink:
         for table in iter_labeled(args.inputs, options, config=config, log=log):
             sink.write(table)
-            is_vpn = table.column("is_vpn").to_pylist()
-            for vpn, proto, tun in zip(is_vpn, table.column("vpn_protocol").to_pylist(),
-                                       table.column("tunnel").to_pylist(), strict=True):
-                if vpn:
-                    protocols[proto or "unknown"] += 1
-                elif tun:
-                    tunnels[tun] += 1
+            protocols.update(_counts(table, "vpn_protocol", table.column("is_vpn"), "unknown"))
+            tunnels.update(_counts(table, "tunnel", pc.invert(table.column("is_vpn")), None))
     elapsed = time.perf_counter() - t0
     if not args.quiet:
         print(f"vpnid classify: {summary(sink.rows, protocols, tunnels)} in {elapsed:.2f} s -> {args.output}",

@@ -27,6 +27,17 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("parquet", "csv", "jsonl"), help="default: from the file name")
 
 
+def open_output(args: argparse.Namespace, schema, metadata: dict[str, Any]):
+    """The ``TableSink`` for ``-o``/``--format``; a bad path or format is a usage error, not a traceback."""
+    from classifier.output import TableSink, format_from_path
+
+    fmt = format_from_path(args.output, args.format)
+    try:
+        return TableSink(args.output, schema, fmt, metadata)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"{args.output}: {exc}") from None
+
+
 def flow_config(args: argparse.Namespace) -> FlowConfig:
     try:
         return FlowConfig(idle_timeout_s=args.idle_timeout, active_timeout_s=args.active_timeout)

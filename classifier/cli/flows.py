@@ -19,23 +19,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from classifier.cli.common import flow_config
-    from classifier.errors import ErrorLog, UsageError
+    from classifier.cli.common import flow_config, open_output
+    from classifier.errors import ErrorLog
     from classifier.flows.api import iter_flow_batches
     from classifier.flows.schema import FLOW_SCHEMA
-    from classifier.output import TableSink, base_metadata, format_from_path
+    from classifier.output import base_metadata
 
     config = flow_config(args)
     log = ErrorLog(quiet=False)
-    fmt = format_from_path(args.output, args.format)
     meta = base_metadata(inputs=list(map(str, args.inputs)), idle_timeout_s=config.idle_timeout_s,
                          active_timeout_s=config.active_timeout_s)
     stats: list = []
     t0 = time.perf_counter()
-    try:
-        sink = TableSink(args.output, FLOW_SCHEMA, fmt, meta)
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"{args.output}: {exc}") from None
+    sink = open_output(args, FLOW_SCHEMA, meta)
     with sink:
         for batch in iter_flow_batches(args.inputs, config=config, log=log, stats=stats):
             sink.write(batch.table)
