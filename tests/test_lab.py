@@ -299,14 +299,14 @@ LAB_SCENARIOS = ("wireguard", "openvpn-udp-tls-crypt", "ipsec-ikev2")
 FAMILY = {"ipsec-ike": {"ipsec-ike", "ipsec-esp"}, "ipsec-esp": {"ipsec-esp", "ipsec-ike"}}
 
 
-def _lab_ready() -> str | None:
+def _skip_unless_lab(names: tuple[str, ...] = LAB_SCENARIOS) -> None:
+    """Skip, saying why, unless this is root and the tools of the scenarios ``names`` are installed."""
     if os.geteuid() != 0:
-        return "the lab needs root (network namespaces, veth, tcpdump)"
+        pytest.skip("the lab needs root (network namespaces, veth, tcpdump)")
     scenarios = all_scenarios()
-    missing = sorted({t for n in LAB_SCENARIOS for t in missing_tools(scenarios[n])})
+    missing = sorted({t for n in names for t in missing_tools(scenarios[n])})
     if missing:
-        return f"lab tools not installed ({', '.join(missing)}); run `make lab-deps`"
-    return None
+        pytest.skip(f"lab tools not installed ({', '.join(missing)}); run `make lab-deps`")
 
 
 def _vpnid(*args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -374,9 +374,7 @@ def _capture_ok(out: Path, timeout: float, *args: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.timeout(280)
 def test_fresh_lab_captures_are_labelled_correctly(tmp_path: Path) -> None:
-    reason = _lab_ready()
-    if reason:
-        pytest.skip(reason)
+    _skip_unless_lab()
     rows = _capture_ok(tmp_path, 240, *LAB_SCENARIOS, "--duration", "2")
     assert set(rows) == set(LAB_SCENARIOS)
     for row in rows.values():
@@ -401,9 +399,7 @@ def test_fresh_lab_captures_are_labelled_correctly(tmp_path: Path) -> None:
 @pytest.mark.lab
 @pytest.mark.timeout(120)
 def test_interrupted_capture_leaves_nothing_behind(tmp_path: Path) -> None:
-    reason = _lab_ready()
-    if reason:
-        pytest.skip(reason)
+    _skip_unless_lab()
     proc = _start_vpnid("lab", "capture", "wireguard", "-o", str(tmp_path), "--duration", "60")
     try:
         deadline = time.monotonic() + 30
@@ -434,10 +430,7 @@ def test_inner_traffic_kind_and_a_service_scenario(tmp_path: Path) -> None:
     """A proxy carrying iperf3 through ss-tunnel, and RTP voice: notes and packets as declared."""
     import dpkt
 
-    reason = _lab_ready()
-    missing = sorted({t for n in ("shadowsocks", "rtp-voice") for t in missing_tools(all_scenarios()[n])})
-    if reason or missing:
-        pytest.skip(reason or f"lab tools not installed ({', '.join(missing)}); run `make lab-deps`")
+    _skip_unless_lab((*LAB_SCENARIOS, "shadowsocks", "rtp-voice"))
     rows = _capture_ok(tmp_path, 120, "shadowsocks", "rtp-voice", "--traffic", "iperf", "--duration", "2")
     assert rows["shadowsocks"].notes.endswith("traffic iperf (tcp 600 kbit/s, 1200-byte writes)")
     assert rows["rtp-voice"].notes == all_scenarios()["rtp-voice"].notes  # negatives ignore --traffic

@@ -17,15 +17,13 @@ from __future__ import annotations
 import numpy as np
 
 from classifier.flows.batch import PayloadHeads
+from classifier.flows.schema import HEAD_STAT_COLUMNS
 
 #: set bits of every byte value
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 #: printable ASCII (space to tilde)
 _PRINTABLE = np.zeros(256, np.uint8)
 _PRINTABLE[0x20:0x7F] = 1
-
-#: Columns this module adds, per direction prefix (``src2dst`` / ``dst2src``).
-HEAD_STAT_COLUMNS = ("first_payload_bits", "first_payload_printable", "payload_bits", "tls_record_frac")
 
 
 def _tls_record_start(data: np.ndarray, caps: np.ndarray) -> np.ndarray:
@@ -38,7 +36,7 @@ def _tls_record_start(data: np.ndarray, caps: np.ndarray) -> np.ndarray:
 
 
 def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per flow and direction: ``{column: (values, valid)}`` for the ``HEAD_STAT_COLUMNS``.
+    """Per flow and direction: ``{column: (values, valid)}`` for the schema's ``HEAD_STAT_COLUMNS``.
 
     * ``first_payload_bits``: set bits per stored byte of the direction's first
       payload-carrying packet (random data: 4.0; text: about 3.3; zero padding: low);
@@ -51,11 +49,11 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
     A direction without stored payload is invalid (null in the flow table).
     """
     n, k = heads.dirs.shape
-    b = heads.data.shape[2]
     slot_ok = (np.arange(k)[None, :] < heads.count[:, None]) & (heads.caps > 0)
-    byte_ok = np.arange(b)[None, None, :] < heads.caps[:, :, None]
-    bits = (_POPCOUNT[heads.data] * byte_ok).sum(axis=2, dtype=np.int64)
-    printable = (_PRINTABLE[heads.data] * byte_ok).sum(axis=2, dtype=np.int64)
+    # the heads are zero padded (PayloadHeads), and a zero byte has no set bit and is not
+    # printable, so whole slots can be summed without masking the padding
+    bits = _POPCOUNT[heads.data].sum(axis=2, dtype=np.int64)
+    printable = _PRINTABLE[heads.data].sum(axis=2, dtype=np.int64)
     caps = heads.caps.astype(np.int64)
     tls = _tls_record_start(heads.data, heads.caps)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -67,8 +65,11 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
         first_caps = np.maximum(caps[rows, first], 1)
         n_bytes = (caps * m).sum(axis=1)
         n_slots = m.sum(axis=1)
-        out[f"{name}_first_payload_bits"] = (bits[rows, first] / first_caps, has)
-        out[f"{name}_first_payload_printable"] = (printable[rows, first] / first_caps, has)
-        out[f"{name}_payload_bits"] = ((bits * m).sum(axis=1) / np.maximum(n_bytes, 1), has)
-        out[f"{name}_tls_record_frac"] = ((tls & m).sum(axis=1) / np.maximum(n_slots, 1), has)
+        values = {
+            "first_payload_bits": bits[rows, first] / first_caps,
+            "first_payload_printable": printable[rows, first] / first_caps,
+            "payload_bits": (bits * m).sum(axis=1) / np.maximum(n_bytes, 1),
+            "tls_record_frac": (tls & m).sum(axis=1) / np.maximum(n_slots, 1),
+        }
+        out.update({f"{name}_{col}": (values[col], has) for col in HEAD_STAT_COLUMNS})
     return out

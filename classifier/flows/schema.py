@@ -25,19 +25,21 @@ def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Fie
     return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
 
 
+#: Byte statistics of the payload heads per direction (``classifier/flows/head_stats.py``),
+#: column suffix -> description; the columns are ``src2dst_<suffix>`` and ``dst2src_<suffix>``.
+HEAD_STAT_DOCS: dict[str, str] = {
+    "first_payload_bits": "set bits per byte of the first 64 payload bytes of {who}'s first payload packet "
+                          "(random: 4.0)",
+    "first_payload_printable": "fraction of printable ASCII among those bytes of {who} (random: 0.37)",
+    "payload_bits": "set bits per byte over the stored payload heads of {who}'s first 8 payload packets",
+    "tls_record_frac": "fraction of {who}'s first 8 payload packets that start with a TLS or DTLS record header",
+}
+HEAD_STAT_COLUMNS: tuple[str, ...] = tuple(HEAD_STAT_DOCS)
+
+
 def _head_stats(prefix: str, who: str) -> list[pa.Field]:
-    """Byte statistics of the payload heads (``classifier/flows/head_stats.py``); null without payload."""
-    return [
-        _f(f"{prefix}_first_payload_bits", pa.float64(),
-           f"set bits per byte of the first 64 payload bytes of {who}'s first payload packet "
-           "(random: 4.0)"),
-        _f(f"{prefix}_first_payload_printable", pa.float64(),
-           f"fraction of printable ASCII among those bytes of {who} (random: 0.37)"),
-        _f(f"{prefix}_payload_bits", pa.float64(),
-           f"set bits per byte over the stored payload heads of {who}'s first 8 payload packets"),
-        _f(f"{prefix}_tls_record_frac", pa.float64(),
-           f"fraction of {who}'s first 8 payload packets that start with a TLS or DTLS record header"),
-    ]
+    """Byte statistics of the payload heads; null when that direction carried no payload."""
+    return [_f(f"{prefix}_{col}", pa.float64(), doc.format(who=who)) for col, doc in HEAD_STAT_DOCS.items()]
 
 
 def _dir_stats(prefix: str, who: str) -> list[pa.Field]:

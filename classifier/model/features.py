@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from classifier.flows.schema import FIRST_PACKETS
+from classifier.flows.schema import FIRST_PACKETS, HEAD_STAT_COLUMNS
 from classifier.flows.state import N_HIST, PAYLOAD_HIST_EDGES
 
 #: Bump when a feature's definition changes: a model trained on another version is refused.
@@ -46,8 +46,7 @@ INPUT_COLUMNS: tuple[str, ...] = (
     "tcp_syn", "tcp_ack", "tcp_psh", "tcp_urg", "tcp_ece", "tcp_cwr",
     "first_tcp_flags", "first_sizes", "first_dirs", "first_iats_ms",
     "src2dst_payload_packets", "dst2src_payload_packets", "src2dst_payload_hist", "dst2src_payload_hist",
-    *(f"{d}_{s}" for d in ("src2dst", "dst2src")
-      for s in ("first_payload_bits", "first_payload_printable", "payload_bits", "tls_record_frac")),
+    *(f"{d}_{s}" for d in ("src2dst", "dst2src") for s in HEAD_STAT_COLUMNS),
 )
 
 #: List columns (read by :func:`_padded`, not as scalars).
@@ -101,9 +100,11 @@ RHYTHM_NAMES: list[str] = [
 
 #: How random the payload looks (``classifier/flows/head_stats.py``): fully encrypted
 #: proxies and tunnels start with random bytes; most other protocols start with a header.
+#: Flow-table byte statistic -> feature name (prefixed ``up_`` / ``down_``).
+_BYTE_FEATURES = dict(zip(HEAD_STAT_COLUMNS, ("first_bits", "first_printable", "payload_bits", "tls_frac"),
+                          strict=True))
 BYTES_NAMES: list[str] = [
-    *(f"{d}_{s}" for d in ("up", "down")
-      for s in ("first_bits", "first_printable", "payload_bits", "tls_frac")),
+    *(f"{d}_{s}" for d in ("up", "down") for s in _BYTE_FEATURES.values()),
     "first_bits_dev", "fully_encrypted_start",
 ]
 #: Set bits per byte of random data, and the band around it where a first payload
@@ -397,10 +398,8 @@ def _bytes(c: dict[str, np.ndarray], start_seen: np.ndarray) -> dict[str, np.nda
     """
     f: dict[str, np.ndarray] = {}
     for short, d in (("up", "src2dst"), ("down", "dst2src")):
-        f[f"{short}_first_bits"] = c[f"{d}_first_payload_bits"]
-        f[f"{short}_first_printable"] = c[f"{d}_first_payload_printable"]
-        f[f"{short}_payload_bits"] = c[f"{d}_payload_bits"]
-        f[f"{short}_tls_frac"] = c[f"{d}_tls_record_frac"]
+        for column, name in _BYTE_FEATURES.items():
+            f[f"{short}_{name}"] = c[f"{d}_{column}"]
     dev = np.abs(f["up_first_bits"] - RANDOM_BITS)
     f["first_bits_dev"] = dev
     with np.errstate(invalid="ignore"):

@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from classifier.flows.head_stats import HEAD_STAT_COLUMNS
-from classifier.flows.schema import FIRST_PACKETS, FLOW_SCHEMA
+from classifier.flows.schema import FIRST_PACKETS, FLOW_SCHEMA, HEAD_STAT_COLUMNS
 from classifier.flows.state import PAYLOAD_HIST_EDGES
 
 #: Synthetic traffic kinds: name -> (is_vpn, transport protocol number).

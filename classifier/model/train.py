@@ -128,8 +128,7 @@ def fit_estimator(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, s
     """Fit a fresh estimator of ``kind`` with class- and capture-balanced sample weights."""
     est = make_estimator(kind, seed)
     w = sample_weights(y, groups)
-    empty = np.isnan(X).all(axis=0)
-    if kind == "hgb" and empty.any():
+    if kind == "hgb" and (empty := np.isnan(X).all(axis=0)).any():
         # scikit-learn's binning fails on a column with no value at all (e.g. payload byte
         # statistics of flows that carried no payload); a constant carries the same nothing
         X = X.copy()
