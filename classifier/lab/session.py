@@ -169,6 +169,10 @@ class Session:
     def work(self) -> Path:
         return self.lab.workdir
 
+    def rng(self) -> random.Random:
+        """A fresh generator for the randomness inside the traffic (sizes, pauses), seeded by the profile."""
+        return random.Random(self.profile.seed)
+
     def file(self, name: str, text: str | bytes, mode: int = 0o600) -> Path:
         """Write a configuration file into the run's private work directory."""
         path = self.work / name

@@ -2,11 +2,11 @@
 
 Why they exist: a UDP tunnel (WireGuard, OpenVPN, OpenConnect's DTLS channel, ESP in
 UDP) is an encrypted datagram stream with a rhythm of its own, and the model must learn
-that rhythm rather than "encrypted UDP = VPN". With a single DTLS negative, leaving it
-out of training (as the threshold rule does, one scenario at a time) taught the model
-that DTLS framing means OpenConnect. These add DTLS applications with other rhythms and
-a game-like stream of random-looking datagrams, the kinds of traffic (calls, games,
-IoT) a real network is full of.
+that rhythm rather than "encrypted UDP = VPN". With a single DTLS negative, a model that
+had not seen it knew DTLS framing only from OpenConnect's tunnel and took DTLS for a VPN.
+These add DTLS and QUIC applications with other rhythms and a
+game-like stream of random-looking datagrams, the kinds of traffic (calls, games, IoT)
+a real network is full of.
 
 * ``dtls-download``: OpenSSL ``s_server`` streams records to ``s_client`` at a capped
   rate, the client answers now and then (a one-way transfer over DTLS, no inner ACKs);
@@ -15,77 +15,62 @@ IoT) a real network is full of.
 * ``game-udp``: a client sends 30-64 input updates per second (random-looking bytes
   behind a small header) and the server sends 10-30 state snapshots per second;
 * ``quic-bulk`` and ``quic-streams``: HTTP/3 (ngtcp2) downloading a 2-16 MiB file, and
-  fetching several objects over parallel streams of one connection. With QUIC as the
-  only HTTP/3 negative, leaving it out made every QUIC flow look like a UDP tunnel.
+  fetching several objects over parallel streams of one connection.
 """
 
 from __future__ import annotations
 
-import random
-import subprocess
 import sys
 import time
 
-from classifier.lab.netns import LabError
 from classifier.lab.scenarios import Scenario, register
-from classifier.lab.scenarios.negatives import dtls_setup, quic_setup
+from classifier.lab.scenarios.negatives import (
+    check_dtls_client,
+    dtls_client,
+    dtls_setup,
+    quic_setup,
+    send_line,
+)
 from classifier.lab.session import Session
 from classifier.lab.traffic import write_random
 
 GAME_PORT = 27015
 
 
-def _rng(s: Session) -> random.Random:
-    return random.Random(s.profile.seed)
-
-
-def _dtls_client(s: Session):
-    proc = s.lab.spawn(s.client_ns, ["openssl", "s_client", "-dtls1_2", "-connect", f"{s.server_ip}:4433",
-                                     "-quiet"], "dtls-client", stdin=subprocess.PIPE)
-    return proc
-
-
-def _send(proc, text: str) -> None:
-    proc.popen.stdin.write(text.encode())
-    proc.popen.stdin.flush()
-
-
 def dtls_download_traffic(s: Session) -> None:
     """The server writes records of 500-1300 bytes at ``profile.rate_kbit``; the client sends a line about each second."""
-    server, rng = s.extra["dtls-server"], _rng(s)
-    client = _dtls_client(s)
+    server, rng = s.extra["dtls-server"], s.rng()
+    client = dtls_client(s)
     time.sleep(0.5)  # let the handshake finish before the server writes
     deadline = time.monotonic() + s.duration
     next_client = time.monotonic() + 1.0
     i = 0
     while time.monotonic() < deadline and client.alive() and server.alive():
         size = rng.randint(500, 1300)
-        _send(server, f"chunk {i} " + "z" * size + "\n")
+        send_line(server, f"chunk {i} " + "z" * size + "\n")
         if time.monotonic() >= next_client:
-            _send(client, f"progress {i}\n")
+            send_line(client, f"progress {i}\n")
             next_client = time.monotonic() + rng.uniform(0.5, 2.0) * s.profile.pause_scale
         i += 1
         time.sleep(size * 8 / (s.profile.rate_kbit * 1000))
-    if not client.alive():
-        raise LabError(f"DTLS client exited: {client.tail()}")
+    check_dtls_client(client)
 
 
 def dtls_telemetry_traffic(s: Session) -> None:
     """A sensor-like client: one fixed-size report per period, each acknowledged by the server."""
-    server, rng = s.extra["dtls-server"], _rng(s)
-    client = _dtls_client(s)
+    server, rng = s.extra["dtls-server"], s.rng()
+    client = dtls_client(s)
     report = rng.choice([24, 48, 96, 180])
     period = rng.uniform(0.2, 2.0)
     deadline = time.monotonic() + s.duration
     i = 0
     while time.monotonic() < deadline and client.alive() and server.alive():
-        _send(client, f"r{i:06d}," + "m" * report + "\n")
+        send_line(client, f"r{i:06d}," + "m" * report + "\n")
         time.sleep(0.02)
-        _send(server, f"ack {i:06d}\n")
+        send_line(server, f"ack {i:06d}\n")
         i += 1
         time.sleep(period * rng.uniform(0.9, 1.1))
-    if not client.alive():
-        raise LabError(f"DTLS client exited: {client.tail()}")
+    check_dtls_client(client)
 
 
 GAME = r"""
@@ -143,7 +128,7 @@ def quic_bulk_setup(s: Session) -> None:
 
 def quic_bulk_traffic(s: Session) -> None:
     """HTTP/3 downloads of the large file, one connection each, until the duration is over."""
-    payload = str(_rng(s).choice([1200, 1280, 1350, 1452]))
+    payload = str(s.rng().choice([1200, 1280, 1350, 1452]))
     deadline = time.monotonic() + s.duration
     while time.monotonic() < deadline:
         s.lab.run(s.client_ns, ["gtlsclient", "-q", "--exit-on-all-streams-close", "--max-udp-payload-size", payload,
@@ -152,14 +137,14 @@ def quic_bulk_traffic(s: Session) -> None:
 
 def quic_streams_setup(s: Session) -> None:
     quic_setup(s)
-    rng = _rng(s)
+    rng = s.rng()
     for i in range(12):
         write_random(s.work / "www" / f"obj{i}", int(10 ** rng.uniform(2.5, 5.3)))
 
 
 def quic_streams_traffic(s: Session) -> None:
     """Page-like loads: 3-12 objects on parallel streams of one HTTP/3 connection, think time between."""
-    rng = _rng(s)
+    rng = s.rng()
     deadline = time.monotonic() + s.duration
     while time.monotonic() < deadline:
         objs = [f"https://{s.server_ip}/obj{i}" for i in rng.sample(range(12), rng.randint(3, 12))]

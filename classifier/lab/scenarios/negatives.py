@@ -123,23 +123,36 @@ def dtls_setup(s: Session) -> None:
     s.lab.wait_port(s.server_ns, 4433, "udp", procs=[proc])
 
 
+def dtls_client(s: Session):
+    """``openssl s_client`` connected to the DTLS server; what is written to its stdin goes out as records."""
+    return s.lab.spawn(s.client_ns, ["openssl", "s_client", "-dtls1_2", "-connect", f"{s.server_ip}:4433",
+                                     "-quiet"], "dtls-client", stdin=subprocess.PIPE)
+
+
+def send_line(proc, text: str) -> None:
+    """Write ``text`` to an OpenSSL peer's stdin now (it sends what it reads as DTLS records)."""
+    proc.popen.stdin.write(text.encode())
+    proc.popen.stdin.flush()
+
+
+def check_dtls_client(proc) -> None:
+    if not proc.alive():
+        raise LabError(f"DTLS client exited: {proc.tail()}")
+
+
 def dtls_traffic(s: Session) -> None:
     """One DTLS session: client and server both send lines of varying length for the duration."""
     server = s.extra["dtls-server"]
-    proc = s.lab.spawn(s.client_ns, ["openssl", "s_client", "-dtls1_2", "-connect", f"{s.server_ip}:4433",
-                                     "-quiet"], "dtls-client", stdin=subprocess.PIPE)
+    proc = dtls_client(s)
     deadline = time.monotonic() + s.duration
     i = 0
     while time.monotonic() < deadline and proc.alive():
-        proc.popen.stdin.write(f"vpnid lab dtls message {i} {'x' * (i * 37 % 400)}\n".encode())
-        proc.popen.stdin.flush()
+        send_line(proc, f"vpnid lab dtls message {i} {'x' * (i * 37 % 400)}\n")
         if i % 2 and server.alive():
-            server.popen.stdin.write(f"reply {i} {'y' * (i * 53 % 900)}\n".encode())
-            server.popen.stdin.flush()
+            send_line(server, f"reply {i} {'y' * (i * 53 % 900)}\n")
         i += 1
         time.sleep(0.1 * s.profile.pause_scale)
-    if not proc.alive():
-        raise LabError(f"DTLS client exited: {proc.tail()}")
+    check_dtls_client(proc)
 
 
 def quic_setup(s: Session) -> None:

@@ -17,7 +17,6 @@ think times, codec) come from the run's ``TrafficProfile`` so ``--vary`` varies 
 
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
 import time
@@ -32,17 +31,13 @@ from classifier.lab.traffic import curl_bytes, ssh_argv, start_sshd, type_sessio
 SYSTEM_PYTHON = "/usr/bin/python3"  # python3-websockets is a Debian package for the system Python
 
 
-def _rng(s: Session) -> random.Random:
-    return random.Random(s.profile.seed)
-
-
 # -- HTTPS: HTTP/2 page loads, keep-alive browsing, bulk download -----------------------------------
 
 def _site(s: Session) -> list[str]:
     """A small web site: an index page and objects of log-uniform sizes 300 B .. 300 KB."""
     import os
 
-    rng = _rng(s)
+    rng = s.rng()
     www = s.work / "www"
     www.mkdir(exist_ok=True)
     names = []
@@ -76,7 +71,7 @@ def h2_setup(s: Session) -> None:
 
 def h2_traffic(s: Session) -> None:
     """Page loads: the index then 3-12 objects multiplexed on one HTTP/2 connection, think time between."""
-    rng = _rng(s)
+    rng = s.rng()
     names: list[str] = s.extra["objects"]  # type: ignore[assignment]
     base = f"https://{s.server_ip}"
     deadline = time.monotonic() + s.duration
@@ -143,13 +138,13 @@ def sshd_setup(s: Session) -> None:
 def ssh_interactive_traffic(s: Session) -> None:
     """One login with a pty; commands typed key by key (each echoed), think time after Enter."""
     proc = s.lab.spawn(s.client_ns, ssh_argv(s, s.server_ip, 22, "-tt"), "ssh-interactive", stdin=subprocess.PIPE)
-    if not type_session(s, proc, _rng(s), s.duration):
+    if not type_session(s, proc, s.rng(), s.duration):
         raise LabError(f"interactive ssh exited at once: {proc.tail()}")
 
 
 def ssh_copy_traffic(s: Session) -> None:
     """scp (SFTP protocol) or rsync over ssh of a 2-16 MiB file, upload or download, rate-capped."""
-    rng = _rng(s)
+    rng = s.rng()
     src = s.work / "copy-src"
     write_random(src, s.profile.bulk_size)
     kbit = max(64, s.profile.bulk_rate * 8 // 1000)
@@ -190,7 +185,7 @@ def _gst(s: Session, ns: str, pipeline: str, name: str):
 
 def rtp_voice_traffic(s: Session) -> None:
     """A voice call: each side sends one RTP audio stream (Opus, PCMU or L16) to the other."""
-    rng = _rng(s)
+    rng = s.rng()
     codec = rng.choice(sorted(CODECS)) if s.profile.seed else "opus"
     chain = CODECS[codec].format(bitrate=rng.choice([16000, 24000, 32000, 64000]))
     procs = []
@@ -204,7 +199,7 @@ def rtp_voice_traffic(s: Session) -> None:
 
 def rtp_video_traffic(s: Session) -> None:
     """A video call: VP8 video each way (size, frame rate and bitrate from the profile) plus Opus audio."""
-    rng = _rng(s)
+    rng = s.rng()
     w, h = rng.choice([(320, 240), (640, 360), (480, 270)]) if s.profile.seed else (320, 240)
     fps = rng.choice([10, 15, 25]) if s.profile.seed else 15
     kbps = rng.choice([150, 300, 600, 1000]) if s.profile.seed else 300
@@ -270,7 +265,7 @@ def dot_setup(s: Session) -> None:
 
 def dot_traffic(s: Session) -> None:
     """Bursts of 1-8 queries on one kept-open TLS connection (``kdig +tls +keepopen``), pauses between."""
-    rng = _rng(s)
+    rng = s.rng()
     deadline = time.monotonic() + s.duration
     ok = 0
     while time.monotonic() < deadline:
@@ -308,7 +303,7 @@ def ntp_setup(s: Session) -> None:
 
 def ntp_traffic(s: Session) -> None:
     """chronyd as a client polling the server every 2^poll s (poll -3..0: sub-second to 1 s)."""
-    poll = _rng(s).choice([-3, -2, -1, 0]) if s.profile.seed else -1
+    poll = s.rng().choice([-3, -2, -1, 0]) if s.profile.seed else -1
     conf = s.file("chrony-client.conf", CHRONY_CLIENT.format(ip=s.server_ip, poll=poll, work=s.work))
     cli = s.lab.spawn(s.client_ns, ["chronyd", "-d", "-x", "-u", "root", "-f", str(conf)], "chronyd-client")
     _run_for(s, [cli, s.extra["chronyd-server"]])
@@ -323,7 +318,7 @@ def iperf_setup(s: Session) -> None:
 
 def iperf_bidir_traffic(s: Session, udp: bool) -> None:
     """iperf3 ``--bidir``: both directions at once, small writes (64-400 bytes), varied rate."""
-    rng = _rng(s)
+    rng = s.rng()
     size = rng.choice([64, 100, 200, 400]) if s.profile.seed else 200
     args = ["iperf3", "-c", s.server_ip, "-p", "5201", "--bidir", "-t", f"{max(1, round(s.duration))}",
             "-b", f"{s.profile.rate_kbit}K", "-l", str(size)]
@@ -452,7 +447,7 @@ def bt_setup(s: Session) -> None:
 
 def bt_traffic(s: Session) -> None:
     """aria2c in the client downloads the torrent from the seeder, rate-capped, for the duration."""
-    rng = _rng(s)
+    rng = s.rng()
     crypto = ["--bt-require-crypto=true"] if rng.random() < 0.5 and s.profile.seed else []
     leech = s.lab.spawn(s.client_ns, ["aria2c", *ARIA2_COMMON, *crypto, "--seed-time=0",
                                       f"--max-download-limit={s.profile.bulk_rate}", f"--listen-port={BT_PORT + 1}",
