@@ -206,19 +206,21 @@ def time_series(vpn: pa.Table, bins: int = 60) -> tuple[np.ndarray, list[str], n
         return np.zeros(0, np.int64), [], np.zeros((0, 0)), 0.0
     t0 = pc.cast(vpn.column("first_seen"), pa.int64()).to_numpy()
     nbytes = vpn.column("bytes").to_numpy().astype(float)
-    proto = np.asarray(pc.fill_null(vpn.column("vpn_protocol"), "unknown").to_pylist(), object)
+    enc = pc.dictionary_encode(pc.fill_null(vpn.column("vpn_protocol"), "unknown")).combine_chunks()
     span_s = max((t0.max() - t0.min()) / 1e9, 1.0)
     width = next((s for s in _STEPS if span_s / s <= bins), _STEPS[-1])
     start = (t0.min() // int(width * 1e9)) * int(width * 1e9)
     nb = int((t0.max() - start) // int(width * 1e9)) + 1
     edges = start + np.arange(nb + 1, dtype=np.int64) * int(width * 1e9)
     which = ((t0 - start) // int(width * 1e9)).astype(np.int64)
-    names = sorted(set(proto.tolist()))
-    data = np.zeros((len(names), nb))
-    for i, name in enumerate(names):
-        sel = proto == name
-        data[i] = np.bincount(which[sel], weights=nbytes[sel], minlength=nb)
-    return edges, names, data, width
+    # one bincount over (protocol, bin) cells; protocols in name order
+    names = enc.dictionary.to_pylist()
+    order = np.argsort(names)
+    rank = np.empty(len(names), np.int64)
+    rank[order] = np.arange(len(names))
+    row = rank[enc.indices.to_numpy()]
+    data = np.bincount(row * nb + which, weights=nbytes, minlength=len(names) * nb).reshape(len(names), nb)
+    return edges, [names[i] for i in order], data, width
 
 
 _STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
