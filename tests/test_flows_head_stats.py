@@ -9,26 +9,38 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from classifier.flows.batch import HEAD_BYTES, HEAD_PACKETS, PayloadHeads
-from classifier.flows.head_stats import head_statistics
+from classifier.flows.head_stats import MAX_INNER_OFFSET, head_statistics
+from classifier.flows.schema import HEAD_STAT_COLUMNS
 
 
-def _heads(slots: list[list[tuple[int, bytes]]]) -> PayloadHeads:
-    """Heads from per-flow lists of (direction, stored bytes)."""
+def _heads(slots: list[list[tuple]]) -> PayloadHeads:
+    """Heads from per-flow lists of (direction, stored bytes[, wire length])."""
     h = PayloadHeads.empty(len(slots))
     for i, flow in enumerate(slots):
         h.count[i] = len(flow)
-        for j, (d, data) in enumerate(flow):
+        for j, (d, data, *wire) in enumerate(flow):
             h.dirs[i, j] = d
             h.caps[i, j] = len(data)
-            h.lens[i, j] = len(data)
+            h.lens[i, j] = wire[0] if wire else len(data)
             h.data[i, j, :len(data)] = np.frombuffer(data, np.uint8)
     return h
 
 
-def _reference(flow: list[tuple[int, bytes]], d: int) -> dict[str, float] | None:
-    mine = [b for dd, b in flow if dd == d and len(b)]
+def _has_inner_ip(data: bytes, wire: int) -> bool:
+    """Plain reading of the rule: an IPv4/IPv6 header at offset <= 48 whose length field fits the rest."""
+    for o in range(MAX_INNER_OFFSET + 1):
+        if len(data) >= o + 4 and 0x45 <= data[o] <= 0x4F and int.from_bytes(data[o + 2:o + 4], "big") == wire - o:
+            return True
+        if len(data) >= o + 6 and data[o] >> 4 == 6 and int.from_bytes(data[o + 4:o + 6], "big") + 40 == wire - o:
+            return True
+    return False
+
+
+def _reference(flow: list[tuple], d: int) -> dict[str, float] | None:
+    mine = [b for dd, b, *_ in flow if dd == d and len(b)]
     if not mine:
         return None
+    inner = sum(_has_inner_ip(b, w[0] if w else len(b)) for dd, b, *w in flow if dd == d and len(b))
     first = mine[0]
     allb = b"".join(mine)
     tls = sum(1 for b in mine if len(b) >= 3 and 20 <= b[0] <= 23
@@ -38,6 +50,7 @@ def _reference(flow: list[tuple[int, bytes]], d: int) -> dict[str, float] | None
         "first_payload_printable": sum(0x20 <= x < 0x7F for x in first) / len(first),
         "payload_bits": sum(bin(x).count("1") for x in allb) / len(allb),
         "tls_record_frac": tls / len(mine),
+        "inner_header_frac": inner / len(mine),
     }
 
 
@@ -46,7 +59,7 @@ def _check(slots):
     for i, flow in enumerate(slots):
         for d, name in ((0, "src2dst"), (1, "dst2src")):
             ref = _reference(flow, d)
-            for col in ("first_payload_bits", "first_payload_printable", "payload_bits", "tls_record_frac"):
+            for col in HEAD_STAT_COLUMNS:
                 values, valid = got[f"{name}_{col}"]
                 assert bool(valid[i]) == (ref is not None), (i, name, col)
                 if ref is not None:
@@ -79,6 +92,52 @@ _slot = st.tuples(st.integers(0, 1), st.binary(min_size=0, max_size=HEAD_BYTES))
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(_slot, max_size=HEAD_PACKETS), min_size=1, max_size=6))
 def test_matches_reference(slots):
+    _check(slots)
+
+
+def _ipv4(total: int) -> bytes:
+    return bytes([0x45, 0, total >> 8, total & 0xFF, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2])
+
+
+def _ipv6(payload: int) -> bytes:
+    return bytes([0x60, 0, 0, 0, payload >> 8, payload & 0xFF, 6, 64]) + bytes(32)
+
+
+def test_cleartext_encapsulation_is_seen_and_random_bytes_are_not():
+    """6in4 (offset 0), GRE (4), VXLAN (22) show their inner header; a wrong length or random bytes do not."""
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+    six_in_four = (_ipv6(1000) + noise)[:64]  # wire payload 1040: 40-byte header + 1000
+    gre = (b"\x00\x00\x08\x00" + _ipv4(600) + noise)[:64]  # wire 604
+    vxlan = (b"\x08\x00\x00\x00\x00\x2a\x00\x00" + bytes(12) + b"\x08\x00" + _ipv4(1400) + noise)[:64]  # wire 1422
+    slots = [
+        [(0, six_in_four, 1040), (1, six_in_four, 1040)],
+        [(0, gre, 604), (1, gre, 700)],  # the reply's length does not match
+        [(0, vxlan, 1422), (0, noise, 900)],
+        [(0, noise, 1040), (1, noise, 64)],
+    ]
+    got, _ = head_statistics(_heads(slots))["src2dst_inner_header_frac"]
+    down, _ = head_statistics(_heads(slots))["dst2src_inner_header_frac"]
+    assert list(got) == [1.0, 1.0, 0.5, 0.0]
+    assert down[0] == 1.0 and down[1] == 0.0 and down[3] == 0.0
+    _check(slots)
+
+
+@st.composite
+def _encapsulated(draw):
+    """A slot with an IPv4 or IPv6 header at a random offset, its length field right or off by a little."""
+    off = draw(st.integers(0, 60))
+    v6 = draw(st.booleans())
+    wire = draw(st.integers(off + 46, 1600))
+    skew = draw(st.sampled_from([0, 0, 1, -1, 40]))
+    header = _ipv6(wire - off - 40 + skew) if v6 else _ipv4(wire - off + skew)
+    data = (draw(st.binary(min_size=off, max_size=off)) + header + bytes(64))[:draw(st.integers(off, HEAD_BYTES))]
+    return draw(st.integers(0, 1)), data, wire
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.lists(st.one_of(_slot, _encapsulated()), max_size=HEAD_PACKETS), min_size=1, max_size=6))
+def test_inner_header_matches_reference(slots):
     _check(slots)
 
 

@@ -9,7 +9,12 @@ number of set bits per byte of the first payload (random bytes: 4) and how much 
 is printable ASCII. These numbers let the model see it without any payload byte
 leaving the engine: the heads stay in memory, only the statistics go to the flow table.
 
-Everything is one numpy pass over all heads of a batch (``n x 16 x 64`` bytes).
+The heads also show whether a tunnel hides what it carries. A cleartext encapsulation
+(6in4, IP-in-IP, plain GRE, Teredo, AYIYA, VXLAN) puts the inner packet's IP header a few
+bytes into every payload, readable, with a length field that matches the bytes that
+follow; an encrypting tunnel (ESP, WireGuard, OpenVPN, PPTP's MPPE) never does.
+
+Everything is vectorized over all heads of a batch (``n x 16 x 64`` bytes).
 """
 
 from __future__ import annotations
@@ -35,6 +40,48 @@ def _tls_record_start(data: np.ndarray, caps: np.ndarray) -> np.ndarray:
     return (caps >= 3) & content & (tls | dtls)
 
 
+#: Largest offset at which an inner IP header is looked for. Encapsulation headers in use
+#: are short: 0 (6in4, IP-in-IP, Teredo), 4 to 16 (GRE and its options, L2TP with PPP),
+#: 22 (VXLAN/Geneve: 8 + an Ethernet header), 44 (AYIYA with an IPv6 identity).
+MAX_INNER_OFFSET = 48
+
+
+def _inner_ip_header(data: np.ndarray, lens: np.ndarray, caps: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Valid slots whose payload holds a cleartext IPv4 or IPv6 header that accounts for the rest of it.
+
+    At some offset ``o``: an IPv4 header (first byte 0x45-0x4f: version 4, at least 20
+    bytes of header) whose total length is the payload's wire length minus ``o``, or an
+    IPv6 header whose payload length is that minus 40. Random bytes pass by chance with
+    probability about 1e-6 per offset, so one match per packet is evidence enough. The
+    length bytes must be stored.
+
+    Cost: only offsets whose version byte and high length byte fit (about one in 400 of
+    random data) are looked at further, in one gather, rather than every offset of every slot.
+    """
+    found = np.zeros(caps.shape, bool)
+    slots = np.flatnonzero(valid.reshape(-1))
+    if slots.size == 0:
+        return found
+    span = min(MAX_INNER_OFFSET + 1, data.shape[-1] - 5)
+    heads = data.reshape(-1, data.shape[-1])[slots]
+    wire = lens.reshape(-1)[slots].astype(np.int64)
+    high = np.minimum(wire >> 8, 255).astype(np.uint8)[:, None]  # length fields cannot exceed it
+    first = heads[:, :span]
+    v4 = (first >= 0x45) & (first <= 0x4F) & (heads[:, 2:span + 2] <= high)
+    v6 = ((first >> 4) == 6) & (heads[:, 4:span + 4] <= high)
+    row, off = np.nonzero(v4 | v6)
+    b0 = heads[row, off]
+    total4 = heads[row, off + 2].astype(np.int64) << 8 | heads[row, off + 3]
+    payload6 = heads[row, off + 4].astype(np.int64) << 8 | heads[row, off + 5]
+    rest = wire[row] - off
+    stored = caps.reshape(-1)[slots][row].astype(np.int64) - off
+    match = np.where(b0 < 0x50, (total4 == rest) & (stored >= 4), (payload6 + 40 == rest) & (stored >= 6))
+    hit = np.zeros(slots.size, bool)
+    hit[row[match]] = True
+    found.reshape(-1)[slots] = hit
+    return found
+
+
 def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per flow and direction: ``{column: (values, valid)}`` for the schema's ``HEAD_STAT_COLUMNS``.
 
@@ -44,7 +91,9 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
       (random data: 0.37);
     * ``payload_bits``: set bits per byte over all of the direction's stored heads;
     * ``tls_record_frac``: fraction of the direction's stored heads that begin with a
-      TLS or DTLS record header.
+      TLS or DTLS record header;
+    * ``inner_header_frac``: fraction of the direction's stored heads that carry a cleartext
+      inner IP header (``_inner_ip_header``): near 1 for cleartext encapsulation.
 
     A direction without stored payload is invalid (null in the flow table).
     """
@@ -56,6 +105,7 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
     printable = _PRINTABLE[heads.data].sum(axis=2, dtype=np.int64)
     caps = heads.caps.astype(np.int64)
     tls = _tls_record_start(heads.data, heads.caps)
+    inner = _inner_ip_header(heads.data, heads.lens, heads.caps, slot_ok)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     rows = np.arange(n)
     for d, name in ((0, "src2dst"), (1, "dst2src")):
@@ -70,6 +120,7 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
             "first_payload_printable": printable[rows, first] / first_caps,
             "payload_bits": (bits * m).sum(axis=1) / np.maximum(n_bytes, 1),
             "tls_record_frac": (tls & m).sum(axis=1) / np.maximum(n_slots, 1),
+            "inner_header_frac": (inner & m).sum(axis=1) / np.maximum(n_slots, 1),
         }
         out.update({f"{name}_{col}": (values[col], has) for col in HEAD_STAT_COLUMNS})
     return out

@@ -33,7 +33,7 @@ from classifier.flows.schema import FIRST_PACKETS, HEAD_STAT_COLUMNS
 from classifier.flows.state import N_HIST, PAYLOAD_HIST_EDGES
 
 #: Bump when a feature's definition changes: a model trained on another version is refused.
-FEATURE_VERSION = 3
+FEATURE_VERSION = 4
 
 #: Flow-table columns the features read (all others are ignored, identifiers included).
 INPUT_COLUMNS: tuple[str, ...] = (
@@ -101,7 +101,8 @@ RHYTHM_NAMES: list[str] = [
 #: How random the payload looks (``classifier/flows/head_stats.py``): fully encrypted
 #: proxies and tunnels start with random bytes; most other protocols start with a header.
 #: Flow-table byte statistic -> feature name (prefixed ``up_`` / ``down_``).
-_BYTE_FEATURES = dict(zip(HEAD_STAT_COLUMNS, ("first_bits", "first_printable", "payload_bits", "tls_frac"),
+_BYTE_FEATURES = dict(zip(HEAD_STAT_COLUMNS, ("first_bits", "first_printable", "payload_bits", "tls_frac",
+                                               "inner_header_frac"),
                           strict=True))
 BYTES_NAMES: list[str] = [
     *(f"{d}_{s}" for d in ("up", "down") for s in _BYTE_FEATURES.values()),
@@ -176,6 +177,8 @@ for _short, _who in (("up", "the initiator"), ("down", "the responder")):
         f"{_short}_first_printable": f"printable ASCII share of {_who}'s first payload (random: 0.37)",
         f"{_short}_payload_bits": f"set bits per byte over {_who}'s first 8 payload heads",
         f"{_short}_tls_frac": f"share of {_who}'s first 8 payload packets starting with a TLS/DTLS record header",
+        f"{_short}_inner_header_frac": f"share of {_who}'s first 8 payload packets carrying a readable inner IP header "
+                                   "(cleartext encapsulation, not encryption)",
     })
 for _short, _who in _DIRS:
     _w = {"all": "both directions", "src2dst_": "the initiator", "dst2src_": "the responder"}[_who]

@@ -167,7 +167,8 @@ def flow_row(sizes: np.ndarray, dirs: np.ndarray, iats_ms: np.ndarray, flags: np
     rng = np.random.default_rng(flow_id + int(sizes.sum()))
     for d, mask in (("src2dst", up), ("dst2src", down)):
         has = bool((pay[mask] > 0).any())
-        values = (rng.uniform(3.2, 4.2), rng.uniform(0.2, 0.9), rng.uniform(3.4, 4.1), float(rng.random() < 0.3))
+        # no cleartext encapsulation is simulated: inner_header_frac is 0
+        values = (rng.uniform(3.2, 4.2), rng.uniform(0.2, 0.9), rng.uniform(3.4, 4.1), float(rng.random() < 0.3), 0.0)
         row.update({f"{d}_{c}": (v if has else None) for c, v in zip(HEAD_STAT_COLUMNS, values, strict=True)})
     row.update(_stats("", sizes, ts_ms))
     row.update(_stats("src2dst", sizes[up], ts_ms[up]))
