@@ -136,6 +136,19 @@ def test_crafted_captures_regenerate_identically(tmp_path: Path) -> None:
         assert out.read_bytes() == (PCAPS / rows[s.name].file).read_bytes(), s.name
 
 
+def test_varied_crafted_captures_differ_and_regenerate(tmp_path: Path) -> None:
+    """A --vary seed gives another capture (training repeats are not copies), the same one each time."""
+    for name in ("ipsec-esp-crafted", "gre-crafted"):
+        s = all_scenarios()[name]
+        files = []
+        for i, seed in enumerate((0, 12345, 12345, 777)):
+            out = tmp_path / f"{name}-{i}.pcap"
+            s.craft(out, s.number, 3.0, seed)
+            files.append(out.read_bytes())
+        assert files[1] == files[2], name
+        assert len({files[0], files[1], files[3]}) == 3, name
+
+
 # -- the manifest reader -----------------------------------------------------------------
 
 def test_read_manifest_gives_an_arrow_table() -> None:
@@ -202,14 +215,14 @@ L3_TUNNELS = ("wireguard", "wireguard-midflow", "openvpn-udp", "openvpn-tcp443",
 
 def test_tunnels_offer_every_traffic_kind_and_negatives_only_their_own() -> None:
     scenarios = all_scenarios()
-    for name in (*L3_TUNNELS, "shadowsocks"):
+    for name in (*L3_TUNNELS, "shadowsocks", "vxlan"):  # vxlan: a cleartext tunnel, not a VPN
         assert scenarios[name].traffic_kinds == TRAFFIC_KINDS, name
     for s in scenarios.values():
-        if not s.vpn or s.crafted or s.protocol in ("l2tp", "pptp"):
+        if (not s.vpn and s.name != "vxlan") or s.crafted or s.protocol in ("l2tp", "pptp"):
             assert s.traffic_kinds == ("default",), s.name
     services = ("https-h2-browse", "https-keepalive", "https-bulk", "ssh-interactive", "ssh-copy", "rtp-voice",
                 "rtp-video", "dns-over-tls", "ntp", "iperf3-bidir-udp", "iperf3-bidir-tcp", "websocket",
-                "bittorrent")
+                "bittorrent", "http-keepalive", "http-bulk")
     assert all(scenarios[n].number >= 108 and not scenarios[n].vpn for n in services)
 
 

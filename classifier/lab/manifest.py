@@ -37,7 +37,7 @@ MANIFEST_SCHEMA = pa.schema([
     pa.field("bytes", pa.int64(), nullable=False),
 ])
 
-TRANSPORTS = ("udp", "tcp", "esp", "gre")
+TRANSPORTS = ("udp", "tcp", "esp", "gre", "icmp", "ipip", "6in4")
 
 
 class ManifestError(VpnidError):

@@ -74,6 +74,8 @@ def effective_profile(scenario: Scenario, profile: TrafficProfile | None) -> Tra
 def capture_notes(scenario: Scenario, profile: TrafficProfile) -> str:
     """Manifest notes of one capture: the scenario's, plus the inner traffic when it is not the
     default (so the committed samples' rows equal the registry's notes)."""
+    if scenario.crafted and profile.seed:
+        return f"{scenario.notes}; inner pattern drawn with seed {profile.seed}"
     if len(scenario.traffic_kinds) > 1 and profile != TrafficProfile():
         return f"{scenario.notes}; {profile.describe()}" if scenario.notes else profile.describe()
     return scenario.notes
@@ -86,7 +88,8 @@ def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float 
 
     The capture appears in ``outdir`` only when the run succeeded (written atomically);
     the lab is torn down in every case. ``profile`` sets the traffic parameters (default:
-    those of the committed samples); crafted scenarios ignore it, and a kind of inner traffic
+    those of the committed samples; crafted scenarios use only its seed, to draw their inner
+    pattern), and a kind of inner traffic
     the scenario does not support falls back to its own traffic. When the traffic differs
     from the default, the manifest notes say which kind and parameters were used.
     """
@@ -98,7 +101,7 @@ def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float 
     target = out / name
     if scenario.crafted:
         with atomic_path(target) as tmp:
-            scenario.craft(tmp, scenario.number, duration)  # type: ignore[misc]
+            scenario.craft(tmp, scenario.number, duration, profile.seed)  # type: ignore[misc]
     else:
         with Lab(scenario.number, keep_workdir=keep_workdir) as lab:
             session = Session(lab, scenario, duration, lab.workdir / "capture.pcap",

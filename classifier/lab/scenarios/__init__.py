@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 #: Family modules, imported in this order by ``all_scenarios()``.
 FAMILIES = ("wireguard", "openvpn", "ipsec", "openconnect", "obfuscated", "legacy", "crafted", "negatives",
-            "services", "datagram")
+            "services", "datagram", "encapsulation")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Scenario:
     requires: tuple[str, ...] = ()
     setup: Callable[[Session], None] | None = None
     traffic: Callable[[Session], None] | None = None
-    craft: Callable[[Path, int, float], None] | None = None
+    craft: Callable[[Path, int, float, int], None] | None = None
     midflow: bool = False
     #: Inner-traffic kinds the scenario can carry (``lab/traffic.py``). Empty: derived, all
     #: of ``TRAFFIC_KINDS`` for a layer-3 tunnel with the default traffic, else "default" only.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from classifier.lab.netns import client_addr, inner_client, inner_server, server_addr
@@ -26,36 +27,93 @@ SERVER_MAC = "02:00:00:00:00:01"
 T0 = 1_795_331_490.0  # fixed start (2026-11-22T07:11:30Z, beside the other samples): reproducible files
 
 
-def _inner_packets(n: int, duration: float, rng: random.Random) -> list[tuple[float, bool, bytes]]:
-    """(time offset, from_client, inner IP packet) of a ping + bulk pattern through a tunnel."""
-    from scapy.layers.inet import ICMP, IP, TCP
+def _echo(ipv6: bool, src: str, dst: str, request: bool, seq: int, payload: bytes):
+    """An ICMP (or ICMPv6) echo request or reply from ``src`` to ``dst``."""
+    from scapy.layers.inet import ICMP, IP
+    from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
     from scapy.packet import Raw
 
+    if ipv6:
+        echo = ICMPv6EchoRequest if request else ICMPv6EchoReply
+        return IPv6(src=src, dst=dst) / echo(id=0x4C41, seq=seq) / Raw(payload)
+    return IP(src=src, dst=dst, id=seq) / ICMP(type=8 if request else 0, id=0x4C41, seq=seq) / Raw(payload)
+
+
+def _tcp(ipv6: bool, src: str, dst: str, sport: int, dport: int, payload: bytes = b""):
+    """A TCP ACK segment (with ``payload``) over IPv4 or IPv6."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.packet import Raw
+
+    ip = IPv6(src=src, dst=dst) if ipv6 else IP(src=src, dst=dst)
+    return ip / TCP(sport=sport, dport=dport, flags="A") / Raw(payload)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """The inner traffic of a crafted tunnel: a ping every ``interval`` s, a download burst every ``burst_every`` pings."""
+
+    interval: float = 0.2
+    burst_every: int = 3
+    burst_min: int = 8
+    burst_max: int = 18
+    echo_size: int = 120
+
+    @classmethod
+    def draw(cls, rng: random.Random) -> Pattern:
+        """Varied parameters for training captures (``vpnid lab capture --vary``)."""
+        low = rng.randint(2, 12)
+        return cls(interval=round(rng.uniform(0.05, 0.6), 3), burst_every=rng.randint(1, 6), burst_min=low,
+                   burst_max=low + rng.randint(0, 60), echo_size=rng.choice([32, 56, 120, 400, 1000]))
+
+
+DEFAULT_PATTERN = Pattern()
+
+
+def crafted_rng(name: str, n: int, duration: float, seed: int) -> tuple[random.Random, Pattern]:
+    """The generator and inner pattern of one crafted capture.
+
+    Seed 0 (the committed samples) gives the default pattern and the exact files committed;
+    another seed (``--vary``) a different capture with drawn parameters, so repeated training
+    captures are not copies of each other.
+    """
+    if not seed:
+        return random.Random(f"{name}-{n}-{duration}"), DEFAULT_PATTERN
+    rng = random.Random(f"{name}-{n}-{duration}-{seed}")
+    return rng, Pattern.draw(rng)
+
+
+def inner_packets(n: int, duration: float, rng: random.Random, ipv6: bool = False,
+                  pattern: Pattern = DEFAULT_PATTERN) -> list[tuple[float, bool, bytes]]:
+    """(time offset, from_client, inner IP packet) of a ping + bulk pattern through a tunnel.
+
+    ``ipv6``: inner IPv6 (client fd00:N::2, server fd00:N::1) for IPv6-over-IPv4 tunnels.
+    """
     out: list[tuple[float, bool, bytes]] = []
-    c, s = inner_client(n), inner_server(n)
+    c, s = (f"fd00:{n:x}::2", f"fd00:{n:x}::1") if ipv6 else (inner_client(n), inner_server(n))
     t = 0.05
     seq = 0
     while t < duration:
         seq += 1
-        echo = IP(src=c, dst=s, id=seq) / ICMP(type=8, id=0x4C41, seq=seq) / Raw(rng.randbytes(120))
-        reply = IP(src=s, dst=c, id=seq) / ICMP(type=0, id=0x4C41, seq=seq) / Raw(rng.randbytes(120))
+        echo = _echo(ipv6, c, s, True, seq, rng.randbytes(pattern.echo_size))
+        reply = _echo(ipv6, s, c, False, seq, rng.randbytes(pattern.echo_size))
         out.append((t, True, bytes(echo)))
         out.append((t + 0.0004 + rng.random() * 0.0003, False, bytes(reply)))
-        if seq % 3 == 0:  # a small HTTP-like download
+        if seq % pattern.burst_every == 0:  # a small HTTP-like download
             burst_t = t + 0.05
-            for k in range(rng.randint(8, 18)):
+            for k in range(rng.randint(pattern.burst_min, pattern.burst_max)):
                 size = 1380 if k < 10 else rng.randint(200, 1380)
-                data = IP(src=s, dst=c) / TCP(sport=8080, dport=40000 + seq, flags="A") / Raw(rng.randbytes(size))
+                data = _tcp(ipv6, s, c, 8080, 40000 + seq, rng.randbytes(size))
                 out.append((burst_t + k * 0.0002, False, bytes(data)))
                 if k % 2:
-                    ack = IP(src=c, dst=s) / TCP(sport=40000 + seq, dport=8080, flags="A")
+                    ack = _tcp(ipv6, c, s, 40000 + seq, 8080)
                     out.append((burst_t + k * 0.0002 + 0.0001, True, bytes(ack)))
-        t += 0.2
+        t += pattern.interval
     out.sort(key=lambda x: x[0])
     return out
 
 
-def _write(path: Path, frames: list[tuple[float, bytes]]) -> None:
+def write_pcap(path: Path, frames: list[tuple[float, bytes]]) -> None:
     """Write Ethernet frames with timestamps as a classic pcap (microsecond resolution)."""
     with open(path, "wb") as fh:
         fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
@@ -68,7 +126,7 @@ def _write(path: Path, frames: list[tuple[float, bytes]]) -> None:
             fh.write(frame)
 
 
-def _outer(n: int, from_client: bool, proto: int | None, l4: bytes, udp_ports: tuple[int, int] | None = None,
+def outer_frame(n: int, from_client: bool, proto: int | None, l4: bytes, udp_ports: tuple[int, int] | None = None,
            ident: int = 0) -> bytes:
     """An Ethernet/IPv4 frame between the lab's client and server around ``l4``."""
     from scapy.layers.inet import IP, UDP
@@ -83,40 +141,40 @@ def _outer(n: int, from_client: bool, proto: int | None, l4: bytes, udp_ports: t
     return bytes(eth / IP(src=src, dst=dst, proto=proto, id=ident) / Raw(l4))
 
 
-def craft_esp(path: Path, n: int, duration: float) -> None:
+def craft_esp(path: Path, n: int, duration: float, seed: int = 0) -> None:
     """ESP (IP protocol 50) with AES-CBC/HMAC-SHA256-128 sizes: SPI, sequence, IV, ciphertext, ICV."""
-    rng = random.Random(f"esp-{n}-{duration}")
+    rng, pattern = crafted_rng("esp", n, duration, seed)
     spi = {True: rng.getrandbits(32) | 0xC0000000, False: rng.getrandbits(32) | 0xC0000000}
     seq = {True: 0, False: 0}
     frames = []
-    for i, (t, fc, inner) in enumerate(_inner_packets(n, duration, rng)):
+    for i, (t, fc, inner) in enumerate(inner_packets(n, duration, rng, pattern=pattern)):
         seq[fc] += 1
         padded = (len(inner) + 2 + 15) // 16 * 16  # payload + pad length + next header, block aligned
         esp = struct.pack(">II", spi[fc], seq[fc]) + rng.randbytes(16 + padded + 16)
-        frames.append((t, _outer(n, fc, 50, esp, ident=i)))
-    _write(path, frames)
+        frames.append((t, outer_frame(n, fc, 50, esp, ident=i)))
+    write_pcap(path, frames)
 
 
-def craft_l2tp(path: Path, n: int, duration: float) -> None:
+def craft_l2tp(path: Path, n: int, duration: float, seed: int = 0) -> None:
     """L2TPv2 data messages on UDP 1701 (T=0, L=1), each carrying PPP (ff03, protocol 0x0021) and IP."""
-    rng = random.Random(f"l2tp-{n}-{duration}")
+    rng, pattern = crafted_rng("l2tp", n, duration, seed)
     tunnel = {True: rng.randint(1, 65535), False: rng.randint(1, 65535)}
     session = {True: rng.randint(1, 65535), False: rng.randint(1, 65535)}
     frames = []
-    for i, (t, fc, inner) in enumerate(_inner_packets(n, duration, rng)):
+    for i, (t, fc, inner) in enumerate(inner_packets(n, duration, rng, pattern=pattern)):
         ppp = b"\xff\x03\x00\x21" + inner
         l2tp = struct.pack(">HHHH", 0x4002, 8 + len(ppp), tunnel[not fc], session[not fc]) + ppp
-        frames.append((t, _outer(n, fc, None, l2tp, udp_ports=(1701, 1701), ident=i)))
-    _write(path, frames)
+        frames.append((t, outer_frame(n, fc, None, l2tp, udp_ports=(1701, 1701), ident=i)))
+    write_pcap(path, frames)
 
 
-def craft_pptp_gre(path: Path, n: int, duration: float) -> None:
+def craft_pptp_gre(path: Path, n: int, duration: float, seed: int = 0) -> None:
     """PPTP data channel: enhanced GRE (version 1, protocol 0x880B) with MPPE-compressed PPP frames."""
-    rng = random.Random(f"pptp-{n}-{duration}")
+    rng, pattern = crafted_rng("pptp", n, duration, seed)
     call = {True: rng.randint(1, 65535), False: rng.randint(1, 65535)}
     seq = {True: 0, False: 0}
     frames = []
-    for i, (t, fc, inner) in enumerate(_inner_packets(n, duration, rng)):
+    for i, (t, fc, inner) in enumerate(inner_packets(n, duration, rng, pattern=pattern)):
         ppp = b"\xfd" + rng.randbytes(2 + len(inner))  # PPP protocol 0xFD (compressed/MPPE), coherency count
         seq[fc] += 1
         ack = seq[not fc]
@@ -124,12 +182,12 @@ def craft_pptp_gre(path: Path, n: int, duration: float) -> None:
         gre = struct.pack(">HHHHI", flags, 0x880B, len(ppp), call[not fc], seq[fc])
         if ack:
             gre += struct.pack(">I", ack)
-        frames.append((t, _outer(n, fc, 47, gre + ppp, ident=i)))
-    _write(path, frames)
+        frames.append((t, outer_frame(n, fc, 47, gre + ppp, ident=i)))
+    write_pcap(path, frames)
 
 
 def _add(name: str, number: int, protocol: str, transport: str, port: int | None,
-         craft: Callable[[Path, int, float], None], what: str, description: str) -> None:
+         craft: Callable[[Path, int, float, int], None], what: str, description: str) -> None:
     register(Scenario(name=name, number=number, vpn=True, protocol=protocol, transport=transport,
                       server_port=port, notes=f"crafted with scapy: {what}", craft=craft,
                       description=description))

@@ -196,3 +196,23 @@ _neg("dtls", 106, "dtls", "udp", 4433, ("openssl",), dtls_setup, dtls_traffic, "
      "A DTLS 1.2 session exchanging lines: DTLS like OpenConnect's data channel, but no VPN.")
 _neg("quic", 107, "quic", "udp", 443, ("gtlsserver", "gtlsclient"), quic_setup, quic_traffic,
      "ngtcp2 gtlsserver/gtlsclient, HTTP/3", "QUIC (HTTP/3) fetches on UDP 443.")
+
+
+def no_setup(s: Session) -> None:
+    """Nothing to start: the kernel answers pings."""
+
+
+def ping_traffic(s: Session) -> None:
+    """``ping`` from the client: interval and size drawn per capture (monitoring probes to MTU tests)."""
+    rng = s.rng()
+    interval = rng.choice([0.05, 0.2, 0.5, 1.0])
+    size = rng.choice([56, 56, 120, 512, 1200, 1400])
+    count = max(2, int(s.duration / interval))
+    s.lab.run(s.client_ns, ["ping", "-q", "-i", f"{interval:g}", "-s", str(size), "-c", str(count),
+                            "-w", str(int(s.duration) + 2), s.server_ip], timeout=s.duration + 10)
+
+
+_neg("ping", 131, "icmp", "icmp", None, ("ping",), no_setup, ping_traffic,
+     "iputils ping, interval 0.05-1 s and 56-1400-byte payloads drawn per capture",
+     "ICMP echo between the hosts: a flow that is neither TCP nor UDP and no tunnel.")
+

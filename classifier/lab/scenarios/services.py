@@ -50,17 +50,20 @@ def _site(s: Session) -> list[str]:
     return names
 
 
-def https_server(s: Session, http2: bool = True) -> list[str]:
-    """nginx with TLS (and HTTP/2) serving ``_site``; returns the object names."""
+def https_server(s: Session, http2: bool = True, tls: bool = True) -> list[str]:
+    """nginx with TLS (and HTTP/2) serving ``_site``, or plain HTTP on port 80; returns the object names."""
     names = _site(s)
     (s.work / "nginx-tmp").mkdir(exist_ok=True)
-    pki = s.pki()
-    tls = (f"ssl_certificate {pki.server_cert}; ssl_certificate_key {pki.server_key}; "
-           "keepalive_timeout 120s; keepalive_requests 10000;")
-    conf = s.file("nginx.conf", NGINX_CONF.format(work=s.work, ip=s.server_ip, port=443,
-                                                  ssl=" ssl http2" if http2 else " ssl", tls=tls))
-    proc = s.lab.spawn(s.server_ns, ["nginx", "-e", "stderr", "-p", str(s.work), "-c", str(conf)], "nginx")
-    s.lab.wait_port(s.server_ns, 443, procs=[proc])
+    keep = "keepalive_timeout 120s; keepalive_requests 10000;"
+    if tls:
+        pki = s.pki()
+        conf = NGINX_CONF.format(work=s.work, ip=s.server_ip, port=443, ssl=" ssl http2" if http2 else " ssl",
+                                 tls=f"ssl_certificate {pki.server_cert}; ssl_certificate_key {pki.server_key}; {keep}")
+    else:
+        conf = NGINX_CONF.format(work=s.work, ip=s.server_ip, port=80, ssl="", tls=keep)
+    proc = s.lab.spawn(s.server_ns, ["nginx", "-e", "stderr", "-p", str(s.work), "-c", str(s.file("nginx.conf", conf))],
+                       "nginx")
+    s.lab.wait_port(s.server_ns, 443 if tls else 80, procs=[proc])
     s.extra["objects"] = names
     return names
 
@@ -90,10 +93,13 @@ def h2_traffic(s: Session) -> None:
 
 KEEPALIVE_CLIENT = r"""
 import http.client, random, ssl, sys, time
-host, seconds, seed, scale = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-names = sys.argv[5:]
+host, seconds, seed, scale, tls = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+names = sys.argv[6:]
 rng = random.Random(seed)
-conn = http.client.HTTPSConnection(host, 443, context=ssl._create_unverified_context(), timeout=10)
+if tls == "tls":
+    conn = http.client.HTTPSConnection(host, 443, context=ssl._create_unverified_context(), timeout=10)
+else:
+    conn = http.client.HTTPConnection(host, 80, timeout=10)
 deadline = time.monotonic() + seconds
 ok = 0
 while time.monotonic() < deadline:
@@ -106,27 +112,28 @@ sys.exit(0 if ok else 1)
 """
 
 
-def keepalive_traffic(s: Session) -> None:
-    """HTTP/1.1 requests in bursts with pauses, all on one kept-alive TLS connection."""
+def keepalive_traffic(s: Session, tls: bool = True) -> None:
+    """HTTP/1.1 requests in bursts with pauses, all on one kept-alive (TLS or plain) connection."""
     script = s.file("keepalive_client.py", KEEPALIVE_CLIENT)
     names: list[str] = s.extra["objects"]  # type: ignore[assignment]
     s.lab.run(s.client_ns, [sys.executable, str(script), s.server_ip, f"{s.duration}", str(s.profile.seed),
-                            f"{s.profile.pause_scale}", *names], timeout=s.duration + 30)
+                            f"{s.profile.pause_scale}", "tls" if tls else "plain", *names], timeout=s.duration + 30)
 
 
-def bulk_setup(s: Session) -> None:
-    https_server(s, http2=False)
+def bulk_setup(s: Session, tls: bool = True) -> None:
+    https_server(s, http2=False, tls=tls)
     write_random(s.work / "www" / "big", s.profile.bulk_size)
 
 
-def bulk_traffic(s: Session) -> None:
-    """Downloads of a 2-16 MiB file over HTTPS, rate-capped by curl (``profile.bulk_rate``)."""
+def bulk_traffic(s: Session, tls: bool = True) -> None:
+    """Downloads of a 2-16 MiB file over HTTPS (or HTTP), rate-capped by curl (``profile.bulk_rate``)."""
     deadline = time.monotonic() + s.duration
     got = 0
+    url = f"{'https' if tls else 'http'}://{s.server_ip}/big"
     while (left := deadline - time.monotonic()) > 0.2:
-        got += curl_bytes(s, f"https://{s.server_ip}/big", left, "--limit-rate", str(s.profile.bulk_rate))
+        got += curl_bytes(s, url, left, "--limit-rate", str(s.profile.bulk_rate))
     if not got:
-        raise LabError("no bulk HTTPS download")
+        raise LabError(f"no bulk {'HTTPS' if tls else 'HTTP'} download")
 
 
 # -- SSH: keystrokes, scp / rsync ----------------------------------------------------------------
@@ -476,6 +483,12 @@ _svc("https-keepalive", 109, "https", "tcp", 443, ("nginx", "openssl"), partial(
 _svc("https-bulk", 110, "https", "tcp", 443, ("nginx", "openssl"), bulk_setup, bulk_traffic,
      "nginx + curl --limit-rate; 2-16 MiB file",
      "Bulk HTTPS download of a several-MB file at a capped rate.")
+_svc("http-keepalive", 132, "http", "tcp", 80, ("nginx",), partial(https_server, http2=False, tls=False),
+     partial(keepalive_traffic, tls=False), "nginx + Python http.client; one kept-alive plain HTTP/1.1 connection",
+     "Keep-alive plain HTTP browsing: bursts of readable requests with pauses on one long connection.")
+_svc("http-bulk", 133, "http", "tcp", 80, ("nginx",), partial(bulk_setup, tls=False), partial(bulk_traffic, tls=False),
+     "nginx + curl --limit-rate; 2-16 MiB file over plain HTTP",
+     "Bulk plain-HTTP download of a several-MB file at a capped rate.")
 _svc("ssh-interactive", 111, "ssh", "tcp", 22, SSH_TOOLS, sshd_setup, ssh_interactive_traffic,
      "OpenSSH with a pty; commands typed at keystroke pace",
      "Interactive SSH: one echoed packet pair per keystroke, think time between commands.")
