@@ -45,7 +45,7 @@ model: $(STAMP)
 	  echo "make model: no training captures in $(MODEL_LAB) (no MANIFEST.csv). Create them (root, lab daemons):"; \
 	  echo "  make lab-deps && make lab-train MODEL_LAB=$(MODEL_LAB)"; \
 	  echo "or train on other captures: make model MODEL_LAB=DIR"; exit 2; }
-	$(BIN)/vpnid train $(MODEL_DATA) --augment $(MODEL_AUGMENT) --min-tunnel-packets 10 --folds 0 --seed 0 --name vpnid-default \
+	$(BIN)/vpnid train $(MODEL_DATA) --augment $(MODEL_AUGMENT) --min-tunnel-packets 10 --skip-cleartext-tunnels --folds 0 --seed 0 --name vpnid-default \
 	  -o models/vpnid-default.skops
 
 ## The model's training captures: every lab scenario, every inner-traffic kind, seeded (docs/model.md).

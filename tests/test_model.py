@@ -319,6 +319,30 @@ def test_short_tunnel_flows_left_out_of_training_only():
     assert any(f"left out {dropped} VPN flows" in m for m in said)
 
 
+def test_cleartext_tunnel_flows_left_out_of_training_only():
+    """skip_cleartext_tunnels drops VPN flows with readable inner headers; non-VPN ones with them stay."""
+    table = synthetic_flows(18, seed=5)
+    y = table.column("label").to_numpy()
+    rng = np.random.default_rng(2)
+    clear = rng.random(len(y)) < 0.3  # both VPN and non-VPN rows get readable inner headers
+    col = table.schema.get_field_index("src2dst_inner_header_frac")
+    table = table.set_column(col, "src2dst_inner_header_frac", pa.array(np.where(clear, 1.0, 0.0)))
+    data = _labeled(table)
+    X = feature_matrix(data.table)
+    said: list[str] = []
+    res = train(X, data.label, data.group, data.protocol,
+                TrainConfig(candidates=("hgb",), folds=3, skip_cleartext_tunnels=True), explain=False,
+                log=said.append)
+    dropped = int((clear & (y == 1)).sum())
+    assert dropped > 0 and (clear & (y == 0)).any()
+    assert res.metrics["flows"] == len(y) - dropped
+    assert res.metrics["non_vpn_flows"] == int((y == 0).sum())
+    assert any(f"left out {dropped} VPN flows with readable inner headers" in m for m in said)
+    kept = train(X, data.label, data.group, data.protocol, TrainConfig(candidates=("hgb",), folds=3),
+                 explain=False)
+    assert kept.metrics["flows"] == len(y)
+
+
 def test_inputs_hash_ignores_directory_but_not_content():
     from classifier.model.data import inputs_hash
 

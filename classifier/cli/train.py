@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-tunnel-packets", type=int, default=0, metavar="N",
                    help="leave VPN flows of fewer than N packets out of training (handshake-only and "
                         "control flows; evaluation still counts them; default 0)")
+    p.add_argument("--skip-cleartext-tunnels", action="store_true",
+                   help="leave VPN flows whose inner IP headers are readable (L2TP data without IPsec) out "
+                        "of training: they look like 6in4, Teredo or VXLAN, which are not VPNs (evaluation "
+                        "still counts them)")
     p.add_argument("--folds", type=int, default=5,
                    help="capture-grouped folds (default 5); 0: one fold per scenario or capture "
                         "(leave one group out)")
@@ -62,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(candidates=cands, folds=args.folds, fpr_target=args.fpr_target,
                          calibration=args.calibration, seed=args.seed,
                          min_tunnel_packets=args.min_tunnel_packets,
+                         skip_cleartext_tunnels=args.skip_cleartext_tunnels,
                          name=args.name or out.name.split(".")[0], version=args.model_version)
     log = ErrorLog(quiet=False)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"vpnid train: {m}", file=sys.stderr))

@@ -169,7 +169,7 @@ class Truth:
     protocol: str | None
     server_port: int | None
     public: bool = False  # a public-corpus row: tunnel flows found by the incidental-port rule
-    group: str = ""  # what grouped evaluation keeps together: lab scenario (VPN) or protocol (non-VPN), else the file
+    group: str = ""  # what grouped evaluation keeps together: the lab scenario, else the file
 
 
 def _public_protocol(text: str) -> str | None:
@@ -212,12 +212,8 @@ def read_truth(manifest: str | os.PathLike) -> dict[str, Truth]:
 
     for row in read_manifest_rows(mp):
         path = str((base / row.file).resolve())
-        # Repeated captures of one scenario are near-twins: they share a group. Non-VPN
-        # scenarios share one per protocol: the threshold is set on out-of-group scores of
-        # non-VPN flows, and a new kind of traffic in the field is a new protocol, not a new
-        # use of one the model knows (with QUIC downloads in training, held-out QUIC page
-        # loads looked familiar; real calls and games did not).
-        group = f"scenario:{row.scenario}" if row.vpn else f"protocol:{row.protocol}"
+        # Repeated captures of one scenario are near-twins: they share a group, VPN or not.
+        group = f"scenario:{row.scenario}"
         out[path] = Truth(path, row.vpn, row.protocol if row.vpn else None, row.server_port, group=group)
     return out
 

@@ -208,7 +208,9 @@ def card_markdown(card: dict[str, Any]) -> str:
     data = card.get("training_data", {})
     lines += ["## Training data", "",
               f"- flows: {data.get('flows')} ({data.get('vpn_flows')} VPN, {data.get('non_vpn_flows')} non-VPN)",
-              f"- groups (lab VPN scenarios, lab non-VPN protocols, other capture files): {data.get('groups')}",
+              f"- groups (lab scenarios, other capture files): {data.get('groups')}",
+              f"- VPN flows left out of fitting: {data.get('vpn_flows_left_out_short', 0)} shorter than the "
+              f"minimum, {data.get('vpn_flows_left_out_cleartext', 0)} cleartext tunnels (readable inner headers)",
               f"- augmentation: {data.get('augmentation')}",
               f"- sha256 of features and labels: `{data.get('sha256')}`",
               f"- sha256 of the input files (names and contents): `{data.get('inputs_sha256')}`", ""]

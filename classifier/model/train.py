@@ -42,6 +42,11 @@ class TrainConfig:
     #: IKE exchange or a tunnel's short control connection carries no tunnel rhythm, and as
     #: positives they teach the model that any short encrypted flow is VPN.
     min_tunnel_packets: int = 0
+    #: VPN flows whose inner IP headers are readable (``inner_header_frac`` >= 0.5 either way:
+    #: L2TP data without IPsec) are left out of training (not of evaluation): on the wire they
+    #: are the same as 6in4, Teredo or VXLAN, which are no VPNs, and as positives they teach
+    #: the model to call every cleartext wrapper a VPN. Signatures name them from their headers.
+    skip_cleartext_tunnels: bool = False
     name: str = "vpnid-model"
     version: str = "1"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -320,13 +325,25 @@ def permutation_importance_auc(score, X: np.ndarray, y: np.ndarray, seed: int, m
     return auc[0] - auc[1:]
 
 
+#: Share of a direction's first payload packets with a readable inner IP header from which a
+#: flow counts as a cleartext tunnel (``skip_cleartext_tunnels``).
+CLEARTEXT_INNER_IP_FRAC = 0.5
+
+
+def cleartext_tunnel_rows(X: np.ndarray) -> np.ndarray:
+    """Rows of a feature matrix whose payloads carry readable inner IP headers, either direction."""
+    cols = [FEATURE_NAMES.index(n) for n in ("up_inner_header_frac", "down_inner_header_frac")]
+    return (np.nan_to_num(X[:, cols], nan=0.0) >= CLEARTEXT_INNER_IP_FRAC).any(axis=1)
+
+
 def train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarray | None = None,
           config: TrainConfig | None = None, log=None, explain: bool = True,
           packets: np.ndarray | None = None) -> TrainResult:
     """Fit the whole recipe on a feature matrix; returns the bundle to save and its card facts.
 
     ``packets`` (each flow's packet count) lets ``config.min_tunnel_packets`` leave short
-    VPN flows out; the out-of-fold arrays of the result cover the rows actually used.
+    VPN flows out, and ``config.skip_cleartext_tunnels`` leaves out VPN flows whose inner
+    headers are readable; the out-of-fold arrays of the result cover the rows actually used.
 
     ``explain=False`` skips what only a shipped model needs (permutation importance and
     the protocol guesser), for the many refits of grouped evaluation.
@@ -337,12 +354,21 @@ def train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarray
     from threadpoolctl import threadpool_limits
 
     config = config or TrainConfig()
+    keep = np.ones(len(y), bool)
+    vpn = np.asarray(y).astype(int) == 1
     if packets is not None and config.min_tunnel_packets > 0:
-        keep = ~((np.asarray(y).astype(int) == 1) & (np.asarray(packets) < config.min_tunnel_packets))
+        short = vpn & (np.asarray(packets) < config.min_tunnel_packets)
+        keep &= ~short
+        if log:
+            log(f"left out {int(short.sum())} VPN flows of fewer than {config.min_tunnel_packets} packets")
+    if config.skip_cleartext_tunnels:
+        clear = vpn & cleartext_tunnel_rows(X) & keep
+        keep &= ~clear
+        if log:
+            log(f"left out {int(clear.sum())} VPN flows with readable inner headers (cleartext tunnels)")
+    if not keep.all():
         X, y, groups = X[keep], np.asarray(y)[keep], np.asarray(groups)[keep]
         protocol = None if protocol is None else np.asarray(protocol, object)[keep]
-        if log:
-            log(f"left out {int((~keep).sum())} VPN flows of fewer than {config.min_tunnel_packets} packets")
     with threadpool_limits(limits=1):
         return _train(X, y, groups, protocol, config, log, explain)
 

@@ -15,7 +15,14 @@ from classifier.errors import ErrorLog
 from classifier.model.data import LabeledFlows, data_hash, inputs_hash, load_labeled
 from classifier.model.features import FEATURE_NAMES, FEATURE_VERSION, feature_matrix
 from classifier.model.io import save_bundle
-from classifier.model.train import TrainConfig, TrainResult, library_versions, top_features, train
+from classifier.model.train import (
+    TrainConfig,
+    TrainResult,
+    cleartext_tunnel_rows,
+    library_versions,
+    top_features,
+    train,
+)
 
 
 def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: TrainConfig,
@@ -24,6 +31,9 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
     b = result.bundle
     summary = data.summary()
     original = data.variant == "original"
+    vpn = data.label == 1
+    short = vpn & (data.table.column("packets").to_numpy() < config.min_tunnel_packets)
+    cleartext = vpn & cleartext_tunnel_rows(X) if config.skip_cleartext_tunnels else np.zeros(len(vpn), bool)
     return {
         "name": b["name"],
         "version": b["version"],
@@ -50,8 +60,8 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
             if augment else "none",
             "sha256": data_hash(X, data.label),
             "inputs_sha256": inputs_hash(data.inputs),
-            "vpn_flows_left_out_short": int(((data.label == 1) & (data.table.column("packets").to_numpy()
-                                                                  < config.min_tunnel_packets)).sum()),
+            "vpn_flows_left_out_short": int(short.sum()),
+            "vpn_flows_left_out_cleartext": int((cleartext & ~short).sum()),
             "inputs": data.inputs,
         },
         "metrics": {k: v for k, v in result.metrics.items()},
