@@ -59,3 +59,21 @@ def test_shipped_model_no_false_alarms_on_public_non_vpn():
     neg = data.label == 0
     assert neg.sum() > 1000
     assert (proba[neg] >= model.threshold).mean() <= 0.001
+
+
+@pytest.mark.skipif(not PUBLIC.is_file(), reason="public capture corpus ../shared/pcaps/public is not present")
+def test_shipped_model_does_not_call_public_cleartext_tunnels_vpn():
+    """6in4, GRE and Teredo wrap packets like a VPN but encrypt nothing; the model, never trained on these
+    captures, must see their readable inner headers and leave them alone."""
+    from classifier.flows.api import read_flows
+
+    base = PUBLIC.parent
+    files = [base / "ntop_nDPI" / "6in4tunnel.pcap", base / "zeek_zeek" / "gre-sample.pcap",
+             base / "zeek_zeek" / "Teredo.pcap", base / "the-tcpdump-group_tcpdump" / "various_gre.pcap"]
+    table = read_flows(*(str(f) for f in files))
+    wrapped = (np.nan_to_num(table.column("src2dst_inner_header_frac").to_numpy(zero_copy_only=False)) >= 0.5) | \
+        (np.nan_to_num(table.column("dst2src_inner_header_frac").to_numpy(zero_copy_only=False)) >= 0.5)
+    assert wrapped.sum() >= 4  # each capture's tunnel flow shows its inner headers
+    model = load_model()
+    proba = model.predict(table.filter(wrapped)).proba
+    assert (proba < model.threshold).all(), proba
