@@ -15,7 +15,6 @@ differ only in what encryption changes.
 
 from __future__ import annotations
 
-import random
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -41,32 +40,32 @@ def vxlan_setup(s: Session) -> None:
     s.lab.wait_ping(s.client_ns, s.inner_server)
 
 
-def _craft(name: str, ipv6: bool, wrap: Callable[[int, bool, bytes, int, random.Random], bytes]):
-    """A craft function: the inner pattern, each packet wrapped by ``wrap(n, from_client, inner, i, rng)``."""
+def _craft(name: str, ipv6: bool, wrap: Callable[[int, bool, bytes, int], bytes]):
+    """A craft function: the inner pattern, each packet wrapped by ``wrap(n, from_client, inner, i)``."""
     def craft(path: Path, n: int, duration: float, seed: int = 0) -> None:
         rng, pattern = crafted_rng(name, n, duration, seed)
-        frames = [(t, wrap(n, fc, inner, i, rng))
+        frames = [(t, wrap(n, fc, inner, i))
                   for i, (t, fc, inner) in enumerate(inner_packets(n, duration, rng, ipv6=ipv6, pattern=pattern))]
         write_pcap(path, frames)
     return craft
 
 
-def _six_in_four(n: int, fc: bool, inner: bytes, i: int, rng: random.Random) -> bytes:
+def _six_in_four(n: int, fc: bool, inner: bytes, i: int) -> bytes:
     """RFC 4213: the IPv6 packet is the IPv4 payload, protocol 41."""
     return outer_frame(n, fc, 41, inner, ident=i)
 
 
-def _ipip(n: int, fc: bool, inner: bytes, i: int, rng: random.Random) -> bytes:
+def _ipip(n: int, fc: bool, inner: bytes, i: int) -> bytes:
     """RFC 2003: the IPv4 packet is the IPv4 payload, protocol 4."""
     return outer_frame(n, fc, 4, inner, ident=i)
 
 
-def _gre(n: int, fc: bool, inner: bytes, i: int, rng: random.Random) -> bytes:
+def _gre(n: int, fc: bool, inner: bytes, i: int) -> bytes:
     """RFC 2784 GRE, protocol 47: 4-byte header (no checksum, key or sequence), type 0x0800."""
     return outer_frame(n, fc, 47, struct.pack(">HH", 0, 0x0800) + inner, ident=i)
 
 
-def _teredo(n: int, fc: bool, inner: bytes, i: int, rng: random.Random) -> bytes:
+def _teredo(n: int, fc: bool, inner: bytes, i: int) -> bytes:
     """RFC 4380 Teredo: the IPv6 packet is the UDP payload, relay port 3544."""
     return outer_frame(n, fc, None, inner, udp_ports=(40000 + n, TEREDO_PORT), ident=i)
 

@@ -49,19 +49,27 @@ def _www(s: Session) -> None:
     (www / "blob").write_bytes(os.urandom(s.profile.blob_size))
 
 
-def nginx_setup(s: Session, tls: bool) -> None:
-    """nginx serving one file over HTTP or HTTPS."""
+def start_nginx(s: Session, tls: bool, http2: bool = False, directives: str = "") -> None:
+    """nginx serving ``s.work/www`` on 443 (TLS, optionally HTTP/2) or plain on 80; returns once it listens.
+
+    ``directives``: more ``server`` directives (keep-alive limits, ...).
+    """
     port = 443 if tls else 80
-    _www(s)
     (s.work / "nginx-tmp").mkdir(exist_ok=True)
-    tls_lines = ""
+    listen, lines = "", directives
     if tls:
         pki = s.pki()
-        tls_lines = f"ssl_certificate {pki.server_cert}; ssl_certificate_key {pki.server_key};"
-    conf = s.file("nginx.conf", NGINX_CONF.format(work=s.work, ip=s.server_ip, port=port,
-                                                  ssl=" ssl" if tls else "", tls=tls_lines))
+        listen = " ssl http2" if http2 else " ssl"
+        lines = f"ssl_certificate {pki.server_cert}; ssl_certificate_key {pki.server_key}; {directives}"
+    conf = s.file("nginx.conf", NGINX_CONF.format(work=s.work, ip=s.server_ip, port=port, ssl=listen, tls=lines))
     proc = s.lab.spawn(s.server_ns, ["nginx", "-e", "stderr", "-p", str(s.work), "-c", str(conf)], "nginx")
     s.lab.wait_port(s.server_ns, port, procs=[proc])
+
+
+def nginx_setup(s: Session, tls: bool) -> None:
+    """nginx serving one file over HTTP or HTTPS."""
+    _www(s)
+    start_nginx(s, tls)
 
 
 def nginx_traffic(s: Session, tls: bool) -> None:
@@ -196,23 +204,3 @@ _neg("dtls", 106, "dtls", "udp", 4433, ("openssl",), dtls_setup, dtls_traffic, "
      "A DTLS 1.2 session exchanging lines: DTLS like OpenConnect's data channel, but no VPN.")
 _neg("quic", 107, "quic", "udp", 443, ("gtlsserver", "gtlsclient"), quic_setup, quic_traffic,
      "ngtcp2 gtlsserver/gtlsclient, HTTP/3", "QUIC (HTTP/3) fetches on UDP 443.")
-
-
-def no_setup(s: Session) -> None:
-    """Nothing to start: the kernel answers pings."""
-
-
-def ping_traffic(s: Session) -> None:
-    """``ping`` from the client: interval and size drawn per capture (monitoring probes to MTU tests)."""
-    rng = s.rng()
-    interval = rng.choice([0.05, 0.2, 0.5, 1.0])
-    size = rng.choice([56, 56, 120, 512, 1200, 1400])
-    count = max(2, int(s.duration / interval))
-    s.lab.run(s.client_ns, ["ping", "-q", "-i", f"{interval:g}", "-s", str(size), "-c", str(count),
-                            "-w", str(int(s.duration) + 2), s.server_ip], timeout=s.duration + 10)
-
-
-_neg("ping", 131, "icmp", "icmp", None, ("ping",), no_setup, ping_traffic,
-     "iputils ping, interval 0.05-1 s and 56-1400-byte payloads drawn per capture",
-     "ICMP echo between the hosts: a flow that is neither TCP nor UDP and no tunnel.")
-

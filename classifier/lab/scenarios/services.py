@@ -1,10 +1,11 @@
-"""Everyday non-VPN services (N = 108..120): traffic a tunnel detector meets all day.
+"""Everyday non-VPN services (N = 108..120, 131..133): traffic a tunnel detector meets all day.
 
 Why: with only a handful of short negatives a model learns "anything that is not a small
 HTTPS fetch is a VPN". These scenarios add what real networks carry that looks most like a
 tunnel on the wire: long-lived TLS connections (HTTP/2 page loads, keep-alive browsing,
 WebSocket), bulk TLS/SSH transfers, keystroke-paced SSH, constant-rate RTP voice and video
-over UDP, DNS-over-TLS, NTP, small-packet bidirectional iperf3 and BitTorrent.
+over UDP, DNS-over-TLS, NTP, small-packet bidirectional iperf3, BitTorrent, ping, and
+plain-HTTP twins of the keep-alive and bulk HTTPS services.
 
 Configuration: all servers listen on 198.18.N.1, with the run's EC certificate where TLS
 is used: nginx (``listen ... ssl http2``), OpenSSH (``lab/traffic.py`` helpers), GStreamer
@@ -24,7 +25,7 @@ from functools import partial
 
 from classifier.lab.netns import LabError
 from classifier.lab.scenarios import Scenario, register
-from classifier.lab.scenarios.negatives import NGINX_CONF
+from classifier.lab.scenarios.negatives import start_nginx
 from classifier.lab.session import Session
 from classifier.lab.traffic import curl_bytes, ssh_argv, start_sshd, type_session, write_random
 
@@ -50,26 +51,16 @@ def _site(s: Session) -> list[str]:
     return names
 
 
-def https_server(s: Session, http2: bool = True, tls: bool = True) -> list[str]:
-    """nginx with TLS (and HTTP/2) serving ``_site``, or plain HTTP on port 80; returns the object names."""
+def web_server(s: Session, http2: bool = True, tls: bool = True) -> list[str]:
+    """nginx serving ``_site`` with TLS (and HTTP/2), or plain HTTP on port 80; returns the object names."""
     names = _site(s)
-    (s.work / "nginx-tmp").mkdir(exist_ok=True)
-    keep = "keepalive_timeout 120s; keepalive_requests 10000;"
-    if tls:
-        pki = s.pki()
-        conf = NGINX_CONF.format(work=s.work, ip=s.server_ip, port=443, ssl=" ssl http2" if http2 else " ssl",
-                                 tls=f"ssl_certificate {pki.server_cert}; ssl_certificate_key {pki.server_key}; {keep}")
-    else:
-        conf = NGINX_CONF.format(work=s.work, ip=s.server_ip, port=80, ssl="", tls=keep)
-    proc = s.lab.spawn(s.server_ns, ["nginx", "-e", "stderr", "-p", str(s.work), "-c", str(s.file("nginx.conf", conf))],
-                       "nginx")
-    s.lab.wait_port(s.server_ns, 443 if tls else 80, procs=[proc])
+    start_nginx(s, tls, http2=http2, directives="keepalive_timeout 120s; keepalive_requests 10000;")
     s.extra["objects"] = names
     return names
 
 
 def h2_setup(s: Session) -> None:
-    https_server(s, http2=True)
+    web_server(s, http2=True)
 
 
 def h2_traffic(s: Session) -> None:
@@ -121,7 +112,7 @@ def keepalive_traffic(s: Session, tls: bool = True) -> None:
 
 
 def bulk_setup(s: Session, tls: bool = True) -> None:
-    https_server(s, http2=False, tls=tls)
+    web_server(s, http2=False, tls=tls)
     write_random(s.work / "www" / "big", s.profile.bulk_size)
 
 
@@ -464,9 +455,21 @@ def bt_traffic(s: Session) -> None:
         time.sleep(0.2)
 
 
+# -- ICMP echo ----------------------------------------------------------------------------------------
+
+def ping_traffic(s: Session) -> None:
+    """``ping`` from the client: interval and size drawn per capture (monitoring probes to MTU tests)."""
+    rng = s.rng()
+    interval = rng.choice([0.05, 0.2, 0.5, 1.0])
+    size = rng.choice([56, 56, 120, 512, 1200, 1400])
+    count = max(2, int(s.duration / interval))
+    s.lab.run(s.client_ns, ["ping", "-q", "-i", f"{interval:g}", "-s", str(size), "-c", str(count),
+                            "-w", str(int(s.duration) + 2), s.server_ip], timeout=s.duration + 10)
+
+
 # -- registry ------------------------------------------------------------------------------------------
 
-def _svc(name: str, number: int, protocol: str, transport: str, port: int, requires: tuple[str, ...],
+def _svc(name: str, number: int, protocol: str, transport: str, port: int | None, requires: tuple[str, ...],
          setup, traffic, notes: str, description: str) -> None:
     register(Scenario(name=name, number=number, vpn=False, protocol=protocol, transport=transport,
                       server_port=port, notes=notes, requires=requires, setup=setup, traffic=traffic,
@@ -477,13 +480,13 @@ SSH_TOOLS = ("/usr/sbin/sshd", "ssh", "ssh-keygen")
 _svc("https-h2-browse", 108, "https", "tcp", 443, ("nginx", "openssl"), h2_setup, h2_traffic,
      "nginx + curl --http2 --parallel; page loads with think time",
      "HTTP/2 page loads: an index and 3-12 objects multiplexed per connection, pauses between.")
-_svc("https-keepalive", 109, "https", "tcp", 443, ("nginx", "openssl"), partial(https_server, http2=False),
+_svc("https-keepalive", 109, "https", "tcp", 443, ("nginx", "openssl"), partial(web_server, http2=False),
      keepalive_traffic, "nginx + Python http.client; one kept-alive HTTP/1.1 TLS connection",
      "Keep-alive HTTPS browsing: bursts of requests with pauses on one long TLS connection.")
 _svc("https-bulk", 110, "https", "tcp", 443, ("nginx", "openssl"), bulk_setup, bulk_traffic,
      "nginx + curl --limit-rate; 2-16 MiB file",
      "Bulk HTTPS download of a several-MB file at a capped rate.")
-_svc("http-keepalive", 132, "http", "tcp", 80, ("nginx",), partial(https_server, http2=False, tls=False),
+_svc("http-keepalive", 132, "http", "tcp", 80, ("nginx",), partial(web_server, http2=False, tls=False),
      partial(keepalive_traffic, tls=False), "nginx + Python http.client; one kept-alive plain HTTP/1.1 connection",
      "Keep-alive plain HTTP browsing: bursts of readable requests with pauses on one long connection.")
 _svc("http-bulk", 133, "http", "tcp", 80, ("nginx",), partial(bulk_setup, tls=False), partial(bulk_traffic, tls=False),
@@ -519,3 +522,6 @@ _svc("websocket", 119, "websocket", "tcp", 443, (SYSTEM_PYTHON, "openssl"), ws_s
 _svc("bittorrent", 120, "bittorrent", "tcp", BT_PORT, ("aria2c", "mktorrent"), bt_setup, bt_traffic,
      "aria2c seed and leech, minimal HTTP tracker; peer wire plain or encrypted (MSE)",
      "A BitTorrent download between two peers found through a local tracker.")
+_svc("ping", 131, "icmp", "icmp", None, ("ping",), no_setup, ping_traffic,
+     "iputils ping, interval 0.05-1 s and 56-1400-byte payloads drawn per capture",
+     "ICMP echo between the hosts: a flow that is neither TCP nor UDP and no tunnel.")
