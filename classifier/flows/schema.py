@@ -30,7 +30,8 @@ def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Fie
 HEAD_STAT_DOCS: dict[str, str] = {
     "first_payload_bits": "set bits per byte of the first 64 payload bytes of {who}'s first payload packet "
                           "(random: 4.0)",
-    "first_payload_printable": "fraction of printable ASCII among those bytes of {who} (random: 0.37)",
+    "first_payload_printable": "fraction of printable ASCII among the first 64 payload bytes of {who}'s first "
+                               "payload packet (random: 0.37)",
     "payload_bits": "set bits per byte over the stored payload heads of {who}'s first 8 payload packets",
     "tls_record_frac": "fraction of {who}'s first 8 payload packets that start with a TLS or DTLS record header",
     "inner_header_frac": "fraction of {who}'s first 8 payload packets that carry a cleartext inner IPv4/IPv6 header "

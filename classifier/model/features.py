@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from classifier.flows.schema import FIRST_PACKETS, HEAD_STAT_COLUMNS
+from classifier.flows.schema import FIRST_PACKETS, HEAD_STAT_COLUMNS, HEAD_STAT_DOCS
 from classifier.flows.state import N_HIST, PAYLOAD_HIST_EDGES
 
 #: Bump when a feature's definition changes: a model trained on another version is refused.
@@ -171,15 +171,9 @@ FEATURE_DOCS: dict[str, str] = {
                              f"{RANDOM_MAX_PRINTABLE:g} printable, no TLS/DTLS record header "
                              "(fully encrypted protocols; Wu et al. 2023); unknown for TCP without its SYN",
 }
-for _short, _who in (("up", "the initiator"), ("down", "the responder")):
-    FEATURE_DOCS.update({
-        f"{_short}_first_bits": f"set bits per byte of {_who}'s first payload (first 64 bytes; random: 4)",
-        f"{_short}_first_printable": f"printable ASCII share of {_who}'s first payload (random: 0.37)",
-        f"{_short}_payload_bits": f"set bits per byte over {_who}'s first 8 payload heads",
-        f"{_short}_tls_frac": f"share of {_who}'s first 8 payload packets starting with a TLS/DTLS record header",
-        f"{_short}_inner_header_frac": f"share of {_who}'s first 8 payload packets carrying a readable inner IP header "
-                                   "(cleartext encapsulation, not encryption)",
-    })
+for _short, _who in (("up", "the initiator"), ("down", "the responder")):  # the flow table's own words
+    FEATURE_DOCS.update({f"{_short}_{name}": HEAD_STAT_DOCS[col].format(who=_who)
+                         for col, name in _BYTE_FEATURES.items()})
 for _short, _who in _DIRS:
     _w = {"all": "both directions", "src2dst_": "the initiator", "dst2src_": "the responder"}[_who]
     FEATURE_DOCS.update({

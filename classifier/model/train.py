@@ -330,10 +330,24 @@ def permutation_importance_auc(score, X: np.ndarray, y: np.ndarray, seed: int, m
 CLEARTEXT_INNER_IP_FRAC = 0.5
 
 
-def cleartext_tunnel_rows(X: np.ndarray) -> np.ndarray:
-    """Rows of a feature matrix whose payloads carry readable inner IP headers, either direction."""
-    cols = [FEATURE_NAMES.index(n) for n in ("up_inner_header_frac", "down_inner_header_frac")]
-    return (np.nan_to_num(X[:, cols], nan=0.0) >= CLEARTEXT_INNER_IP_FRAC).any(axis=1)
+def left_out_of_fitting(X: np.ndarray, y: np.ndarray, packets: np.ndarray | None,
+                        config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(short, cleartext): the VPN rows the recipe leaves out of fitting, each row under one reason.
+
+    ``short``: fewer than ``config.min_tunnel_packets`` packets; ``cleartext`` (with
+    ``config.skip_cleartext_tunnels``, and not already short): readable inner IP headers in
+    either direction. Used by ``train`` and by the model card, so both count the same rows.
+    """
+    vpn = np.asarray(y).astype(int) == 1
+    short = np.zeros(len(vpn), bool)
+    if packets is not None and config.min_tunnel_packets > 0:
+        short = vpn & (np.asarray(packets) < config.min_tunnel_packets)
+    cleartext = np.zeros(len(vpn), bool)
+    if config.skip_cleartext_tunnels:
+        cols = [FEATURE_NAMES.index(n) for n in ("up_inner_header_frac", "down_inner_header_frac")]
+        readable = (np.nan_to_num(X[:, cols], nan=0.0) >= CLEARTEXT_INNER_IP_FRAC).any(axis=1)
+        cleartext = vpn & readable & ~short
+    return short, cleartext
 
 
 def train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarray | None = None,
@@ -354,18 +368,12 @@ def train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarray
     from threadpoolctl import threadpool_limits
 
     config = config or TrainConfig()
-    keep = np.ones(len(y), bool)
-    vpn = np.asarray(y).astype(int) == 1
-    if packets is not None and config.min_tunnel_packets > 0:
-        short = vpn & (np.asarray(packets) < config.min_tunnel_packets)
-        keep &= ~short
-        if log:
-            log(f"left out {int(short.sum())} VPN flows of fewer than {config.min_tunnel_packets} packets")
-    if config.skip_cleartext_tunnels:
-        clear = vpn & cleartext_tunnel_rows(X) & keep
-        keep &= ~clear
-        if log:
-            log(f"left out {int(clear.sum())} VPN flows with readable inner headers (cleartext tunnels)")
+    short, cleartext = left_out_of_fitting(X, y, packets, config)
+    if log and packets is not None and config.min_tunnel_packets > 0:
+        log(f"left out {int(short.sum())} VPN flows of fewer than {config.min_tunnel_packets} packets")
+    if log and config.skip_cleartext_tunnels:
+        log(f"left out {int(cleartext.sum())} VPN flows with readable inner headers (cleartext tunnels)")
+    keep = ~(short | cleartext)
     if not keep.all():
         X, y, groups = X[keep], np.asarray(y)[keep], np.asarray(groups)[keep]
         protocol = None if protocol is None else np.asarray(protocol, object)[keep]

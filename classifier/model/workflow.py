@@ -18,7 +18,7 @@ from classifier.model.io import save_bundle
 from classifier.model.train import (
     TrainConfig,
     TrainResult,
-    cleartext_tunnel_rows,
+    left_out_of_fitting,
     library_versions,
     top_features,
     train,
@@ -31,9 +31,7 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
     b = result.bundle
     summary = data.summary()
     original = data.variant == "original"
-    vpn = data.label == 1
-    short = vpn & (data.table.column("packets").to_numpy() < config.min_tunnel_packets)
-    cleartext = vpn & cleartext_tunnel_rows(X) if config.skip_cleartext_tunnels else np.zeros(len(vpn), bool)
+    short, cleartext = left_out_of_fitting(X, data.label, data.table.column("packets").to_numpy(), config)
     return {
         "name": b["name"],
         "version": b["version"],
@@ -61,7 +59,7 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
             "sha256": data_hash(X, data.label),
             "inputs_sha256": inputs_hash(data.inputs),
             "vpn_flows_left_out_short": int(short.sum()),
-            "vpn_flows_left_out_cleartext": int((cleartext & ~short).sum()),
+            "vpn_flows_left_out_cleartext": int(cleartext.sum()),
             "inputs": data.inputs,
         },
         "metrics": {k: v for k, v in result.metrics.items()},
