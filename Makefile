@@ -35,10 +35,10 @@ lint: $(STAMP)
 ## The training captures are made by the lab (root + VPN daemons, `make lab-deps`) outside the
 ## repository: `make lab-train` writes them to $(MODEL_LAB); the model card records their sha256.
 ## Deterministic: the same captures give the same model file, byte for byte.
-MODEL_LAB        ?= /tmp/vpnid-labtrain3
+MODEL_LAB        ?= /tmp/vpnid-labtrain5
 MODEL_DATA       ?= pcaps/ $(MODEL_LAB)
 MODEL_AUGMENT    ?= 6
-LAB_TRAIN_REPEAT ?= 6
+LAB_TRAIN_REPEAT ?= 12
 LAB_TRAIN_SEED   ?= 1
 model: $(STAMP)
 	@test -f $(MODEL_LAB)/MANIFEST.csv || { \

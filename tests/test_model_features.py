@@ -61,6 +61,24 @@ def test_identifiers_do_not_change_features(table):
     np.testing.assert_array_equal(feature_matrix(table), feature_matrix(changed))
 
 
+def test_timing_does_not_change_features(table):
+    """Scrambling every gap (the lab's microsecond links say nothing about real paths) leaves the features."""
+    rng = np.random.default_rng(3)
+    changed = table
+    timing = [c for c in table.column_names if "iat" in c or c == "duration_ms"]
+    assert "first_iats_ms" in timing and "src2dst_iat_mean_ms" in timing
+    for name in timing:
+        col = table.column(name)
+        if pa.types.is_list(col.type):
+            flat = pc.list_flatten(col).to_numpy(zero_copy_only=False)
+            offsets = col.combine_chunks().offsets
+            arr = pa.ListArray.from_arrays(offsets, pa.array(rng.uniform(0, 5000, len(flat)), col.type.value_type))
+        else:
+            arr = pa.array(rng.uniform(0, 5000, table.num_rows), col.type)
+        changed = changed.set_column(changed.schema.get_field_index(name), name, arr)
+    np.testing.assert_array_equal(feature_matrix(table), feature_matrix(changed))
+
+
 def test_rows_are_independent(table):
     """A flow's features do not depend on which other flows share its batch (offline == live)."""
     X = feature_matrix(table)
@@ -86,10 +104,7 @@ def test_values_follow_definitions():
     assert f["first_up_max"] == 200 and f["first_down_max"] == 1400
     assert f["first_up_min"] == 176 and f["first_down_min"] == 120
     assert f["hdr_per_pkt"] == pytest.approx(28.0)
-    # the first response turn took 40 ms, the slowest later one 4 ms
-    assert f["log_resp_delay_first"] == pytest.approx(np.log1p(40.0), rel=1e-6)
-    assert f["log_resp_delay_later_max"] == pytest.approx(np.log1p(4.0), rel=1e-6)
-    assert np.isnan(f["first_size_6"]) and np.isnan(f["first_log_iat_7"])
+    assert np.isnan(f["first_size_6"])
     assert f["starts_with_syn"] == 0
 
 
@@ -97,7 +112,7 @@ def test_one_packet_and_empty_tables():
     row = flow_row(np.array([60]), np.array([0]), np.array([0.0]), np.array([0x02]), 6)
     X = feature_matrix(pa.Table.from_pylist([row], schema=FLOW_SCHEMA))
     f = dict(zip(FEATURE_NAMES, X[0], strict=True))
-    assert np.isnan(f["log_iat_mean"]) and np.isnan(f["first_log_iat_1"])
+    assert np.isnan(f["first_size_1"]) and np.isnan(f["down_size_mean"])
     assert f["starts_with_syn"] == 1 and f["syn_frac"] == 1
     assert feature_matrix(FLOW_SCHEMA.empty_table()).shape == (0, len(FEATURE_NAMES))
 

@@ -35,8 +35,8 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
     return {
         "name": b["name"],
         "version": b["version"],
-        "summary": ("Flags VPN tunnels from flow statistics alone (sizes, timing, ratios, first packets, "
-                    "how random the first payload bytes look), "
+        "summary": ("Flags VPN tunnels from flow statistics alone (packet sizes and their ratios, first "
+                    "packets, payload-size rhythm, how random the first payload bytes look; no timing), "
                     "for flows no signature claims. Probabilities are calibrated on captures held out "
                     "from training; the threshold keeps false alarms at the target rate on held-out "
                     "non-VPN captures."),
@@ -47,7 +47,8 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
         "feature_version": FEATURE_VERSION,
         "features": list(FEATURE_NAMES),
         "excluded_inputs": ["IP addresses", "ports", "VLAN", "TTL", "timestamps", "flow ids", "capture names",
-                            "IP version", "end reason"],
+                            "IP version", "end reason",
+                            "timing (inter-arrival times, response delays: lab links have no path delay)"],
         "protocol_classes": b["protocol_classes"],
         "training_data": {
             **summary,
