@@ -126,8 +126,8 @@ def write_pcap(path: Path, frames: list[tuple[float, bytes]]) -> None:
             fh.write(frame)
 
 
-def outer_frame(n: int, from_client: bool, proto: int | None, l4: bytes, udp_ports: tuple[int, int] | None = None,
-           ident: int = 0) -> bytes:
+def outer_frame(n: int, from_client: bool, proto: int | None, l4: bytes,
+                udp_ports: tuple[int, int] | None = None, ident: int = 0) -> bytes:
     """An Ethernet/IPv4 frame between the lab's client and server around ``l4``."""
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
@@ -141,40 +141,57 @@ def outer_frame(n: int, from_client: bool, proto: int | None, l4: bytes, udp_por
     return bytes(eth / IP(src=src, dst=dst, proto=proto, id=ident) / Raw(l4))
 
 
-def craft_esp(path: Path, n: int, duration: float, seed: int = 0) -> None:
+#: Wraps one inner packet into an outer Ethernet frame: ``(n, from_client, inner, index) -> frame``.
+Wrap = Callable[[int, bool, bytes, int], bytes]
+
+
+def crafter(name: str, start: Callable[[random.Random], Wrap], ipv6: bool = False
+            ) -> Callable[[Path, int, float, int], None]:
+    """A scenario's craft function: the seeded inner pattern, each packet wrapped by the protocol.
+
+    ``start(rng)`` draws what stays fixed for the capture (SPIs, tunnel and call ids) and
+    returns the wrap; it runs after the pattern is drawn and before the inner packets, so
+    every crafted capture draws from its generator in the same order.
+    """
+    def craft(path: Path, n: int, duration: float, seed: int = 0) -> None:
+        rng, pattern = crafted_rng(name, n, duration, seed)
+        wrap = start(rng)
+        packets = inner_packets(n, duration, rng, ipv6=ipv6, pattern=pattern)
+        write_pcap(path, [(t, wrap(n, fc, inner, i)) for i, (t, fc, inner) in enumerate(packets)])
+    return craft
+
+
+def _esp(rng: random.Random) -> Wrap:
     """ESP (IP protocol 50) with AES-CBC/HMAC-SHA256-128 sizes: SPI, sequence, IV, ciphertext, ICV."""
-    rng, pattern = crafted_rng("esp", n, duration, seed)
     spi = {True: rng.getrandbits(32) | 0xC0000000, False: rng.getrandbits(32) | 0xC0000000}
     seq = {True: 0, False: 0}
-    frames = []
-    for i, (t, fc, inner) in enumerate(inner_packets(n, duration, rng, pattern=pattern)):
+
+    def wrap(n: int, fc: bool, inner: bytes, i: int) -> bytes:
         seq[fc] += 1
         padded = (len(inner) + 2 + 15) // 16 * 16  # payload + pad length + next header, block aligned
         esp = struct.pack(">II", spi[fc], seq[fc]) + rng.randbytes(16 + padded + 16)
-        frames.append((t, outer_frame(n, fc, 50, esp, ident=i)))
-    write_pcap(path, frames)
+        return outer_frame(n, fc, 50, esp, ident=i)
+    return wrap
 
 
-def craft_l2tp(path: Path, n: int, duration: float, seed: int = 0) -> None:
+def _l2tp(rng: random.Random) -> Wrap:
     """L2TPv2 data messages on UDP 1701 (T=0, L=1), each carrying PPP (ff03, protocol 0x0021) and IP."""
-    rng, pattern = crafted_rng("l2tp", n, duration, seed)
     tunnel = {True: rng.randint(1, 65535), False: rng.randint(1, 65535)}
     session = {True: rng.randint(1, 65535), False: rng.randint(1, 65535)}
-    frames = []
-    for i, (t, fc, inner) in enumerate(inner_packets(n, duration, rng, pattern=pattern)):
+
+    def wrap(n: int, fc: bool, inner: bytes, i: int) -> bytes:
         ppp = b"\xff\x03\x00\x21" + inner
         l2tp = struct.pack(">HHHH", 0x4002, 8 + len(ppp), tunnel[not fc], session[not fc]) + ppp
-        frames.append((t, outer_frame(n, fc, None, l2tp, udp_ports=(1701, 1701), ident=i)))
-    write_pcap(path, frames)
+        return outer_frame(n, fc, None, l2tp, udp_ports=(1701, 1701), ident=i)
+    return wrap
 
 
-def craft_pptp_gre(path: Path, n: int, duration: float, seed: int = 0) -> None:
+def _pptp_gre(rng: random.Random) -> Wrap:
     """PPTP data channel: enhanced GRE (version 1, protocol 0x880B) with MPPE-compressed PPP frames."""
-    rng, pattern = crafted_rng("pptp", n, duration, seed)
     call = {True: rng.randint(1, 65535), False: rng.randint(1, 65535)}
     seq = {True: 0, False: 0}
-    frames = []
-    for i, (t, fc, inner) in enumerate(inner_packets(n, duration, rng, pattern=pattern)):
+
+    def wrap(n: int, fc: bool, inner: bytes, i: int) -> bytes:
         ppp = b"\xfd" + rng.randbytes(2 + len(inner))  # PPP protocol 0xFD (compressed/MPPE), coherency count
         seq[fc] += 1
         ack = seq[not fc]
@@ -182,9 +199,8 @@ def craft_pptp_gre(path: Path, n: int, duration: float, seed: int = 0) -> None:
         gre = struct.pack(">HHHHI", flags, 0x880B, len(ppp), call[not fc], seq[fc])
         if ack:
             gre += struct.pack(">I", ack)
-        frames.append((t, outer_frame(n, fc, 47, gre + ppp, ident=i)))
-    write_pcap(path, frames)
-
+        return outer_frame(n, fc, 47, gre + ppp, ident=i)
+    return wrap
 
 def _add(name: str, number: int, protocol: str, transport: str, port: int | None,
          craft: Callable[[Path, int, float, int], None], what: str, description: str) -> None:
@@ -193,9 +209,9 @@ def _add(name: str, number: int, protocol: str, transport: str, port: int | None
                       description=description))
 
 
-_add("ipsec-esp-crafted", 50, "ipsec-esp", "esp", None, craft_esp, "kernel has no ESP transform",
+_add("ipsec-esp-crafted", 50, "ipsec-esp", "esp", None, crafter("esp", _esp), "kernel has no ESP transform",
      "Plain ESP (IP protocol 50) as a kernel IPsec tunnel sends it, without NAT-T.")
-_add("l2tp-data-crafted", 51, "l2tp", "udp", 1701, craft_l2tp, "kernel has no PPP; L2TPv2 data messages",
+_add("l2tp-data-crafted", 51, "l2tp", "udp", 1701, crafter("l2tp", _l2tp), "kernel has no PPP; L2TPv2 data messages",
      "L2TP data messages carrying PPP-framed IP on UDP 1701.")
-_add("pptp-gre-crafted", 52, "pptp", "gre", None, craft_pptp_gre, "kernel has no PPP; enhanced GRE data",
+_add("pptp-gre-crafted", 52, "pptp", "gre", None, crafter("pptp", _pptp_gre), "kernel has no PPP; enhanced GRE data",
      "PPTP's GRE data channel with MPPE-encrypted PPP frames.")

@@ -15,13 +15,13 @@ differ only in what encryption changes.
 
 from __future__ import annotations
 
+import random
 import struct
 from collections.abc import Callable
-from pathlib import Path
 
 from classifier.lab.netns import VETH
 from classifier.lab.scenarios import Scenario, register
-from classifier.lab.scenarios.crafted import crafted_rng, inner_packets, outer_frame, write_pcap
+from classifier.lab.scenarios.crafted import Wrap, crafter, outer_frame
 from classifier.lab.session import Session
 
 VXLAN_PORT = 4789
@@ -40,14 +40,9 @@ def vxlan_setup(s: Session) -> None:
     s.lab.wait_ping(s.client_ns, s.inner_server)
 
 
-def _craft(name: str, ipv6: bool, wrap: Callable[[int, bool, bytes, int], bytes]):
-    """A craft function: the inner pattern, each packet wrapped by ``wrap(n, from_client, inner, i)``."""
-    def craft(path: Path, n: int, duration: float, seed: int = 0) -> None:
-        rng, pattern = crafted_rng(name, n, duration, seed)
-        frames = [(t, wrap(n, fc, inner, i))
-                  for i, (t, fc, inner) in enumerate(inner_packets(n, duration, rng, ipv6=ipv6, pattern=pattern))]
-        write_pcap(path, frames)
-    return craft
+def _unchanging(wrap: Wrap) -> Callable[[random.Random], Wrap]:
+    """A cleartext wrapper draws nothing per capture (no keys, no ids): the same wrap every time."""
+    return lambda rng: wrap
 
 
 def _six_in_four(n: int, fc: bool, inner: bytes, i: int) -> bytes:
@@ -84,6 +79,6 @@ for _name, _number, _protocol, _transport, _port, _ipv6, _wrap, _what in (
     register(Scenario(
         name=_name, number=_number, vpn=False, protocol=_protocol, transport=_transport, server_port=_port,
         notes=f"crafted with scapy: kernel has no driver; {_what}, unencrypted",
-        craft=_craft(_name, _ipv6, _wrap),
+        craft=crafter(_name, _unchanging(_wrap), _ipv6),
         description=f"{_what} with the crafted VPN channels' inner pattern, unencrypted.",
     ))
