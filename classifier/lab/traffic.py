@@ -104,6 +104,18 @@ def curl_bytes(s: Session, url: str, timeout: float, *extra: str) -> int:
         return 0
 
 
+def download_for(s: Session, url: str) -> int:
+    """Download ``url`` again and again, capped at ``profile.bulk_rate``, for the session's duration.
+
+    Returns the bytes received; 0 means no download worked (the caller says what failed).
+    """
+    deadline = time.monotonic() + s.duration
+    got = 0
+    while (left := deadline - time.monotonic()) > 0.2:
+        got += curl_bytes(s, url, left, "--limit-rate", str(s.profile.bulk_rate))
+    return got
+
+
 #: Small files next to the blob (Python's http.server ignores Range requests), bytes.
 SMALL_SIZES = (100, 300, 2000, 15000)
 
@@ -137,11 +149,7 @@ def bulk(s: Session) -> None:
     base = _http(s)
     root = s.work / f"www-{INNER_HTTP_PORT}"
     write_random(root / "big", s.profile.bulk_size)
-    deadline = time.monotonic() + s.duration
-    got = 0
-    while (left := deadline - time.monotonic()) > 0.2:
-        got += curl_bytes(s, f"{base}/big", left, "--limit-rate", str(s.profile.bulk_rate))
-    if got == 0:
+    if download_for(s, f"{base}/big") == 0:
         raise LabError(f"no bulk download through the {s.scenario.name} set-up")
 
 

@@ -27,7 +27,7 @@ from classifier.lab.netns import LabError
 from classifier.lab.scenarios import Scenario, register
 from classifier.lab.scenarios.negatives import start_nginx
 from classifier.lab.session import Session
-from classifier.lab.traffic import curl_bytes, ssh_argv, start_sshd, type_session, write_random
+from classifier.lab.traffic import download_for, ssh_argv, start_sshd, type_session, write_random
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # python3-websockets is a Debian package for the system Python
 
@@ -118,12 +118,7 @@ def bulk_setup(s: Session, tls: bool = True) -> None:
 
 def bulk_traffic(s: Session, tls: bool = True) -> None:
     """Downloads of a 2-16 MiB file over HTTPS (or HTTP), rate-capped by curl (``profile.bulk_rate``)."""
-    deadline = time.monotonic() + s.duration
-    got = 0
-    url = f"{'https' if tls else 'http'}://{s.server_ip}/big"
-    while (left := deadline - time.monotonic()) > 0.2:
-        got += curl_bytes(s, url, left, "--limit-rate", str(s.profile.bulk_rate))
-    if not got:
+    if not download_for(s, f"{'https' if tls else 'http'}://{s.server_ip}/big"):
         raise LabError(f"no bulk {'HTTPS' if tls else 'HTTP'} download")
 
 
