@@ -23,12 +23,12 @@ from __future__ import annotations
 import sys
 import time
 
-from classifier.lab.scenarios import Scenario, register
 from classifier.lab.scenarios.negatives import (
     check_dtls_client,
     dtls_client,
     dtls_setup,
     quic_setup,
+    register_negative,
     send_line,
 )
 from classifier.lab.session import Session
@@ -153,24 +153,18 @@ def quic_streams_traffic(s: Session) -> None:
         time.sleep(rng.uniform(0.3, 2.0) * s.profile.pause_scale)
 
 
-def _neg(name: str, number: int, protocol: str, port: int, requires: tuple[str, ...], setup, traffic,
-         notes: str, description: str) -> None:
-    register(Scenario(name=name, number=number, vpn=False, protocol=protocol, transport="udp", server_port=port,
-                      notes=notes, requires=requires, setup=setup, traffic=traffic, description=description))
-
-
-_neg("dtls-download", 121, "dtls", 4433, ("openssl",), dtls_setup, dtls_download_traffic,
+register_negative("dtls-download", 121, "dtls", "udp", 4433, ("openssl",), dtls_setup, dtls_download_traffic,
      "openssl s_server streams 500-1300-byte records to s_client at a capped rate",
      "A one-way transfer over DTLS 1.2: large records one way, a short line back about each second.")
-_neg("dtls-telemetry", 122, "dtls", 4433, ("openssl",), dtls_setup, dtls_telemetry_traffic,
+register_negative("dtls-telemetry", 122, "dtls", "udp", 4433, ("openssl",), dtls_setup, dtls_telemetry_traffic,
      "openssl s_client sends a fixed-size report every 0.2-2 s, s_server acknowledges",
      "Sensor-style DTLS: periodic small equal-size records and acknowledgements.")
-_neg("game-udp", 123, "game", GAME_PORT, (), game_setup, game_traffic,
+register_negative("game-udp", 123, "game", "udp", GAME_PORT, (), game_setup, game_traffic,
      "Python UDP client (30-64 inputs/s) and server (10-30 snapshots/s), random-looking payloads",
      "A game session: small fast client inputs and larger server snapshots of random-looking bytes.")
-_neg("quic-bulk", 124, "quic", 443, ("gtlsserver", "gtlsclient"), quic_bulk_setup, quic_bulk_traffic,
+register_negative("quic-bulk", 124, "quic", "udp", 443, ("gtlsserver", "gtlsclient"), quic_bulk_setup, quic_bulk_traffic,
      "ngtcp2 gtlsserver/gtlsclient, HTTP/3 download of a 2-16 MiB file",
      "Bulk HTTP/3: a large download over QUIC on UDP 443.")
-_neg("quic-streams", 125, "quic", 443, ("gtlsserver", "gtlsclient"), quic_streams_setup, quic_streams_traffic,
+register_negative("quic-streams", 125, "quic", "udp", 443, ("gtlsserver", "gtlsclient"), quic_streams_setup, quic_streams_traffic,
      "ngtcp2 gtlsclient fetching 3-12 objects on parallel streams of one connection",
      "HTTP/3 page loads: several objects multiplexed on one QUIC connection, think time between.")

@@ -180,27 +180,28 @@ def quic_traffic(s: Session) -> None:
         time.sleep(0.3 * s.profile.pause_scale)
 
 
-def _neg(name: str, number: int, protocol: str, transport: str, port: int, requires: tuple[str, ...],
-         setup, traffic, notes: str, description: str) -> None:
+def register_negative(name: str, number: int, protocol: str, transport: str, port: int | None,
+                      requires: tuple[str, ...], setup, traffic, notes: str, description: str) -> None:
+    """Register a non-VPN scenario (daemons in the namespaces, no tunnel); every negative family uses it."""
     register(Scenario(name=name, number=number, vpn=False, protocol=protocol, transport=transport,
                       server_port=port, notes=notes, requires=requires, setup=setup, traffic=traffic,
                       description=description))
 
 
-_neg("https", 100, "https", "tcp", 443, ("nginx", "openssl"), partial(nginx_setup, tls=True),
+register_negative("https", 100, "https", "tcp", 443, ("nginx", "openssl"), partial(nginx_setup, tls=True),
      partial(nginx_traffic, tls=True), "nginx + curl, TLS 1.3", "HTTPS downloads of a small file.")
-_neg("http", 101, "http", "tcp", 80, ("nginx",), partial(nginx_setup, tls=False),
+register_negative("http", 101, "http", "tcp", 80, ("nginx",), partial(nginx_setup, tls=False),
      partial(nginx_traffic, tls=False), "nginx + curl", "Plain HTTP downloads of a small file.")
-_neg("dns", 102, "dns", "udp", 53, ("dnsmasq", "dig"), dns_setup, dns_traffic, "dnsmasq + dig, A and TXT",
+register_negative("dns", 102, "dns", "udp", 53, ("dnsmasq", "dig"), dns_setup, dns_traffic, "dnsmasq + dig, A and TXT",
      "DNS queries over UDP from one client.")
-_neg("ssh", 103, "ssh", "tcp", 22, ("/usr/sbin/sshd", "ssh", "ssh-keygen"), ssh_setup, ssh_traffic,
+register_negative("ssh", 103, "ssh", "tcp", 22, ("/usr/sbin/sshd", "ssh", "ssh-keygen"), ssh_setup, ssh_traffic,
      "OpenSSH, key auth, command output", "SSH sessions running commands with some bulk output.")
-_neg("iperf3-tcp", 104, "iperf3-tcp", "tcp", 5201, ("iperf3",), iperf_setup, partial(iperf_traffic, udp=False),
+register_negative("iperf3-tcp", 104, "iperf3-tcp", "tcp", 5201, ("iperf3",), iperf_setup, partial(iperf_traffic, udp=False),
      "iperf3 at 600 kbit/s by default", "Rate-limited TCP bulk transfer.")
-_neg("iperf3-udp", 105, "iperf3-udp", "udp", 5201, ("iperf3",), iperf_setup, partial(iperf_traffic, udp=True),
+register_negative("iperf3-udp", 105, "iperf3-udp", "udp", 5201, ("iperf3",), iperf_setup, partial(iperf_traffic, udp=True),
      "iperf3 -u at 600 kbit/s by default, 1200-byte datagrams",
      "Constant-rate UDP stream of equal datagrams: statistically tunnel-like.")
-_neg("dtls", 106, "dtls", "udp", 4433, ("openssl",), dtls_setup, dtls_traffic, "openssl s_server/s_client DTLS 1.2",
+register_negative("dtls", 106, "dtls", "udp", 4433, ("openssl",), dtls_setup, dtls_traffic, "openssl s_server/s_client DTLS 1.2",
      "A DTLS 1.2 session exchanging lines: DTLS like OpenConnect's data channel, but no VPN.")
-_neg("quic", 107, "quic", "udp", 443, ("gtlsserver", "gtlsclient"), quic_setup, quic_traffic,
+register_negative("quic", 107, "quic", "udp", 443, ("gtlsserver", "gtlsclient"), quic_setup, quic_traffic,
      "ngtcp2 gtlsserver/gtlsclient, HTTP/3", "QUIC (HTTP/3) fetches on UDP 443.")

@@ -24,8 +24,7 @@ import time
 from functools import partial
 
 from classifier.lab.netns import LabError
-from classifier.lab.scenarios import Scenario, register
-from classifier.lab.scenarios.negatives import start_nginx
+from classifier.lab.scenarios.negatives import register_negative, start_nginx
 from classifier.lab.session import Session
 from classifier.lab.traffic import download_for, ssh_argv, start_sshd, type_session, write_random
 
@@ -464,59 +463,52 @@ def ping_traffic(s: Session) -> None:
 
 # -- registry ------------------------------------------------------------------------------------------
 
-def _svc(name: str, number: int, protocol: str, transport: str, port: int | None, requires: tuple[str, ...],
-         setup, traffic, notes: str, description: str) -> None:
-    register(Scenario(name=name, number=number, vpn=False, protocol=protocol, transport=transport,
-                      server_port=port, notes=notes, requires=requires, setup=setup, traffic=traffic,
-                      description=description))
-
-
 SSH_TOOLS = ("/usr/sbin/sshd", "ssh", "ssh-keygen")
-_svc("https-h2-browse", 108, "https", "tcp", 443, ("nginx", "openssl"), h2_setup, h2_traffic,
+register_negative("https-h2-browse", 108, "https", "tcp", 443, ("nginx", "openssl"), h2_setup, h2_traffic,
      "nginx + curl --http2 --parallel; page loads with think time",
      "HTTP/2 page loads: an index and 3-12 objects multiplexed per connection, pauses between.")
-_svc("https-keepalive", 109, "https", "tcp", 443, ("nginx", "openssl"), partial(web_server, http2=False),
+register_negative("https-keepalive", 109, "https", "tcp", 443, ("nginx", "openssl"), partial(web_server, http2=False),
      keepalive_traffic, "nginx + Python http.client; one kept-alive HTTP/1.1 TLS connection",
      "Keep-alive HTTPS browsing: bursts of requests with pauses on one long TLS connection.")
-_svc("https-bulk", 110, "https", "tcp", 443, ("nginx", "openssl"), bulk_setup, bulk_traffic,
+register_negative("https-bulk", 110, "https", "tcp", 443, ("nginx", "openssl"), bulk_setup, bulk_traffic,
      "nginx + curl --limit-rate; 2-16 MiB file",
      "Bulk HTTPS download of a several-MB file at a capped rate.")
-_svc("http-keepalive", 132, "http", "tcp", 80, ("nginx",), partial(web_server, http2=False, tls=False),
+register_negative("http-keepalive", 132, "http", "tcp", 80, ("nginx",), partial(web_server, http2=False, tls=False),
      partial(keepalive_traffic, tls=False), "nginx + Python http.client; one kept-alive plain HTTP/1.1 connection",
      "Keep-alive plain HTTP browsing: bursts of readable requests with pauses on one long connection.")
-_svc("http-bulk", 133, "http", "tcp", 80, ("nginx",), partial(bulk_setup, tls=False), partial(bulk_traffic, tls=False),
+register_negative("http-bulk", 133, "http", "tcp", 80, ("nginx",), partial(bulk_setup, tls=False), partial(bulk_traffic, tls=False),
      "nginx + curl --limit-rate; 2-16 MiB file over plain HTTP",
      "Bulk plain-HTTP download of a several-MB file at a capped rate.")
-_svc("ssh-interactive", 111, "ssh", "tcp", 22, SSH_TOOLS, sshd_setup, ssh_interactive_traffic,
+register_negative("ssh-interactive", 111, "ssh", "tcp", 22, SSH_TOOLS, sshd_setup, ssh_interactive_traffic,
      "OpenSSH with a pty; commands typed at keystroke pace",
      "Interactive SSH: one echoed packet pair per keystroke, think time between commands.")
-_svc("ssh-copy", 112, "ssh", "tcp", 22, (*SSH_TOOLS, "scp", "rsync", "timeout"), sshd_setup, ssh_copy_traffic,
+register_negative("ssh-copy", 112, "ssh", "tcp", 22, (*SSH_TOOLS, "scp", "rsync", "timeout"), sshd_setup, ssh_copy_traffic,
      "scp (SFTP) or rsync -e ssh, upload or download, rate-capped",
      "Bulk copies over SSH with scp or rsync.")
-_svc("rtp-voice", 113, "rtp", "udp", VOICE_PORT, ("gst-launch-1.0",), no_setup, rtp_voice_traffic,
+register_negative("rtp-voice", 113, "rtp", "udp", VOICE_PORT, ("gst-launch-1.0",), no_setup, rtp_voice_traffic,
      "GStreamer RTP audio both ways (Opus, PCMU or L16), 20 ms packets",
      "A VoIP-like call: constant-rate small UDP packets in both directions.")
-_svc("rtp-video", 114, "rtp", "udp", VIDEO_PORT, ("gst-launch-1.0",), no_setup, rtp_video_traffic,
+register_negative("rtp-video", 114, "rtp", "udp", VIDEO_PORT, ("gst-launch-1.0",), no_setup, rtp_video_traffic,
      "GStreamer RTP VP8 video plus Opus audio both ways",
      "A video call: bursty VP8 RTP frames and RTP audio in both directions over UDP.")
-_svc("dns-over-tls", 115, "dot", "tcp", 853, ("unbound", "kdig", "openssl"), dot_setup, dot_traffic,
+register_negative("dns-over-tls", 115, "dot", "tcp", 853, ("unbound", "kdig", "openssl"), dot_setup, dot_traffic,
      "unbound TLS service + kdig +tls +keepopen",
      "DNS-over-TLS on TCP 853: bursts of queries on a kept-open TLS connection.")
-_svc("ntp", 116, "ntp", "udp", 123, ("chronyd",), ntp_setup, ntp_traffic,
+register_negative("ntp", 116, "ntp", "udp", 123, ("chronyd",), ntp_setup, ntp_traffic,
      "chronyd server (local stratum) and client -x, sub-second polling",
      "NTP client/server exchanges: small periodic equal-size UDP datagrams.")
-_svc("iperf3-bidir-udp", 117, "iperf3-udp", "udp", 5201, ("iperf3",), iperf_setup,
+register_negative("iperf3-bidir-udp", 117, "iperf3-udp", "udp", 5201, ("iperf3",), iperf_setup,
      partial(iperf_bidir_traffic, udp=True), "iperf3 -u --bidir, 64-400-byte datagrams",
      "Small UDP datagrams both ways at a constant rate: tunnel-like statistics.")
-_svc("iperf3-bidir-tcp", 118, "iperf3-tcp", "tcp", 5201, ("iperf3",), iperf_setup,
+register_negative("iperf3-bidir-tcp", 118, "iperf3-tcp", "tcp", 5201, ("iperf3",), iperf_setup,
      partial(iperf_bidir_traffic, udp=False), "iperf3 --bidir, 64-400-byte writes",
      "TCP in both directions at once with small writes.")
-_svc("websocket", 119, "websocket", "tcp", 443, (SYSTEM_PYTHON, "openssl"), ws_setup, ws_traffic,
+register_negative("websocket", 119, "websocket", "tcp", 443, (SYSTEM_PYTHON, "openssl"), ws_setup, ws_traffic,
      "python3-websockets echo over wss on 443",
      "A WebSocket (TLS) session: small messages both ways with think time on one long connection.")
-_svc("bittorrent", 120, "bittorrent", "tcp", BT_PORT, ("aria2c", "mktorrent"), bt_setup, bt_traffic,
+register_negative("bittorrent", 120, "bittorrent", "tcp", BT_PORT, ("aria2c", "mktorrent"), bt_setup, bt_traffic,
      "aria2c seed and leech, minimal HTTP tracker; peer wire plain or encrypted (MSE)",
      "A BitTorrent download between two peers found through a local tracker.")
-_svc("ping", 131, "icmp", "icmp", None, ("ping",), no_setup, ping_traffic,
+register_negative("ping", 131, "icmp", "icmp", None, ("ping",), no_setup, ping_traffic,
      "iputils ping, interval 0.05-1 s and 56-1400-byte payloads drawn per capture",
      "ICMP echo between the hosts: a flow that is neither TCP nor UDP and no tunnel.")
