@@ -116,8 +116,9 @@ def test_cleartext_encapsulation_is_seen_and_random_bytes_are_not():
         [(0, vxlan, 1422), (0, noise, 900)],
         [(0, noise, 1040), (1, noise, 64)],
     ]
-    got, _ = head_statistics(_heads(slots))["src2dst_inner_header_frac"]
-    down, _ = head_statistics(_heads(slots))["dst2src_inner_header_frac"]
+    stats = head_statistics(_heads(slots))
+    got, _ = stats["src2dst_inner_header_frac"]
+    down, _ = stats["dst2src_inner_header_frac"]
     assert list(got) == [1.0, 1.0, 0.5, 0.0]
     assert down[0] == 1.0 and down[1] == 0.0 and down[3] == 0.0
     _check(slots)

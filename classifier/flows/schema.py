@@ -34,9 +34,9 @@ HEAD_STAT_DOCS: dict[str, str] = {
                                "payload packet (random: 0.37)",
     "payload_bits": "set bits per byte over the stored payload heads of {who}'s first 8 payload packets",
     "tls_record_frac": "fraction of {who}'s first 8 payload packets that start with a TLS or DTLS record header",
-    "inner_header_frac": "fraction of {who}'s first 8 payload packets that carry a cleartext inner IPv4/IPv6 header "
-                     "within their first 48 bytes, its length field matching the rest of the packet "
-                     "(cleartext encapsulation: 6in4, GRE, Teredo, VXLAN)",
+    "inner_header_frac": "fraction of {who}'s first 8 payload packets that carry a cleartext inner IPv4/IPv6 "
+                         "header within their first 48 bytes, its length field matching the rest of the packet "
+                         "(cleartext encapsulation: 6in4, GRE, Teredo, VXLAN)",
 }
 HEAD_STAT_COLUMNS: tuple[str, ...] = tuple(HEAD_STAT_DOCS)
 

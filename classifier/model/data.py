@@ -212,9 +212,9 @@ def read_truth(manifest: str | os.PathLike) -> dict[str, Truth]:
 
     for row in read_manifest_rows(mp):
         path = str((base / row.file).resolve())
-        # Repeated captures of one scenario are near-twins: they share a group, VPN or not.
-        group = f"scenario:{row.scenario}"
-        out[path] = Truth(path, row.vpn, row.protocol if row.vpn else None, row.server_port, group=group)
+        # repeated captures of one scenario are near-twins: they share a group, VPN or not
+        out[path] = Truth(path, row.vpn, row.protocol if row.vpn else None, row.server_port,
+                          group=f"scenario:{row.scenario}")
     return out
 
 
