@@ -207,6 +207,21 @@ def test_lab_list_and_crafted_capture_through_the_cli(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "no scenario matches" in bad.stderr
 
 
+def test_a_second_seed_adds_numbered_captures_beside_the_first(tmp_path: Path) -> None:
+    """--first-index lets a run with another seed extend a training directory (make lab-train does)."""
+    _vpnid("lab", "capture", "gre-crafted", "--repeat", "2", "--seed", "1", "-o", str(tmp_path))
+    first = {p.name: p.read_bytes() for p in tmp_path.glob("*.pcap")}
+    _vpnid("lab", "capture", "gre-crafted", "--repeat", "2", "--first-index", "3", "--seed", "2",
+           "-o", str(tmp_path))
+    files = sorted(r.file for r in read_manifest_rows(tmp_path / "MANIFEST.csv"))
+    assert files == [f"gre-crafted-r0{k}.pcap" for k in (1, 2, 3, 4)]
+    assert all((tmp_path / name).read_bytes() == data for name, data in first.items())  # untouched
+    assert (tmp_path / "gre-crafted-r03.pcap").read_bytes() not in first.values()  # another seed, another draw
+    bad = _vpnid("lab", "capture", "gre-crafted", "--repeat", "2", "--first-index", "99", "-o", str(tmp_path),
+                 check=False)
+    assert bad.returncode == 2 and "--first-index" in bad.stderr
+
+
 # -- inner-traffic kinds and the profile --------------------------------------------------
 
 L3_TUNNELS = ("wireguard", "wireguard-midflow", "openvpn-udp", "openvpn-tcp443", "ipsec-ikev2", "ipsec-ikev1",

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     log = ErrorLog(quiet=False)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"vpnid evaluate: {m}", file=sys.stderr))
     data = load_labeled(args.inputs, manifest=args.manifest, augment=args.augment, log=log, say=say)
-    say(f"{len(data)} labeled flows ({int(data.label.sum())} VPN) from {len(set(data.group))} captures")
+    say(f"{len(data)} labeled flows ({int(data.label.sum())} VPN) "
+        f"from {data.capture_count()} captures in {len(set(data.group))} groups")
     report, curves = evaluate(model, data, folds=args.folds, cv=not args.no_cv, lopo=not args.no_lopo, say=say)
     written = write_report(report, curves, args.output)
     h = report["holdout"]

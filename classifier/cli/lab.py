@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="seconds of traffic per capture (default 3; the committed samples use 3)")
     cap.add_argument("--repeat", type=int, default=1, metavar="K",
                      help="captures per scenario; K > 1 names them NAME-r01.pcap ... (training data)")
+    cap.add_argument("--first-index", type=int, default=1, metavar="N",
+                     help="number repeated captures from N (NAME-rNN.pcap): a later run with another "
+                          "--seed adds captures to DIR instead of replacing the first ones (default 1)")
     cap.add_argument("--vary", action=argparse.BooleanOptionalAction, default=None,
                      help="draw the traffic parameters (inner-traffic kind, ping rate and size, pauses, file "
                           "sizes, rates) at random for each capture; default: on when --repeat > 1")
@@ -151,6 +154,8 @@ def run_capture(args: argparse.Namespace) -> int:
         raise UsageError("--duration must be between 0 and 3600 seconds")
     if args.repeat < 1:
         raise UsageError("--repeat must be at least 1")
+    if not 1 <= args.first_index <= 99 - args.repeat + 1:
+        raise UsageError("--first-index must be at least 1, and the last capture's number at most 99")
     requested = parse_kinds(args.traffic)
     scenarios = select(args.scenarios)
     check_environment(scenarios)
@@ -161,7 +166,9 @@ def run_capture(args: argparse.Namespace) -> int:
     for scn in scenarios:
         plan = kind_plan(scenario_kinds(scn, requested), args.repeat, rng) if vary else [None] * args.repeat
         for k in range(1, args.repeat + 1):
-            name = f"{scn.name}.pcap" if args.repeat == 1 else f"{scn.name}-r{k:02d}.pcap"
+            index = args.first_index + k - 1
+            numbered = args.repeat > 1 or args.first_index > 1
+            name = f"{scn.name}-r{index:02d}.pcap" if numbered else f"{scn.name}.pcap"
             print(f"lab: {scn.name} (N={scn.number}) -> {out / name}", file=sys.stderr, flush=True)
             try:
                 profile = choose_profile(scn, requested, vary, rng, plan[k - 1])

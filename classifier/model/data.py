@@ -97,8 +97,14 @@ class LabeledFlows:
         for p in self.protocol_names()[self.label == 1]:
             protos[str(p)] = protos.get(str(p), 0) + 1
         return {"flows": len(self), "vpn_flows": int((self.label == 1).sum()),
-                "non_vpn_flows": int((self.label == 0).sum()), "groups": len(np.unique(self.group)),
-                "protocols": protos}
+                "non_vpn_flows": int((self.label == 0).sum()), "captures": self.capture_count(),
+                "groups": len(np.unique(self.group)), "protocols": protos}
+
+    def capture_count(self) -> int:
+        """Distinct source captures (a group may hold several: the repeats of one lab scenario)."""
+        if len(self) == 0:
+            return 0
+        return len(set(self.table.column("capture").to_pylist()))
 
 
 def sha256_file(path: str | os.PathLike) -> str:

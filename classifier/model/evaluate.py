@@ -126,8 +126,8 @@ def grouped_cv(X: np.ndarray, data: LabeledFlows, config: TrainConfig, say=print
         proba[te] = model.proba_from_features(X[te])
         thr[te] = model.threshold
         fm = binary_metrics(y[te], proba[te], model.threshold)
-        folds.append({"fold": k, "test_captures": len(np.unique(groups[te])), **fm})
-        say(f"grouped CV fold {k}: {len(np.unique(groups[te]))} captures, recall {fm['recall']:.4f}, "
+        folds.append({"fold": k, "test_groups": len(np.unique(groups[te])), **fm})
+        say(f"grouped CV fold {k}: {len(np.unique(groups[te]))} groups, recall {fm['recall']:.4f}, "
             f"FPR {fm['fpr']:.5f}")
     view = _view(y, proba, thr, data.protocol_names(), groups, _packets(data))
     view["folds"] = folds

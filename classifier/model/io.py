@@ -208,6 +208,7 @@ def card_markdown(card: dict[str, Any]) -> str:
     data = card.get("training_data", {})
     lines += ["## Training data", "",
               f"- flows: {data.get('flows')} ({data.get('vpn_flows')} VPN, {data.get('non_vpn_flows')} non-VPN)",
+              f"- captures: {data.get('captures', 'not recorded')}",
               f"- groups (lab scenarios, other capture files): {data.get('groups')}",
               f"- VPN flows left out of fitting: {data.get('vpn_flows_left_out_short', 0)} shorter than the "
               f"minimum, {data.get('vpn_flows_left_out_cleartext', 0)} cleartext tunnels (readable inner headers)",

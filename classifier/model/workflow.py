@@ -87,7 +87,7 @@ def train_on(data: LabeledFlows, output: str | Path, config: TrainConfig, *, aug
     say = say or (lambda _m: None)
     s = data.summary()
     say(f"{s['flows']} labeled flows ({s['vpn_flows']} VPN, {s['non_vpn_flows']} non-VPN) "
-        f"from {s['groups']} captures; VPN protocols: {s['protocols']}")
+        f"from {s['captures']} captures in {s['groups']} groups; VPN protocols: {s['protocols']}")
     X = feature_matrix(data.table)
     try:
         result = train(X, data.label, data.group, data.protocol, config, log=say,
