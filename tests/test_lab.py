@@ -38,7 +38,7 @@ from classifier.lab.manifest import (
     read_manifest_rows,
     update_manifest,
 )
-from classifier.lab.netns import NS_PREFIX, run_tag
+from classifier.lab.netns import NS_PREFIX, LabError, Proc, run_tag
 from classifier.lab.runner import (
     capture_notes,
     check_environment,
@@ -220,6 +220,27 @@ def test_a_second_seed_adds_numbered_captures_beside_the_first(tmp_path: Path) -
     bad = _vpnid("lab", "capture", "gre-crafted", "--repeat", "2", "--first-index", "99", "-o", str(tmp_path),
                  check=False)
     assert bad.returncode == 2 and "--first-index" in bad.stderr
+
+
+def test_a_peer_that_stops_reading_fails_the_capture_instead_of_hanging_it(tmp_path: Path) -> None:
+    """A DTLS server whose client went away stops reading stdin; feeding it must not block the lab run."""
+    from classifier.lab.scenarios.negatives import send_line
+
+    log = tmp_path / "peer.log"
+    log.write_text("peer log line\n")
+    popen = subprocess.Popen(["sleep", "30"], stdin=subprocess.PIPE)
+    try:
+        peer = Proc("stalled-peer", popen, log)
+        send_line(peer, "short line\n")  # the pipe has room: written at once
+        start = time.monotonic()
+        with pytest.raises(LabError, match="stalled-peer took no input for 0.5 s"):
+            send_line(peer, "x" * 200_000, timeout=0.5)  # more than a pipe holds
+        assert time.monotonic() - start < 5
+    finally:
+        popen.kill()
+        popen.wait()
+    with pytest.raises(LabError, match="exited before it took its input"):
+        send_line(peer, "y" * 200_000, timeout=0.5)
 
 
 # -- inner-traffic kinds and the profile --------------------------------------------------

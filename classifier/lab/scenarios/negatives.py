@@ -9,6 +9,8 @@ All servers listen on the server's veth address 198.18.N.1.
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import time
 from functools import partial
@@ -137,10 +139,29 @@ def dtls_client(s: Session):
                                      "-quiet"], "dtls-client", stdin=subprocess.PIPE)
 
 
-def send_line(proc, text: str) -> None:
-    """Write ``text`` to an OpenSSL peer's stdin now (it sends what it reads as DTLS records)."""
-    proc.popen.stdin.write(text.encode())
-    proc.popen.stdin.flush()
+#: Longest wait for an OpenSSL peer to take a line from its stdin pipe, seconds.
+SEND_TIMEOUT = 10.0
+
+
+def send_line(proc, text: str, timeout: float = SEND_TIMEOUT) -> None:
+    """Write ``text`` to an OpenSSL peer's stdin now (it sends what it reads as DTLS records).
+
+    Why not a plain blocking write: when its DTLS peer goes away, ``s_server`` can stop
+    reading stdin; the pipe fills and a blocking write would hang the whole lab run. The
+    line goes out in pieces the pipe has room for, and a peer that takes nothing for
+    ``timeout`` seconds fails the capture instead.
+    """
+    data = memoryview(text.encode())
+    fd = proc.popen.stdin.fileno()
+    deadline = time.monotonic() + timeout
+    while data:
+        _, ready, _ = select.select([], [fd], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise LabError(f"{proc.name} took no input for {timeout:g} s (its peer may be gone): {proc.tail()}")
+        try:
+            data = data[os.write(fd, data[:select.PIPE_BUF]):]  # room for PIPE_BUF bytes when select says ready
+        except BrokenPipeError:
+            raise LabError(f"{proc.name} exited before it took its input: {proc.tail()}") from None
 
 
 def check_dtls_client(proc) -> None:
