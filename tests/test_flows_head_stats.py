@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -9,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from classifier.flows.batch import HEAD_BYTES, HEAD_PACKETS, PayloadHeads
-from classifier.flows.head_stats import MAX_INNER_OFFSET, head_statistics
-from classifier.flows.schema import HEAD_STAT_COLUMNS
+from classifier.flows.head_stats import FRAME_BYTES, MAX_INNER_OFFSET, head_statistics
+from classifier.flows.schema import HEAD_STAT_COLUMNS, HEAD_STAT_MIN_PACKETS
 
 
 def _heads(slots: list[list[tuple]]) -> PayloadHeads:
@@ -36,7 +38,21 @@ def _has_inner_ip(data: bytes, wire: int) -> bool:
     return False
 
 
-def _reference(flow: list[tuple], d: int) -> dict[str, float] | None:
+def _framing_reference(mine: list[bytes]) -> dict[str, float | None]:
+    """Plain reading of the framing columns: consecutive pairs, position by position."""
+    if len(mine) < 2:
+        return {"repeat_bytes": None, "counter_frac": None}
+    pairs = list(itertools.pairwise(mine))
+    repeat, best = 0, 0
+    for p in range(FRAME_BYTES):
+        stored = [(a, b) for a, b in pairs if len(a) > p and len(b) > p]
+        same = sum(a[p] == b[p] for a, b in stored)
+        repeat += same > 0 and 2 * same >= len(pairs)
+        best = max(best, sum((b[p] - a[p]) % 256 == 1 for a, b in stored))
+    return {"repeat_bytes": float(repeat), "counter_frac": best / len(pairs) if len(mine) >= 3 else None}
+
+
+def _reference(flow: list[tuple], d: int) -> dict[str, float | None] | None:
     mine = [b for dd, b, *_ in flow if dd == d and len(b)]
     if not mine:
         return None
@@ -51,6 +67,7 @@ def _reference(flow: list[tuple], d: int) -> dict[str, float] | None:
         "payload_bits": sum(bin(x).count("1") for x in allb) / len(allb),
         "tls_record_frac": tls / len(mine),
         "inner_header_frac": inner / len(mine),
+        **_framing_reference(mine),
     }
 
 
@@ -61,9 +78,10 @@ def _check(slots):
             ref = _reference(flow, d)
             for col in HEAD_STAT_COLUMNS:
                 values, valid = got[f"{name}_{col}"]
-                assert bool(valid[i]) == (ref is not None), (i, name, col)
-                if ref is not None:
-                    assert values[i] == pytest.approx(ref[col]), (i, name, col)
+                expected = None if ref is None else ref[col]
+                assert bool(valid[i]) == (expected is not None), (i, name, col)
+                if expected is not None:
+                    assert values[i] == pytest.approx(expected), (i, name, col)
 
 
 def test_known_payloads():
@@ -161,3 +179,24 @@ def test_flow_table_carries_statistics_not_bytes(tmp_path):
     assert t.column("src2dst_payload_bits")[0].as_py() == pytest.approx(4.0, abs=0.3)
     assert t.column("dst2src_payload_bits")[0].as_py() is None
     assert not any(pa.types.is_binary(f.type) for f in t.schema)
+
+
+def _esp(spi: int, seq: int, rng: np.random.Generator) -> bytes:
+    return spi.to_bytes(4, "big") + seq.to_bytes(4, "big") + rng.integers(0, 256, 56, dtype=np.uint8).tobytes()
+
+
+def test_tunnel_framing_is_seen_after_a_handshake_and_random_bytes_show_none():
+    """An ESP-like header (fixed SPI, counting sequence) repeats and counts; random payloads do neither."""
+    rng = np.random.default_rng(5)
+    noise = [rng.integers(0, 256, 64, dtype=np.uint8).tobytes() for _ in range(16)]
+    esp = [(0, noise[0])] + [(d, _esp(0xC0FFEE00 + d, 255 + k, rng)) for k in range(7) for d in (0, 1)]
+    slots = [esp[:16], [(k % 2, noise[k]) for k in range(16)], [(0, noise[0])]]
+    stats = head_statistics(_heads(slots))
+    repeat, ok = stats["src2dst_repeat_bytes"]
+    counter, _ = stats["dst2src_counter_frac"]
+    # SPI (4 bytes) and the sequence number's top two bytes repeat; its low byte counts through 0xff -> 0x00
+    assert repeat[0] >= 6 and counter[0] == 1.0
+    assert repeat[1] == 0 and counter[1] < 0.5
+    assert not ok[2]  # one payload packet: nothing to compare
+    assert HEAD_STAT_MIN_PACKETS["counter_frac"] == 3 and HEAD_STAT_MIN_PACKETS["first_payload_bits"] == 1
+    _check(slots)

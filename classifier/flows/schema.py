@@ -37,8 +37,18 @@ HEAD_STAT_DOCS: dict[str, str] = {
     "inner_header_frac": "fraction of {who}'s first 8 payload packets that carry a cleartext inner IPv4/IPv6 "
                          "header within their first 48 bytes, its length field matching the rest of the packet "
                          "(cleartext encapsulation: 6in4, GRE, Teredo, VXLAN)",
+    "repeat_bytes": "byte positions among the first 32 whose value repeats from one of {who}'s first 8 payload "
+                    "packets to the next in at least half of the consecutive pairs (a tunnel header's message type, "
+                    "session id or SPI); null below 2 payload packets",
+    "counter_frac": "largest share, over the first 32 byte positions, of consecutive pairs of {who}'s first 8 "
+                    "payload packets in which that byte grows by exactly one (a per-packet counter such as "
+                    "ESP's sequence number); null below 3 payload packets",
 }
 HEAD_STAT_COLUMNS: tuple[str, ...] = tuple(HEAD_STAT_DOCS)
+#: Payload packets of a direction each head statistic needs (null below): the framing
+#: columns compare packets with each other, and one pair of random packets shows a byte
+#: that "grows by one" at one of 32 positions one time in eight, two pairs one in 2,000.
+HEAD_STAT_MIN_PACKETS: dict[str, int] = {col: 1 for col in HEAD_STAT_DOCS} | {"repeat_bytes": 2, "counter_frac": 3}
 
 
 def _head_stats(prefix: str, who: str) -> list[pa.Field]:

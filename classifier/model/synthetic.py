@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from classifier.flows.schema import FIRST_PACKETS, FLOW_SCHEMA, HEAD_STAT_COLUMNS
+from classifier.flows.schema import FIRST_PACKETS, FLOW_SCHEMA, HEAD_STAT_COLUMNS, HEAD_STAT_MIN_PACKETS
 from classifier.flows.state import PAYLOAD_HIST_EDGES
 
 #: Synthetic traffic kinds: name -> (is_vpn, transport protocol number).
@@ -166,10 +166,12 @@ def flow_row(sizes: np.ndarray, dirs: np.ndarray, iats_ms: np.ndarray, flags: np
     # carry no label information; null where a direction carries no payload
     rng = np.random.default_rng(flow_id + int(sizes.sum()))
     for d, mask in (("src2dst", up), ("dst2src", down)):
-        has = bool((pay[mask] > 0).any())
-        # no cleartext encapsulation is simulated: inner_header_frac is 0
-        values = (rng.uniform(3.2, 4.2), rng.uniform(0.2, 0.9), rng.uniform(3.4, 4.1), float(rng.random() < 0.3), 0.0)
-        row.update({f"{d}_{c}": (v if has else None) for c, v in zip(HEAD_STAT_COLUMNS, values, strict=True)})
+        n_payload = int((pay[mask] > 0).sum())
+        # no cleartext encapsulation is simulated: inner_header_frac is 0; framing drawn alike too
+        values = (rng.uniform(3.2, 4.2), rng.uniform(0.2, 0.9), rng.uniform(3.4, 4.1), float(rng.random() < 0.3), 0.0,
+                  float(rng.integers(0, 12)), rng.uniform(0.0, 1.0))
+        row.update({f"{d}_{c}": (v if n_payload >= HEAD_STAT_MIN_PACKETS[c] else None)
+                    for c, v in zip(HEAD_STAT_COLUMNS, values, strict=True)})
     row.update(_stats("", sizes, ts_ms))
     row.update(_stats("src2dst", sizes[up], ts_ms[up]))
     row.update(_stats("dst2src", sizes[down], ts_ms[down]))
