@@ -38,6 +38,8 @@ lint: $(STAMP)
 MODEL_LAB        ?= /tmp/vpnid-labtrain6
 MODEL_DATA       ?= pcaps/ $(MODEL_LAB)
 MODEL_AUGMENT    ?= 6
+## Out-of-fold false-positive rate that sets the threshold (docs/model.md, The threshold)
+MODEL_FPR        ?= 0.0002
 ## Tunnels inside TLS or behind a fully encrypted proxy: what signatures cannot see, so a third batch
 LAB_TRAIN_HARD   ?= openvpn-tcp443 openconnect shadowsocks stunnel-openvpn
 model: $(STAMP)
@@ -45,7 +47,8 @@ model: $(STAMP)
 	  echo "make model: no training captures in $(MODEL_LAB) (no MANIFEST.csv). Create them (root, lab daemons):"; \
 	  echo "  make lab-deps && make lab-train MODEL_LAB=$(MODEL_LAB)"; \
 	  echo "or train on other captures: make model MODEL_LAB=DIR"; exit 2; }
-	$(BIN)/vpnid train $(MODEL_DATA) --augment $(MODEL_AUGMENT) --min-tunnel-packets 10 --skip-cleartext-tunnels --folds 0 --seed 0 --name vpnid-default \
+	$(BIN)/vpnid train $(MODEL_DATA) --augment $(MODEL_AUGMENT) --min-tunnel-packets 10 --skip-cleartext-tunnels --fpr-target $(MODEL_FPR) \
+	  --folds 0 --seed 0 --name vpnid-default \
 	  -o models/vpnid-default.skops
 
 ## The model's training captures (docs/model.md): every lab scenario, every inner-traffic kind twice

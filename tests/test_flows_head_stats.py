@@ -41,15 +41,21 @@ def _has_inner_ip(data: bytes, wire: int) -> bool:
 def _framing_reference(mine: list[bytes]) -> dict[str, float | None]:
     """Plain reading of the framing columns: consecutive pairs, position by position."""
     if len(mine) < 2:
-        return {"repeat_bytes": None, "counter_frac": None}
+        return {"repeat_bytes": None, "counter_frac": None, "counter_offset": None}
     pairs = list(itertools.pairwise(mine))
-    repeat, best = 0, 0
+    repeat, best, where = 0, 0, None
     for p in range(FRAME_BYTES):
         stored = [(a, b) for a, b in pairs if len(a) > p and len(b) > p]
         same = sum(a[p] == b[p] for a, b in stored)
         repeat += same > 0 and 2 * same >= len(pairs)
-        best = max(best, sum((b[p] - a[p]) % 256 == 1 for a, b in stored))
-    return {"repeat_bytes": float(repeat), "counter_frac": best / len(pairs) if len(mine) >= 3 else None}
+        grows = sum((b[p] - a[p]) % 256 == 1 for a, b in stored)
+        if grows > best:
+            best, where = grows, p
+    if len(mine) < 3:
+        return {"repeat_bytes": float(repeat), "counter_frac": None, "counter_offset": None}
+    share = best / len(pairs)
+    return {"repeat_bytes": float(repeat), "counter_frac": share,
+            "counter_offset": float(where) if share >= 0.5 else None}
 
 
 def _reference(flow: list[tuple], d: int) -> dict[str, float | None] | None:
@@ -196,6 +202,8 @@ def test_tunnel_framing_is_seen_after_a_handshake_and_random_bytes_show_none():
     counter, _ = stats["dst2src_counter_frac"]
     # SPI (4 bytes) and the sequence number's top two bytes repeat; its low byte counts through 0xff -> 0x00
     assert repeat[0] >= 6 and counter[0] == 1.0
+    offset, _ = stats["dst2src_counter_offset"]
+    assert offset[0] == 7  # the sequence number's low byte
     assert repeat[1] == 0 and counter[1] < 0.5
     assert not ok[2]  # one payload packet: nothing to compare
     assert HEAD_STAT_MIN_PACKETS["counter_frac"] == 3 and HEAD_STAT_MIN_PACKETS["first_payload_bits"] == 1

@@ -96,7 +96,7 @@ def _framing(data: np.ndarray, caps: np.ndarray, dirs: np.ndarray, valid: np.nda
     """``_framing_rows`` over the flows in steps of ``FRAME_CHUNK`` (bounded memory)."""
     parts = [_framing_rows(data[i:i + FRAME_CHUNK], caps[i:i + FRAME_CHUNK], dirs[i:i + FRAME_CHUNK],
                            valid[i:i + FRAME_CHUNK]) for i in range(0, max(len(dirs), 1), FRAME_CHUNK)]
-    return {side: tuple(np.concatenate([p[side][j] for p in parts]) for j in range(3)) for side in (0, 1)}
+    return {side: tuple(np.concatenate([p[side][j] for p in parts]) for j in range(4)) for side in (0, 1)}
 
 
 def _framing_rows(data: np.ndarray, caps: np.ndarray, dirs: np.ndarray, valid: np.ndarray) -> dict[int, tuple]:
@@ -106,13 +106,16 @@ def _framing_rows(data: np.ndarray, caps: np.ndarray, dirs: np.ndarray, valid: n
     stored in both. ``repeat``: positions whose byte is the same as in the previous head
     in at least half of the pairs (a majority, so that the handshake packets before a
     tunnel's data packets do not hide its header). ``counter``: the largest share, over
-    positions, of pairs in which the byte grows by exactly one (mod 256). Both need two
-    heads of the direction (the caller marks too few invalid: ``HEAD_STAT_MIN_PACKETS``).
+    positions, of pairs in which the byte grows by exactly one (mod 256); ``offset``: the
+    first position with that share, when it is at least half (else NaN). Where a counter
+    sits tells a tunnel's header (ESP's sequence number ends at byte 7, WireGuard's
+    counter starts at byte 8) from a media header (RTP's sequence number ends at byte 3).
+    They need two or three (the caller marks too few invalid: ``HEAD_STAT_MIN_PACKETS``).
 
     One pass for both directions: the slots are sorted by (direction, arrival), so a
     direction's consecutive heads become neighbours, and each direction's pair counts are
     one batched matrix product over the pair axis.
-    Returns ``{direction: (repeat, counter, n_heads)}``.
+    Returns ``{direction: (repeat, counter, offset, n_heads)}``.
     """
     n, k = dirs.shape
     w = min(FRAME_BYTES, data.shape[-1])
@@ -133,7 +136,8 @@ def _framing_rows(data: np.ndarray, caps: np.ndarray, dirs: np.ndarray, valid: n
         grow_n = np.matmul(pairs, step)[:, 0, :]
         repeat = ((2 * same_n >= n_pairs) & (same_n > 0)).sum(axis=1).astype(np.float64)
         counter = grow_n.max(axis=1).astype(np.float64) / np.maximum(n_pairs[:, 0], 1)
-        out[side] = (repeat, counter, (d == side).sum(axis=1))
+        offset = np.where(counter >= 0.5, grow_n.argmax(axis=1), np.nan)
+        out[side] = (repeat, counter, offset, (d == side).sum(axis=1))
     return out
 
 
@@ -149,11 +153,13 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
       TLS or DTLS record header;
     * ``inner_header_frac``: fraction of the direction's stored heads that carry a cleartext
       inner IP header (``_inner_ip_header``): near 1 for cleartext encapsulation;
-    * ``repeat_bytes``, ``counter_frac``: the direction's framing (``_framing``): byte
-      positions that repeat from head to head, and how steadily one of them counts up.
+    * ``repeat_bytes``, ``counter_frac``, ``counter_offset``: the direction's framing
+      (``_framing``): byte positions that repeat from head to head, how steadily one of
+      them counts up, and where it sits.
 
     A direction without stored payload is invalid (null in the flow table); the framing
-    columns need more payload packets of the direction (``HEAD_STAT_MIN_PACKETS``).
+    columns need more payload packets of the direction (``HEAD_STAT_MIN_PACKETS``), and a
+    statistic with no value (NaN: no counter) is null as well.
     """
     n, k = heads.dirs.shape
     slot_ok = (np.arange(k)[None, :] < heads.count[:, None]) & (heads.caps > 0)
@@ -172,7 +178,7 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
         has = m.any(axis=1)
         first = np.argmax(m, axis=1)
         first_caps = np.maximum(caps[rows, first], 1)
-        repeat, counter, n_dir = framing[d]
+        repeat, counter, offset, n_dir = framing[d]
         n_bytes = (caps * m).sum(axis=1)
         n_slots = m.sum(axis=1)
         values = {
@@ -183,7 +189,9 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
             "inner_header_frac": (inner & m).sum(axis=1) / np.maximum(n_slots, 1),
             "repeat_bytes": repeat,
             "counter_frac": counter,
+            "counter_offset": offset,
         }
-        out.update({f"{name}_{col}": (values[col], has & (n_dir >= HEAD_STAT_MIN_PACKETS[col]))
+        out.update({f"{name}_{col}": (values[col], has & (n_dir >= HEAD_STAT_MIN_PACKETS[col])
+                                      & ~np.isnan(values[col]))
                     for col in HEAD_STAT_COLUMNS})
     return out

@@ -43,12 +43,15 @@ HEAD_STAT_DOCS: dict[str, str] = {
     "counter_frac": "largest share, over the first 32 byte positions, of consecutive pairs of {who}'s first 8 "
                     "payload packets in which that byte grows by exactly one (a per-packet counter such as "
                     "ESP's sequence number); null below 3 payload packets",
+    "counter_offset": "byte position (0-31) of that counter in {who}'s payload packets, when it grows by one in at "
+                      "least half of the pairs (ESP 7, WireGuard 8, RTP 3); null otherwise",
 }
 HEAD_STAT_COLUMNS: tuple[str, ...] = tuple(HEAD_STAT_DOCS)
 #: Payload packets of a direction each head statistic needs (null below): the framing
 #: columns compare packets with each other, and one pair of random packets shows a byte
 #: that "grows by one" at one of 32 positions one time in eight, two pairs one in 2,000.
-HEAD_STAT_MIN_PACKETS: dict[str, int] = {col: 1 for col in HEAD_STAT_DOCS} | {"repeat_bytes": 2, "counter_frac": 3}
+HEAD_STAT_MIN_PACKETS: dict[str, int] = {
+    **{col: 1 for col in HEAD_STAT_DOCS}, "repeat_bytes": 2, "counter_frac": 3, "counter_offset": 3}
 
 
 def _head_stats(prefix: str, who: str) -> list[pa.Field]:

@@ -44,14 +44,15 @@ from classifier.flows.schema import FIRST_PACKETS, HEAD_STAT_DOCS
 from classifier.flows.state import N_HIST, PAYLOAD_HIST_EDGES
 
 #: Bump when a feature's definition changes: a model trained on another version is refused.
-FEATURE_VERSION = 5
+FEATURE_VERSION = 6
 
 #: How random the payload looks (``classifier/flows/head_stats.py``): fully encrypted
 #: proxies and tunnels start with random bytes; most other protocols start with a header.
 #: Flow-table byte statistic -> feature name (prefixed ``up_`` / ``down_``).
 _BYTE_FEATURES = {"first_payload_bits": "first_bits", "first_payload_printable": "first_printable",
                   "payload_bits": "payload_bits", "tls_record_frac": "tls_frac",
-                  "inner_header_frac": "inner_header_frac"}
+                  "inner_header_frac": "inner_header_frac", "repeat_bytes": "repeat_bytes",
+                  "counter_frac": "counter_frac", "counter_offset": "counter_offset"}
 
 #: Flow-table columns the features read (all others are ignored, identifiers included).
 INPUT_COLUMNS: tuple[str, ...] = (
