@@ -96,7 +96,7 @@ def _framing(data: np.ndarray, caps: np.ndarray, dirs: np.ndarray, valid: np.nda
     """``_framing_rows`` over the flows in steps of ``FRAME_CHUNK`` (bounded memory)."""
     parts = [_framing_rows(data[i:i + FRAME_CHUNK], caps[i:i + FRAME_CHUNK], dirs[i:i + FRAME_CHUNK],
                            valid[i:i + FRAME_CHUNK]) for i in range(0, max(len(dirs), 1), FRAME_CHUNK)]
-    return {side: tuple(np.concatenate([p[side][j] for p in parts]) for j in range(4)) for side in (0, 1)}
+    return {side: tuple(np.concatenate([p[side][j] for p in parts]) for j in range(3)) for side in (0, 1)}
 
 
 def _framing_rows(data: np.ndarray, caps: np.ndarray, dirs: np.ndarray, valid: np.ndarray) -> dict[int, tuple]:
@@ -115,7 +115,7 @@ def _framing_rows(data: np.ndarray, caps: np.ndarray, dirs: np.ndarray, valid: n
     One pass for both directions: the slots are sorted by (direction, arrival), so a
     direction's consecutive heads become neighbours, and each direction's pair counts are
     one batched matrix product over the pair axis.
-    Returns ``{direction: (repeat, counter, offset, n_heads)}``.
+    Returns ``{direction: (repeat, counter, offset)}``.
     """
     n, k = dirs.shape
     w = min(FRAME_BYTES, data.shape[-1])
@@ -131,13 +131,13 @@ def _framing_rows(data: np.ndarray, caps: np.ndarray, dirs: np.ndarray, valid: n
     out: dict[int, tuple] = {}
     for side in (0, 1):
         pairs = ((d[:, 1:] == side) & (d[:, :-1] == side)).astype(np.float32)[:, None, :]  # (n, 1, k-1)
-        n_pairs = pairs.sum(axis=2).astype(np.float64)  # (n, 1); counts below 16 are exact in float32
+        n_pairs = pairs.sum(axis=2).astype(np.float64)  # (n, 1): whole numbers below 16, exact in float32
         same_n = np.matmul(pairs, same)[:, 0, :]  # (n, w): pairs in which each position repeats
         grow_n = np.matmul(pairs, step)[:, 0, :]
         repeat = ((2 * same_n >= n_pairs) & (same_n > 0)).sum(axis=1).astype(np.float64)
         counter = grow_n.max(axis=1).astype(np.float64) / np.maximum(n_pairs[:, 0], 1)
         offset = np.where(counter >= 0.5, grow_n.argmax(axis=1), np.nan)
-        out[side] = (repeat, counter, offset, (d == side).sum(axis=1))
+        out[side] = (repeat, counter, offset)
     return out
 
 
@@ -178,7 +178,7 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
         has = m.any(axis=1)
         first = np.argmax(m, axis=1)
         first_caps = np.maximum(caps[rows, first], 1)
-        repeat, counter, offset, n_dir = framing[d]
+        repeat, counter, offset = framing[d]
         n_bytes = (caps * m).sum(axis=1)
         n_slots = m.sum(axis=1)
         values = {
@@ -191,7 +191,7 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
             "counter_frac": counter,
             "counter_offset": offset,
         }
-        out.update({f"{name}_{col}": (values[col], has & (n_dir >= HEAD_STAT_MIN_PACKETS[col])
+        out.update({f"{name}_{col}": (values[col], has & (n_slots >= HEAD_STAT_MIN_PACKETS[col])
                                       & ~np.isnan(values[col]))
                     for col in HEAD_STAT_COLUMNS})
     return out
