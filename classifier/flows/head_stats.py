@@ -120,10 +120,10 @@ def _framing_rows(data: np.ndarray, caps: np.ndarray, dirs: np.ndarray, valid: n
     n, k = dirs.shape
     w = min(FRAME_BYTES, data.shape[-1])
     rows = np.arange(n)[:, None]
-    key = np.where(valid, dirs.astype(np.int64), 2) * k + np.arange(k)[None, :]
-    order = np.argsort(key, axis=1, kind="stable")
+    side_of = np.where(valid, dirs, 2).astype(np.int64)  # 2: an empty slot, sorted last
+    order = np.argsort(side_of * k + np.arange(k)[None, :], axis=1, kind="stable")
     heads = data[rows, order, :w]  # (n, k, w)
-    d = np.where(valid, dirs, 2)[rows, order]
+    d = side_of[rows, order]
     stored = caps[rows, order][:, :, None] > np.arange(w)[None, None, :]
     both = stored[:, 1:, :] & stored[:, :-1, :]
     same = ((heads[:, 1:, :] == heads[:, :-1, :]) & both).astype(np.float32)
@@ -175,7 +175,6 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
     rows = np.arange(n)
     for d, name in ((0, "src2dst"), (1, "dst2src")):
         m = slot_ok & (heads.dirs == d)
-        has = m.any(axis=1)
         first = np.argmax(m, axis=1)
         first_caps = np.maximum(caps[rows, first], 1)
         repeat, counter, offset = framing[d]
@@ -191,7 +190,6 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
             "counter_frac": counter,
             "counter_offset": offset,
         }
-        out.update({f"{name}_{col}": (values[col], has & (n_slots >= HEAD_STAT_MIN_PACKETS[col])
-                                      & ~np.isnan(values[col]))
+        out.update({f"{name}_{col}": (values[col], (n_slots >= HEAD_STAT_MIN_PACKETS[col]) & ~np.isnan(values[col]))
                     for col in HEAD_STAT_COLUMNS})
     return out

@@ -104,7 +104,7 @@ class LabeledFlows:
         """Distinct source captures (a group may hold several: the repeats of one lab scenario)."""
         if len(self) == 0:
             return 0
-        return len(set(self.table.column("capture").to_pylist()))
+        return pc.count_distinct(self.table.column("capture")).as_py()
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from classifier.flows.schema import FIRST_PACKETS, HEAD_STAT_DOCS
+from classifier.flows.schema import FIRST_PACKETS, HEAD_STAT_COLUMNS, HEAD_STAT_DOCS
 from classifier.flows.state import N_HIST, PAYLOAD_HIST_EDGES
 
 #: Bump when a feature's definition changes: a model trained on another version is refused.
@@ -49,10 +49,10 @@ FEATURE_VERSION = 6
 #: How random the payload looks (``classifier/flows/head_stats.py``): fully encrypted
 #: proxies and tunnels start with random bytes; most other protocols start with a header.
 #: Flow-table byte statistic -> feature name (prefixed ``up_`` / ``down_``).
-_BYTE_FEATURES = {"first_payload_bits": "first_bits", "first_payload_printable": "first_printable",
-                  "payload_bits": "payload_bits", "tls_record_frac": "tls_frac",
-                  "inner_header_frac": "inner_header_frac", "repeat_bytes": "repeat_bytes",
-                  "counter_frac": "counter_frac", "counter_offset": "counter_offset"}
+_BYTE_FEATURES = dict(zip(HEAD_STAT_COLUMNS, ("first_bits", "first_printable", "payload_bits", "tls_frac",
+                                               "inner_header_frac", "repeat_bytes", "counter_frac",
+                                               "counter_offset"),
+                          strict=True))
 
 #: Flow-table columns the features read (all others are ignored, identifiers included).
 INPUT_COLUMNS: tuple[str, ...] = (
@@ -64,7 +64,7 @@ INPUT_COLUMNS: tuple[str, ...] = (
     "tcp_syn", "tcp_ack", "tcp_psh", "tcp_urg", "tcp_ece", "tcp_cwr",
     "first_tcp_flags", "first_sizes", "first_dirs",
     "src2dst_payload_packets", "dst2src_payload_packets", "src2dst_payload_hist", "dst2src_payload_hist",
-    *(f"{d}_{s}" for d in ("src2dst", "dst2src") for s in _BYTE_FEATURES),
+    *(f"{d}_{s}" for d in ("src2dst", "dst2src") for s in HEAD_STAT_COLUMNS),
 )
 
 #: List columns (read by :func:`_padded`, not as scalars).
