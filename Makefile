@@ -41,7 +41,7 @@ MODEL_AUGMENT    ?= 6
 ## Out-of-fold false-positive rate that sets the threshold (docs/model.md, The threshold)
 MODEL_FPR        ?= 0.0002
 ## Tunnels inside TLS or behind a fully encrypted proxy: what signatures cannot see, so a third batch
-LAB_TRAIN_HARD   ?= openvpn-tcp443 openconnect shadowsocks stunnel-openvpn
+LAB_TRAIN_HARD   ?= openvpn-tcp443 openconnect shadowsocks stunnel-openvpn openvpn-udp-cbc srtp-call
 model: $(STAMP)
 	@test -f $(MODEL_LAB)/MANIFEST.csv || { \
 	  echo "make model: no training captures in $(MODEL_LAB) (no MANIFEST.csv). Create them (root, lab daemons):"; \
@@ -71,8 +71,8 @@ LAB_PKGS := tcpdump iproute2 iputils-ping procps psmisc wireguard-go wireguard-t
             nginx-light curl iperf3 openssh-server openssh-client dnsmasq-base bind9-dnsutils \
             ocserv openconnect shadowsocks-libev stunnel4 xl2tpd pptpd pptp-linux tcpreplay \
             ethtool openssl ngtcp2-client ngtcp2-server rsync gstreamer1.0-tools \
-            gstreamer1.0-plugins-base gstreamer1.0-plugins-good unbound knot-dnsutils chrony \
-            python3-websockets aria2 mktorrent
+            gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad unbound knot-dnsutils chrony \
+            python3-websockets aria2 mktorrent python3-libtorrent
 lab-deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(LAB_PKGS)

@@ -11,6 +11,7 @@ lab-deps`` needed; they skip with the reason otherwise), classify the fresh capt
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import random
@@ -443,6 +444,75 @@ def test_fresh_lab_captures_are_labelled_correctly(tmp_path: Path) -> None:
                 f"{f['vpn_protocol']!r} (is_vpn={f['is_vpn']}), truth {row.protocol}"
         on_port = [f for f in mine if row.server_port in (f["src_port"], f["dst_port"])]
         assert on_port and all(f["vpn_protocol"] == row.protocol for f in on_port), row.file
+
+
+def _udp_payloads(pcap: Path, port: int) -> list[tuple[tuple[str, int, str, int], bytes]]:
+    """((src, sport, dst, dport), payload) of the IPv4 UDP datagrams to or from ``port`` in ``pcap``."""
+    import socket
+
+    import dpkt
+
+    out = []
+    with open(pcap, "rb") as fh:
+        for _, buf in dpkt.pcap.Reader(fh):
+            ip = dpkt.ethernet.Ethernet(buf).data
+            if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP) and port in (ip.data.sport, ip.data.dport):
+                key = (socket.inet_ntoa(ip.src), ip.data.sport, socket.inet_ntoa(ip.dst), ip.data.dport)
+                out.append((key, bytes(ip.data.data)))
+    return out
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_cbc_openvpn_hides_its_packet_id_and_calls_and_utp_count_like_tunnels(tmp_path: Path) -> None:
+    """The look-alikes the model learns from: a tunnel without a visible counter, a call and uTP with one."""
+    names = ("openvpn-udp-cbc", "srtp-call", "bittorrent-utp")
+    _skip_unless_lab(names)
+    if subprocess.run(["gst-inspect-1.0", "srtpenc"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("GStreamer's srtpenc is not installed (gstreamer1.0-plugins-bad); run `make lab-deps`")
+    if subprocess.run(["/usr/bin/python3", "-c", "import libtorrent"], capture_output=True, check=False).returncode:
+        pytest.skip("libtorrent for the system Python is not installed (python3-libtorrent); run `make lab-deps`")
+    rows = _capture_ok(tmp_path, 180, *names, "--duration", "3")
+
+    # OpenVPN's P_DATA_V2 (opcode 9): with AES-256-GCM bytes 4-7 are the packet id, rising by
+    # one per packet; with AES-256-CBC + HMAC-SHA1 they are the start of the HMAC, random.
+    data = [p for _, p in _udp_payloads(tmp_path / rows["openvpn-udp-cbc"].file, 1194) if p and p[0] >> 3 == 9]
+    assert len(data) > 20
+    ids = [int.from_bytes(p[4:8], "big") for p in data]
+    rising = sum(b == a + 1 for a, b in itertools.pairwise(ids)) / (len(ids) - 1)
+    assert rising < 0.1, f"{rising:.0%} of data packets carry a cleartext packet id: CBC was not negotiated"
+
+    # The call: every datagram is on 5004 <-> 5004, both ways, with SRTP media (RTP version 2)
+    # and STUN Binding requests (magic cookie 0x2112A442) from both sides.
+    call = _udp_payloads(tmp_path / rows["srtp-call"].file, 5004)
+    assert {(k[1], k[3]) for k, _ in call} == {(5004, 5004)}
+    sides = {k[0] for k, _ in call}
+    assert len(sides) == 2
+    for side in sides:
+        mine = [p for k, p in call if k[0] == side]
+        assert sum(p[0] >> 6 == 2 for p in mine) > 0.8 * len(mine), side
+        assert any(p[:2] == b"\x00\x01" and p[4:8] == bytes.fromhex("2112a442") for p in mine), side
+
+    # uTP (BEP 29): version 1 in the low nibble of the first byte, ST_DATA (0) or ST_STATE (2)
+    # in the high one; the file flows from the seeder (6881) to the leecher.
+    utp = _udp_payloads(tmp_path / rows["bittorrent-utp"].file, 6881)
+    assert utp and all(p[0] & 0x0F == 1 for _, p in utp)
+    data_bytes = {}
+    for k, p in utp:
+        data_bytes[k[1]] = data_bytes.get(k[1], 0) + len(p) * (p[0] >> 4 == 0)
+    assert data_bytes[6881] > 10 * data_bytes.get(6882, 0) and data_bytes[6881] > 100_000
+
+    out = tmp_path / "classified.jsonl"
+    _vpnid("classify", "-q", "--no-model", *(str(tmp_path / r.file) for r in rows.values()), "-o", str(out))
+    flows = [json.loads(line) for line in out.read_text().splitlines()]
+    by_capture = {r.file: [f for f in flows if f["capture"].endswith(r.file) and f["ip_proto"] == 17] for r in rows.values()}
+    assert [f["vpn_protocol"] for f in by_capture[rows["openvpn-udp-cbc"].file] if 1194 in (f["src_port"], f["dst_port"])] \
+        == ["openvpn"]
+    media = by_capture[rows["srtp-call"].file]
+    assert len(media) == 1 and media[0]["src2dst_packets"] > 20 and media[0]["dst2src_packets"] > 20
+    assert not media[0]["is_vpn"]
+    assert not any(f["is_vpn"] for f in by_capture[rows["bittorrent-utp"].file])
 
 
 @pytest.mark.lab

@@ -15,15 +15,22 @@ a real network is full of.
 * ``game-udp``: a client sends 30-64 input updates per second (random-looking bytes
   behind a small header) and the server sends 10-30 state snapshots per second;
 * ``quic-bulk`` and ``quic-streams``: HTTP/3 (ngtcp2) downloading a 2-16 MiB file, and
-  fetching several objects over parallel streams of one connection.
+  fetching several objects over parallel streams of one connection;
+* ``bittorrent-utp``: libtorrent peers exchanging a file over uTP only (BitTorrent's
+  UDP transport, BEP 29): a reliable stream over UDP with a 20-byte header whose
+  connection id repeats and whose sequence number counts, data one way and selective
+  acknowledgements the other, the shape of a tunnel carrying a download.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 
+from classifier.lab.netns import LabError
 from classifier.lab.scenarios.negatives import (
+    SYSTEM_PYTHON,
     check_dtls_client,
     dtls_client,
     dtls_setup,
@@ -153,6 +160,72 @@ def quic_streams_traffic(s: Session) -> None:
         time.sleep(rng.uniform(0.3, 2.0) * s.profile.pause_scale)
 
 
+UTP_PORT = 6881
+#: One libtorrent peer. ``seed``: makes the torrent of FILE (written to TORRENT) and serves it;
+#: ``leech``: downloads TORRENT from the seeder at IP:PORT into DIR, at most RATE bytes/s.
+#: TCP is switched off both ways, as are DHT, local discovery, UPnP and NAT-PMP, so the
+#: only traffic is uTP between the two peers.
+UTP_PEER = """\
+import sys, time
+import libtorrent as lt
+role, ip, port, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+settings = {"listen_interfaces": f"{ip}:{port}" if role == "seed" else f"{ip}:{port + 1}",
+            "enable_outgoing_tcp": False, "enable_incoming_tcp": False,
+            "enable_outgoing_utp": True, "enable_incoming_utp": True,
+            "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+            "alert_mask": 0}
+ses = lt.session(settings)
+if role == "seed":
+    path, torrent = sys.argv[5], sys.argv[6]
+    fs = lt.file_storage()
+    lt.add_files(fs, path)
+    t = lt.create_torrent(fs, 1 << 16)
+    lt.set_piece_hashes(t, path.rsplit("/", 1)[0])
+    with open(torrent + ".part", "wb") as fh:
+        fh.write(lt.bencode(t.generate()))
+    import os
+    os.rename(torrent + ".part", torrent)
+    ses.add_torrent({"ti": lt.torrent_info(torrent), "save_path": path.rsplit("/", 1)[0],
+                     "flags": lt.torrent_flags.seed_mode})
+    print("seeding", flush=True)
+else:
+    torrent, where, rate, seed_ip = sys.argv[5], sys.argv[6], int(sys.argv[7]), sys.argv[8]
+    h = ses.add_torrent({"ti": lt.torrent_info(torrent), "save_path": where})
+    h.set_download_limit(rate)
+    h.connect_peer((seed_ip, port))
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    time.sleep(0.2)
+    if role == "leech" and h.status().is_seeding:
+        break
+"""
+
+
+def utp_setup(s: Session) -> None:
+    """A 2-16 MiB file and a libtorrent seeder listening on uTP only."""
+    if subprocess.run([SYSTEM_PYTHON, "-c", "import libtorrent"], capture_output=True, timeout=30).returncode != 0:
+        raise LabError("bittorrent-utp needs libtorrent for the system Python: apt-get install python3-libtorrent")
+    seed_dir = s.work / "utp-seed"
+    seed_dir.mkdir()
+    write_random(seed_dir / "payload.bin", s.profile.bulk_size)
+    script = s.file("utp_peer.py", UTP_PEER)
+    torrent = s.work / "payload.torrent"
+    seeder = s.lab.spawn(s.server_ns, [SYSTEM_PYTHON, str(script), "seed", s.server_ip, str(UTP_PORT),
+                                       str(s.duration + 60), str(seed_dir / "payload.bin"), str(torrent)], "utp-seed")
+    s.lab.wait_for("the seeder", lambda: "seeding" in seeder.tail(), 60, [seeder])
+    s.extra["utp"] = (script, torrent)
+
+
+def utp_traffic(s: Session) -> None:
+    """The client's peer downloads the file from the seeder over uTP, rate-capped, for the duration."""
+    script, torrent = s.extra["utp"]
+    leech_dir = s.work / "utp-leech"
+    leech_dir.mkdir(exist_ok=True)
+    s.lab.run(s.client_ns, [SYSTEM_PYTHON, str(script), "leech", s.client_ip, str(UTP_PORT), f"{s.duration}",
+                            str(torrent), str(leech_dir), str(s.profile.bulk_rate), s.server_ip],
+              timeout=s.duration + 30)
+
+
 register_negative("dtls-download", 121, "dtls", "udp", 4433, ("openssl",), dtls_setup, dtls_download_traffic,
      "openssl s_server streams 500-1300-byte records to s_client at a capped rate",
      "A one-way transfer over DTLS 1.2: large records one way, a short line back about each second.")
@@ -168,3 +241,6 @@ register_negative("quic-bulk", 124, "quic", "udp", 443, ("gtlsserver", "gtlsclie
 register_negative("quic-streams", 125, "quic", "udp", 443, ("gtlsserver", "gtlsclient"), quic_streams_setup, quic_streams_traffic,
      "ngtcp2 gtlsclient fetching 3-12 objects on parallel streams of one connection",
      "HTTP/3 page loads: several objects multiplexed on one QUIC connection, think time between.")
+register_negative("bittorrent-utp", 135, "bittorrent", "udp", UTP_PORT, (SYSTEM_PYTHON,), utp_setup, utp_traffic,
+     "libtorrent seed and leech over uTP only (no TCP, DHT or discovery), rate-capped",
+     "BitTorrent over uTP: a reliable stream over UDP with a counting header, data one way, acks the other.")

@@ -24,12 +24,9 @@ import time
 from functools import partial
 
 from classifier.lab.netns import LabError
-from classifier.lab.scenarios.negatives import register_negative, start_nginx
+from classifier.lab.scenarios.negatives import SYSTEM_PYTHON, register_negative, start_nginx
 from classifier.lab.session import Session
 from classifier.lab.traffic import download_for, ssh_argv, start_sshd, type_session, write_random
-
-SYSTEM_PYTHON = "/usr/bin/python3"  # python3-websockets is a Debian package for the system Python
-
 
 # -- HTTPS: HTTP/2 page loads, keep-alive browsing, bulk download -----------------------------------
 
@@ -204,6 +201,72 @@ def rtp_video_traffic(s: Session) -> None:
                                  f"! rtpvp8pay mtu=1200 ! udpsink host={peer} port={VIDEO_PORT}", f"video-send-{ns[-1]}"))
         procs.append(_gst(s, ns, f"audiotestsrc is-live=true ! {CODECS['opus'].format(bitrate=32000)} "
                                  f"! udpsink host={peer} port={VOICE_PORT}", f"audio-send-{ns[-1]}"))
+    _run_for(s, procs)
+
+
+#: ICE consent checks on the media 5-tuple: STUN Binding requests (RFC 8445 / RFC 7675) with
+#: USERNAME, PRIORITY, ICE-CONTROLLING, MESSAGE-INTEGRITY and FINGERPRINT attributes, a burst of
+#: connectivity checks first, then one every 2-5 s, as browsers send during a call.
+STUN_CHECKS = """\
+import os, random, socket, struct, sys, time
+ip, port, seconds, seed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+rng = random.Random(seed)
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+sock.bind(("", port))
+user = os.urandom(4).hex() + ":" + os.urandom(4).hex()
+def attr(kind, value):
+    return struct.pack("!HH", kind, len(value)) + value + bytes(-len(value) % 4)
+def binding():
+    body = attr(0x0006, user.encode()) + attr(0x0024, struct.pack("!I", rng.getrandbits(32)))
+    body += attr(0x802A, os.urandom(8)) + attr(0x0008, os.urandom(20)) + attr(0x8028, os.urandom(4))
+    return struct.pack("!HHI", 0x0001, len(body), 0x2112A442) + os.urandom(12) + body
+deadline = time.monotonic() + seconds
+for _ in range(rng.randint(2, 6)):
+    sock.sendto(binding(), (ip, port)); time.sleep(rng.uniform(0.02, 0.1))
+while time.monotonic() < deadline:
+    time.sleep(rng.uniform(2.0, 5.0)); sock.sendto(binding(), (ip, port))
+"""
+
+
+def srtp_call_setup(s: Session) -> None:
+    """Check for GStreamer's SRTP element (plugins-bad) and write the STUN script."""
+    if subprocess.run(["gst-inspect-1.0", "srtpenc"], capture_output=True, timeout=30).returncode != 0:
+        raise LabError("srtp-call needs GStreamer's srtpenc element: apt-get install gstreamer1.0-plugins-bad")
+    s.extra["stun"] = s.file("stun_checks.py", STUN_CHECKS)
+
+
+def srtp_call_traffic(s: Session) -> None:
+    """A WebRTC-like call: SRTP audio (and often video) both ways on one bundled 5-tuple, plus STUN checks.
+
+    Why: a real call sends and receives on the same port pair, so its media is one
+    bidirectional flow of encrypted payloads behind a fixed header with a sequence number
+    that grows by one per packet: the shape of a UDP tunnel. Each side binds its senders
+    to the media port (``udpsink bind-port``), so audio, video and the consent checks share
+    the 5-tuple as BUNDLE and rtcp-mux make them do.
+    """
+    rng = s.rng()
+    codec = rng.choice(["opus", "pcmu"]) if s.profile.seed else "opus"
+    chain = CODECS[codec].format(bitrate=rng.choice([16000, 24000, 32000, 48000]))
+    video = rng.random() < 0.6 if s.profile.seed else True
+    w, h, fps, kbps = rng.choice([(320, 240, 15, 300), (640, 360, 25, 800), (480, 270, 15, 500)])
+    port = VOICE_PORT
+    procs = []
+    for i, (ns, peer, wave) in enumerate(((s.server_ns, s.client_ip, "sine"), (s.client_ns, s.server_ip, "pink-noise"))):
+        out = f"udpsink host={peer} port={port} bind-port={port}"
+        procs.append(_gst(s, ns, f"udpsrc port={port} reuse=true ! fakesink", f"srtp-recv-{i}"))
+        key = rng.randbytes(30).hex()
+        procs.append(_gst(s, ns, f"audiotestsrc is-live=true wave={wave} ! {chain} ! srtpenc key={key} ! {out}",
+                          f"srtp-audio-{i}"))
+        if video:
+            key = rng.randbytes(30).hex()
+            procs.append(_gst(s, ns, f"videotestsrc is-live=true pattern={'ball' if i else 'smpte'} "
+                                     f"! video/x-raw,width={w},height={h},framerate={fps}/1 ! vp8enc deadline=1 "
+                                     f"cpu-used=8 target-bitrate={kbps * 1000} ! rtpvp8pay mtu=1200 "
+                                     f"! srtpenc key={key} ! {out}", f"srtp-video-{i}"))
+        procs.append(s.lab.spawn(ns, [sys.executable, str(s.extra["stun"]), peer, str(port), f"{s.duration + 2}",
+                                      str(rng.randrange(1 << 30))], f"stun-{i}"))
     _run_for(s, procs)
 
 
@@ -491,6 +554,10 @@ register_negative("rtp-voice", 113, "rtp", "udp", VOICE_PORT, ("gst-launch-1.0",
 register_negative("rtp-video", 114, "rtp", "udp", VIDEO_PORT, ("gst-launch-1.0",), no_setup, rtp_video_traffic,
      "GStreamer RTP VP8 video plus Opus audio both ways",
      "A video call: bursty VP8 RTP frames and RTP audio in both directions over UDP.")
+register_negative("srtp-call", 134, "srtp", "udp", VOICE_PORT, ("gst-launch-1.0", "gst-inspect-1.0"),
+     srtp_call_setup, srtp_call_traffic,
+     "GStreamer SRTP Opus/PCMU audio (60%: plus VP8 video) both ways on one 5-tuple, STUN consent checks",
+     "A WebRTC-like call: encrypted media and ICE checks bundled on one bidirectional UDP flow.")
 register_negative("dns-over-tls", 115, "dot", "tcp", 853, ("unbound", "kdig", "openssl"), dot_setup, dot_traffic,
      "unbound TLS service + kdig +tls +keepopen",
      "DNS-over-TLS on TCP 853: bursts of queries on a kept-open TLS connection.")
