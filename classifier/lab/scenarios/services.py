@@ -172,35 +172,41 @@ def _gst(s: Session, ns: str, pipeline: str, name: str):
     return s.lab.spawn(ns, ["gst-launch-1.0", "-q", *pipeline.split()], name)
 
 
+def _rtp_sink(peer: str, port: int) -> str:
+    """A udpsink that sends from the port it receives on: symmetric RTP (RFC 4961), as phones
+    and browsers do, so each media stream is one bidirectional flow."""
+    return f"udpsink host={peer} port={port} bind-port={port}"
+
+
 def rtp_voice_traffic(s: Session) -> None:
-    """A voice call: each side sends one RTP audio stream (Opus, PCMU or L16) to the other."""
+    """A voice call: each side sends one RTP audio stream (Opus, PCMU or L16) to the other, symmetric RTP."""
     rng = s.rng()
     codec = rng.choice(sorted(CODECS)) if s.profile.seed else "opus"
     chain = CODECS[codec].format(bitrate=rng.choice([16000, 24000, 32000, 64000]))
     procs = []
     for ns, port, peer, wave in ((s.server_ns, VOICE_PORT, s.client_ip, "sine"),
                                  (s.client_ns, VOICE_PORT, s.server_ip, "pink-noise")):
-        procs.append(_gst(s, ns, f"udpsrc port={port} ! fakesink", f"rtp-recv-{ns[-1]}"))
-        procs.append(_gst(s, ns, f"audiotestsrc is-live=true wave={wave} ! {chain} ! udpsink host={peer} port={port}",
+        procs.append(_gst(s, ns, f"udpsrc port={port} reuse=true ! fakesink", f"rtp-recv-{ns[-1]}"))
+        procs.append(_gst(s, ns, f"audiotestsrc is-live=true wave={wave} ! {chain} ! {_rtp_sink(peer, port)}",
                           f"rtp-send-{ns[-1]}"))
     _run_for(s, procs)
 
 
 def rtp_video_traffic(s: Session) -> None:
-    """A video call: VP8 video each way (size, frame rate and bitrate from the profile) plus Opus audio."""
+    """A video call: VP8 video each way (size, frame rate and bitrate from the profile) plus Opus audio, symmetric RTP."""
     rng = s.rng()
     w, h = rng.choice([(320, 240), (640, 360), (480, 270)]) if s.profile.seed else (320, 240)
     fps = rng.choice([10, 15, 25]) if s.profile.seed else 15
     kbps = rng.choice([150, 300, 600, 1000]) if s.profile.seed else 300
     procs = []
     for ns, peer, pattern in ((s.server_ns, s.client_ip, "ball"), (s.client_ns, s.server_ip, "smpte")):
-        procs.append(_gst(s, ns, f"udpsrc port={VIDEO_PORT} ! fakesink", f"video-recv-{ns[-1]}"))
-        procs.append(_gst(s, ns, f"udpsrc port={VOICE_PORT} ! fakesink", f"audio-recv-{ns[-1]}"))
+        procs.append(_gst(s, ns, f"udpsrc port={VIDEO_PORT} reuse=true ! fakesink", f"video-recv-{ns[-1]}"))
+        procs.append(_gst(s, ns, f"udpsrc port={VOICE_PORT} reuse=true ! fakesink", f"audio-recv-{ns[-1]}"))
         procs.append(_gst(s, ns, f"videotestsrc is-live=true pattern={pattern} ! video/x-raw,width={w},height={h},"
                                  f"framerate={fps}/1 ! vp8enc deadline=1 cpu-used=8 target-bitrate={kbps * 1000} "
-                                 f"! rtpvp8pay mtu=1200 ! udpsink host={peer} port={VIDEO_PORT}", f"video-send-{ns[-1]}"))
+                                 f"! rtpvp8pay mtu=1200 ! {_rtp_sink(peer, VIDEO_PORT)}", f"video-send-{ns[-1]}"))
         procs.append(_gst(s, ns, f"audiotestsrc is-live=true ! {CODECS['opus'].format(bitrate=32000)} "
-                                 f"! udpsink host={peer} port={VOICE_PORT}", f"audio-send-{ns[-1]}"))
+                                 f"! {_rtp_sink(peer, VOICE_PORT)}", f"audio-send-{ns[-1]}"))
     _run_for(s, procs)
 
 
@@ -254,7 +260,7 @@ def srtp_call_traffic(s: Session) -> None:
     port = VOICE_PORT
     procs = []
     for i, (ns, peer, wave) in enumerate(((s.server_ns, s.client_ip, "sine"), (s.client_ns, s.server_ip, "pink-noise"))):
-        out = f"udpsink host={peer} port={port} bind-port={port}"
+        out = _rtp_sink(peer, port)
         procs.append(_gst(s, ns, f"udpsrc port={port} reuse=true ! fakesink", f"srtp-recv-{i}"))
         key = rng.randbytes(30).hex()
         procs.append(_gst(s, ns, f"audiotestsrc is-live=true wave={wave} ! {chain} ! srtpenc key={key} ! {out}",
