@@ -39,7 +39,7 @@ MODEL_LAB        ?= /tmp/vpnid-labtrain6
 MODEL_DATA       ?= pcaps/ $(MODEL_LAB)
 MODEL_AUGMENT    ?= 6
 ## Out-of-fold false-positive rate that sets the threshold (docs/model.md, The threshold)
-MODEL_FPR        ?= 0.0002
+MODEL_FPR        ?= 0.001
 ## Tunnels inside TLS or behind a fully encrypted proxy: what signatures cannot see, so a third batch
 LAB_TRAIN_HARD   ?= openvpn-tcp443 openconnect shadowsocks stunnel-openvpn openvpn-udp-cbc srtp-call
 model: $(STAMP)

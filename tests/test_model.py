@@ -350,3 +350,27 @@ def test_inputs_hash_ignores_directory_but_not_content():
     moved = [{"path": "/data/b.pcap", "sha256": "2" * 64}, {"path": "/data/a.pcap", "sha256": "1" * 64}]
     changed = [{"path": "/tmp/x/a.pcap", "sha256": "3" * 64}, {"path": "/tmp/x/b.pcap", "sha256": "2" * 64}]
     assert inputs_hash(a) == inputs_hash(moved) != inputs_hash(changed)
+
+
+def test_one_way_augmentation_keeps_one_direction_of_every_flow():
+    """The one-way copies (a tap on one leg of an asymmetric route) are the two halves of the original."""
+    from classifier.errors import ErrorLog
+    from classifier.model.data import Augmentation, _count_packets, _PacketTransform, meter_capture
+
+    cap = str(Path(__file__).resolve().parents[1] / "pcaps" / "openvpn-udp.pcap")
+    log = ErrorLog()
+    full = meter_capture(cap, log)
+
+    def one_way(direction: int) -> pa.Table:
+        aug = Augmentation(loss=0.0, jitter=0.0, slowdown=1.0, start=0.0, stop=1.0, one_way=direction)
+        return meter_capture(cap, log, _PacketTransform(aug, _count_packets(cap, log), np.random.default_rng(0)))
+
+    halves = [one_way(1), one_way(2)]
+    for half in halves:
+        assert len(half) > 0
+        up, down = half.column("src2dst_packets").to_numpy(), half.column("dst2src_packets").to_numpy()
+        assert ((up == 0) | (down == 0)).all()
+    assert sum(int(pa.compute.sum(h.column("packets")).as_py()) for h in halves) \
+        == int(pa.compute.sum(full.column("packets")).as_py())
+    assert "one-way=" in Augmentation(0, 0, 1, 0, 1, one_way=2).describe()
+    assert "one-way" not in Augmentation(0, 0, 1, 0, 1).describe()

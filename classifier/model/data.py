@@ -17,7 +17,9 @@ IP addresses and ports decide labels here; they are never features (features.py)
 Augmentation (``augment`` copies per capture) re-meters each capture with packet-level
 changes: random packet loss, timing jitter, a slowdown of all gaps (1-10x: lab links
 between namespaces answer in microseconds, real paths in milliseconds), and a capture
-window that starts and ends mid-way, so flows lose their beginnings (mid-flow) and their ends. Copies keep the
+window that starts and ends mid-way, so flows lose their beginnings (mid-flow) and their ends, and, in about
+one copy in four, one direction of every flow (a tap on one leg of an asymmetric route,
+or a mirror port fed one direction of a link, sees only that). Copies keep the
 source capture as their group, so grouped evaluation never tests on a sibling of a
 training capture; repeated lab captures of one scenario (``--repeat``) share the
 scenario as their group for the same reason.
@@ -288,18 +290,35 @@ class Augmentation:
     slowdown: float  # factor applied to all gaps: a lab link of microseconds looks like a real path
     start: float  # fraction of the capture's packets skipped at the start (mid-flow start)
     stop: float  # fraction of packets after which the capture ends
+    #: 0: both directions; 1: only packets from the lower (address, port) endpoint to the
+    #: higher one; 2: only the other way. One direction of every flow, as a tap on one leg
+    #: of an asymmetric route sees it.
+    one_way: int = 0
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> Augmentation:
         start = float(rng.choice([0.0, 0.0, rng.uniform(0.05, 0.6)]))
         stop = float(rng.choice([1.0, 1.0, rng.uniform(start + 0.2, 1.0)])) if start < 0.8 else 1.0
-        return cls(loss=float(rng.choice([0.0, 0.005, 0.02, 0.05])), jitter=float(rng.choice([0.0, 0.2, 0.5])),
-                   slowdown=float(np.exp(rng.uniform(0.0, np.log(10.0)))),
-                   start=start, stop=min(1.0, max(stop, start + 0.1)))
+        aug = cls(loss=float(rng.choice([0.0, 0.005, 0.02, 0.05])), jitter=float(rng.choice([0.0, 0.2, 0.5])),
+                  slowdown=float(np.exp(rng.uniform(0.0, np.log(10.0)))),
+                  start=start, stop=min(1.0, max(stop, start + 0.1)))
+        aug.one_way = int(rng.choice([0, 0, 0, 0, 0, 0, 1, 2]))
+        return aug
 
     def describe(self) -> str:
-        return (f"loss={self.loss:g} jitter={self.jitter:g} slowdown={self.slowdown:.1f} "
+        text = (f"loss={self.loss:g} jitter={self.jitter:g} slowdown={self.slowdown:.1f} "
                 f"window={self.start:.2f}-{self.stop:.2f}")
+        return text + (f" one-way={'low->high' if self.one_way == 1 else 'high->low'}" if self.one_way else "")
+
+
+def lower_endpoint_sends(cols: dict[str, np.ndarray]) -> np.ndarray:
+    """Per packet: does it go from the lower (address, port) endpoint to the higher one?
+
+    The same answer for every packet of one direction of a flow and the opposite for the
+    other direction, so keeping one answer keeps exactly one direction of every flow.
+    """
+    sh, sl, dh, dl = cols["src_hi"], cols["src_lo"], cols["dst_hi"], cols["dst_lo"]
+    return (sh < dh) | ((sh == dh) & ((sl < dl) | ((sl == dl) & (cols["sport"] < cols["dport"]))))
 
 
 class _PacketTransform:
@@ -335,6 +354,8 @@ class _PacketTransform:
         keep = (pos >= self.lo) & (pos < self.hi)
         if self.aug.loss > 0:
             keep &= self.rng.random(n) >= self.aug.loss
+        if self.aug.one_way:
+            keep &= lower_endpoint_sends(batch.cols) == (self.aug.one_way == 1)
         idx = np.flatnonzero(keep)
         cols = {k: v[idx] for k, v in batch.cols.items()}
         cols["ts"] = new_ts[idx]

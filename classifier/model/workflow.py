@@ -55,7 +55,8 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
             "original_flows": int(original.sum()),
             "augmented_flows": int((~original).sum()),
             "augmentation": (f"{augment} copies per capture (packet loss 0-5%, log-normal jitter sigma 0-0.5, "
-                             "all gaps slowed 1-10x, capture window starting and ending mid-way)")
+                             "all gaps slowed 1-10x, capture window starting and ending mid-way, "
+                             "one direction of every flow only in about one copy in four)")
             if augment else "none",
             "sha256": data_hash(X, data.label),
             "inputs_sha256": inputs_hash(data.inputs),
