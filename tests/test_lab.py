@@ -517,6 +517,21 @@ def test_cbc_openvpn_hides_its_packet_id_and_calls_and_utp_count_like_tunnels(tm
 
 @pytest.mark.lab
 @pytest.mark.timeout(120)
+def test_a_port_scan_is_many_short_flows_and_no_tunnel(tmp_path: Path) -> None:
+    _skip_unless_lab(("port-scan",))
+    rows = _capture_ok(tmp_path, 100, "port-scan", "--duration", "3")
+    out = tmp_path / "classified.jsonl"
+    _vpnid("classify", "-q", "--no-model", str(tmp_path / rows["port-scan"].file), "-o", str(out))
+    flows = [json.loads(line) for line in out.read_text().splitlines()]
+    tcp = [f for f in flows if f["ip_proto"] == 6]
+    assert len(tcp) >= 30, len(tcp)  # the top 40 ports, one flow each
+    assert sum(f["packets"] <= 3 for f in tcp) >= 0.9 * len(tcp)
+    assert any(f["dst_port"] == 80 and f["packets"] >= 3 for f in tcp)  # the open port answers
+    assert not any(f["is_vpn"] for f in flows)
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(120)
 def test_interrupted_capture_leaves_nothing_behind(tmp_path: Path) -> None:
     _skip_unless_lab()
     proc = _start_vpnid("lab", "capture", "wireguard", "-o", str(tmp_path), "--duration", "60")

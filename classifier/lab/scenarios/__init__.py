@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 #: Family modules, imported in this order by ``all_scenarios()``.
 FAMILIES = ("wireguard", "openvpn", "ipsec", "openconnect", "obfuscated", "legacy", "crafted", "negatives",
-            "services", "datagram", "encapsulation")
+            "services", "datagram", "encapsulation", "probes")
 
 
 @dataclass(frozen=True)
