@@ -40,6 +40,8 @@ MODEL_DATA       ?= pcaps/ $(MODEL_LAB)
 MODEL_AUGMENT    ?= 6
 ## Out-of-fold false-positive rate that sets the threshold (docs/model.md, The threshold)
 MODEL_FPR        ?= 0.001
+## VPN flows shorter than this stay out of fitting (docs/model.md, Recipe)
+MODEL_MIN_PACKETS ?= 4
 ## Tunnels inside TLS or behind a fully encrypted proxy: what signatures cannot see, so a third batch
 LAB_TRAIN_HARD   ?= openvpn-tcp443 openconnect shadowsocks stunnel-openvpn openvpn-udp-cbc srtp-call
 model: $(STAMP)
@@ -47,7 +49,7 @@ model: $(STAMP)
 	  echo "make model: no training captures in $(MODEL_LAB) (no MANIFEST.csv). Create them (root, lab daemons):"; \
 	  echo "  make lab-deps && make lab-train MODEL_LAB=$(MODEL_LAB)"; \
 	  echo "or train on other captures: make model MODEL_LAB=DIR"; exit 2; }
-	$(BIN)/vpnid train $(MODEL_DATA) --augment $(MODEL_AUGMENT) --min-tunnel-packets 10 --skip-cleartext-tunnels --fpr-target $(MODEL_FPR) \
+	$(BIN)/vpnid train $(MODEL_DATA) --augment $(MODEL_AUGMENT) --min-tunnel-packets $(MODEL_MIN_PACKETS) --skip-cleartext-tunnels --fpr-target $(MODEL_FPR) \
 	  --folds 0 --seed 0 --name vpnid-default \
 	  -o models/vpnid-default.skops
 
@@ -72,7 +74,7 @@ LAB_PKGS := tcpdump iproute2 iputils-ping procps psmisc wireguard-go wireguard-t
             ocserv openconnect shadowsocks-libev stunnel4 xl2tpd pptpd pptp-linux tcpreplay \
             ethtool openssl ngtcp2-client ngtcp2-server rsync gstreamer1.0-tools \
             gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad unbound knot-dnsutils chrony \
-            python3-websockets aria2 mktorrent python3-libtorrent
+            python3-websockets aria2 mktorrent python3-libtorrent nmap
 lab-deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(LAB_PKGS)
