@@ -8,8 +8,9 @@ the short flows a network sees most.
 
 * ``port-scan``: ``nmap`` from the client scans the server: a SYN scan or a connect scan
   of the 20-60 most common TCP ports (nginx listens on 80, everything else answers with a
-  reset), in half of the captures also a UDP scan of the 10-20 most common ports
-  (answered by ICMP port unreachable, or not at all), at a capped rate. A few dozen
+  reset), or in half of the captures a TCP and UDP scan of the 10-20 most common ports
+  (``--top-ports`` counts for both; UDP probes are answered by ICMP port unreachable, or
+  not at all), at a capped rate. A few dozen
   flows a capture, like the busiest other scenarios: the threshold counts non-VPN flows,
   and thousands of trivial ones from one scenario would lower it for all the others.
 """
@@ -35,11 +36,11 @@ def scan_traffic(s: Session) -> None:
     rate = rng.choice([20, 50, 200]) if s.profile.seed else 50
     argv = ["nmap", "-n", "-Pn", kind, "--top-ports", str(ports), "--max-rate", str(rate), "--max-retries", "1",
             "--host-timeout", f"{max(5, int(s.duration))}s"]
-    if s.profile.seed and rng.random() < 0.5:
+    if s.profile.seed and rng.random() < 0.5:  # nmap's last --top-ports counts for TCP and UDP
         argv += ["-sU", "--top-ports", str(rng.choice([10, 20]))]
     s.lab.run(s.client_ns, [*argv, s.server_ip], check=False, timeout=s.duration + 30)
 
 
 register_negative("port-scan", 136, "scan", "tcp", None, ("nmap", "nginx"), scan_setup, scan_traffic,
-     "nmap SYN or connect scan of the top 20-60 TCP ports (nginx on 80), half with a UDP scan, rate-capped",
+     "nmap SYN or connect scan of the top 20-60 TCP ports (nginx on 80), or of the top 10-20 TCP and UDP ports",
      "A port scan: dozens of one- and two-packet flows, resets and ICMP port unreachable.")
