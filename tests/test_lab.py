@@ -197,6 +197,23 @@ def test_capture_refuses_without_root_or_tools(monkeypatch: pytest.MonkeyPatch) 
         check_environment([scenarios["wireguard"]])
 
 
+def test_requirements_name_executables_gstreamer_elements_and_system_python_modules() -> None:
+    """A scenario is ready only when its GStreamer elements and system-Python modules exist too."""
+    from dataclasses import replace
+
+    from classifier.lab.runner import missing_tools
+
+    base = all_scenarios()["dns"]
+    fake = ("no-such-tool-vpnid", "gst:no_such_element_vpnid", "py3:no_such_module_vpnid")
+    missing = missing_tools(replace(base, requires=fake))
+    assert missing[-3:] == list(fake)  # after any missing base tool, in order
+    if not missing_tools(replace(base, requires=("gst-inspect-1.0",))):  # GStreamer present: a real element
+        assert not missing_tools(replace(base, requires=("gst:fakesink",)))
+    assert not missing_tools(replace(base, requires=("py3:json",)))
+    assert "gst:srtpenc" in all_scenarios()["srtp-call"].requires
+    assert "py3:libtorrent" in all_scenarios()["bittorrent-utp"].requires
+
+
 def test_lab_list_and_crafted_capture_through_the_cli(tmp_path: Path) -> None:
     listing = _vpnid("lab", "list", "--json")
     rows = [json.loads(line) for line in listing.stdout.splitlines()]
@@ -468,11 +485,7 @@ def _udp_payloads(pcap: Path, port: int) -> list[tuple[tuple[str, int, str, int]
 def test_cbc_openvpn_hides_its_packet_id_and_calls_and_utp_count_like_tunnels(tmp_path: Path) -> None:
     """The look-alikes the model learns from: a tunnel without a visible counter, a call and uTP with one."""
     names = ("openvpn-udp-cbc", "srtp-call", "bittorrent-utp")
-    _skip_unless_lab(names)
-    if subprocess.run(["gst-inspect-1.0", "srtpenc"], capture_output=True, check=False).returncode != 0:
-        pytest.skip("GStreamer's srtpenc is not installed (gstreamer1.0-plugins-bad); run `make lab-deps`")
-    if subprocess.run(["/usr/bin/python3", "-c", "import libtorrent"], capture_output=True, check=False).returncode:
-        pytest.skip("libtorrent for the system Python is not installed (python3-libtorrent); run `make lab-deps`")
+    _skip_unless_lab(names)  # srtpenc (gstreamer1.0-plugins-bad) and libtorrent are requirements too
     rows = _capture_ok(tmp_path, 180, *names, "--duration", "3")
 
     # OpenVPN's P_DATA_V2 (opcode 9): with AES-256-GCM bytes 4-7 are the packet id, rising by

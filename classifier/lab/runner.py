@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,7 @@ import dpkt
 from classifier.errors import VpnidError
 from classifier.lab.manifest import ManifestRow
 from classifier.lab.netns import Lab, LabError
-from classifier.lab.scenarios import Scenario
+from classifier.lab.scenarios import SYSTEM_PYTHON, Scenario
 from classifier.lab.session import Session, TrafficProfile
 from classifier.lab.traffic import drive
 from classifier.output import atomic_path
@@ -30,14 +31,28 @@ DEFAULT_DURATION = 3.0
 MIDFLOW_LEAD_S = 1.5
 
 
+def _installed(requirement: str) -> bool:
+    """Is one entry of ``Scenario.requires`` present: an executable on the PATH (plus the sbin
+    directories), ``gst:ELEMENT`` a GStreamer element, ``py3:MODULE`` a module of the system Python."""
+    kind, _, name = requirement.partition(":")
+    if kind == "gst" and name:
+        argv = ["gst-inspect-1.0", name]
+    elif kind == "py3" and name:
+        argv = [SYSTEM_PYTHON, "-c", f"import {name}"]
+    else:
+        path = os.environ.get("PATH", "") + ":" + ":".join(["/usr/sbin", "/sbin", "/usr/lib/ipsec"])
+        return shutil.which(requirement, path=path) is not None
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def missing_tools(scenario: Scenario) -> list[str]:
-    """Executables the scenario needs that are not installed."""
+    """What the scenario needs (``BASE_TOOLS`` and its ``requires``) that is not installed."""
     if scenario.crafted:
         return []
-    need = (*BASE_TOOLS, *scenario.requires)
-    extra_dirs = ["/usr/sbin", "/sbin", "/usr/lib/ipsec"]
-    path = os.environ.get("PATH", "") + ":" + ":".join(extra_dirs)
-    return [t for t in dict.fromkeys(need) if shutil.which(t, path=path) is None]
+    return [t for t in dict.fromkeys((*BASE_TOOLS, *scenario.requires)) if not _installed(t)]
 
 
 def check_environment(scenarios: list[Scenario]) -> None:

@@ -26,6 +26,11 @@ FAMILIES = ("wireguard", "openvpn", "ipsec", "openconnect", "obfuscated", "legac
             "services", "datagram", "encapsulation", "probes")
 
 
+#: The Python of Debian's packaged Python modules (python3-websockets, python3-libtorrent),
+#: not the project's environment: scenarios run their helper scripts that need them with it.
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
 @dataclass(frozen=True)
 class Scenario:
     """How to make one capture and what is in it.
@@ -44,6 +49,8 @@ class Scenario:
     server_port: int | None
     notes: str
     description: str
+    #: What must be installed: executables, ``gst:ELEMENT`` (a GStreamer element) and
+    #: ``py3:MODULE`` (a module of the system Python); ``lab/runner.py: missing_tools``.
     requires: tuple[str, ...] = ()
     setup: Callable[[Session], None] | None = None
     traffic: Callable[[Session], None] | None = None

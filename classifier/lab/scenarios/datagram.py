@@ -24,13 +24,11 @@ a real network is full of.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 
-from classifier.lab.netns import LabError
+from classifier.lab.scenarios import SYSTEM_PYTHON
 from classifier.lab.scenarios.negatives import (
-    SYSTEM_PYTHON,
     check_dtls_client,
     dtls_client,
     dtls_setup,
@@ -166,7 +164,7 @@ UTP_PORT = 6881
 #: TCP is switched off both ways, as are DHT, local discovery, UPnP and NAT-PMP, so the
 #: only traffic is uTP between the two peers.
 UTP_PEER = """\
-import sys, time
+import os, sys, time
 import libtorrent as lt
 role, ip, port, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 settings = {"listen_interfaces": f"{ip}:{port}" if role == "seed" else f"{ip}:{port + 1}",
@@ -183,7 +181,6 @@ if role == "seed":
     lt.set_piece_hashes(t, path.rsplit("/", 1)[0])
     with open(torrent + ".part", "wb") as fh:
         fh.write(lt.bencode(t.generate()))
-    import os
     os.rename(torrent + ".part", torrent)
     ses.add_torrent({"ti": lt.torrent_info(torrent), "save_path": path.rsplit("/", 1)[0],
                      "flags": lt.torrent_flags.seed_mode})
@@ -203,8 +200,6 @@ while time.monotonic() < deadline:
 
 def utp_setup(s: Session) -> None:
     """A 2-16 MiB file and a libtorrent seeder listening on uTP only."""
-    if subprocess.run([SYSTEM_PYTHON, "-c", "import libtorrent"], capture_output=True, timeout=30).returncode != 0:
-        raise LabError("bittorrent-utp needs libtorrent for the system Python: apt-get install python3-libtorrent")
     seed_dir = s.work / "utp-seed"
     seed_dir.mkdir()
     write_random(seed_dir / "payload.bin", s.profile.bulk_size)
@@ -241,6 +236,6 @@ register_negative("quic-bulk", 124, "quic", "udp", 443, ("gtlsserver", "gtlsclie
 register_negative("quic-streams", 125, "quic", "udp", 443, ("gtlsserver", "gtlsclient"), quic_streams_setup, quic_streams_traffic,
      "ngtcp2 gtlsclient fetching 3-12 objects on parallel streams of one connection",
      "HTTP/3 page loads: several objects multiplexed on one QUIC connection, think time between.")
-register_negative("bittorrent-utp", 135, "bittorrent", "udp", UTP_PORT, (SYSTEM_PYTHON,), utp_setup, utp_traffic,
+register_negative("bittorrent-utp", 135, "bittorrent", "udp", UTP_PORT, ("py3:libtorrent",), utp_setup, utp_traffic,
      "libtorrent seed and leech over uTP only (no TCP, DHT or discovery), rate-capped",
      "BitTorrent over uTP: a reliable stream over UDP with a counting header, data one way, acks the other.")

@@ -20,10 +20,6 @@ from classifier.lab.scenarios import Scenario, register
 from classifier.lab.session import Session
 from classifier.lab.traffic import ssh_argv, start_dnsmasq, start_sshd
 
-#: Debian packages of Python modules (python3-websockets, python3-libtorrent) belong to the
-#: system Python, not to the project's environment.
-SYSTEM_PYTHON = "/usr/bin/python3"
-
 NGINX_CONF = """\
 daemon off;
 master_process off;

@@ -24,7 +24,8 @@ import time
 from functools import partial
 
 from classifier.lab.netns import LabError
-from classifier.lab.scenarios.negatives import SYSTEM_PYTHON, register_negative, start_nginx
+from classifier.lab.scenarios import SYSTEM_PYTHON
+from classifier.lab.scenarios.negatives import register_negative, start_nginx
 from classifier.lab.session import Session
 from classifier.lab.traffic import download_for, ssh_argv, start_sshd, type_session, write_random
 
@@ -237,9 +238,6 @@ while time.monotonic() < deadline:
 
 
 def srtp_call_setup(s: Session) -> None:
-    """Check for GStreamer's SRTP element (plugins-bad) and write the STUN script."""
-    if subprocess.run(["gst-inspect-1.0", "srtpenc"], capture_output=True, timeout=30).returncode != 0:
-        raise LabError("srtp-call needs GStreamer's srtpenc element: apt-get install gstreamer1.0-plugins-bad")
     s.extra["stun"] = s.file("stun_checks.py", STUN_CHECKS)
 
 
@@ -560,7 +558,7 @@ register_negative("rtp-voice", 113, "rtp", "udp", VOICE_PORT, ("gst-launch-1.0",
 register_negative("rtp-video", 114, "rtp", "udp", VIDEO_PORT, ("gst-launch-1.0",), no_setup, rtp_video_traffic,
      "GStreamer RTP VP8 video plus Opus audio both ways",
      "A video call: bursty VP8 RTP frames and RTP audio in both directions over UDP.")
-register_negative("srtp-call", 134, "srtp", "udp", VOICE_PORT, ("gst-launch-1.0", "gst-inspect-1.0"),
+register_negative("srtp-call", 134, "srtp", "udp", VOICE_PORT, ("gst-launch-1.0", "gst:srtpenc"),
      srtp_call_setup, srtp_call_traffic,
      "GStreamer SRTP Opus/PCMU audio (60%: plus VP8 video) both ways on one 5-tuple, STUN consent checks",
      "A WebRTC-like call: encrypted media and ICE checks bundled on one bidirectional UDP flow.")
@@ -576,7 +574,7 @@ register_negative("iperf3-bidir-udp", 117, "iperf3-udp", "udp", 5201, ("iperf3",
 register_negative("iperf3-bidir-tcp", 118, "iperf3-tcp", "tcp", 5201, ("iperf3",), iperf_setup,
      partial(iperf_bidir_traffic, udp=False), "iperf3 --bidir, 64-400-byte writes",
      "TCP in both directions at once with small writes.")
-register_negative("websocket", 119, "websocket", "tcp", 443, (SYSTEM_PYTHON, "openssl"), ws_setup, ws_traffic,
+register_negative("websocket", 119, "websocket", "tcp", 443, ("py3:websockets", "openssl"), ws_setup, ws_traffic,
      "python3-websockets echo over wss on 443",
      "A WebSocket (TLS) session: small messages both ways with think time on one long connection.")
 register_negative("bittorrent", 120, "bittorrent", "tcp", BT_PORT, ("aria2c", "mktorrent"), bt_setup, bt_traffic,
