@@ -299,11 +299,11 @@ class Augmentation:
     def draw(cls, rng: np.random.Generator) -> Augmentation:
         start = float(rng.choice([0.0, 0.0, rng.uniform(0.05, 0.6)]))
         stop = float(rng.choice([1.0, 1.0, rng.uniform(start + 0.2, 1.0)])) if start < 0.8 else 1.0
-        aug = cls(loss=float(rng.choice([0.0, 0.005, 0.02, 0.05])), jitter=float(rng.choice([0.0, 0.2, 0.5])),
-                  slowdown=float(np.exp(rng.uniform(0.0, np.log(10.0)))),
-                  start=start, stop=min(1.0, max(stop, start + 0.1)))
-        aug.one_way = int(rng.choice([0, 0, 0, 0, 0, 0, 1, 2]))
-        return aug
+        loss, jitter = float(rng.choice([0.0, 0.005, 0.02, 0.05])), float(rng.choice([0.0, 0.2, 0.5]))
+        slowdown = float(np.exp(rng.uniform(0.0, np.log(10.0))))
+        one_way = int(rng.choice([0, 0, 0, 0, 0, 0, 1, 2]))  # drawn last: the order fixes the shipped model
+        return cls(loss=loss, jitter=jitter, slowdown=slowdown, start=start, stop=min(1.0, max(stop, start + 0.1)),
+                   one_way=one_way)
 
     def describe(self) -> str:
         text = (f"loss={self.loss:g} jitter={self.jitter:g} slowdown={self.slowdown:.1f} "
@@ -314,11 +314,12 @@ class Augmentation:
 def lower_endpoint_sends(cols: dict[str, np.ndarray]) -> np.ndarray:
     """Per packet: does it go from the lower (address, port) endpoint to the higher one?
 
-    The same answer for every packet of one direction of a flow and the opposite for the
-    other direction, so keeping one answer keeps exactly one direction of every flow.
+    The flow engine's own rule (``sender_low`` in ``flows/_kernels.py``, ties to the
+    sender), over a whole batch: the same answer for every packet of one direction of a
+    flow and the opposite for the other, so keeping one answer keeps one direction.
     """
     sh, sl, dh, dl = cols["src_hi"], cols["src_lo"], cols["dst_hi"], cols["dst_lo"]
-    return (sh < dh) | ((sh == dh) & ((sl < dl) | ((sl == dl) & (cols["sport"] < cols["dport"]))))
+    return (sh < dh) | ((sh == dh) & ((sl < dl) | ((sl == dl) & (cols["sport"] <= cols["dport"]))))
 
 
 class _PacketTransform:
