@@ -41,7 +41,9 @@ MODEL_AUGMENT    ?= 6
 ## Out-of-fold false-positive rate that sets the threshold (docs/model.md, The threshold)
 MODEL_FPR        ?= 0.001
 ## VPN flows shorter than this stay out of fitting (docs/model.md, Recipe)
-MODEL_MIN_PACKETS ?= 4
+MODEL_MIN_PACKETS ?= 2
+## Estimators compared out of fold; a tie (ROC-AUC within 0.01) goes to the first (docs/model.md, Recipe)
+MODEL_CANDIDATES ?= hgb,rf
 ## Tunnels inside TLS or behind a fully encrypted proxy: what signatures cannot see, so a third batch
 LAB_TRAIN_HARD   ?= openvpn-tcp443 openconnect shadowsocks stunnel-openvpn openvpn-udp-cbc srtp-call
 model: $(STAMP)
@@ -49,8 +51,8 @@ model: $(STAMP)
 	  echo "make model: no training captures in $(MODEL_LAB) (no MANIFEST.csv). Create them (root, lab daemons):"; \
 	  echo "  make lab-deps && make lab-train MODEL_LAB=$(MODEL_LAB)"; \
 	  echo "or train on other captures: make model MODEL_LAB=DIR"; exit 2; }
-	$(BIN)/vpnid train $(MODEL_DATA) --augment $(MODEL_AUGMENT) --min-tunnel-packets $(MODEL_MIN_PACKETS) --skip-cleartext-tunnels --fpr-target $(MODEL_FPR) \
-	  --folds 0 --seed 0 --name vpnid-default \
+	$(BIN)/vpnid train $(MODEL_DATA) --augment $(MODEL_AUGMENT) --min-tunnel-packets $(MODEL_MIN_PACKETS) --fpr-target $(MODEL_FPR) \
+	  --candidates $(MODEL_CANDIDATES) --folds 0 --seed 0 --name vpnid-default \
 	  -o models/vpnid-default.skops
 
 ## The model's training captures (docs/model.md): every lab scenario, every inner-traffic kind twice

@@ -28,14 +28,25 @@ def _heads(slots: list[list[tuple]]) -> PayloadHeads:
     return h
 
 
+def _inner_ip_offsets(data: bytes, wire: int) -> list[int]:
+    """Plain reading of the rule: offsets <= 48 of an IPv4/IPv6 header whose length field fits the rest."""
+    def v4(o: int) -> bool:
+        return len(data) >= o + 4 and 0x45 <= data[o] <= 0x4F and int.from_bytes(data[o + 2:o + 4], "big") == wire - o
+
+    def v6(o: int) -> bool:
+        return len(data) >= o + 6 and data[o] >> 4 == 6 and int.from_bytes(data[o + 4:o + 6], "big") + 40 == wire - o
+
+    return [o for o in range(MAX_INNER_OFFSET + 1) if v4(o) or v6(o)]
+
+
 def _has_inner_ip(data: bytes, wire: int) -> bool:
-    """Plain reading of the rule: an IPv4/IPv6 header at offset <= 48 whose length field fits the rest."""
-    for o in range(MAX_INNER_OFFSET + 1):
-        if len(data) >= o + 4 and 0x45 <= data[o] <= 0x4F and int.from_bytes(data[o + 2:o + 4], "big") == wire - o:
-            return True
-        if len(data) >= o + 6 and data[o] >> 4 == 6 and int.from_bytes(data[o + 4:o + 6], "big") + 40 == wire - o:
-            return True
-    return False
+    return bool(_inner_ip_offsets(data, wire))
+
+
+def _has_ppp_inner_ip(data: bytes, wire: int) -> bool:
+    """An inner header right after a PPP protocol field (0x21/0x57, after 0x00 or 0x03 unless first)."""
+    return any(o >= 1 and data[o - 1] in (0x21, 0x57) and (o == 1 or data[o - 2] in (0x00, 0x03))
+               for o in _inner_ip_offsets(data, wire))
 
 
 def _framing_reference(mine: list[bytes]) -> dict[str, float | None]:
@@ -63,6 +74,7 @@ def _reference(flow: list[tuple], d: int) -> dict[str, float | None] | None:
     if not mine:
         return None
     inner = sum(_has_inner_ip(b, w[0] if w else len(b)) for dd, b, *w in flow if dd == d and len(b))
+    ppp = sum(_has_ppp_inner_ip(b, w[0] if w else len(b)) for dd, b, *w in flow if dd == d and len(b))
     first = mine[0]
     allb = b"".join(mine)
     tls = sum(1 for b in mine if len(b) >= 3 and 20 <= b[0] <= 23
@@ -73,6 +85,7 @@ def _reference(flow: list[tuple], d: int) -> dict[str, float | None] | None:
         "payload_bits": sum(bin(x).count("1") for x in allb) / len(allb),
         "tls_record_frac": tls / len(mine),
         "inner_header_frac": inner / len(mine),
+        "inner_ppp_frac": ppp / len(mine),
         **_framing_reference(mine),
     }
 
@@ -156,7 +169,11 @@ def _encapsulated(draw):
     wire = draw(st.integers(off + 46, 1600))
     skew = draw(st.sampled_from([0, 0, 1, -1, 40]))
     header = _ipv6(wire - off - 40 + skew) if v6 else _ipv4(wire - off + skew)
-    data = (draw(st.binary(min_size=off, max_size=off)) + header + bytes(64))[:draw(st.integers(off, HEAD_BYTES))]
+    # what precedes the inner header: random bytes, a PPP protocol field (plain or compressed) or an EtherType
+    frame = draw(st.sampled_from([b"", b"\x00\x21", b"\xff\x03\x00\x21", b"\x57", b"\x03\x21", b"\x08\x00"]))
+    frame = frame[-off:] if off else b""
+    prefix = draw(st.binary(min_size=off - len(frame), max_size=off - len(frame))) + frame
+    data = (prefix + header + bytes(64))[:draw(st.integers(off, HEAD_BYTES))]
     return draw(st.integers(0, 1)), data, wire
 
 
@@ -207,4 +224,19 @@ def test_tunnel_framing_is_seen_after_a_handshake_and_random_bytes_show_none():
     assert repeat[1] == 0 and counter[1] < 0.5
     assert not ok[2]  # one payload packet: nothing to compare
     assert HEAD_STAT_MIN_PACKETS["counter_frac"] == 3 and HEAD_STAT_MIN_PACKETS["first_payload_bits"] == 1
+    _check(slots)
+
+
+def test_ppp_framed_inner_packets_are_told_from_other_encapsulation():
+    """L2TP data (PPP protocol 0x0021 before the inner header) counts as PPP; VXLAN and 6in4 do not."""
+    inner = _ipv4(1000)
+    l2tp = bytes([0x40, 0x02, 0x03, 0xF4, 0, 1, 0, 2]) + b"\xff\x03\x00\x21" + inner
+    l2tp_pfc = bytes([0x00, 0x02, 0, 1, 0, 2]) + b"\xff\x03\x21" + inner  # compressed protocol field
+    vxlan = bytes([0x08, 0, 0, 0, 0, 0, 0x7E, 0]) + bytes(12) + b"\x08\x00" + inner
+    slots = [[(0, l2tp, 1012)], [(0, l2tp_pfc, 1009)], [(0, vxlan, 1022)], [(0, inner, 1000)]]
+    stats = head_statistics(_heads(slots))
+    found, _ = stats["src2dst_inner_header_frac"]
+    ppp, _ = stats["src2dst_inner_ppp_frac"]
+    assert list(found) == [1.0, 1.0, 1.0, 1.0]
+    assert list(ppp) == [1.0, 1.0, 0.0, 0.0]
     _check(slots)

@@ -34,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "control flows; evaluation still counts them; default 0)")
     p.add_argument("--skip-cleartext-tunnels", action="store_true",
                    help="leave VPN flows whose inner IP headers are readable (L2TP data without IPsec) out "
-                        "of training: they look like 6in4, Teredo or VXLAN, which are not VPNs (evaluation "
-                        "still counts them)")
+                        "of training, for training sets whose features cannot tell them from 6in4, Teredo or "
+                        "VXLAN, which are not VPNs (evaluation still counts them; the PPP-framing feature "
+                        "tells them apart, so the shipped recipe keeps them)")
     p.add_argument("--folds", type=int, default=5,
                    help="capture-grouped folds (default 5); 0: one fold per scenario or capture "
                         "(leave one group out)")

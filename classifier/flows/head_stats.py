@@ -46,8 +46,15 @@ def _tls_record_start(data: np.ndarray, caps: np.ndarray) -> np.ndarray:
 MAX_INNER_OFFSET = 48
 
 
-def _inner_ip_header(data: np.ndarray, lens: np.ndarray, caps: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Valid slots whose payload holds a cleartext IPv4 or IPv6 header that accounts for the rest of it.
+#: PPP protocol numbers of IPv4 (0x0021) and IPv6 (0x0057); with protocol-field compression
+#: (RFC 1661) only their low byte is sent.
+PPP_IP_PROTOCOLS = (0x21, 0x57)
+
+
+def _inner_ip_header(data: np.ndarray, lens: np.ndarray, caps: np.ndarray,
+                     valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Valid slots whose payload holds a cleartext IPv4 or IPv6 header that accounts for the rest of it,
+    and which of those put a PPP protocol field right before it.
 
     At some offset ``o``: an IPv4 header (first byte 0x45-0x4f: version 4, at least 20
     bytes of header) whose total length is the payload's wire length minus ``o``, or an
@@ -55,13 +62,19 @@ def _inner_ip_header(data: np.ndarray, lens: np.ndarray, caps: np.ndarray, valid
     probability about 1e-6 per offset, so one match per packet is evidence enough. The
     length bytes must be stored.
 
+    PPP framing (the byte before the inner header is 0x21 or 0x57, and the one before that,
+    when there is one, 0x00 or the PPP control byte 0x03) is what L2TP and PPTP carry: a
+    dial-up style tunnel of the VPN family, where cleartext encapsulation that is not a
+    VPN (VXLAN, GRE, Teredo, 6in4) puts an EtherType or nothing there.
+
     Cost: only offsets whose version byte and high length byte fit (about one in 400 of
     random data) are looked at further, in one gather, rather than every offset of every slot.
     """
     found = np.zeros(caps.shape, bool)
+    ppp = np.zeros(caps.shape, bool)
     slots = np.flatnonzero(valid.reshape(-1))
     if slots.size == 0:
-        return found
+        return found, ppp
     span = min(MAX_INNER_OFFSET + 1, data.shape[-1] - 5)
     heads = data.reshape(-1, data.shape[-1])[slots]
     wire = lens.reshape(-1)[slots].astype(np.int64)
@@ -79,7 +92,13 @@ def _inner_ip_header(data: np.ndarray, lens: np.ndarray, caps: np.ndarray, valid
     hit = np.zeros(slots.size, bool)
     hit[row[match]] = True
     found.reshape(-1)[slots] = hit
-    return found
+    proto = np.where(off >= 1, heads[row, np.maximum(off - 1, 0)], 0)
+    before = np.where(off >= 2, heads[row, np.maximum(off - 2, 0)], 0)
+    framed = match & np.isin(proto, PPP_IP_PROTOCOLS) & ((off == 1) | (before == 0x00) | (before == 0x03))
+    hit_ppp = np.zeros(slots.size, bool)
+    hit_ppp[row[framed]] = True
+    ppp.reshape(-1)[slots] = hit_ppp
+    return found, ppp
 
 
 #: Leading bytes of each payload head searched for repeated fields and counters: tunnel
@@ -153,6 +172,8 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
       TLS or DTLS record header;
     * ``inner_header_frac``: fraction of the direction's stored heads that carry a cleartext
       inner IP header (``_inner_ip_header``): near 1 for cleartext encapsulation;
+    * ``inner_ppp_frac``: fraction of them whose inner header follows a PPP protocol
+      field (L2TP and PPTP without encryption);
     * ``repeat_bytes``, ``counter_frac``, ``counter_offset``: the direction's framing
       (``_framing``): byte positions that repeat from head to head, how steadily one of
       them counts up, and where it sits.
@@ -169,7 +190,7 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
     printable = _PRINTABLE[heads.data].sum(axis=2, dtype=np.int64)
     caps = heads.caps.astype(np.int64)
     tls = _tls_record_start(heads.data, heads.caps)
-    inner = _inner_ip_header(heads.data, heads.lens, heads.caps, slot_ok)
+    inner, inner_ppp = _inner_ip_header(heads.data, heads.lens, heads.caps, slot_ok)
     framing = _framing(heads.data, heads.caps, heads.dirs, slot_ok)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     rows = np.arange(n)
@@ -186,6 +207,7 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
             "payload_bits": (bits * m).sum(axis=1) / np.maximum(n_bytes, 1),
             "tls_record_frac": (tls & m).sum(axis=1) / np.maximum(n_slots, 1),
             "inner_header_frac": (inner & m).sum(axis=1) / np.maximum(n_slots, 1),
+            "inner_ppp_frac": (inner_ppp & m).sum(axis=1) / np.maximum(n_slots, 1),
             "repeat_bytes": repeat,
             "counter_frac": counter,
             "counter_offset": offset,

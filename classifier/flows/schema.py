@@ -37,6 +37,9 @@ HEAD_STAT_DOCS: dict[str, str] = {
     "inner_header_frac": "fraction of {who}'s first 8 payload packets that carry a cleartext inner IPv4/IPv6 "
                          "header within their first 48 bytes, its length field matching the rest of the packet "
                          "(cleartext encapsulation: 6in4, GRE, Teredo, VXLAN)",
+    "inner_ppp_frac": "fraction of {who}'s first 8 payload packets whose cleartext inner IP header follows a PPP "
+                      "protocol field (0x0021 / 0x0057, or compressed 0x21 / 0x57): PPP-framed tunnels of the VPN "
+                      "family such as L2TP and PPTP without encryption, not VXLAN, GRE, Teredo or 6in4",
     "repeat_bytes": "byte positions among the first 32 whose value repeats from one of {who}'s first 8 payload "
                     "packets to the next in at least half of the consecutive pairs (a tunnel header's message type, "
                     "session id or SPI); null below 2 payload packets",

@@ -43,9 +43,10 @@ class TrainConfig:
     #: positives they teach the model that any short encrypted flow is VPN.
     min_tunnel_packets: int = 0
     #: VPN flows whose inner IP headers are readable (``inner_header_frac`` >= 0.5 either way:
-    #: L2TP data without IPsec) are left out of training (not of evaluation): on the wire they
-    #: are the same as 6in4, Teredo or VXLAN, which are no VPNs, and as positives they teach
-    #: the model to call every cleartext wrapper a VPN. Signatures name them from their headers.
+    #: L2TP data without IPsec) are left out of training (not of evaluation). Without
+    #: ``inner_ppp_frac`` (feature version 7) they look like 6in4, Teredo or VXLAN, which are
+    #: no VPNs, and as positives taught the model to call every cleartext wrapper a VPN; with
+    #: it the PPP framing tells them apart and the shipped recipe keeps them.
     skip_cleartext_tunnels: bool = False
     name: str = "vpnid-model"
     version: str = "1"
