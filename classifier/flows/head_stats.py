@@ -172,8 +172,8 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
       TLS or DTLS record header;
     * ``inner_header_frac``: fraction of the direction's stored heads that carry a cleartext
       inner IP header (``_inner_ip_header``): near 1 for cleartext encapsulation;
-    * ``inner_ppp_frac``: fraction of them whose inner header follows a PPP protocol
-      field (L2TP and PPTP without encryption);
+    * ``inner_ppp_frac``: fraction of the direction's stored heads whose inner header
+      follows a PPP protocol field (L2TP and PPTP without encryption);
     * ``repeat_bytes``, ``counter_frac``, ``counter_offset``: the direction's framing
       (``_framing``): byte positions that repeat from head to head, how steadily one of
       them counts up, and where it sits.
