@@ -582,15 +582,11 @@ def test_inner_traffic_kind_and_a_service_scenario(tmp_path: Path) -> None:
     assert rows["shadowsocks"].notes.endswith("traffic iperf (tcp 600 kbit/s, 1200-byte writes)")
     assert rows["rtp-voice"].notes == all_scenarios()["rtp-voice"].notes  # negatives ignore --traffic
     n = all_scenarios()["rtp-voice"].number
-    directions: dict[tuple[bytes, int], int] = {}
-    with open(tmp_path / rows["rtp-voice"].file, "rb") as fh:
-        for _ts, buf in dpkt.pcap.Reader(fh):
-            ip = dpkt.ethernet.Ethernet(buf).data
-            if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP):
-                key = (ip.src, ip.data.dport)
-                directions[key] = directions.get(key, 0) + 1
+    directions: dict[tuple[str, int], int] = {}
+    for (src, _sport, _dst, dport), _payload in _udp_payloads(tmp_path / rows["rtp-voice"].file, 5004):
+        directions[(src, dport)] = directions.get((src, dport), 0) + 1
     for side in (1, 2):  # both ends send RTP to port 5004, about one packet per 20 ms
-        assert directions.get((bytes([198, 18, n, side]), 5004), 0) > 40, directions
+        assert directions.get((f"198.18.{n}.{side}", 5004), 0) > 40, directions
     with open(tmp_path / rows["shadowsocks"].file, "rb") as fh:
         ss_bytes = sum(len(buf) for _ts, buf in dpkt.pcap.Reader(fh))
     assert ss_bytes > 100_000  # 2 s of iperf3 at 600 kbit/s went through the proxy

@@ -34,10 +34,11 @@ def scan_traffic(s: Session) -> None:
     kind = rng.choice(["-sS", "-sT"]) if s.profile.seed else "-sS"
     ports = rng.choice([20, 40, 60]) if s.profile.seed else 40
     rate = rng.choice([20, 50, 200]) if s.profile.seed else 50
-    argv = ["nmap", "-n", "-Pn", kind, "--top-ports", str(ports), "--max-rate", str(rate), "--max-retries", "1",
-            "--host-timeout", f"{max(5, int(s.duration))}s"]
-    if s.profile.seed and rng.random() < 0.5:  # nmap's last --top-ports counts for TCP and UDP
-        argv += ["-sU", "--top-ports", str(rng.choice([10, 20]))]
+    udp = bool(s.profile.seed) and rng.random() < 0.5
+    if udp:  # --top-ports counts for TCP and UDP alike: fewer, so the UDP probes stay within the duration
+        ports = rng.choice([10, 20])
+    argv = ["nmap", "-n", "-Pn", kind, *(["-sU"] if udp else []), "--top-ports", str(ports),
+            "--max-rate", str(rate), "--max-retries", "1", "--host-timeout", f"{max(5, int(s.duration))}s"]
     s.lab.run(s.client_ns, [*argv, s.server_ip], check=False, timeout=s.duration + 30)
 
 
