@@ -263,7 +263,7 @@ def test_a_peer_that_stops_reading_fails_the_capture_instead_of_hanging_it(tmp_p
 
 # -- inner-traffic kinds and the profile --------------------------------------------------
 
-L3_TUNNELS = ("wireguard", "wireguard-midflow", "openvpn-udp", "openvpn-tcp443", "ipsec-ikev2", "ipsec-ikev1",
+L3_TUNNELS = ("wireguard", "wireguard-midflow", "openvpn-udp", "openvpn-tcp443", "ipsec-ikev2", "ipsec-ikev1", "tinc",
               "openconnect", "stunnel-openvpn")
 
 
@@ -526,6 +526,56 @@ def test_cbc_openvpn_hides_its_packet_id_and_calls_and_utp_count_like_tunnels(tm
     assert len(media) == 1 and media[0]["src2dst_packets"] > 20 and media[0]["dst2src_packets"] > 20
     assert not media[0]["is_vpn"]
     assert not any(f["is_vpn"] for f in by_capture[rows["bittorrent-utp"].file])
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(120)
+def test_a_refused_key_exchange_group_makes_four_ike_sa_init_messages_on_500(tmp_path: Path) -> None:
+    """The server asks for another group (INVALID_KE_PAYLOAD); the client sends IKE_SA_INIT again."""
+    _skip_unless_lab(("ipsec-ikev2-ke-retry",))
+    rows = _capture_ok(tmp_path, 100, "ipsec-ikev2-ke-retry", "--duration", "2")
+    ike = [p for _, p in _udp_payloads(tmp_path / rows["ipsec-ikev2-ke-retry"].file, 500)]
+    assert [p[18] for p in ike] == [34] * 4  # IKE_SA_INIT, twice each way; IKE_AUTH runs on 4500
+    first_reply = ike[1]
+    assert first_reply[16] == 41 and int.from_bytes(first_reply[34:36], "big") == 17  # Notify: INVALID_KE_PAYLOAD
+    assert ike[2][:8] == ike[0][:8] and ike[2][8:16] == bytes(8)  # the same initiator SPI, no responder's yet
+    assert len(ike[2]) - len(ike[0]) == 256 - 32  # a MODP-2048 key share instead of X25519's
+    out = tmp_path / "classified.jsonl"
+    _vpnid("classify", "-q", "--no-model", str(tmp_path / rows["ipsec-ikev2-ke-retry"].file), "-o", str(out))
+    flows = [json.loads(line) for line in out.read_text().splitlines()]
+    on_500 = [f for f in flows if 500 in (f["src_port"], f["dst_port"])]
+    assert len(on_500) == 1 and on_500[0]["packets"] == 4 and on_500[0]["vpn_protocol"] == "ipsec-ike"
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(150)
+def test_tunnels_no_signature_names_run_through_tinc_and_quicktun(tmp_path: Path) -> None:
+    """tinc: a cleartext greeting on TCP 655, then encrypted packets on UDP 655; QuickTun: a rising clock."""
+    names = ("tinc", "quicktun")
+    _skip_unless_lab(names)
+    rows = _capture_ok(tmp_path, 140, *names, "--duration", "2")
+
+    import dpkt
+
+    with open(tmp_path / rows["tinc"].file, "rb") as fh:
+        tcp = [bytes(ip.data.data) for _, buf in dpkt.pcap.Reader(fh)
+               if isinstance(ip := dpkt.ethernet.Ethernet(buf).data, dpkt.ip.IP)
+               and isinstance(ip.data, dpkt.tcp.TCP) and ip.data.data]
+    assert tcp[0].startswith(b"0 client 17")  # tinc 1.0's ID request, before RSA and encryption
+    udp = _udp_payloads(tmp_path / rows["tinc"].file, 655)
+    assert len(udp) > 20 and {(k[1], k[3]) for k, _ in udp} == {(655, 655)}
+
+    qt = _udp_payloads(tmp_path / rows["quicktun"].file, 2998)
+    for side in {k[0] for k, _ in qt}:
+        clock = [int.from_bytes(p[:12], "big") for k, p in qt if k[0] == side]  # TAI64N seconds + nanoseconds
+        assert len(clock) > 20 and all(b > a for a, b in itertools.pairwise(clock)), side
+        assert sum(b - a == 1 for a, b in itertools.pairwise(clock)) < len(clock) // 10  # a clock, not a counter
+
+    out = tmp_path / "classified.jsonl"
+    _vpnid("classify", "-q", "--no-model", *(str(tmp_path / r.file) for r in rows.values()), "-o", str(out))
+    flows = [json.loads(line) for line in out.read_text().splitlines()]
+    tunnels = [f for f in flows if {655, 2998} & {f["src_port"], f["dst_port"]}]
+    assert len(tunnels) == 3 and not any(f["is_vpn"] for f in tunnels)  # for the model to find
 
 
 @pytest.mark.lab

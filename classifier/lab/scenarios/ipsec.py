@@ -24,6 +24,7 @@ REQUIRES = (CHARON, "swanctl", "unshare")
 PLUGINS = ("random nonce aes sha1 sha2 hmac kdf gmp curve25519 pem pkcs1 x509 pubkey "
            "kernel-libipsec kernel-netlink socket-default vici updown")
 PSK = "vpnid-lab-psk-not-secret"
+PROPOSALS = "aes128-sha256-x25519"
 
 STRONGSWAN_CONF = """\
 charon {{
@@ -47,7 +48,7 @@ connections {{
     mobike = {mobike}
     local_addrs = {local}
     remote_addrs = {remote}
-    proposals = aes128-sha256-x25519
+    proposals = {proposals}
     local {{
       auth = psk
       id = {local_id}
@@ -75,7 +76,7 @@ secrets {{
 """
 
 
-def _start_charon(s: Session, side: str, version: int, mobike: bool) -> tuple[Proc, str, str]:
+def _start_charon(s: Session, side: str, version: int, mobike: bool, proposals: str) -> tuple[Proc, str, str]:
     """Start one charon in its own mount namespace; return (process, vici URI, config path)."""
     server = side == "server"
     d = s.work / f"ipsec-{side}"
@@ -83,7 +84,7 @@ def _start_charon(s: Session, side: str, version: int, mobike: bool) -> tuple[Pr
     run.mkdir(parents=True, exist_ok=True)
     conf = s.file(f"ipsec-{side}/strongswan.conf", STRONGSWAN_CONF.format(plugins=PLUGINS))
     swanctl = s.file(f"ipsec-{side}/swanctl.conf", SWANCTL_CONF.format(
-        version=version, mobike="yes" if mobike else "no",
+        version=version, mobike="yes" if mobike else "no", proposals=proposals,
         local=s.server_ip if server else s.client_ip, remote=s.client_ip if server else s.server_ip,
         local_id="server@lab" if server else "client@lab", remote_id="client@lab" if server else "server@lab",
         local_ts=s.inner_server if server else s.inner_client,
@@ -100,10 +101,17 @@ def _start_charon(s: Session, side: str, version: int, mobike: bool) -> tuple[Pr
     return proc, uri, str(conf)
 
 
-def setup(s: Session, version: int, mobike: bool = True) -> None:
-    """Start both charons, initiate the CHILD_SA from the client, wait for a ping through it."""
-    srv, _, _ = _start_charon(s, "server", version, mobike)
-    cli, uri, conf = _start_charon(s, "client", version, mobike)
+def setup(s: Session, version: int, mobike: bool = True, ke_retry: bool = False) -> None:
+    """Start both charons, initiate the CHILD_SA from the client, wait for a ping through it.
+
+    ``ke_retry``: the client's first proposal guesses the X25519 group, the server accepts
+    only MODP-2048, so the server answers INVALID_KE_PAYLOAD and the client sends its
+    IKE_SA_INIT again with the group asked for: four packets on UDP 500 before IKE moves on,
+    as real clients show whenever their guess of the server's group is wrong.
+    """
+    client_proposals = "aes128-sha256-x25519-modp2048" if ke_retry else PROPOSALS
+    srv, _, _ = _start_charon(s, "server", version, mobike, "aes128-sha256-modp2048" if ke_retry else PROPOSALS)
+    cli, uri, conf = _start_charon(s, "client", version, mobike, client_proposals)
     s.lab.run(s.client_ns, ["swanctl", "--initiate", "--child", "lab", "--uri", uri, "--timeout", "15"],
               timeout=25, env={"STRONGSWAN_CONF": conf})
     s.lab.wait_ping(s.client_ns, s.inner_server, procs=[srv, cli])
@@ -127,4 +135,11 @@ register(Scenario(
     notes=f"IKEv2 PSK; mid-flow: capture starts after IKE, only ESP in UDP 4500; {NOTE}", requires=REQUIRES,
     setup=partial(setup, version=2), midflow=True,
     description="IPsec captured mid-flow: ESP-in-UDP 4500 packets only, no IKE exchange.",
+))
+register(Scenario(
+    name="ipsec-ikev2-ke-retry", number=23, vpn=True, protocol="ipsec-ike", transport="udp", server_port=500,
+    notes=f"IKEv2 PSK; server rejects the client's key-exchange group (INVALID_KE_PAYLOAD), client retries; {NOTE}",
+    requires=REQUIRES, setup=partial(setup, version=2, ke_retry=True),
+    description="IKEv2 whose first IKE_SA_INIT guesses the wrong group: INVALID_KE_PAYLOAD, a second "
+                "IKE_SA_INIT on 500, IKE_AUTH on 4500, then ESP in UDP 4500.",
 ))
