@@ -580,6 +580,20 @@ def test_tunnels_no_signature_names_run_through_tinc_and_quicktun(tmp_path: Path
 
 @pytest.mark.lab
 @pytest.mark.timeout(120)
+def test_softether_carries_the_tunnel_in_tls_on_443(tmp_path: Path) -> None:
+    _skip_unless_lab(("softether",))
+    rows = _capture_ok(tmp_path, 100, "softether", "--duration", "2")
+    out = tmp_path / "classified.jsonl"
+    _vpnid("classify", "-q", "--no-model", str(tmp_path / rows["softether"].file), "-o", str(out))
+    flows = [json.loads(line) for line in out.read_text().splitlines()]
+    on_443 = sorted((f for f in flows if f["ip_proto"] == 6 and f["dst_port"] == 443), key=lambda f: -f["packets"])
+    tunnel = on_443[0]
+    assert tunnel["packets"] > 50 and tunnel["src2dst_tls_record_frac"] > 0.5 and tunnel["dst2src_tls_record_frac"] > 0.5
+    assert not tunnel["is_vpn"]  # no signature names SoftEther: the model has to find it
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(120)
 def test_a_port_scan_is_many_short_flows_and_no_tunnel(tmp_path: Path) -> None:
     _skip_unless_lab(("port-scan",))
     rows = _capture_ok(tmp_path, 100, "port-scan", "--duration", "3")

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from classifier.lab.session import Session
 
 #: Family modules, imported in this order by ``all_scenarios()``.
-FAMILIES = ("wireguard", "openvpn", "ipsec", "openconnect", "obfuscated", "legacy", "tinc", "quicktun", "crafted", "negatives",
+FAMILIES = ("wireguard", "openvpn", "ipsec", "openconnect", "obfuscated", "legacy", "tinc", "quicktun", "softether", "crafted", "negatives",
             "services", "datagram", "encapsulation", "probes")
 
 
