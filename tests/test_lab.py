@@ -479,6 +479,13 @@ def _udp_payloads(pcap: Path, port: int) -> list[tuple[tuple[str, int, str, int]
     return out
 
 
+def _signature_flows(tmp_path: Path, *captures: str) -> list[dict]:
+    """The flows of ``captures`` (files in ``tmp_path``) as ``vpnid classify --no-model`` labels them."""
+    out = tmp_path / "classified.jsonl"
+    _vpnid("classify", "-q", "--no-model", *(str(tmp_path / c) for c in captures), "-o", str(out))
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
 @pytest.mark.lab
 @pytest.mark.slow
 @pytest.mark.timeout(200)
@@ -516,9 +523,7 @@ def test_cbc_openvpn_hides_its_packet_id_and_calls_and_utp_count_like_tunnels(tm
         data_bytes[k[1]] = data_bytes.get(k[1], 0) + len(p) * (p[0] >> 4 == 0)
     assert data_bytes[6881] > 10 * data_bytes.get(6882, 0) and data_bytes[6881] > 100_000
 
-    out = tmp_path / "classified.jsonl"
-    _vpnid("classify", "-q", "--no-model", *(str(tmp_path / r.file) for r in rows.values()), "-o", str(out))
-    flows = [json.loads(line) for line in out.read_text().splitlines()]
+    flows = _signature_flows(tmp_path, *(r.file for r in rows.values()))
     by_capture = {r.file: [f for f in flows if f["capture"].endswith(r.file) and f["ip_proto"] == 17] for r in rows.values()}
     assert [f["vpn_protocol"] for f in by_capture[rows["openvpn-udp-cbc"].file] if 1194 in (f["src_port"], f["dst_port"])] \
         == ["openvpn"]
@@ -540,17 +545,15 @@ def test_a_refused_key_exchange_group_makes_four_ike_sa_init_messages_on_500(tmp
     assert first_reply[16] == 41 and int.from_bytes(first_reply[34:36], "big") == 17  # Notify: INVALID_KE_PAYLOAD
     assert ike[2][:8] == ike[0][:8] and ike[2][8:16] == bytes(8)  # the same initiator SPI, no responder's yet
     assert len(ike[2]) - len(ike[0]) == 256 - 32  # a MODP-2048 key share instead of X25519's
-    out = tmp_path / "classified.jsonl"
-    _vpnid("classify", "-q", "--no-model", str(tmp_path / rows["ipsec-ikev2-ke-retry"].file), "-o", str(out))
-    flows = [json.loads(line) for line in out.read_text().splitlines()]
+    flows = _signature_flows(tmp_path, rows["ipsec-ikev2-ke-retry"].file)
     on_500 = [f for f in flows if 500 in (f["src_port"], f["dst_port"])]
     assert len(on_500) == 1 and on_500[0]["packets"] == 4 and on_500[0]["vpn_protocol"] == "ipsec-ike"
 
 
 @pytest.mark.lab
 @pytest.mark.timeout(150)
-def test_tunnels_no_signature_names_run_through_tinc_and_quicktun(tmp_path: Path) -> None:
-    """tinc: a cleartext greeting on TCP 655, then encrypted packets on UDP 655; QuickTun: a rising clock."""
+def test_tinc_greets_in_cleartext_and_quicktun_sends_a_rising_clock(tmp_path: Path) -> None:
+    """tinc: ID lines on TCP 655, then encrypted packets on UDP 655; QuickTun: a clock in every datagram."""
     names = ("tinc", "quicktun")
     _skip_unless_lab(names)
     rows = _capture_ok(tmp_path, 140, *names, "--duration", "2")
@@ -571,11 +574,12 @@ def test_tunnels_no_signature_names_run_through_tinc_and_quicktun(tmp_path: Path
         assert len(clock) > 20 and all(b > a for a, b in itertools.pairwise(clock)), side
         assert sum(b - a == 1 for a, b in itertools.pairwise(clock)) < len(clock) // 10  # a clock, not a counter
 
-    out = tmp_path / "classified.jsonl"
-    _vpnid("classify", "-q", "--no-model", *(str(tmp_path / r.file) for r in rows.values()), "-o", str(out))
-    flows = [json.loads(line) for line in out.read_text().splitlines()]
-    tunnels = [f for f in flows if {655, 2998} & {f["src_port"], f["dst_port"]}]
-    assert len(tunnels) == 3 and not any(f["is_vpn"] for f in tunnels)  # for the model to find
+    flows = _signature_flows(tmp_path, *(r.file for r in rows.values()))
+    tinc = [f for f in flows if 655 in (f["src_port"], f["dst_port"])]
+    assert sorted(f["ip_proto"] for f in tinc) == [6, 17] and all(f["vpn_protocol"] == "tinc" for f in tinc)
+    assert "2 ID lines" in next(f["evidence"] for f in tinc if f["ip_proto"] == 6)  # the server's in one segment
+    quicktun = [f for f in flows if 2998 in (f["src_port"], f["dst_port"])]
+    assert len(quicktun) == 1 and not quicktun[0]["is_vpn"]  # no signature: the model's to find
 
 
 @pytest.mark.lab
@@ -583,9 +587,7 @@ def test_tunnels_no_signature_names_run_through_tinc_and_quicktun(tmp_path: Path
 def test_softether_carries_the_tunnel_in_tls_on_443(tmp_path: Path) -> None:
     _skip_unless_lab(("softether",))
     rows = _capture_ok(tmp_path, 100, "softether", "--duration", "2")
-    out = tmp_path / "classified.jsonl"
-    _vpnid("classify", "-q", "--no-model", str(tmp_path / rows["softether"].file), "-o", str(out))
-    flows = [json.loads(line) for line in out.read_text().splitlines()]
+    flows = _signature_flows(tmp_path, rows["softether"].file)
     on_443 = sorted((f for f in flows if f["ip_proto"] == 6 and f["dst_port"] == 443), key=lambda f: -f["packets"])
     tunnel = on_443[0]
     assert tunnel["packets"] > 50 and tunnel["src2dst_tls_record_frac"] > 0.5 and tunnel["dst2src_tls_record_frac"] > 0.5
@@ -597,9 +599,7 @@ def test_softether_carries_the_tunnel_in_tls_on_443(tmp_path: Path) -> None:
 def test_a_port_scan_is_many_short_flows_and_no_tunnel(tmp_path: Path) -> None:
     _skip_unless_lab(("port-scan",))
     rows = _capture_ok(tmp_path, 100, "port-scan", "--duration", "3")
-    out = tmp_path / "classified.jsonl"
-    _vpnid("classify", "-q", "--no-model", str(tmp_path / rows["port-scan"].file), "-o", str(out))
-    flows = [json.loads(line) for line in out.read_text().splitlines()]
+    flows = _signature_flows(tmp_path, rows["port-scan"].file)
     tcp = [f for f in flows if f["ip_proto"] == 6]
     assert len(tcp) >= 30, len(tcp)  # the top 40 ports, one flow each
     assert sum(f["packets"] <= 3 for f in tcp) >= 0.9 * len(tcp)

@@ -275,6 +275,10 @@ def test_softether_and_tinc():
             (1, b"1 94 64 0 0 ABCDEF\n")]
     v = one(F(tinc, proto=6, dport=655))
     assert v.protocol == "tinc"
+    # tinc 1.0's server answers with its ID and METAKEY lines in one segment
+    answer = b"0 server 17\n1 429 672 0 0 " + b"B697B92C" * 8
+    v = one(F([(0, b"0 client 17\n"), (1, answer)], proto=6, dport=655))
+    assert v.protocol == "tinc" and "2 ID lines" in v.evidence and "1 METAKEY" in v.evidence
 
 
 def test_anyconnect_dtls_needs_data():

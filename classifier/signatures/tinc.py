@@ -2,7 +2,9 @@
 
 Each side opens with ``0 <name> 17[.minor]\\n`` (ID request, protocol 17), then the
 ``1 ...`` METAKEY line (tinc src/protocol_auth.c). Both the ID line and, when
-captured, the METAKEY line are checked. The UDP data flows of the same peers are
+captured, the METAKEY line are checked. The side that answers often sends both in one
+segment, longer than the payload head: an ID line in a cut head counts only when the
+METAKEY line follows it there. The UDP data flows of the same peers are
 associated afterwards by ``classifier.signatures.detect`` (same addresses, a port of
 the TCP connection), because their payload is encrypted from the first byte.
 """
@@ -32,10 +34,17 @@ def check(f: Flow) -> Verdict | None:
         ps = f.of(d)
         if not ps:
             continue
-        if _ID.match(ps[0].data) and len(ps[0].data) == ps[0].len:
+        first = ps[0].data
+        line = _ID.match(first)
+        if line is None:
+            continue
+        if len(first) == ps[0].len:  # the whole payload in the head; METAKEY in the next packet
             ids += 1
             if len(ps) > 1 and _METAKEY.match(ps[1].data):
                 metakeys += 1
+        elif _METAKEY.match(first[line.end():]):  # both in one segment, as tinc 1.0's server answers
+            ids += 1
+            metakeys += 1
     if ids == 0 or (ids == 1 and len(f.directions) == 2):
         return None
     conf = 0.97 if ids == 2 and metakeys else 0.9 if ids == 2 else 0.75

@@ -8,8 +8,8 @@ stream); packets go over UDP 655 once the nodes have exchanged keys, each one en
 MACed with its sequence number inside (nothing in the clear repeats or counts). Neither
 daemon uses a control socket; each gets its own pid file because /run is shared.
 
-The model has no protocol of this family in its signatures: tinc is here as a tunnel the
-signature stage cannot name, the case the model is for.
+The signatures name it from the meta connection's ID lines and associate the UDP flow
+with it; for the model it is a tunnel with no cleartext framing at all.
 """
 
 from __future__ import annotations
@@ -83,5 +83,5 @@ register(Scenario(
     name="tinc", number=45, vpn=True, protocol="tinc", transport="udp", server_port=PORT,
     notes="tinc 1.0 router mode, RSA keys; meta connection TCP 655, data UDP 655", requires=REQUIRES,
     setup=setup,
-    description="tinc 1.0: meta connection on TCP 655, encrypted packets on UDP 655; no signature names it.",
+    description="tinc 1.0: meta connection on TCP 655, encrypted packets on UDP 655.",
 ))
