@@ -579,7 +579,7 @@ def test_tinc_greets_in_cleartext_and_quicktun_sends_a_rising_clock(tmp_path: Pa
     assert sorted(f["ip_proto"] for f in tinc) == [6, 17] and all(f["vpn_protocol"] == "tinc" for f in tinc)
     assert "2 ID lines" in next(f["evidence"] for f in tinc if f["ip_proto"] == 6)  # the server's in one segment
     quicktun = [f for f in flows if 2998 in (f["src_port"], f["dst_port"])]
-    assert len(quicktun) == 1 and not quicktun[0]["is_vpn"]  # no signature: the model's to find
+    assert len(quicktun) == 1 and quicktun[0]["vpn_protocol"] == "quicktun", quicktun
 
 
 @pytest.mark.lab

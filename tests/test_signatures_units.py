@@ -281,6 +281,23 @@ def test_softether_and_tinc():
     assert v.protocol == "tinc" and "2 ID lines" in v.evidence and "1 METAKEY" in v.evidence
 
 
+def _tai64na(seconds: int, nanos: int, attos: int) -> bytes:
+    return struct.pack("!QII", (1 << 62) + seconds, nanos, attos)
+
+
+def test_quicktun_nonces_rise_per_direction():
+    t0 = 1_780_000_000
+    up = [(0, _tai64na(t0, 1000 * i, i) + rand(80, i)) for i in range(1, 6)]
+    down = [(1, _tai64na(t0, 1000 * i + 7, i) + rand(80, 10 + i)) for i in range(1, 6)]
+    fragment = [(1, rand(60, 99))]  # a later IP fragment of a long datagram joins the flow with no nonce
+    v = one(F(up + down + fragment, dport=2998))
+    assert v.protocol == "quicktun" and "rising in 5 and 5" in v.evidence and "1 packets without one" in v.evidence
+    assert one(F(up[::-1] + down, dport=2998)) is None  # a receiver drops nonces that do not grow
+    assert one(F([(d, rand(100, i)) for i, d in enumerate([0, 1] * 4)], dport=2998)) is None
+    bad_nanos = [(0, struct.pack("!QII", (1 << 62) + t0, 2_000_000_000 + i, 0) + rand(80, i)) for i in range(5)]
+    assert one(F(bad_nanos, dport=2998)) is None
+
+
 def test_anyconnect_dtls_needs_data():
     rec = [(d, bytes([23, 1, 0, 0, 1, 0, 0, 0, 0, 0, i]) + struct.pack("!H", 80) + rand(80, i))
            for i in range(6) for d in (0, 1)]

@@ -25,6 +25,7 @@ from classifier.signatures import (
     openconnect,
     openvpn,
     pptp,
+    quicktun,
     softether,
     sstp,
     tailscale,
@@ -36,7 +37,8 @@ from classifier.signatures._base import TCP, UDP, BatchView, Flow, Verdict
 
 #: Checked in this order; earlier modules have the more specific signatures.
 MODULES: tuple[ModuleType, ...] = (
-    wireguard, tailscale, openvpn, ike, esp, l2tp, pptp, softether, tinc, openconnect, sstp, fortinet, tunnels,
+    wireguard, tailscale, openvpn, ike, esp, l2tp, pptp, softether, tinc, quicktun, openconnect, sstp, fortinet,
+    tunnels,
 )
 
 SIGNATURE_FIELDS = [

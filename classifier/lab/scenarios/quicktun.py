@@ -5,7 +5,8 @@ Configuration: ``keypair`` makes each side's Curve25519 key pair; both sides run
 server bound to UDP 2998 and floating to wherever the client writes from. There is no
 handshake: every datagram is a 16-byte TAI64NA nonce (a clock in seconds, nanoseconds and
 attoseconds, in the clear and rising from packet to packet, but not by one), the
-authenticator and the encrypted inner packet. No signature names it.
+authenticator and the encrypted inner packet; the signature reads that nonce
+(``classifier/signatures/quicktun.py``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,5 @@ def setup(s: Session) -> None:
 register(Scenario(
     name="quicktun", number=46, vpn=True, protocol="quicktun", transport="udp", server_port=PORT,
     notes="QuickTun nacltai (NaCl, TAI64NA nonce in the clear); UDP 2998", requires=REQUIRES, setup=setup,
-    description="QuickTun over UDP 2998: NaCl-encrypted datagrams with a clock-like nonce, no handshake; "
-                "no signature names it.",
+    description="QuickTun over UDP 2998: NaCl-encrypted datagrams with a clock-like nonce, no handshake.",
 ))
