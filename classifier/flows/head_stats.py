@@ -121,35 +121,43 @@ def _framing(data: np.ndarray, caps: np.ndarray, dirs: np.ndarray, valid: np.nda
 def _framing_rows(data: np.ndarray, caps: np.ndarray, dirs: np.ndarray, valid: np.ndarray) -> dict[int, tuple]:
     """Per direction: repeating byte positions and the best counter share among its heads.
 
-    Both look at consecutive pairs of one direction's heads, positions < ``FRAME_BYTES``
-    stored in both. ``repeat``: positions whose byte is the same as in the previous head
-    in at least half of the pairs (a majority, so that the handshake packets before a
-    tunnel's data packets do not hide its header). ``counter``: the largest share, over
-    positions, of pairs in which the byte grows by exactly one (mod 256); ``offset``: the
-    first position with that share, when it is at least half (else NaN). Where a counter
-    sits tells a tunnel's header (ESP's sequence number ends at byte 7, WireGuard's
-    counter starts at byte 8) from a media header (RTP's sequence number ends at byte 3).
-    They need two or three (the caller marks too few invalid: ``HEAD_STAT_MIN_PACKETS``).
+    Both look at pairs of one direction's heads that follow each other among the heads
+    with the same first byte (the message type of most framed protocols), positions <
+    ``FRAME_BYTES`` stored in both: a protocol that mixes message kinds counts within
+    each kind, so WireGuard's handshake messages do not break the run of its data
+    messages' counter, nor a call's STUN checks that of its RTP packets. ``repeat``:
+    positions whose byte is the same as in the previous head of its kind in at least half
+    of the pairs (a majority, so that the handshake packets before a tunnel's data packets
+    do not hide its header). ``counter``: the largest share, over positions, of pairs in
+    which the byte grows by exactly one (mod 256); ``offset``: the first position with
+    that share, when it is at least half (else NaN). Where a counter sits tells a
+    tunnel's header (ESP's sequence number ends at byte 7, WireGuard's counter starts at
+    byte 8) from a media header (RTP's sequence number ends at byte 3). Random payloads
+    rarely share a first byte, so they make few pairs and show neither. They need two or
+    three heads (the caller marks too few invalid: ``HEAD_STAT_MIN_PACKETS``).
 
-    One pass for both directions: the slots are sorted by (direction, arrival), so a
-    direction's consecutive heads become neighbours, and each direction's pair counts are
-    one batched matrix product over the pair axis.
+    One pass for both directions: the slots are sorted by (direction, first byte,
+    arrival), so consecutive heads of one kind become neighbours, and each direction's
+    pair counts are one batched matrix product over the pair axis.
     Returns ``{direction: (repeat, counter, offset)}``.
     """
     n, k = dirs.shape
     w = min(FRAME_BYTES, data.shape[-1])
     rows = np.arange(n)[:, None]
     side_of = np.where(valid, dirs, 2).astype(np.int64)  # 2: an empty slot, sorted last
-    order = np.argsort(side_of * k + np.arange(k)[None, :], axis=1, kind="stable")
+    kind = np.where(caps > 0, data[:, :, 0], 0).astype(np.int64)  # the first byte
+    order = np.argsort((side_of * 256 + kind) * k + np.arange(k)[None, :], axis=1, kind="stable")
     heads = data[rows, order, :w]  # (n, k, w)
     d = side_of[rows, order]
+    kind = kind[rows, order]
     stored = caps[rows, order][:, :, None] > np.arange(w)[None, None, :]
     both = stored[:, 1:, :] & stored[:, :-1, :]
     same = ((heads[:, 1:, :] == heads[:, :-1, :]) & both).astype(np.float32)
     step = (((heads[:, 1:, :] - heads[:, :-1, :]) == 1) & both).astype(np.float32)  # uint8 wraps 0xff -> 0x00
     out: dict[int, tuple] = {}
     for side in (0, 1):
-        pairs = ((d[:, 1:] == side) & (d[:, :-1] == side)).astype(np.float32)[:, None, :]  # (n, 1, k-1)
+        pairs = ((d[:, 1:] == side) & (d[:, :-1] == side) & (kind[:, 1:] == kind[:, :-1]))
+        pairs = pairs.astype(np.float32)[:, None, :]  # (n, 1, k-1)
         n_pairs = pairs.sum(axis=2).astype(np.float64)  # (n, 1): whole numbers below 16, exact in float32
         same_n = np.matmul(pairs, same)[:, 0, :]  # (n, w): pairs in which each position repeats
         grow_n = np.matmul(pairs, step)[:, 0, :]

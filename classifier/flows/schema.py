@@ -41,11 +41,12 @@ HEAD_STAT_DOCS: dict[str, str] = {
                       "protocol field (0x0021 / 0x0057, or compressed 0x21 / 0x57): PPP-framed tunnels of the VPN "
                       "family such as L2TP and PPTP without encryption, not VXLAN, GRE, Teredo or 6in4",
     "repeat_bytes": "byte positions among the first 32 whose value repeats from one of {who}'s first 8 payload "
-                    "packets to the next in at least half of the consecutive pairs (a tunnel header's message type, "
-                    "session id or SPI); null below 2 payload packets",
-    "counter_frac": "largest share, over the first 32 byte positions, of consecutive pairs of {who}'s first 8 "
-                    "payload packets in which that byte grows by exactly one (a per-packet counter such as "
-                    "ESP's sequence number); null below 3 payload packets",
+                    "packets to the next with the same first byte (message kind) in at least half of those "
+                    "pairs (a tunnel header's message type, session id or SPI); null below 2 payload packets",
+    "counter_frac": "largest share, over the first 32 byte positions, of the pairs of {who}'s first 8 payload "
+                    "packets that follow each other among those with the same first byte, in which that byte "
+                    "grows by exactly one (a per-packet counter such as ESP's sequence number); null below 3 "
+                    "payload packets",
     "counter_offset": "byte position (0-31) of that counter in {who}'s payload packets, when it grows by one in at "
                       "least half of the pairs (ESP 7, WireGuard 8, RTP 3); null otherwise",
 }

@@ -44,7 +44,7 @@ from classifier.flows.schema import FIRST_PACKETS, HEAD_STAT_COLUMNS, HEAD_STAT_
 from classifier.flows.state import N_HIST, PAYLOAD_HIST_EDGES
 
 #: Bump when a feature's definition changes: a model trained on another version is refused.
-FEATURE_VERSION = 7
+FEATURE_VERSION = 8
 
 #: How random the payload looks (``classifier/flows/head_stats.py``): fully encrypted
 #: proxies and tunnels start with random bytes; most other protocols start with a header.
