@@ -486,6 +486,13 @@ def _signature_flows(tmp_path: Path, *captures: str) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
+def _scenario_signature_flows(tmp_path: Path, scenario: str, duration: str) -> list[dict]:
+    """Capture one scenario (skipping where the lab cannot run it) and label its flows by signatures."""
+    _skip_unless_lab((scenario,))
+    rows = _capture_ok(tmp_path, 100, scenario, "--duration", duration)
+    return _signature_flows(tmp_path, rows[scenario].file)
+
+
 @pytest.mark.lab
 @pytest.mark.slow
 @pytest.mark.timeout(200)
@@ -585,9 +592,7 @@ def test_tinc_greets_in_cleartext_and_quicktun_sends_a_rising_clock(tmp_path: Pa
 @pytest.mark.lab
 @pytest.mark.timeout(120)
 def test_softether_carries_the_tunnel_in_tls_on_443(tmp_path: Path) -> None:
-    _skip_unless_lab(("softether",))
-    rows = _capture_ok(tmp_path, 100, "softether", "--duration", "2")
-    flows = _signature_flows(tmp_path, rows["softether"].file)
+    flows = _scenario_signature_flows(tmp_path, "softether", "2")
     on_443 = sorted((f for f in flows if f["ip_proto"] == 6 and f["dst_port"] == 443), key=lambda f: -f["packets"])
     tunnel = on_443[0]
     assert tunnel["packets"] > 50 and tunnel["src2dst_tls_record_frac"] > 0.5 and tunnel["dst2src_tls_record_frac"] > 0.5
@@ -597,9 +602,7 @@ def test_softether_carries_the_tunnel_in_tls_on_443(tmp_path: Path) -> None:
 @pytest.mark.lab
 @pytest.mark.timeout(120)
 def test_a_port_scan_is_many_short_flows_and_no_tunnel(tmp_path: Path) -> None:
-    _skip_unless_lab(("port-scan",))
-    rows = _capture_ok(tmp_path, 100, "port-scan", "--duration", "3")
-    flows = _signature_flows(tmp_path, rows["port-scan"].file)
+    flows = _scenario_signature_flows(tmp_path, "port-scan", "3")
     tcp = [f for f in flows if f["ip_proto"] == 6]
     assert len(tcp) >= 30, len(tcp)  # the top 40 ports, one flow each
     assert sum(f["packets"] <= 3 for f in tcp) >= 0.9 * len(tcp)
