@@ -89,15 +89,11 @@ def _inner_ip_header(data: np.ndarray, lens: np.ndarray, caps: np.ndarray,
     rest = wire[row] - off
     stored = caps.reshape(-1)[slots][row].astype(np.int64) - off
     match = np.where(b0 < 0x50, (total4 == rest) & (stored >= 4), (payload6 + 40 == rest) & (stored >= 6))
-    hit = np.zeros(slots.size, bool)
-    hit[row[match]] = True
-    found.reshape(-1)[slots] = hit
+    found.reshape(-1)[slots[row[match]]] = True
     proto = np.where(off >= 1, heads[row, np.maximum(off - 1, 0)], 0)
     before = np.where(off >= 2, heads[row, np.maximum(off - 2, 0)], 0)
     framed = match & np.isin(proto, PPP_IP_PROTOCOLS) & ((off == 1) | (before == 0x00) | (before == 0x03))
-    hit_ppp = np.zeros(slots.size, bool)
-    hit_ppp[row[framed]] = True
-    ppp.reshape(-1)[slots] = hit_ppp
+    ppp.reshape(-1)[slots[row[framed]]] = True
     return found, ppp
 
 

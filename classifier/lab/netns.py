@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -290,6 +291,15 @@ class Lab:
         self.procs.append(proc)
         return proc
 
+    def spawn_private(self, ns: str, argv: Sequence[str], name: str, binds: dict[str, Path],
+                      env: dict[str, str] | None = None) -> Proc:
+        """``spawn`` in a private mount namespace where each directory ``binds[target]`` is bound on
+        ``target``: daemons that keep pid files, sockets or configuration at fixed paths (/run,
+        /var/lib/...) then run twice on one machine, and every run starts from empty directories."""
+        mounts = " && ".join(f'mount --bind "{source}" "{target}"' for target, source in binds.items())
+        return self.spawn(ns, ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               f"{mounts} && exec {shlex.join(argv)}"], name, env=env)
+
     def stop(self, proc: Proc, sig: int = signal.SIGTERM, timeout: float = 5) -> None:
         """Stop one process early (e.g. tcpdump, so that it flushes its file)."""
         if proc.alive():
@@ -336,6 +346,12 @@ class Lab:
         """Wait until ``addr`` answers a ping from ``ns`` (the tunnel is up)."""
         self.wait_for(f"{addr} to answer ping from {ns}",
                       lambda: self.run(ns, ["ping", "-c1", "-W1", "-q", addr], check=False).returncode == 0,
+                      timeout, procs)
+
+    def wait_link(self, ns: str, ifname: str, timeout: float = 10, procs: Sequence[Proc] = ()) -> None:
+        """Wait until the network device ``ifname`` exists in ``ns`` (a daemon made its tun or tap)."""
+        self.wait_for(f"device {ifname} in {ns}",
+                      lambda: self.run(ns, ["ip", "link", "show", ifname], check=False).returncode == 0,
                       timeout, procs)
 
     def wait_port(self, ns: str, port: int, proto: str = "tcp", timeout: float = 10,

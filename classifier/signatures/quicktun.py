@@ -15,7 +15,7 @@ import itertools
 
 import numpy as np
 
-from classifier.signatures._base import UDP, BatchView, Flow, Verdict
+from classifier.signatures._base import UDP, BatchView, Flow, Verdict, be32
 
 NAME = "quicktun"
 _PREFIX = b"\x40\x00\x00\x00"
@@ -33,7 +33,7 @@ def _nonce(data: bytes, length: int) -> int | None:
     """The TAI64NA nonce as one integer, or None when the datagram does not start with one."""
     if length < _MIN_LEN or len(data) < 16 or not data.startswith(_PREFIX):
         return None
-    if int.from_bytes(data[8:12], "big") >= _GIGA or int.from_bytes(data[12:16], "big") >= _GIGA:
+    if be32(data, 8) >= _GIGA or be32(data, 12) >= _GIGA:
         return None
     return int.from_bytes(data[:16], "big")
 

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from classifier.lab.session import Session
 
 #: Family modules, imported in this order by ``all_scenarios()``.
-FAMILIES = ("wireguard", "openvpn", "ipsec", "openconnect", "obfuscated", "legacy", "tinc", "quicktun", "softether", "crafted", "negatives",
-            "services", "datagram", "encapsulation", "probes")
+FAMILIES = ("wireguard", "openvpn", "ipsec", "openconnect", "obfuscated", "legacy", "tinc", "quicktun",
+            "softether", "crafted", "negatives", "services", "datagram", "encapsulation", "probes")
 
 
 #: The Python of Debian's packaged Python modules (python3-websockets, python3-libtorrent),

@@ -91,9 +91,8 @@ def _start_charon(s: Session, side: str, version: int, mobike: bool, proposals: 
         remote_ts=s.inner_client if server else s.inner_server, psk=PSK))
     ns = s.server_ns if server else s.client_ns
     s.lab.run(ns, ["ip", "addr", "add", f"{s.inner_server if server else s.inner_client}/32", "dev", "lo"])
-    proc = s.lab.spawn(ns, ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                            f'mount --bind "{run}" /run && exec {CHARON}'], f"charon-{side}",
-                       env={"STRONGSWAN_CONF": str(conf)})
+    proc = s.lab.spawn_private(ns, [CHARON], f"charon-{side}", binds={"/run": run},
+                               env={"STRONGSWAN_CONF": str(conf)})
     uri = f"unix://{run}/charon.vici"
     s.lab.wait_for(f"charon ({side}) vici socket", lambda: (run / "charon.vici").exists(), 10, [proc])
     s.lab.run(ns, ["swanctl", "--load-all", "--file", str(swanctl), "--uri", uri],
@@ -109,8 +108,9 @@ def setup(s: Session, version: int, mobike: bool = True, ke_retry: bool = False)
     IKE_SA_INIT again with the group asked for: four packets on UDP 500 before IKE moves on,
     as real clients show whenever their guess of the server's group is wrong.
     """
-    client_proposals = "aes128-sha256-x25519-modp2048" if ke_retry else PROPOSALS
-    srv, _, _ = _start_charon(s, "server", version, mobike, "aes128-sha256-modp2048" if ke_retry else PROPOSALS)
+    server_proposals, client_proposals = (("aes128-sha256-modp2048", "aes128-sha256-x25519-modp2048")
+                                          if ke_retry else (PROPOSALS, PROPOSALS))
+    srv, _, _ = _start_charon(s, "server", version, mobike, server_proposals)
     cli, uri, conf = _start_charon(s, "client", version, mobike, client_proposals)
     s.lab.run(s.client_ns, ["swanctl", "--initiate", "--child", "lab", "--uri", uri, "--timeout", "15"],
               timeout=25, env={"STRONGSWAN_CONF": conf})

@@ -41,8 +41,7 @@ def setup(s: Session) -> None:
         # Debian's build reads ifupdown's names: the interface as IFACE, options as IF_QT_*
         env = {"IFACE": ifname, **{f"IF_QT_{k}": v for k, v in env.items()}}
         procs.append(s.lab.spawn(ns, ["quicktun"], f"quicktun-{side}", env=env))
-        s.lab.wait_for(f"quicktun {side} device", lambda ns=ns, ifname=ifname: s.lab.run(
-            ns, ["ip", "link", "show", ifname], check=False).returncode == 0, 10, procs)
+        s.lab.wait_link(ns, ifname, procs=procs)
         s.lab.run(ns, ["ip", "addr", "add", inner, "peer", peer, "dev", ifname])
         s.lab.run(ns, ["ip", "link", "set", ifname, "up"])
     s.lab.wait_ping(s.client_ns, s.inner_server, procs=procs)

@@ -24,16 +24,16 @@ CLIENT = "/usr/libexec/softether/vpnclient/vpnclient"
 REQUIRES = (SERVER, CLIENT, "vpncmd", "unshare")
 PORT = 443
 PASSWORD = "vpnid-lab-not-secret"
+#: Where Debian's build keeps its configuration and its run files.
+MOUNTS = ("/var/lib/softether", "/run/softether")
 
 
 def _start(s: Session, side: str, ns: str, binary: str) -> Proc:
     """Run one SoftEther daemon in the foreground with its own configuration and run directories."""
-    lib, run = s.work / f"softether-{side}" / "lib", s.work / f"softether-{side}" / "run"
-    lib.mkdir(parents=True, exist_ok=True)
-    run.mkdir(parents=True, exist_ok=True)
-    return s.lab.spawn(ns, ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                            f'mount --bind "{lib}" /var/lib/softether && mount --bind "{run}" /run/softether '
-                            f"&& exec {binary} execsvc"], f"softether-{side}")
+    binds = {target: s.work / f"softether-{side}" / target.strip("/").replace("/", "-") for target in MOUNTS}
+    for d in (*MOUNTS, *binds.values()):  # mount points and the private directories bound on them
+        Path(d).mkdir(parents=True, exist_ok=True)
+    return s.lab.spawn_private(ns, [binary, "execsvc"], f"softether-{side}", binds=binds)
 
 
 def _vpncmd(s: Session, ns: str, target: list[str], *command: str) -> None:
@@ -42,16 +42,13 @@ def _vpncmd(s: Session, ns: str, target: list[str], *command: str) -> None:
 
 def setup(s: Session) -> None:
     """Configure the server's hub and bridge and the client's account, connect, wait for a ping."""
-    for d in ("/var/lib/softether", "/run/softether"):  # mount points for the private directories
-        Path(d).mkdir(parents=True, exist_ok=True)
     srv = _start(s, "server", s.server_ns, SERVER)
     s.lab.wait_port(s.server_ns, 5555, procs=[srv])
     hub = ["localhost:5555", "/SERVER", "/HUB:DEFAULT"]
     _vpncmd(s, s.server_ns, hub, "UserCreate", "lab", "/GROUP:none", "/REALNAME:none", "/NOTE:none")
     _vpncmd(s, s.server_ns, hub, "UserPasswordSet", "lab", f"/PASSWORD:{PASSWORD}")
     _vpncmd(s, s.server_ns, ["localhost:5555", "/SERVER"], "BridgeCreate", "DEFAULT", "/DEVICE:lab", "/TAP:yes")
-    s.lab.wait_for("SoftEther tap device", lambda: s.lab.run(
-        s.server_ns, ["ip", "link", "show", "tap_lab"], check=False).returncode == 0, 10, [srv])
+    s.lab.wait_link(s.server_ns, "tap_lab", procs=[srv])
     s.lab.run(s.server_ns, ["ip", "addr", "add", f"{s.inner_server}/24", "dev", "tap_lab"])
 
     cli = _start(s, "client", s.client_ns, CLIENT)
@@ -63,8 +60,7 @@ def setup(s: Session) -> None:
             "/USERNAME:lab", "/NICNAME:lab")
     _vpncmd(s, s.client_ns, client, "AccountPasswordSet", "lab", f"/PASSWORD:{PASSWORD}", "/TYPE:standard")
     _vpncmd(s, s.client_ns, client, "AccountConnect", "lab")
-    s.lab.wait_for("SoftEther client NIC", lambda: s.lab.run(
-        s.client_ns, ["ip", "link", "show", "vpn_lab"], check=False).returncode == 0, 10, [srv, cli])
+    s.lab.wait_link(s.client_ns, "vpn_lab", procs=[srv, cli])
     s.lab.run(s.client_ns, ["ip", "addr", "add", f"{s.inner_client}/24", "dev", "vpn_lab"])
     s.lab.wait_ping(s.client_ns, s.inner_server, timeout=25, procs=[srv, cli])
 
