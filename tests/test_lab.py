@@ -197,6 +197,68 @@ def test_capture_refuses_without_root_or_tools(monkeypatch: pytest.MonkeyPatch) 
         check_environment([scenarios["wireguard"]])
 
 
+def _frames(pcap: Path) -> list[tuple[float, bytes]]:
+    import dpkt
+
+    with open(pcap, "rb") as fh:
+        return [(ts, bytes(buf)) for ts, buf in dpkt.pcap.Reader(fh)]
+
+
+def test_kernel_ipsec_rewrite_moves_esp_to_protocol_50_and_ike_to_its_port(tmp_path: Path) -> None:
+    """charon's NAT-T framing, rewritten as a host with kernel ESP and no NAT sends it."""
+    import dpkt
+
+    from classifier.lab.scenarios.crafted import outer_frame, write_pcap
+    from classifier.lab.scenarios.ipsec import kernel_rewrite
+
+    ike = bytes(range(8)) + bytes(8) + b"\x21\x20\x22\x08" + bytes(4) + (60).to_bytes(4, "big") + bytes(32)
+    esp = (0x1234).to_bytes(4, "big") + (7).to_bytes(4, "big") + bytes(range(40))
+    src = tmp_path / "charon.pcap"
+    write_pcap(src, [
+        (0.0, outer_frame(24, True, None, ike, (500, 500))),  # IKE_SA_INIT: left alone
+        (0.1, outer_frame(24, True, None, bytes(4) + ike, (4500, 4500))),  # IKE behind the marker
+        (0.2, outer_frame(24, False, None, esp, (4500, 4500))),  # ESP in UDP
+        (0.3, outer_frame(24, True, None, b"\xff", (4500, 4500))),  # NAT-T keepalive
+        (0.4, outer_frame(24, True, None, b"dns?", (40000, 53))),  # anything else: left alone
+    ])
+    originals = _frames(src)
+    for ike_port in (500, 4500):
+        dst = tmp_path / f"kernel-{ike_port}.pcap"
+        kernel_rewrite(ike_port)(src, dst)
+        frames = _frames(dst)
+        assert [round(ts - originals[0][0], 6) for ts, _ in frames] == [0.0, 0.1, 0.2, 0.4]  # keepalive gone
+        assert frames[0][1] == originals[0][1] and frames[3][1] == originals[4][1]
+        moved = dpkt.ethernet.Ethernet(frames[1][1]).data
+        if ike_port == 4500:  # MOBIKE: IKE stays on 4500 with its marker
+            assert frames[1][1] == originals[1][1]
+        else:
+            assert (moved.data.sport, moved.data.dport, bytes(moved.data.data)) == (500, 500, ike)
+        tunnel = dpkt.ethernet.Ethernet(frames[2][1]).data
+        assert tunnel.p == 50 and bytes(tunnel.data) == esp and tunnel.len == 20 + len(esp)
+        for _, frame in frames[1:3]:  # lengths and checksums as a kernel writes them
+            ip = dpkt.ethernet.Ethernet(frame).data
+            header = bytes(ip)[:20]
+            assert dpkt.in_cksum(header) == 0 and ip.len == len(bytes(ip))
+            if ip.p == 17:
+                udp = bytes(ip.data)
+                pseudo = ip.src + ip.dst + bytes([0, 17]) + len(udp).to_bytes(2, "big")
+                assert dpkt.in_cksum(pseudo + udp) == 0
+
+
+def test_rewriting_a_bad_capture_names_the_file_and_offset(tmp_path: Path) -> None:
+    from classifier.lab.pcaprewrite import rewrite_pcap
+
+    bad = tmp_path / "not.pcap"
+    bad.write_bytes(b"\x0a\x0d\x0d\x0a" + bytes(40))
+    with pytest.raises(LabError, match=r"not\.pcap: not a classic pcap"):
+        rewrite_pcap(bad, tmp_path / "out.pcap", lambda f: f)
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes((PCAPS / "ping.pcap").read_bytes()[:24 + 16 + 10])
+    with pytest.raises(LabError, match=r"cut\.pcap: byte offset 24: record of \d+ bytes runs past the end"):
+        rewrite_pcap(cut, tmp_path / "out.pcap", lambda f: f)
+    assert not (tmp_path / "out.pcap").exists()
+
+
 def test_requirements_name_executables_gstreamer_elements_and_system_python_modules() -> None:
     """A scenario is ready only when its GStreamer elements and system-Python modules exist too."""
     from dataclasses import replace
@@ -555,6 +617,39 @@ def test_a_refused_key_exchange_group_makes_four_ike_sa_init_messages_on_500(tmp
     flows = _signature_flows(tmp_path, rows["ipsec-ikev2-ke-retry"].file)
     on_500 = [f for f in flows if 500 in (f["src_port"], f["dst_port"])]
     assert len(on_500) == 1 and on_500[0]["packets"] == 4 and on_500[0]["vpn_protocol"] == "ipsec-ike"
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(120)
+def test_a_capped_packet_size_splits_the_openvpn_handshake_into_small_control_packets(tmp_path: Path) -> None:
+    flows = _scenario_signature_flows(tmp_path, "openvpn-udp-small", "2")
+    capture = next(tmp_path.glob("openvpn-udp-small*.pcap"))
+    payloads = [p for _, p in _udp_payloads(capture, 1194)]
+    control = [p for p in payloads if p[0] >> 3 == 4]  # P_CONTROL_V1: TLS records in pieces
+    assert len(control) >= 20 and max(map(len, control)) <= 130, sorted(map(len, control))
+    assert any(p[0] >> 3 == 9 for p in payloads)  # and the tunnel carried data
+    tunnel = [f for f in flows if 1194 in (f["src_port"], f["dst_port"])]
+    assert len(tunnel) == 1 and tunnel[0]["vpn_protocol"] == "openvpn"
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(150)
+def test_kernel_ipsec_scenarios_keep_ike_talking_beside_plain_esp(tmp_path: Path) -> None:
+    """Dead-peer checks and rekeys after the set-up, IKE on the port a kernel host uses, ESP as protocol 50."""
+    names = ("ipsec-ikev2-kernel", "ipsec-ikev1-kernel")
+    _skip_unless_lab(names)
+    rows = _capture_ok(tmp_path, 120, *names, "--duration", "4", "--traffic", "idle")  # idle: dead-peer checks
+    flows = _signature_flows(tmp_path, *(r.file for r in rows.values()))
+    for name, ike_ports in (("ipsec-ikev2-kernel", {500, 4500}), ("ipsec-ikev1-kernel", {500})):
+        mine = [f for f in flows if f["capture"].endswith(rows[name].file) and f["ip_proto"] in (17, 50)]
+        esp = [f for f in mine if f["ip_proto"] == 50]
+        ike = {f["dst_port"]: f for f in mine if f["ip_proto"] == 17}
+        assert set(ike) == ike_ports, name  # no ESP in UDP, no keepalives, nothing else
+        assert all(f["vpn_protocol"] == "ipsec-ike" for f in ike.values()), name
+        assert len(esp) == 1 and esp[0]["vpn_protocol"] == "ipsec-esp" and esp[0]["packets"] >= 4, name
+        talk = ike[max(ike_ports)]  # the flow that carries IKE after IKE_SA_INIT / main mode
+        assert "INFORMATIONAL" in talk["evidence"].upper(), talk["evidence"]
+        assert talk["packets"] >= (6 if name.endswith("v2-kernel") else 11), talk["evidence"]  # set-up: 2, 9
 
 
 @pytest.mark.lab

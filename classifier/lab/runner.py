@@ -131,7 +131,10 @@ def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float 
             drive(session)
             session.stop_capture()
             with atomic_path(target) as tmp:
-                shutil.copyfile(session.pcap, tmp)
+                if scenario.rewrite is not None:
+                    scenario.rewrite(session.pcap, tmp)
+                else:
+                    shutil.copyfile(session.pcap, tmp)
     packets, nbytes = count_pcap(target)
     if packets == 0:
         target.unlink(missing_ok=True)

@@ -38,7 +38,8 @@ class Scenario:
     ``setup`` starts the daemons and returns once the tunnel carries traffic; ``traffic``
     (default: pings and HTTP fetches through the tunnel) runs for the capture's duration.
     A ``craft`` function instead writes the capture itself (packets the kernel here cannot
-    produce, built with scapy); such scenarios need neither root nor daemons.
+    produce, built with scapy); such scenarios need neither root nor daemons. A ``rewrite``
+    function changes only the framing of a real daemon's capture.
     """
 
     name: str
@@ -55,6 +56,9 @@ class Scenario:
     setup: Callable[[Session], None] | None = None
     traffic: Callable[[Session], None] | None = None
     craft: Callable[[Path, int, float, int], None] | None = None
+    #: Turns the daemons' capture (first path) into the file kept (second): for a framing the
+    #: kernel here cannot put on the wire but a real host would (``lab/pcaprewrite.py``).
+    rewrite: Callable[[Path, Path], None] | None = None
     midflow: bool = False
     #: Inner-traffic kinds the scenario can carry (``lab/traffic.py``). Empty: derived, all
     #: of ``TRAFFIC_KINDS`` for a layer-3 tunnel with the default traffic, else "default" only.
@@ -93,6 +97,8 @@ def register(scenario: Scenario) -> Scenario:
         raise ValueError(f"scenario {scenario.name}: kinds must include 'default'")
     if (scenario.setup is None) == (scenario.craft is None):
         raise ValueError(f"scenario {scenario.name}: give exactly one of setup or craft")
+    if scenario.rewrite is not None and scenario.setup is None:
+        raise ValueError(f"scenario {scenario.name}: only a captured scenario can be rewritten")
     _REGISTRY[scenario.name] = scenario
     return scenario
 

@@ -2,9 +2,11 @@
 
 Configuration: the kernel here has no ESP transform, so charon uses its userspace data
 path, the ``kernel-libipsec`` plugin (listed before ``kernel-netlink``), which always sends
-ESP in UDP 4500 (NAT-T framing); plain ESP (IP protocol 50) cannot be produced and is
-crafted instead (``crafted.py``). With MOBIKE (IKEv2 default) IKE moves from 500 to 4500
-after IKE_SA_INIT. The two charons would collide on ``/run/charon.pid`` and the vici
+ESP in UDP 4500 (NAT-T framing). With MOBIKE (IKEv2 default) IKE moves from 500 to 4500
+after IKE_SA_INIT. The ``-kernel`` scenarios rewrite charon's capture as a host whose
+kernel has ESP, with no NAT between the peers, sends it (``as_kernel_ipsec``): ESP as IP
+protocol 50 and, without MOBIKE, IKE on 500 throughout; ``ipsec-esp-crafted``
+(``crafted.py``) builds plain ESP from scratch. The two charons would collide on ``/run/charon.pid`` and the vici
 socket, so each runs in its own mount namespace with a private directory bound on /run;
 ``swanctl`` talks to it through that directory's vici socket. Traffic selectors are the
 single inner addresses 10.N.0.1/32 and 10.N.0.2/32, put on ``lo``; charon routes them
@@ -16,6 +18,7 @@ from __future__ import annotations
 from functools import partial
 
 from classifier.lab.netns import Proc
+from classifier.lab.pcaprewrite import rewrite_pcap
 from classifier.lab.scenarios import Scenario, register
 from classifier.lab.session import Session
 
@@ -29,7 +32,7 @@ PROPOSALS = "aes128-sha256-x25519"
 STRONGSWAN_CONF = """\
 charon {{
   load = {plugins}
-  install_routes = yes
+  install_routes = {install_routes}
   retransmit_tries = 3
   filelog {{ stderr {{ default = 1 }} }}
   plugins {{
@@ -46,7 +49,7 @@ connections {{
   lab {{
     version = {version}
     mobike = {mobike}
-    local_addrs = {local}
+{timers}    local_addrs = {local}
     remote_addrs = {remote}
     proposals = {proposals}
     local {{
@@ -62,7 +65,7 @@ connections {{
         local_ts = {local_ts}/32
         remote_ts = {remote_ts}/32
         esp_proposals = aes128-sha256-x25519
-      }}
+{child_timers}      }}
     }}
   }}
 }}
@@ -76,15 +79,29 @@ secrets {{
 """
 
 
-def _start_charon(s: Session, side: str, version: int, mobike: bool, proposals: str) -> tuple[Proc, str, str]:
+#: Timers of a long-lived connection, shortened to fit a capture of a few seconds: a
+#: dead-peer check after a second without traffic from the peer and, for IKEv2, a
+#: CHILD_SA rekey (CREATE_CHILD_SA) every two seconds, so IKE keeps talking after the
+#: set-up as it does over hours on a real link. The route through ``ipsec0`` is then put
+#: in once by hand: charon's own route goes away and comes back at every rekey. (An IKEv1
+#: quick-mode rekey stops libipsec's ESP for good, so IKEv1 gets dead-peer checks only.)
+CHATTY_TIMERS = "    dpd_delay = 1s\n"
+CHATTY_CHILD_TIMERS = {2: "        rekey_time = 2s\n        rand_time = 0s\n", 1: ""}
+
+
+def _start_charon(s: Session, side: str, version: int, mobike: bool, proposals: str,
+                  chatty: bool = False) -> tuple[Proc, str, str]:
     """Start one charon in its own mount namespace; return (process, vici URI, config path)."""
+    timers, child_timers = (CHATTY_TIMERS, CHATTY_CHILD_TIMERS[version]) if chatty else ("", "")
     server = side == "server"
     d = s.work / f"ipsec-{side}"
     run = d / "run"
     run.mkdir(parents=True, exist_ok=True)
-    conf = s.file(f"ipsec-{side}/strongswan.conf", STRONGSWAN_CONF.format(plugins=PLUGINS))
+    conf = s.file(f"ipsec-{side}/strongswan.conf", STRONGSWAN_CONF.format(
+        plugins=PLUGINS, install_routes="no" if chatty else "yes"))
     swanctl = s.file(f"ipsec-{side}/swanctl.conf", SWANCTL_CONF.format(
-        version=version, mobike="yes" if mobike else "no", proposals=proposals,
+        version=version, mobike="yes" if mobike else "no", proposals=proposals, timers=timers,
+        child_timers=child_timers,
         local=s.server_ip if server else s.client_ip, remote=s.client_ip if server else s.server_ip,
         local_id="server@lab" if server else "client@lab", remote_id="client@lab" if server else "server@lab",
         local_ts=s.inner_server if server else s.inner_client,
@@ -95,23 +112,29 @@ def _start_charon(s: Session, side: str, version: int, mobike: bool, proposals: 
                                env={"STRONGSWAN_CONF": str(conf)})
     uri = f"unix://{run}/charon.vici"
     s.lab.wait_for(f"charon ({side}) vici socket", lambda: (run / "charon.vici").exists(), 10, [proc])
+    if chatty:  # a fixed route: charon's own is removed and put back at every rekey, and traffic fails between
+        s.lab.wait_link(ns, "ipsec0", procs=[proc])
+        local_ts, remote_ts = (s.inner_server, s.inner_client) if server else (s.inner_client, s.inner_server)
+        s.lab.run(ns, ["ip", "link", "set", "ipsec0", "up"])
+        s.lab.run(ns, ["ip", "route", "add", f"{remote_ts}/32", "dev", "ipsec0", "src", local_ts])
     s.lab.run(ns, ["swanctl", "--load-all", "--file", str(swanctl), "--uri", uri],
               env={"STRONGSWAN_CONF": str(conf)})
     return proc, uri, str(conf)
 
 
-def setup(s: Session, version: int, mobike: bool = True, ke_retry: bool = False) -> None:
+def setup(s: Session, version: int, mobike: bool = True, ke_retry: bool = False, chatty: bool = False) -> None:
     """Start both charons, initiate the CHILD_SA from the client, wait for a ping through it.
 
     ``ke_retry``: the client's first proposal guesses the X25519 group, the server accepts
     only MODP-2048, so the server answers INVALID_KE_PAYLOAD and the client sends its
     IKE_SA_INIT again with the group asked for: four packets on UDP 500 before IKE moves on,
     as real clients show whenever their guess of the server's group is wrong.
+    ``chatty``: ``CHATTY_TIMERS``.
     """
     server_proposals, client_proposals = (("aes128-sha256-modp2048", "aes128-sha256-x25519-modp2048")
                                           if ke_retry else (PROPOSALS, PROPOSALS))
-    srv, _, _ = _start_charon(s, "server", version, mobike, server_proposals)
-    cli, uri, conf = _start_charon(s, "client", version, mobike, client_proposals)
+    srv, _, _ = _start_charon(s, "server", version, mobike, server_proposals, chatty)
+    cli, uri, conf = _start_charon(s, "client", version, mobike, client_proposals, chatty)
     s.lab.run(s.client_ns, ["swanctl", "--initiate", "--child", "lab", "--uri", uri, "--timeout", "15"],
               timeout=25, env={"STRONGSWAN_CONF": conf})
     s.lab.wait_ping(s.client_ns, s.inner_server, procs=[srv, cli])
@@ -142,4 +165,81 @@ register(Scenario(
     requires=REQUIRES, setup=partial(setup, version=2, ke_retry=True),
     description="IKEv2 whose first IKE_SA_INIT guesses the wrong group: INVALID_KE_PAYLOAD, a second "
                 "IKE_SA_INIT on 500, IKE_AUTH on 4500, then ESP in UDP 4500.",
+))
+
+
+# ------------------------------------------------------------------ as a kernel with ESP sends it
+NATT_PORT = 4500
+NON_ESP_MARKER = bytes(4)
+NATT_KEEPALIVE = b"\xff"
+
+
+def as_kernel_ipsec(frame: bytes, ike_port: int) -> bytes | None:
+    """One frame of charon's capture as a kernel with ESP and no NAT between the peers sends it.
+
+    ESP in UDP 4500 becomes ESP (IP protocol 50); NAT-T keepalives (one 0xFF byte) are
+    dropped, as no NAT means none are sent; IKE in UDP 4500 stays there when ``ike_port``
+    is 4500 (IKEv2 with MOBIKE moves to 4500 with or without NAT) or, with ``ike_port``
+    500 (IKEv1, IKEv2 without MOBIKE: no NAT, no move), goes back to 500 without the
+    non-ESP marker. Every other frame is returned unchanged.
+    """
+    import dpkt
+
+    eth = dpkt.ethernet.Ethernet(frame)
+    ip = eth.data
+    if not isinstance(ip, dpkt.ip.IP) or not isinstance(ip.data, dpkt.udp.UDP):
+        return frame
+    udp = ip.data
+    if NATT_PORT not in (udp.sport, udp.dport):
+        return frame
+    payload = bytes(udp.data)
+    if payload == NATT_KEEPALIVE:
+        return None
+    if payload[:4] == NON_ESP_MARKER:
+        if ike_port == NATT_PORT:
+            return frame
+        udp.sport, udp.dport = (ike_port if p == NATT_PORT else p for p in (udp.sport, udp.dport))
+        udp.data, udp.sum = payload[4:], 0  # dpkt computes the checksum of a zero sum
+        udp.ulen = udp.__hdr_len__ + len(udp.data)
+        ip.len = ip.__hdr_len__ + len(ip.opts) + udp.ulen
+    else:
+        ip.p, ip.data = dpkt.ip.IP_PROTO_ESP, payload
+        ip.len = ip.__hdr_len__ + len(ip.opts) + len(payload)
+    ip.sum = 0
+    eth.data = ip
+    return bytes(eth)
+
+
+def kernel_rewrite(ike_port: int):
+    """A scenario's ``rewrite``: the whole capture through ``as_kernel_ipsec``."""
+    def rewrite(src, dst) -> None:
+        rewrite_pcap(src, dst, lambda frame: as_kernel_ipsec(frame, ike_port))
+    return rewrite
+
+
+KERNEL_NOTE = "charon's exchange rewritten as a kernel with ESP and no NAT sends it: ESP as IP protocol 50"
+
+register(Scenario(
+    name="ipsec-ikev2-kernel", number=24, vpn=True, protocol="ipsec-ike", transport="udp", server_port=500,
+    notes=f"IKEv2 PSK, MOBIKE (IKE on 4500 after IKE_SA_INIT), dead-peer checks and CHILD_SA rekeys; "
+          f"{KERNEL_NOTE}", requires=REQUIRES, setup=partial(setup, version=2, chatty=True),
+    rewrite=kernel_rewrite(NATT_PORT),
+    description="IKEv2 as a host with kernel IPsec and no NAT shows it: IKE_SA_INIT on 500, IKE_AUTH, "
+                "dead-peer checks and rekeys on 4500, ESP as IP protocol 50.",
+))
+register(Scenario(
+    name="ipsec-ikev1-kernel", number=25, vpn=True, protocol="ipsec-ike", transport="udp", server_port=500,
+    notes=f"IKEv1 main mode PSK, dead-peer checks, all on 500; {KERNEL_NOTE}",
+    requires=REQUIRES, setup=partial(setup, version=1, mobike=False, chatty=True),
+    rewrite=kernel_rewrite(500),
+    description="IKEv1 as a host with kernel IPsec and no NAT shows it: main mode, quick mode and dead-peer "
+                "checks all on UDP 500, ESP as IP protocol 50.",
+))
+register(Scenario(
+    name="ipsec-ikev2-nomobike-kernel", number=26, vpn=True, protocol="ipsec-ike", transport="udp",
+    server_port=500, notes=f"IKEv2 PSK without MOBIKE, dead-peer checks and CHILD_SA rekeys, all on 500; "
+                           f"{KERNEL_NOTE}", requires=REQUIRES,
+    setup=partial(setup, version=2, mobike=False, chatty=True), rewrite=kernel_rewrite(500),
+    description="IKEv2 without MOBIKE as a host with kernel IPsec and no NAT shows it: every IKE exchange "
+                "on UDP 500, ESP as IP protocol 50.",
 ))

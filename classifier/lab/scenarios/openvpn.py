@@ -1,8 +1,10 @@
 """OpenVPN 2.6 in point-to-point TLS mode, over UDP and TCP, plain, tls-auth and tls-crypt.
 
 The data channel is AES-256-GCM (2.6's default, packet id in the clear), or AES-256-CBC with an
-HMAC-SHA1 tag in the ``-cbc`` scenarios: the configuration of many 2.4-era servers still in
-use, whose packet id is encrypted, so their packets carry no visible counter.
+HMAC-SHA1 tag in the ``-cbc`` and ``-small`` scenarios: the configuration of many 2.4-era
+servers still in use, whose packet id is encrypted, so their packets carry no visible
+counter. The ``-small`` scenarios also cap the packet size, so the TLS handshake crosses in
+dozens of small control packets, as older releases and small-MTU links send it.
 
 Configuration: a fresh EC PKI per run (``classifier.lab.pki``); server ``--tls-server`` with
 ``--ifconfig 10.N.0.1 10.N.0.2``, client ``--tls-client --remote-cert-tls server``; DCO off
@@ -21,13 +23,15 @@ REQUIRES = ("openvpn", "openssl")
 
 
 def start_openvpn(s: Session, proto: str, port: int, auth: str = "", remote: tuple[str, int] | None = None,
-                  server_local: str | None = None, cipher: str = "AES-256-GCM") -> None:
+                  server_local: str | None = None, cipher: str = "AES-256-GCM", max_packet: int = 0) -> None:
     """Start an OpenVPN server and client and wait until the tunnel answers pings.
 
     ``auth`` is ``""``, ``"tls-auth"`` or ``"tls-crypt"``. ``remote`` overrides where the
     client connects (e.g. a local stunnel), ``server_local`` where the server listens.
     ``cipher`` is the only data-channel cipher both sides offer; a CBC cipher gets an
-    HMAC-SHA1 tag (``--auth SHA1``), as 2.4-era configurations had.
+    HMAC-SHA1 tag (``--auth SHA1``), as 2.4-era configurations had. ``max_packet`` (bytes)
+    caps the packets OpenVPN writes (``--max-packet-size``): the TLS handshake goes out in
+    many small control packets, as older releases and small-MTU links send it.
     """
     pki = s.pki()
     key = s.work / "ta.key"
@@ -37,6 +41,8 @@ def start_openvpn(s: Session, proto: str, port: int, auth: str = "", remote: tup
               "--data-ciphers", cipher, "--ping", "1", "--persist-tun"]
     if cipher.endswith("-CBC"):
         common += ["--auth", "SHA1"]
+    if max_packet:
+        common += ["--max-packet-size", str(max_packet)]
     srv_args = ["--tls-server", "--dh", "none", "--cert", str(pki.server_cert), "--key", str(pki.server_key),
                 "--ifconfig", s.inner_server, s.inner_client, "--local", server_local or s.server_ip,
                 "--lport", str(port), "--proto", "udp" if proto == "udp" else "tcp-server"]
@@ -58,20 +64,23 @@ def start_openvpn(s: Session, proto: str, port: int, auth: str = "", remote: tup
     s.lab.wait_ping(s.client_ns, s.inner_server, timeout=25, procs=[srv, cli])
 
 
-def setup(s: Session, proto: str, port: int, auth: str = "", cipher: str = "AES-256-GCM") -> None:
-    start_openvpn(s, proto, port, auth, cipher=cipher)
+def setup(s: Session, proto: str, port: int, auth: str = "", cipher: str = "AES-256-GCM",
+          max_packet: int = 0) -> None:
+    start_openvpn(s, proto, port, auth, cipher=cipher, max_packet=max_packet)
 
 
 def _add(name: str, number: int, proto: str, port: int, auth: str = "", midflow: bool = False,
-         extra_note: str = "", cipher: str = "AES-256-GCM") -> None:
+         extra_note: str = "", cipher: str = "AES-256-GCM", max_packet: int = 0) -> None:
     cbc = cipher.endswith("-CBC")
     notes = "; ".join(x for x in (auth or "plain TLS", f"{cipher} + HMAC-SHA1" if cbc else "", extra_note) if x)
     register(Scenario(
         name=name, number=number, vpn=True, protocol="openvpn", transport=proto, server_port=port,
-        notes=notes, requires=REQUIRES, setup=partial(setup, proto=proto, port=port, auth=auth, cipher=cipher),
+        notes=notes, requires=REQUIRES,
+        setup=partial(setup, proto=proto, port=port, auth=auth, cipher=cipher, max_packet=max_packet),
         midflow=midflow,
         description=f"OpenVPN over {proto.upper()} {port}, {auth or 'no tls-auth/tls-crypt'}"
                     + (f", {cipher} data channel with HMAC-SHA1 (no cleartext packet id)" if cbc else "")
+                    + (f", packets capped by --max-packet-size {max_packet}" if max_packet else "")
                     + (", captured mid-flow" if midflow else "") + ".",
     ))
 
@@ -87,3 +96,7 @@ _add("openvpn-udp-midflow", 17, "udp", 1194, midflow=True,
      extra_note="mid-flow: capture starts after the TLS handshake")
 _add("openvpn-udp-cbc", 18, "udp", 1194, "tls-auth", cipher="AES-256-CBC")
 _add("openvpn-tcp-cbc", 19, "tcp", 1194, cipher="AES-256-CBC")
+_add("openvpn-udp-small", 27, "udp", 1194, "tls-auth", cipher="AES-256-CBC", max_packet=100,
+     extra_note="small control packets (--max-packet-size 100)")
+_add("openvpn-tcp-small", 28, "tcp", 1194, cipher="AES-256-CBC", max_packet=100,
+     extra_note="small control packets (--max-packet-size 100)")
