@@ -20,7 +20,7 @@ from classifier.model.data import LabeledFlows, Truth, label_capture_flows, load
 from classifier.model.features import FEATURE_NAMES, feature_matrix
 from classifier.model.io import BUNDLE_FORMAT, TRUSTED_TYPES, card_paths, load_bundle, save_bundle
 from classifier.model.synthetic import flow_row, synthetic_flows
-from classifier.model.train import TrainConfig, sample_weights, threshold_for_fpr, train
+from classifier.model.train import TrainConfig, apply_calibration, sample_weights, threshold_for_fpr, train
 from classifier.model.workflow import train_on
 
 FAST = TrainConfig(candidates=("hgb",), folds=3, name="test-model")
@@ -89,6 +89,31 @@ def test_training_is_reproducible(tmp_path):
     train_on(data, b, FAST)
     assert a.read_bytes() == b.read_bytes()
     assert a.stat().st_size < 5 * 1024 * 1024
+
+
+def test_mean_probability_ensemble_saves_loads_and_averages_its_members(tmp_path):
+    """The hgb+rf candidate: one skops file, P(VPN) the mean of its two members' probabilities."""
+    data = _labeled(synthetic_flows(18, seed=5))
+    path = tmp_path / "vote.skops"
+    config = TrainConfig(candidates=("hgb+rf",), folds=3, name="vote")
+    train_on(data, path, config)
+    bundle = load_bundle(path)
+    clf = bundle["classifier"]
+    assert bundle["estimator"] == "hgb+rf" and [type(e).__name__ for e in clf.estimators_] == \
+        ["HistGradientBoostingClassifier", "Pipeline"]
+    X = feature_matrix(synthetic_flows(6, seed=3))
+    members = [e.predict_proba(X)[:, 1] for e in clf.estimators_]
+    np.testing.assert_allclose(clf.predict_proba(X)[:, 1], (members[0] + members[1]) / 2)
+    assert not np.allclose(members[0], members[1])  # two models, not one twice
+    # each member calibrated on its own out-of-fold scores; the model's P(VPN) is their mean
+    cal = bundle["calibration"]
+    assert cal["method"] == "mean" and len(cal["members"]) == 2
+    boost = apply_calibration(cal["members"][0], clf.estimators_[0].decision_function(X))
+    forest = apply_calibration(cal["members"][1], members[1])
+    np.testing.assert_allclose(load_model(path).proba_from_features(X), (boost + forest) / 2)
+    again = tmp_path / "again.skops"
+    train_on(data, again, config)
+    assert again.read_bytes() == path.read_bytes()
 
 
 def test_evidence_names_features_pushing_the_verdict(trained):

@@ -44,7 +44,7 @@ from classifier.flows.schema import FIRST_PACKETS, HEAD_STAT_COLUMNS, HEAD_STAT_
 from classifier.flows.state import N_HIST, PAYLOAD_HIST_EDGES
 
 #: Bump when a feature's definition changes: a model trained on another version is refused.
-FEATURE_VERSION = 8
+FEATURE_VERSION = 9
 
 #: How random the payload looks (``classifier/flows/head_stats.py``): fully encrypted
 #: proxies and tunnels start with random bytes; most other protocols start with a header.
@@ -86,7 +86,7 @@ _DIRS = (("", "all"), ("up_", "src2dst_"), ("down_", "dst2src_"))
 
 
 def _names() -> list[str]:
-    n = ["is_tcp", "is_udp", "up_pkt_frac", "up_byte_frac", "payload_frac",
+    n = ["is_tcp", "is_udp", "is_icmp", "up_pkt_frac", "up_byte_frac", "payload_frac",
          "hdr_per_pkt", "up_payload_mean", "down_payload_mean"]
     for short, _ in _DIRS:
         n += [f"{short}size_min", f"{short}size_max", f"{short}size_mean", f"{short}size_std",
@@ -130,6 +130,7 @@ FEATURE_NAMES: tuple[str, ...] = tuple(_names())
 FEATURE_DOCS: dict[str, str] = {
     "is_tcp": "transport is TCP (1) or not (0)",
     "is_udp": "transport is UDP (1) or not (0)",
+    "is_icmp": "ICMP or ICMPv6 (1) or not (0)",
     "up_pkt_frac": "share of packets sent by the initiator",
     "up_byte_frac": "share of bytes sent by the initiator",
     "payload_frac": "transport payload bytes / IP bytes",
@@ -246,6 +247,7 @@ def feature_matrix(table: pa.Table) -> np.ndarray:
     proto = c["ip_proto"]
     f["is_tcp"] = (proto == 6).astype(float)
     f["is_udp"] = (proto == 17).astype(float)
+    f["is_icmp"] = ((proto == 1) | (proto == 58)).astype(float)
     pk, by = c["packets"], c["bytes"]
     f["up_pkt_frac"] = _div(c["src2dst_packets"], pk)
     f["up_byte_frac"] = _div(c["src2dst_bytes"], by)

@@ -32,6 +32,7 @@ BUNDLE_FORMAT = "vpnid-model/1"
 #: including scikit-learn classes skops itself would trust by default.
 TRUSTED_TYPES: tuple[str, ...] = (
     "builtins.NoneType",
+    "classifier.model.ensemble.MeanProbability",
     "builtins.bool",
     "builtins.dict",
     "builtins.float",

@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from classifier.model.ensemble import MeanProbability
 from classifier.model.features import FEATURE_DOCS, FEATURE_NAMES, FEATURE_VERSION
 from classifier.model.io import BUNDLE_FORMAT
 
 #: Estimators ``vpnid train`` knows; the first is the default choice when scores tie.
-CANDIDATES = ("rf", "hgb", "logreg")
+CANDIDATES = ("rf", "hgb", "logreg", "hgb+rf")
 
 
 @dataclass
@@ -85,6 +86,10 @@ def make_estimator(kind: str, seed: int = 0):
             ("scale", StandardScaler()),
             ("logreg", LogisticRegression(max_iter=2000, C=0.5)),
         ])
+    if kind == "hgb+rf":
+        from classifier.model.ensemble import MeanProbability
+
+        return MeanProbability(("hgb", "rf"), seed)
     raise ValueError(f"unknown estimator {kind!r}; choose from {', '.join(CANDIDATES)}")
 
 
@@ -132,9 +137,12 @@ def sample_weights(y: np.ndarray, groups: np.ndarray) -> np.ndarray:
 
 def fit_estimator(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0):
     """Fit a fresh estimator of ``kind`` with class- and capture-balanced sample weights."""
-    est = make_estimator(kind, seed)
-    w = sample_weights(y, groups)
-    if kind == "hgb" and (empty := np.isnan(X).all(axis=0)).any():
+    return fit_weighted(make_estimator(kind, seed), X, y, sample_weights(y, groups))
+
+
+def fit_weighted(est, X: np.ndarray, y: np.ndarray, w: np.ndarray | None):
+    """Fit ``est`` (an estimator or a pipeline, whose last step gets the weights) with weights ``w``."""
+    if (empty := np.isnan(X).all(axis=0)).any():
         # scikit-learn's binning fails on a column with no value at all (e.g. payload byte
         # statistics of flows that carried no payload); a constant carries the same nothing
         X = X.copy()
@@ -145,7 +153,14 @@ def fit_estimator(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, s
 
 
 def raw_scores(est, X: np.ndarray) -> np.ndarray:
-    """The raw score calibration maps: the decision function (log-odds) when there is one, else P(VPN)."""
+    """The raw score calibration maps: the decision function (log-odds) when there is one, else P(VPN).
+
+    For a MeanProbability ensemble, one column per member: each member is calibrated on its
+    own out-of-fold scores and the calibrated probabilities are averaged, so a member whose
+    scores crowd near 0 and 1 (boosting) weighs no more than one that spreads them (a forest).
+    """
+    if isinstance(est, MeanProbability):
+        return np.column_stack([raw_scores(member, X) for member in est.estimators_])
     if hasattr(est, "decision_function"):
         return np.asarray(est.decision_function(X), float)
     return np.asarray(est.predict_proba(X)[:, 1], float)
@@ -161,7 +176,14 @@ def fit_calibration(scores: np.ndarray, y: np.ndarray, method: str = "sigmoid") 
 
     Why fitted on out-of-fold scores: scores of the flows a model was trained on are
     overconfident; only scores of unseen captures say how often a score is right.
+
+    Scores with one column per ensemble member get one calibration per member ("mean").
     """
+    scores = np.asarray(scores, float)
+    if scores.ndim == 2:
+        if scores.shape[1] == 1:
+            return fit_calibration(scores[:, 0], y, method)
+        return {"method": "mean", "members": [fit_calibration(col, y, method) for col in scores.T]}
     if method == "sigmoid":
         from sklearn.linear_model import LogisticRegression
 
@@ -184,7 +206,13 @@ def fit_calibration(scores: np.ndarray, y: np.ndarray, method: str = "sigmoid") 
 
 
 def apply_calibration(calibration: dict[str, Any], scores: np.ndarray) -> np.ndarray:
-    """Calibrated probability of VPN for raw scores."""
+    """Calibrated probability of VPN for raw scores (one column per member for an ensemble)."""
+    scores = np.asarray(scores, float)
+    if calibration["method"] == "mean":
+        return np.mean([apply_calibration(c, col) for c, col in zip(calibration["members"], scores.T, strict=True)],
+                       axis=0)
+    if scores.ndim == 2:
+        scores = scores[:, 0]
     if calibration["method"] == "sigmoid":
         z = calibration["coef"] * np.asarray(scores, float) + calibration["intercept"]
         return 1.0 / (1.0 + np.exp(-np.clip(z, -700, 700)))
@@ -197,12 +225,15 @@ def apply_calibration(calibration: dict[str, Any], scores: np.ndarray) -> np.nda
 
 
 def oof_scores(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, splits, seed: int) -> np.ndarray:
-    """Out-of-fold raw scores; NaN for rows no fold tested."""
-    out = np.full(len(y), np.nan)
+    """Out-of-fold raw scores (rows, members); NaN for rows no fold tested."""
+    out: np.ndarray | None = None
     for tr, te in splits:
         est = fit_estimator(kind, X[tr], y[tr], groups[tr], seed)
-        out[te] = raw_scores(est, X[te])
-    return out
+        s = raw_scores(est, X[te]).reshape(len(te), -1)
+        if out is None:
+            out = np.full((len(y), s.shape[1]), np.nan)
+        out[te] = s
+    return out if out is not None else np.full((len(y), 1), np.nan)
 
 
 def threshold_for_fpr(neg_scores: np.ndarray, fpr_target: float, floor: float, cap: float = 1.0) -> float:
@@ -398,14 +429,18 @@ def _train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarra
         raise ValueError("no grouped fold has both classes in training; add captures of both kinds")
 
     candidates: dict[str, dict[str, float]] = {}
-    oof: dict[str, np.ndarray] = {}
+    calibrated: dict[str, tuple[dict[str, Any], np.ndarray]] = {}
     for kind in config.candidates:
         s = oof_scores(kind, X, y, groups, splits, config.seed)
-        ok = np.isfinite(s)
-        neg_t = threshold_for_fpr(s[ok & (y == 0)], config.fpr_target, -np.inf, np.inf)
-        m = binary_metrics(y[ok], s[ok], neg_t)
+        ok = np.isfinite(s).all(axis=1)
+        # calibration is monotone in a single score, so ranking by it is ranking by the raw score
+        calibration = fit_calibration(s[ok], y[ok], config.calibration)
+        p = np.full(len(y), np.nan)
+        p[ok] = apply_calibration(calibration, s[ok])
+        neg_t = threshold_for_fpr(p[ok & (y == 0)], config.fpr_target, -np.inf, np.inf)
+        m = binary_metrics(y[ok], p[ok], neg_t)
         candidates[kind] = {"pauc": m["pauc_1pct"], "roc_auc": m["roc_auc"], "recall_at_target": m["recall"]}
-        oof[kind] = s
+        calibrated[kind] = (calibration, p)
         say(f"candidate {kind}: pAUC(FPR<=1%) {m['pauc_1pct']:.4f}, ROC-AUC {m['roc_auc']:.4f}, "
             f"recall at FPR<={config.fpr_target:g} {m['recall']:.4f}")
     # ROC-AUC first: on few capture groups the partial AUC hangs on a handful of flows of one
@@ -416,17 +451,15 @@ def _train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarra
     say(f"chosen estimator: {best}")
 
     clf = fit_estimator(best, X, y, groups, config.seed)
-    raw = oof[best]
-    ok = np.isfinite(raw)
-    calibration = fit_calibration(raw[ok], y[ok], config.calibration)
-    oof_proba = np.full(len(y), np.nan)
-    oof_proba[ok] = apply_calibration(calibration, raw[ok])
+    calibration, oof_proba = calibrated[best]
+    ok = np.isfinite(oof_proba)
     threshold = threshold_for_fpr(oof_proba[ok & (y == 0)], config.fpr_target, config.min_threshold)
     metrics = binary_metrics(y, oof_proba, threshold)
     say(f"threshold {threshold:.4f}: out-of-fold recall {metrics['recall']:.4f}, FPR {metrics['fpr']:.5f}")
 
     if explain:
-        importance = permutation_importance_auc(lambda A: raw_scores(clf, A), X, y, config.seed)
+        importance = permutation_importance_auc(lambda A: apply_calibration(calibration, raw_scores(clf, A)), X, y,
+                                                config.seed)
         proto_clf, proto_classes = _protocol_model(X, y, protocol, config.seed)
     else:
         importance, proto_clf, proto_classes = np.zeros(X.shape[1]), None, []
