@@ -6,16 +6,18 @@ ESP in UDP 4500 (NAT-T framing). With MOBIKE (IKEv2 default) IKE moves from 500 
 after IKE_SA_INIT. The ``-kernel`` scenarios rewrite charon's capture as a host whose
 kernel has ESP, with no NAT between the peers, sends it (``as_kernel_ipsec``): ESP as IP
 protocol 50 and, without MOBIKE, IKE on 500 throughout; ``ipsec-esp-crafted``
-(``crafted.py``) builds plain ESP from scratch. The two charons would collide on ``/run/charon.pid`` and the vici
-socket, so each runs in its own mount namespace with a private directory bound on /run;
-``swanctl`` talks to it through that directory's vici socket. Traffic selectors are the
-single inner addresses 10.N.0.1/32 and 10.N.0.2/32, put on ``lo``; charon routes them
-through its ``ipsec0`` tun device (routing table 220).
+(``crafted.py``) builds plain ESP from scratch. The two charons would collide on
+``/run/charon.pid`` and the vici socket, so each runs in its own mount namespace with a
+private directory bound on /run; ``swanctl`` talks to it through that directory's vici
+socket. Traffic selectors are the single inner addresses 10.N.0.1/32 and 10.N.0.2/32, put
+on ``lo``; charon routes them through its ``ipsec0`` tun device (routing table 220).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 from classifier.lab.netns import Proc
 from classifier.lab.pcaprewrite import rewrite_pcap
@@ -210,9 +212,9 @@ def as_kernel_ipsec(frame: bytes, ike_port: int) -> bytes | None:
     return bytes(eth)
 
 
-def kernel_rewrite(ike_port: int):
+def kernel_rewrite(ike_port: int) -> Callable[[Path, Path], None]:
     """A scenario's ``rewrite``: the whole capture through ``as_kernel_ipsec``."""
-    def rewrite(src, dst) -> None:
+    def rewrite(src: Path, dst: Path) -> None:
         rewrite_pcap(src, dst, lambda frame: as_kernel_ipsec(frame, ike_port))
     return rewrite
 
