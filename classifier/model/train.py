@@ -87,8 +87,6 @@ def make_estimator(kind: str, seed: int = 0):
             ("logreg", LogisticRegression(max_iter=2000, C=0.5)),
         ])
     if kind == "hgb+rf":
-        from classifier.model.ensemble import MeanProbability
-
         return MeanProbability(("hgb", "rf"), seed)
     raise ValueError(f"unknown estimator {kind!r}; choose from {', '.join(CANDIDATES)}")
 
