@@ -20,9 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from classifier.lab.netns import LabError
-
-#: Classic pcap magic numbers: byte order of the file.
-_MAGIC = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">", b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\x3c\x4d": ">"}
+from classifier.packets.capture import PCAP_MAGICS
 
 #: A frame rewriter: the new frame, the same one, or None to drop it.
 FrameRewrite = Callable[[bytes], "bytes | None"]
@@ -31,10 +29,10 @@ FrameRewrite = Callable[[bytes], "bytes | None"]
 def rewrite_pcap(src: str | Path, dst: str | Path, rewrite: FrameRewrite) -> int:
     """Copy the pcap ``src`` to ``dst`` with every frame passed through ``rewrite``; frames written."""
     data = Path(src).read_bytes()
-    order = _MAGIC.get(data[:4])
-    if order is None or len(data) < 24:
+    if data[:4] not in PCAP_MAGICS or len(data) < 24:
         raise LabError(f"{src}: not a classic pcap file (magic {data[:4].hex()}); cannot rewrite it")
-    rec = struct.Struct(order + "IIII")
+    big_endian, _nanoseconds = PCAP_MAGICS[data[:4]]
+    rec = struct.Struct((">" if big_endian else "<") + "IIII")
     out = [data[:24]]
     pos, written = 24, 0
     while pos < len(data):

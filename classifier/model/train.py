@@ -212,7 +212,7 @@ def apply_calibration(calibration: dict[str, Any], scores: np.ndarray) -> np.nda
     if scores.ndim == 2:
         scores = scores[:, 0]
     if calibration["method"] == "sigmoid":
-        z = calibration["coef"] * np.asarray(scores, float) + calibration["intercept"]
+        z = calibration["coef"] * scores + calibration["intercept"]
         return 1.0 / (1.0 + np.exp(-np.clip(z, -700, 700)))
     s = np.asarray(scores, float)
     p = np.asarray(calibration["isotonic"].predict(s), float)

@@ -32,7 +32,8 @@ CHUNK_BYTES = 32 << 20
 _READ_STEP = 1 << 18
 MAX_PACKETS_PER_BATCH = 1 << 19
 
-_PCAP_MAGICS = {
+#: Classic pcap magic numbers: (big endian, nanosecond timestamps).
+PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": (False, False),  # little endian, microseconds
     b"\xa1\xb2\xc3\xd4": (True, False),
     b"\x4d\x3c\xb2\xa1": (False, True),  # nanoseconds
@@ -161,7 +162,7 @@ def iter_packet_batches(
             stats.ok = False
             return
         magic = bytes(src.buf[:4])
-        if magic in _PCAP_MAGICS:
+        if magic in PCAP_MAGICS:
             reader = _read_pcap(src, name, log, stats, progress)
         elif magic == _PCAPNG_SHB:
             reader = _read_pcapng(src, name, log, stats, progress)
@@ -249,7 +250,7 @@ def _read_pcap(src: _Source, name: str, log: ErrorLog, stats: InputStats, progre
         log.add(name, 0, "truncated pcap file header (need 24 bytes)")
         stats.ok = False
         return
-    big, nanos = _PCAP_MAGICS[header[:4]]
+    big, nanos = PCAP_MAGICS[header[:4]]
     fmt = ">" if big else "<"
     _vmaj, _vmin, _tz, _sig, snaplen, network = struct.unpack(fmt + "HHiIII", header[4:24])
     linktype = network & 0x0FFFFFFF

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import dpkt
+
 from classifier.lab.netns import Proc
 from classifier.lab.pcaprewrite import rewrite_pcap
 from classifier.lab.scenarios import Scenario, register
@@ -185,8 +187,6 @@ def as_kernel_ipsec(frame: bytes, ike_port: int) -> bytes | None:
     500 (IKEv1, IKEv2 without MOBIKE: no NAT, no move), goes back to 500 without the
     non-ESP marker. Every other frame is returned unchanged.
     """
-    import dpkt
-
     eth = dpkt.ethernet.Ethernet(frame)
     ip = eth.data
     if not isinstance(ip, dpkt.ip.IP) or not isinstance(ip.data, dpkt.udp.UDP):

@@ -72,7 +72,8 @@ def setup(s: Session, proto: str, port: int, auth: str = "", cipher: str = "AES-
 def _add(name: str, number: int, proto: str, port: int, auth: str = "", midflow: bool = False,
          extra_note: str = "", cipher: str = "AES-256-GCM", max_packet: int = 0) -> None:
     cbc = cipher.endswith("-CBC")
-    notes = "; ".join(x for x in (auth or "plain TLS", f"{cipher} + HMAC-SHA1" if cbc else "", extra_note) if x)
+    small = f"small control packets (--max-packet-size {max_packet})" if max_packet else ""
+    notes = "; ".join(x for x in (auth or "plain TLS", f"{cipher} + HMAC-SHA1" if cbc else "", small, extra_note) if x)
     register(Scenario(
         name=name, number=number, vpn=True, protocol="openvpn", transport=proto, server_port=port,
         notes=notes, requires=REQUIRES,
@@ -96,7 +97,5 @@ _add("openvpn-udp-midflow", 17, "udp", 1194, midflow=True,
      extra_note="mid-flow: capture starts after the TLS handshake")
 _add("openvpn-udp-cbc", 18, "udp", 1194, "tls-auth", cipher="AES-256-CBC")
 _add("openvpn-tcp-cbc", 19, "tcp", 1194, cipher="AES-256-CBC")
-_add("openvpn-udp-small", 27, "udp", 1194, "tls-auth", cipher="AES-256-CBC", max_packet=100,
-     extra_note="small control packets (--max-packet-size 100)")
-_add("openvpn-tcp-small", 28, "tcp", 1194, cipher="AES-256-CBC", max_packet=100,
-     extra_note="small control packets (--max-packet-size 100)")
+_add("openvpn-udp-small", 27, "udp", 1194, "tls-auth", cipher="AES-256-CBC", max_packet=100)
+_add("openvpn-tcp-small", 28, "tcp", 1194, cipher="AES-256-CBC", max_packet=100)
