@@ -38,8 +38,9 @@ lint: $(STAMP)
 MODEL_LAB        ?= /tmp/vpnid-labtrain6
 MODEL_DATA       ?= pcaps/ $(MODEL_LAB)
 MODEL_AUGMENT    ?= 6
-## Out-of-fold false-positive rate that sets the threshold (docs/model.md, The threshold)
-MODEL_FPR        ?= 0.001
+## Out-of-fold false-positive rate that sets the threshold (docs/model.md, The threshold): 0.03%,
+## a margin under the goal's 0.1% chosen with the public corpus in view (docs/model.md, Recipe)
+MODEL_FPR        ?= 0.0003
 ## VPN flows shorter than this stay out of fitting (docs/model.md, Recipe)
 MODEL_MIN_PACKETS ?= 2
 ## Estimators compared out of fold; a tie (ROC-AUC within 0.01) goes to the first. The shipped model:
@@ -78,7 +79,7 @@ LAB_PKGS := tcpdump iproute2 iputils-ping procps psmisc wireguard-go wireguard-t
             ethtool openssl ngtcp2-client ngtcp2-server rsync gstreamer1.0-tools \
             gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad unbound knot-dnsutils chrony \
             python3-websockets aria2 mktorrent python3-libtorrent nmap tinc quicktun \
-            softether-vpnserver softether-vpnclient softether-vpncmd
+            softether-vpnserver softether-vpnclient softether-vpncmd coturn
 lab-deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(LAB_PKGS)

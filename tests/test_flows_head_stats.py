@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from classifier.flows.batch import HEAD_BYTES, HEAD_PACKETS, PayloadHeads
-from classifier.flows.head_stats import FRAME_BYTES, MAX_INNER_OFFSET, head_statistics
+from classifier.flows.head_stats import (
+    FRAME_BYTES,
+    LENGTH_SLACK,
+    MAX_INNER_OFFSET,
+    MAX_LENGTH_OFFSET,
+    STUN_COOKIE,
+    STUN_OFFSETS,
+    head_statistics,
+)
 from classifier.flows.schema import HEAD_STAT_COLUMNS, HEAD_STAT_MIN_PACKETS
 
 
@@ -70,6 +78,17 @@ def _framing_reference(mine: list[bytes]) -> dict[str, float | None]:
             "counter_offset": float(where) if share >= 0.5 else None}
 
 
+def _length_reference(mine: list[tuple[bytes, int]]) -> dict[str, float | None]:
+    """Plain reading of the length columns: per offset, heads whose 16-bit field there counts what follows."""
+    def counts(data: bytes, wire: int, o: int) -> bool:
+        rest = wire - o - 2
+        return len(data) >= o + 2 and rest >= 4 and 0 <= rest - int.from_bytes(data[o:o + 2], "big") <= LENGTH_SLACK
+
+    per_offset = [sum(counts(b, w, o) for b, w in mine) for o in range(MAX_LENGTH_OFFSET + 1)]
+    share = max(per_offset) / len(mine)
+    return {"length_frac": share, "length_offset": float(per_offset.index(max(per_offset))) if share >= 0.5 else None}
+
+
 def _reference(flow: list[tuple], d: int) -> dict[str, float | None] | None:
     mine = [b for dd, b, *_ in flow if dd == d and len(b)]
     if not mine:
@@ -87,7 +106,10 @@ def _reference(flow: list[tuple], d: int) -> dict[str, float | None] | None:
         "tls_record_frac": tls / len(mine),
         "inner_header_frac": inner / len(mine),
         "inner_ppp_frac": ppp / len(mine),
+        "stun_frac": sum(any(len(b) >= o + 20 and b[o] >> 6 == 0 and b[o + 4:o + 8] == STUN_COOKIE for o in STUN_OFFSETS)
+                         for b in mine) / len(mine),
         **_framing_reference(mine),
+        **_length_reference([(b, w[0] if w else len(b)) for dd, b, *w in flow if dd == d and len(b)]),
     }
 
 
@@ -159,6 +181,38 @@ def test_cleartext_encapsulation_is_seen_and_random_bytes_are_not():
     down, _ = stats["dst2src_inner_header_frac"]
     assert list(got) == [1.0, 1.0, 0.5, 0.0]
     assert down[0] == 1.0 and down[1] == 0.0 and down[3] == 0.0
+    _check(slots)
+
+
+def test_length_fields_say_where_a_framing_counts_its_bytes():
+    """OpenVPN over TCP counts at 0, TURN's ChannelData at 2 (padded over TCP), TLS at 3; random bytes nowhere."""
+    rng = np.random.default_rng(5)
+    noise = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+    openvpn = [(0, (n.to_bytes(2, "big") + b"\x48" + noise)[:64], n + 2) for n in (90, 140, 1300)]
+    channel = [(1, (b"\x40\x00" + n.to_bytes(2, "big") + noise)[:64], n + 4 + (-n % 4)) for n in (97, 150, 1201)]
+    tls = [(0, (b"\x17\x03\x03" + n.to_bytes(2, "big") + noise)[:64], n + 5) for n in (40, 600)]
+    slots = [openvpn + channel, [*tls, (0, noise, 900)], [(0, noise, 900), (1, noise, 64)]]
+    stats = head_statistics(_heads(slots))
+    up, _ = stats["src2dst_length_offset"]
+    down, _ = stats["dst2src_length_offset"]
+    frac, _ = stats["src2dst_length_frac"]
+    assert up[0] == 0 and down[0] == 2 and up[1] == 3 and frac[1] == pytest.approx(2 / 3)
+    assert np.isnan(up[2]) and np.isnan(down[2]) and frac[2] == 0.0
+    _check(slots)
+
+
+def test_stun_messages_are_seen_bare_behind_a_length_and_inside_channel_data():
+    """A call's checks: STUN at 0 (UDP), at 2 (ICE over TCP), at 4 (TURN ChannelData); not random bytes."""
+    rng = np.random.default_rng(9)
+    noise = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+    binding = b"\x00\x01\x00\x2c" + STUN_COOKIE + noise[:12] + noise[12:56]
+    slots = [[(0, binding), (0, (b"\x00\x48" + binding)[:64], 74), (0, (b"\x40\x00\x00\x48" + binding)[:64], 76),
+              (0, noise)],
+             [(1, b"\xc0" + binding[1:])]]  # first two bits set: not STUN
+    stats = head_statistics(_heads(slots))
+    up, _ = stats["src2dst_stun_frac"]
+    down, _ = stats["dst2src_stun_frac"]
+    assert up[0] == 0.75 and down[1] == 0.0
     _check(slots)
 
 

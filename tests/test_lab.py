@@ -541,6 +541,20 @@ def _udp_payloads(pcap: Path, port: int) -> list[tuple[tuple[str, int, str, int]
     return out
 
 
+def _tcp_upstream(pcap: Path, port: int) -> bytes:
+    """The bytes the client sent to TCP ``port`` in ``pcap``, in sequence order (each segment once)."""
+    import dpkt
+
+    segments: dict[int, bytes] = {}
+    with open(pcap, "rb") as fh:
+        for _, buf in dpkt.pcap.Reader(fh):
+            ip = dpkt.ethernet.Ethernet(buf).data
+            if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.tcp.TCP) and ip.data.dport == port \
+                    and ip.data.data:
+                segments.setdefault(ip.data.seq, bytes(ip.data.data))
+    return b"".join(segments[k] for k in sorted(segments))
+
+
 def _signature_flows(tmp_path: Path, *captures: str) -> list[dict]:
     """The flows of ``captures`` (files in ``tmp_path``) as ``vpnid classify --no-model`` labels them."""
     out = tmp_path / "classified.jsonl"
@@ -600,6 +614,74 @@ def test_cbc_openvpn_hides_its_packet_id_and_calls_and_utp_count_like_tunnels(tm
     assert len(media) == 1 and media[0]["src2dst_packets"] > 20 and media[0]["dst2src_packets"] > 20
     assert not media[0]["is_vpn"]
     assert not any(f["is_vpn"] for f in by_capture[rows["bittorrent-utp"].file])
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_turn_calls_carry_their_media_in_channel_data_on_one_flow_to_the_relay(tmp_path: Path) -> None:
+    """The relayed call: authenticated allocation, a channel, then media framed by ChannelData both ways;
+    the direct ICE-TCP call: media framed by a 2-byte length."""
+    names = ("turn-call-udp", "turn-call-tcp", "turn-call-tls", "ice-tcp-call")
+    _skip_unless_lab(names)
+    rows = _capture_ok(tmp_path, 180, *names, "--duration", "3")
+
+    udp = _udp_payloads(tmp_path / rows["turn-call-udp"].file, 3478)
+    up = [p for k, p in udp if k[3] == 3478]
+    down = [p for k, p in udp if k[1] == 3478]
+    # Allocate, challenged (401) and then granted; ChannelBind granted.
+    assert [int.from_bytes(p[:2], "big") for p in up[:3]] == [0x0003, 0x0003, 0x0009]
+    assert [int.from_bytes(p[:2], "big") for p in down[:3]] == [0x0113, 0x0103, 0x0109]
+    for side in (up, down):
+        channel = [p for p in side if p[:2] == b"\x40\x00"]
+        assert len(channel) > 100 and len(channel) > 0.9 * len(side)
+        assert all(int.from_bytes(p[2:4], "big") == len(p) - 4 for p in channel)
+
+    # Over TCP the same messages follow each other on the stream, ChannelData padded to 4 bytes.
+    stream, media, i = _tcp_upstream(tmp_path / rows["turn-call-tcp"].file, 3478), 0, 0
+    assert stream[:2] == b"\x00\x03"
+    while i < len(stream):
+        kind, length = int.from_bytes(stream[i:i + 2], "big"), int.from_bytes(stream[i + 2:i + 4], "big")
+        media += kind == 0x4000
+        i += 20 + length if kind < 0x4000 else 4 + length + (-length % 4)
+    assert i == len(stream) and media > 100
+    tls = _tcp_upstream(tmp_path / rows["turn-call-tls"].file, 443)
+    assert tls[0] == 0x16 and tls[5] == 1  # a TLS ClientHello; TURN runs inside
+    # ICE-TCP: no relay, every packet behind a 2-byte length (RFC 4571), RTP or STUN inside
+    stream, i, kinds = _tcp_upstream(tmp_path / rows["ice-tcp-call"].file, 50000), 0, []
+    while i < len(stream):
+        kinds.append(stream[i + 2] >> 6)  # RTP: version 2; STUN: the first two bits are 0
+        i += 2 + int.from_bytes(stream[i:i + 2], "big")
+    assert i == len(stream) and kinds.count(2) > 100 and set(kinds) <= {0, 2}
+
+    flows = _signature_flows(tmp_path, *(r.file for r in rows.values()))
+    for row in rows.values():
+        call = [f for f in flows if f["capture"].endswith(row.file) and f["packets"] > 100]
+        assert len(call) == 1 and call[0]["dst_port"] == row.server_port and not call[0]["is_vpn"], row.file
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(120)
+def test_ping6_echoes_over_the_links_ipv6_addresses(tmp_path: Path) -> None:
+    """The scenario switches IPv6 on for the link only: echo requests answered by replies, one flow."""
+    import dpkt
+
+    _skip_unless_lab(("ping6",))
+    rows = _capture_ok(tmp_path, 100, "ping6", "--duration", "2")
+    echo = []
+    for _, buf in _frames(tmp_path / rows["ping6"].file):
+        ip = dpkt.ethernet.Ethernet(buf).data
+        assert not isinstance(ip, dpkt.ip.IP), "IPv4 in an IPv6-only capture"
+        if isinstance(ip, dpkt.ip6.IP6) and ip.nxt == 58 and ip.data.type in (128, 129):
+            echo.append((ip.data.type, bytes(ip.src)[-1], bytes(ip.dst)[-1]))
+    requests = [e for e in echo if e[0] == 128]
+    assert requests and all(e[1:] == (2, 1) for e in requests)
+    assert len([e for e in echo if e[0] == 129]) == len(requests)
+    flows = _signature_flows(tmp_path, rows["ping6"].file)
+    # one flow between the two addresses: the echo, plus the neighbour advertisement that preceded it
+    pings = [f for f in flows if f["ip_proto"] == 58 and {f["src_ip"], f["dst_ip"]} == {"fd00:0:140::1", "fd00:0:140::2"}]
+    assert len(pings) == 1 and min(pings[0]["src2dst_packets"], pings[0]["dst2src_packets"]) >= len(requests)
+    assert pings[0]["packets"] <= 2 * len(requests) + 2 and not pings[0]["is_vpn"]
 
 
 @pytest.mark.lab

@@ -97,6 +97,60 @@ def _inner_ip_header(data: np.ndarray, lens: np.ndarray, caps: np.ndarray,
     return found, ppp
 
 
+#: STUN's magic cookie (RFC 5389), bytes 4-7 of every STUN message.
+STUN_COOKIE = bytes.fromhex("2112a442")
+#: Where a STUN message may start in a payload: 0 (bare, over UDP or TURN over TCP), 2
+#: (behind RFC 4571's length: ICE over TCP), 4 (inside a TURN ChannelData frame).
+STUN_OFFSETS = (0, 2, 4)
+
+
+def _stun_message(data: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """Slots whose payload holds a STUN message header at one of ``STUN_OFFSETS``: the
+    first two bits zero and the magic cookie in place.
+
+    Why: calls (ICE connectivity and consent checks, TURN relays) put STUN messages on
+    the very flow that carries their encrypted media, so a call framed like a tunnel
+    still shows one now and then; a VPN tunnel never carries STUN in the clear. Random
+    bytes match with probability 2^-34 per offset.
+    """
+    found = np.zeros(caps.shape, bool)
+    cookie = np.frombuffer(STUN_COOKIE, np.uint8)
+    for o in STUN_OFFSETS:
+        if data.shape[-1] < o + 8:
+            break
+        found |= ((data[..., o] >> 6) == 0) & (data[..., o + 4:o + 8] == cookie).all(axis=-1) & (caps >= o + 20)
+    return found
+
+
+#: Offsets at which a 16-bit length field is looked for: 0 (OpenVPN over TCP, PPTP
+#: control), 2 (TURN ChannelData), 3 (TLS records), 4 (OpenConnect's CSTP), up to 8.
+MAX_LENGTH_OFFSET = 8
+#: Bytes a length field may fall short of the rest of the packet: stream framings pad
+#: to 4 bytes (TURN over TCP) or count a short fixed header after the field (CSTP: 2).
+LENGTH_SLACK = 3
+
+
+def _length_field(data: np.ndarray, lens: np.ndarray, caps: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per slot and offset ``o`` (0..``MAX_LENGTH_OFFSET``): does the big-endian 16-bit field at
+    ``o`` count the bytes after it, to within ``LENGTH_SLACK``? Shape ``(n, k, offsets)``.
+
+    Why: where a framing puts its length field tells framings apart that are otherwise
+    alike, each a small header before encrypted bytes: OpenVPN over TCP at 0, a TURN
+    relay's ChannelData at 2 (a relayed call, not a VPN), TLS records at 3, CSTP at 4.
+    Random bytes match at one offset about once in 16,000 packets. At least 4 bytes must
+    follow the field, so that empty and tiny packets do not match by their zeros.
+    """
+    span = MAX_LENGTH_OFFSET + 1
+    if data.shape[-1] < span + 1:
+        return np.zeros((*caps.shape, 0), bool)
+    off = np.arange(span)
+    field = data[..., off].astype(np.int32) << 8 | data[..., off + 1]
+    rest = lens.astype(np.int32)[..., None] - off - 2
+    gap = rest - field
+    return ((gap >= 0) & (gap <= LENGTH_SLACK) & (rest >= 4) & (caps.astype(np.int32)[..., None] >= off + 2)
+            & valid[..., None])
+
+
 #: Leading bytes of each payload head searched for repeated fields and counters: tunnel
 #: headers are short (ESP 8, WireGuard 16, OpenVPN 8 to 12, DTLS 13, GRE 16).
 FRAME_BYTES = 32
@@ -180,7 +234,11 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
       follows a PPP protocol field (L2TP and PPTP without encryption);
     * ``repeat_bytes``, ``counter_frac``, ``counter_offset``: the direction's framing
       (``_framing``): byte positions that repeat from head to head, how steadily one of
-      them counts up, and where it sits.
+      them counts up, and where it sits;
+    * ``stun_frac``: fraction of the direction's stored heads that hold a STUN message
+      (``_stun_message``): checks and relay control on a call's media flow;
+    * ``length_frac``, ``length_offset``: how many of the direction's heads carry a length
+      field counting the rest of the packet at one offset, and which (``_length_field``).
 
     A direction without stored payload is invalid (null in the flow table); the framing
     columns need more payload packets of the direction (``HEAD_STAT_MIN_PACKETS``), and a
@@ -196,6 +254,8 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
     tls = _tls_record_start(heads.data, heads.caps)
     inner, inner_ppp = _inner_ip_header(heads.data, heads.lens, heads.caps, slot_ok)
     framing = _framing(heads.data, heads.caps, heads.dirs, slot_ok)
+    length = _length_field(heads.data, heads.lens, heads.caps, slot_ok)
+    stun = _stun_message(heads.data, heads.caps)
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     rows = np.arange(n)
     for d, name in ((0, "src2dst"), (1, "dst2src")):
@@ -205,6 +265,8 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
         repeat, counter, offset = framing[d]
         n_bytes = (caps * m).sum(axis=1)
         n_slots = m.sum(axis=1)
+        length_n = (length & m[..., None]).sum(axis=1)  # (n, offsets)
+        length_frac = length_n.max(axis=1, initial=0) / np.maximum(n_slots, 1)
         values = {
             "first_payload_bits": bits[rows, first] / first_caps,
             "first_payload_printable": printable[rows, first] / first_caps,
@@ -215,6 +277,10 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
             "repeat_bytes": repeat,
             "counter_frac": counter,
             "counter_offset": offset,
+            "stun_frac": (stun & m).sum(axis=1) / np.maximum(n_slots, 1),
+            "length_frac": length_frac,
+            "length_offset": np.where(length_frac >= 0.5, length_n.argmax(axis=1) if length_n.shape[1] else 0,
+                                      np.nan),
         }
         out.update({f"{name}_{col}": (values[col], (n_slots >= HEAD_STAT_MIN_PACKETS[col]) & ~np.isnan(values[col]))
                     for col in HEAD_STAT_COLUMNS})

@@ -49,6 +49,13 @@ HEAD_STAT_DOCS: dict[str, str] = {
                     "payload packets",
     "counter_offset": "byte position (0-31) of that counter in {who}'s payload packets, when it grows by one in at "
                       "least half of the pairs (ESP 7, WireGuard 8, RTP 3); null otherwise",
+    "stun_frac": "fraction of {who}'s first 8 payload packets that hold a STUN message (the magic cookie "
+                 "0x2112A442 at bytes 4-7) at offset 0, 2 (ICE over TCP) or 4 (inside TURN ChannelData): a call's "
+                 "checks or a relay's control messages",
+    "length_frac": "largest share, over the offsets 0-8, of {who}'s first 8 payload packets in which the "
+                   "big-endian 16-bit field at that offset counts the bytes after it (up to 3 fewer: padding)",
+    "length_offset": "that offset when the share is at least half (OpenVPN over TCP 0, TURN ChannelData 2, "
+                     "TLS 3, CSTP 4); null otherwise",
 }
 HEAD_STAT_COLUMNS: tuple[str, ...] = tuple(HEAD_STAT_DOCS)
 #: Payload packets of a direction each head statistic needs (null below): the framing

@@ -44,14 +44,14 @@ from classifier.flows.schema import FIRST_PACKETS, HEAD_STAT_COLUMNS, HEAD_STAT_
 from classifier.flows.state import N_HIST, PAYLOAD_HIST_EDGES
 
 #: Bump when a feature's definition changes: a model trained on another version is refused.
-FEATURE_VERSION = 9
+FEATURE_VERSION = 10
 
 #: How random the payload looks (``classifier/flows/head_stats.py``): fully encrypted
 #: proxies and tunnels start with random bytes; most other protocols start with a header.
 #: Flow-table byte statistic -> feature name (prefixed ``up_`` / ``down_``).
 _BYTE_FEATURES = dict(zip(HEAD_STAT_COLUMNS, ("first_bits", "first_printable", "payload_bits", "tls_frac",
                                                "inner_header_frac", "inner_ppp_frac", "repeat_bytes", "counter_frac",
-                                               "counter_offset"),
+                                               "counter_offset", "stun_frac", "length_frac", "length_offset"),
                           strict=True))
 
 #: Flow-table columns the features read (all others are ignored, identifiers included).

@@ -167,9 +167,10 @@ def flow_row(sizes: np.ndarray, dirs: np.ndarray, iats_ms: np.ndarray, flags: np
     rng = np.random.default_rng(flow_id + int(sizes.sum()))
     for d, mask in (("src2dst", up), ("dst2src", down)):
         n_payload = int((pay[mask] > 0).sum())
-        # no cleartext encapsulation is simulated: inner_header_frac and inner_ppp_frac are 0; framing drawn alike too
+        # no cleartext encapsulation is simulated: inner_header_frac and inner_ppp_frac are 0; framing and length fields drawn alike too
         values = (rng.uniform(3.2, 4.2), rng.uniform(0.2, 0.9), rng.uniform(3.4, 4.1), float(rng.random() < 0.3), 0.0, 0.0,
-                  float(rng.integers(0, 12)), rng.uniform(0.0, 1.0), float(rng.integers(0, 32)))
+                  float(rng.integers(0, 12)), rng.uniform(0.0, 1.0), float(rng.integers(0, 32)),
+                  float(rng.random() < 0.1), rng.uniform(0.0, 1.0), float(rng.integers(0, 9)))
         row.update({f"{d}_{c}": (v if n_payload >= HEAD_STAT_MIN_PACKETS[c] else None)
                     for c, v in zip(HEAD_STAT_COLUMNS, values, strict=True)})
     row.update(_stats("", sizes, ts_ms))

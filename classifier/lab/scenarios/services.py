@@ -518,14 +518,30 @@ def bt_traffic(s: Session) -> None:
 
 # -- ICMP echo ----------------------------------------------------------------------------------------
 
-def ping_traffic(s: Session) -> None:
+def ping_traffic(s: Session, family: int = 4) -> None:
     """``ping`` from the client: interval and size drawn per capture (monitoring probes to MTU tests)."""
     rng = s.rng()
     interval = rng.choice([0.05, 0.2, 0.5, 1.0])
     size = rng.choice([56, 56, 120, 512, 1200, 1400])
     count = max(2, int(s.duration / interval))
-    s.lab.run(s.client_ns, ["ping", "-q", "-i", f"{interval:g}", "-s", str(size), "-c", str(count),
-                            "-w", str(int(s.duration) + 2), s.server_ip], timeout=s.duration + 10)
+    target = s.server_ip if family == 4 else ipv6_addr(s, 1)
+    s.lab.run(s.client_ns, ["ping", f"-{family}", "-q", "-i", f"{interval:g}", "-s", str(size), "-c", str(count),
+                            "-w", str(int(s.duration) + 2), target], timeout=s.duration + 10)
+
+
+def ipv6_addr(s: Session, host: int) -> str:
+    """An IPv6 address on the veth link of scenario N: fd00:0:N::1 (server) and ::2 (client)."""
+    return f"fd00:0:{s.n}::{host}"
+
+
+def ipv6_setup(s: Session) -> None:
+    """Give the veth link IPv6 addresses (the lab switches IPv6 off): no link-local address, no
+    duplicate-address detection and no router solicitations, so that only the echo shows."""
+    for ns, host in ((s.server_ns, 1), (s.client_ns, 2)):
+        for key, value in (("addr_gen_mode", "1"), ("accept_ra", "0"), ("router_solicitations", "0"),
+                           ("disable_ipv6", "0")):
+            s.lab.run(ns, ["sysctl", "-q", "-w", f"net.ipv6.conf.veth0.{key}={value}"])
+        s.lab.run(ns, ["ip", "-6", "addr", "add", f"{ipv6_addr(s, host)}/64", "dev", "veth0", "nodad"])
 
 
 # -- registry ------------------------------------------------------------------------------------------
@@ -583,3 +599,7 @@ register_negative("bittorrent", 120, "bittorrent", "tcp", BT_PORT, ("aria2c", "m
 register_negative("ping", 131, "icmp", "icmp", None, ("ping",), no_setup, ping_traffic,
      "iputils ping, interval 0.05-1 s and 56-1400-byte payloads drawn per capture",
      "ICMP echo between the hosts: a flow that is neither TCP nor UDP and no tunnel.")
+register_negative("ping6", 140, "icmp", "icmp", None, ("ping",), ipv6_setup, partial(ping_traffic, family=6),
+     "iputils ping -6 over the link's IPv6 addresses, interval and size drawn as for ping",
+     "ICMPv6 echo: the other family's ping, with the same header layout (a second kind of ICMP echo "
+     "for the model to learn from).")
