@@ -140,10 +140,7 @@ def _length_field(data: np.ndarray, lens: np.ndarray, caps: np.ndarray, valid: n
     Random bytes match at one offset about once in 16,000 packets. At least 4 bytes must
     follow the field, so that empty and tiny packets do not match by their zeros.
     """
-    span = MAX_LENGTH_OFFSET + 1
-    if data.shape[-1] < span + 1:
-        return np.zeros((*caps.shape, 0), bool)
-    off = np.arange(span)
+    off = np.arange(min(MAX_LENGTH_OFFSET + 1, data.shape[-1] - 1))  # heads are HEAD_BYTES (64) wide
     field = data[..., off].astype(np.int32) << 8 | data[..., off + 1]
     rest = lens.astype(np.int32)[..., None] - off - 2
     gap = rest - field
@@ -279,8 +276,7 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
             "counter_offset": offset,
             "stun_frac": (stun & m).sum(axis=1) / np.maximum(n_slots, 1),
             "length_frac": length_frac,
-            "length_offset": np.where(length_frac >= 0.5, length_n.argmax(axis=1) if length_n.shape[1] else 0,
-                                      np.nan),
+            "length_offset": np.where(length_frac >= 0.5, length_n.argmax(axis=1), np.nan),
         }
         out.update({f"{name}_{col}": (values[col], (n_slots >= HEAD_STAT_MIN_PACKETS[col]) & ~np.isnan(values[col]))
                     for col in HEAD_STAT_COLUMNS})

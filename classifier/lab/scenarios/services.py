@@ -23,7 +23,7 @@ import sys
 import time
 from functools import partial
 
-from classifier.lab.netns import LabError
+from classifier.lab.netns import VETH, LabError
 from classifier.lab.scenarios import SYSTEM_PYTHON
 from classifier.lab.scenarios.negatives import register_negative, start_nginx
 from classifier.lab.session import Session
@@ -540,8 +540,8 @@ def ipv6_setup(s: Session) -> None:
     for ns, host in ((s.server_ns, 1), (s.client_ns, 2)):
         for key, value in (("addr_gen_mode", "1"), ("accept_ra", "0"), ("router_solicitations", "0"),
                            ("disable_ipv6", "0")):
-            s.lab.run(ns, ["sysctl", "-q", "-w", f"net.ipv6.conf.veth0.{key}={value}"])
-        s.lab.run(ns, ["ip", "-6", "addr", "add", f"{ipv6_addr(s, host)}/64", "dev", "veth0", "nodad"])
+            s.lab.run(ns, ["sysctl", "-q", "-w", f"net.ipv6.conf.{VETH}.{key}={value}"])
+        s.lab.run(ns, ["ip", "-6", "addr", "add", f"{ipv6_addr(s, host)}/64", "dev", VETH, "nodad"])
 
 
 # -- registry ------------------------------------------------------------------------------------------
