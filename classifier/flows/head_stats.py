@@ -114,11 +114,14 @@ def _stun_message(data: np.ndarray, caps: np.ndarray) -> np.ndarray:
     bytes match with probability 2^-34 per offset.
     """
     found = np.zeros(caps.shape, bool)
-    cookie = np.frombuffer(STUN_COOKIE, np.uint8)
     for o in STUN_OFFSETS:
-        if data.shape[-1] < o + 8:
-            break
-        found |= ((data[..., o] >> 6) == 0) & (data[..., o + 4:o + 8] == cookie).all(axis=-1) & (caps >= o + 20)
+        # only heads whose byte o+4 opens the cookie (one in 256 random ones) are read further
+        flow, slot = np.nonzero(data[..., o + 4] == STUN_COOKIE[0])
+        heads = data[flow, slot]
+        hit = ((heads[:, o] >> 6) == 0) & (caps[flow, slot] >= o + 20)
+        for i in range(1, len(STUN_COOKIE)):
+            hit &= heads[:, o + 4 + i] == STUN_COOKIE[i]
+        found[flow[hit], slot[hit]] = True
     return found
 
 
@@ -140,12 +143,12 @@ def _length_field(data: np.ndarray, lens: np.ndarray, caps: np.ndarray, valid: n
     Random bytes match at one offset about once in 16,000 packets. At least 4 bytes must
     follow the field, so that empty and tiny packets do not match by their zeros.
     """
-    off = np.arange(min(MAX_LENGTH_OFFSET + 1, data.shape[-1] - 1))  # heads are HEAD_BYTES (64) wide
-    field = data[..., off].astype(np.int32) << 8 | data[..., off + 1]
+    span = min(MAX_LENGTH_OFFSET + 1, data.shape[-1] - 1)  # heads are HEAD_BYTES (64) wide
+    off = np.arange(span, dtype=np.int32)
+    field = data[..., :span].astype(np.int32) << 8 | data[..., 1:span + 1]  # slices, not a gather
     rest = lens.astype(np.int32)[..., None] - off - 2
-    gap = rest - field
-    return ((gap >= 0) & (gap <= LENGTH_SLACK) & (rest >= 4) & (caps.astype(np.int32)[..., None] >= off + 2)
-            & valid[..., None])
+    gap = (rest - field).view(np.uint32)  # a negative gap wraps to a huge one: one comparison
+    return (gap <= LENGTH_SLACK) & (rest >= 4) & (caps.astype(np.int32)[..., None] >= off + 2) & valid[..., None]
 
 
 #: Leading bytes of each payload head searched for repeated fields and counters: tunnel
