@@ -214,11 +214,10 @@ def apply_calibration(calibration: dict[str, Any], scores: np.ndarray) -> np.nda
     if calibration["method"] == "sigmoid":
         z = calibration["coef"] * scores + calibration["intercept"]
         return 1.0 / (1.0 + np.exp(-np.clip(z, -700, 700)))
-    s = np.asarray(scores, float)
-    p = np.asarray(calibration["isotonic"].predict(s), float)
+    p = np.asarray(calibration["isotonic"].predict(scores), float)
     # isotonic steps put many flows on one plateau; a nudge of at most 1e-6 by the raw score
     # keeps their order (ROC curves stay informative) without changing any probability visibly
-    nudge = 0.999e-6 * np.tanh((s - calibration.get("tie_center", 0.0)) / calibration.get("tie_scale", 1.0))
+    nudge = 0.999e-6 * np.tanh((scores - calibration.get("tie_center", 0.0)) / calibration.get("tie_scale", 1.0))
     return p * (1.0 - 2e-6) + 1e-6 + nudge  # both terms rise with the score; stays inside (0, 1)
 
 

@@ -121,11 +121,17 @@ class Media:
             out.append(struct.pack("!BBH", 0x81, 200, 6) + self.ssrc[111] + os.urandom(rng.choice([48, 60, 88])))
             self.due["rtcp"] += rng.uniform(0.5, 1.5)
         if now >= self.due["consent"]:
-            out.append(stun(0x0001, [attr(0x0006, os.urandom(8).hex().encode()), attr(0x0024, os.urandom(4)),
-                                     attr(0x802A, os.urandom(8))], key=os.urandom(16)))
+            out.append(binding_request())
             self.due["consent"] += rng.uniform(2.0, 5.0)
         return out, min(self.due[k] for k in (("audio", "video", "rtcp", "consent") if self.video
                                               else ("audio", "rtcp", "consent")))
+
+
+def binding_request(controlling=True, nominate=False):
+    # an ICE check: USERNAME, PRIORITY, ICE-CONTROLLING or -CONTROLLED, USE-CANDIDATE when nominating
+    attrs = [attr(0x0006, (os.urandom(4).hex() + ":" + os.urandom(4).hex()).encode()), attr(0x0024, os.urandom(4)),
+             attr(0x802A if controlling else 0x8029, os.urandom(8))]
+    return stun(0x0001, attrs + ([attr(0x0025, b"")] if nominate else []), key=os.urandom(16))
 
 
 def consent_reply(data, addr):
@@ -175,17 +181,16 @@ if role.startswith("ice-"):
     def read_framed():
         return read_exactly(int.from_bytes(read_exactly(2), "big"))
 
+    def send_framed(*packets):
+        sock.sendall(b"".join(struct.pack("!H", len(p)) + p for p in packets))
+
     def check(nominate=False):
-        ask = [attr(0x0006, (os.urandom(4).hex() + ":" + os.urandom(4).hex()).encode()), attr(0x0024, os.urandom(4)),
-               attr(0x802A if role == "ice-client" else 0x8029, os.urandom(8))] + ([attr(0x0025, b"")] if nominate else [])
-        msg = stun(0x0001, ask, key=os.urandom(16))
-        sock.sendall(struct.pack("!H", len(msg)) + msg)
+        send_framed(binding_request(role == "ice-client", nominate))
         read_framed()
 
     def answer():
         request = read_framed()
-        reply = consent_reply(request, sock.getpeername())
-        sock.sendall(struct.pack("!H", len(reply)) + reply)
+        send_framed(consent_reply(request, sock.getpeername()))
         return attributes(request)
 
     # ICE connectivity checks before any media: the controlling side (the caller) checks the
@@ -200,18 +205,12 @@ if role.startswith("ice-"):
         while 0x0025 not in answer():
             pass
         check()
-    sock.setblocking(False)
     media = Media()
     while time.monotonic() < deadline:
         packets, wake = media.due_packets()
-        sock.setblocking(True)
-        sock.sendall(b"".join(struct.pack("!H", len(p)) + p for p in packets))
-        sock.setblocking(False)
-        try:
-            if select.select([sock], [], [], 0)[0] and not sock.recv(65535):
-                break  # the other side hung up: the call is over
-        except BlockingIOError:
-            pass
+        send_framed(*packets)
+        if select.select([sock], [], [], 0)[0] and not sock.recv(65535):
+            break  # readable and empty: the other side hung up, the call is over
         time.sleep(max(0.0, wake - time.monotonic()))
     sock.close()
     sys.exit(0)
@@ -306,6 +305,11 @@ request(0x0004, [attr(0x000D, struct.pack("!I", 0)), *auth], key)  # lifetime 0:
 """
 
 
+def _role(script, role: str, *args: object, seconds: float, seed: int) -> list[str]:
+    """The command line of one ``TURN_CALL`` role (its arguments, then SECONDS SEED USER PASSWORD)."""
+    return [sys.executable, str(script), role, *map(str, args), f"{seconds}", str(seed), USER, PASSWORD]
+
+
 def turn_setup(s: Session, mode: str) -> None:
     """coturn on the server's address with one long-term user, and the call's peer beside it."""
     port = TURNS_PORT if mode == "tls" else TURN_PORT
@@ -327,29 +331,28 @@ def turn_traffic(s: Session, mode: str) -> None:
     """The call: the peer waits beside the relay, the client allocates, binds a channel and talks."""
     script, port = s.extra["turn"]
     seed = s.profile.seed
-    tail = [str(seed), USER, PASSWORD]
-    peer = s.lab.spawn(s.server_ns, [sys.executable, str(script), "peer", s.server_ip, str(PEER_PORT),
-                                     f"{s.duration + 5}", str(seed + 1), USER, PASSWORD], "turn-peer")
+    peer = s.lab.spawn(s.server_ns, _role(script, "peer", s.server_ip, PEER_PORT, seconds=s.duration + 5,
+                                          seed=seed + 1), "turn-peer")
     s.lab.wait_port(s.server_ns, PEER_PORT, "udp", procs=[peer])
     # most clients bind a channel; some (older libjingle-based ones) send every packet in a Send indication
     framing = "indication" if seed and s.rng().random() < 0.4 else "channel"
-    s.lab.run(s.client_ns, [sys.executable, str(script), "client", mode, framing, s.server_ip, str(port), s.server_ip,
-                            str(PEER_PORT), f"{s.duration}", *tail], timeout=s.duration + 40)
+    s.lab.run(s.client_ns, _role(script, "client", mode, framing, s.server_ip, port, s.server_ip, PEER_PORT,
+                                 seconds=s.duration, seed=seed), timeout=s.duration + 40)
 
 
 def ice_tcp_setup(s: Session) -> None:
     """The answering peer listens; ICE-TCP has no server in between."""
     script = s.file("turn_call.py", TURN_CALL)
-    proc = s.lab.spawn(s.server_ns, [sys.executable, str(script), "ice-server", s.server_ip, str(ICE_TCP_PORT),
-                                     f"{s.duration + 30}", str(s.profile.seed + 1), USER, PASSWORD], "ice-server")
+    proc = s.lab.spawn(s.server_ns, _role(script, "ice-server", s.server_ip, ICE_TCP_PORT,
+                                          seconds=s.duration + 30, seed=s.profile.seed + 1), "ice-server")
     s.lab.wait_port(s.server_ns, ICE_TCP_PORT, "tcp", procs=[proc])
     s.extra["ice"] = script
 
 
 def ice_tcp_traffic(s: Session) -> None:
     """The calling peer connects and both send media, each packet behind its 2-byte length."""
-    s.lab.run(s.client_ns, [sys.executable, str(s.extra["ice"]), "ice-client", s.server_ip, str(ICE_TCP_PORT),
-                            f"{s.duration}", str(s.profile.seed), USER, PASSWORD], timeout=s.duration + 30)
+    s.lab.run(s.client_ns, _role(s.extra["ice"], "ice-client", s.server_ip, ICE_TCP_PORT, seconds=s.duration,
+                                 seed=s.profile.seed), timeout=s.duration + 30)
 
 
 for _name, _number, _mode, _port, _notes in (
