@@ -703,6 +703,44 @@ def test_a_refused_key_exchange_group_makes_four_ike_sa_init_messages_on_500(tmp
 
 @pytest.mark.lab
 @pytest.mark.timeout(120)
+def test_a_server_under_load_makes_the_client_repeat_its_ike_sa_init_with_a_cookie(tmp_path: Path) -> None:
+    """One half-open IKE_SA puts the server over its cookie threshold: COOKIE, then IKE_SA_INIT again."""
+    _skip_unless_lab(("ipsec-ikev2-cookie",))
+    rows = _capture_ok(tmp_path, 100, "ipsec-ikev2-cookie", "--duration", "2")
+    datagrams = _udp_payloads(tmp_path / rows["ipsec-ikev2-cookie"].file, 500)
+    probe = [p for key, p in datagrams if key[1] != key[3]]  # from an ephemeral port
+    ike = [p for key, p in datagrams if key[1] == key[3] == 500]
+    assert len(probe) == 2 and probe[1][:8] == probe[0][:8] and probe[1][8:16] != bytes(8)  # answered: half-open
+    assert [p[18] for p in ike] == [34] * 4  # IKE_SA_INIT, twice each way; IKE_AUTH runs on 4500
+    cookie = ike[1]
+    assert cookie[16] == 41 and int.from_bytes(cookie[34:36], "big") == 16390  # Notify: COOKIE
+    assert ike[2][:8] == ike[0][:8] and ike[2][8:16] == bytes(8)  # the same initiator SPI, no responder's yet
+    notify = len(cookie) - 28
+    assert ike[2][16] == 41 and ike[2][28 + 8:28 + notify] == cookie[28 + 8:]  # the cookie it was sent first,
+    assert ike[2][28 + notify:] == ike[0][28:]  # then the same payloads
+    assert len(ike[0]) > 500  # six proposals and a MODP-2048 key share
+    flows = _signature_flows(tmp_path, rows["ipsec-ikev2-cookie"].file)
+    on_500 = [f for f in flows if f["src_port"] == f["dst_port"] == 500]
+    assert len(on_500) == 1 and on_500[0]["packets"] == 4 and on_500[0]["vpn_protocol"] == "ipsec-ike"
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(120)
+def test_ikev1_aggressive_mode_sets_up_in_three_messages_on_500(tmp_path: Path) -> None:
+    _skip_unless_lab(("ipsec-ikev1-aggressive-kernel",))
+    rows = _capture_ok(tmp_path, 100, "ipsec-ikev1-aggressive-kernel", "--duration", "2")
+    ike = [p for _, p in _udp_payloads(tmp_path / rows["ipsec-ikev1-aggressive-kernel"].file, 500)]
+    assert [p[18] for p in ike[:3]] == [4, 4, 4]  # Aggressive Mode: three messages
+    assert ike[0][8:16] == bytes(8) and ike[1][:16] == ike[2][:16]  # the responder's cookie from message 2 on
+    assert ike[3][18] == 32  # then Quick Mode
+    flows = _signature_flows(tmp_path, rows["ipsec-ikev1-aggressive-kernel"].file)
+    assert any(f["ip_proto"] == 50 and f["vpn_protocol"] == "ipsec-esp" for f in flows)
+    on_500 = [f for f in flows if 500 in (f["src_port"], f["dst_port"])]
+    assert len(on_500) == 1 and on_500[0]["vpn_protocol"] == "ipsec-ike"
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(120)
 def test_a_capped_packet_size_splits_the_openvpn_handshake_into_small_control_packets(tmp_path: Path) -> None:
     flows = _scenario_signature_flows(tmp_path, "openvpn-udp-small", "2")
     capture = next(tmp_path.glob("openvpn-udp-small*.pcap"))

@@ -15,6 +15,9 @@ on ``lo``; charon routes them through its ``ipsec0`` tun device (routing table 2
 
 from __future__ import annotations
 
+import os
+import struct
+import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -38,7 +41,7 @@ charon {{
   load = {plugins}
   install_routes = {install_routes}
   retransmit_tries = 3
-  filelog {{ stderr {{ default = 1 }} }}
+{options}  filelog {{ stderr {{ default = 1 }} }}
   plugins {{
     kernel-libipsec {{ allow_peer_ts = yes }}
   }}
@@ -53,7 +56,7 @@ connections {{
   lab {{
     version = {version}
     mobike = {mobike}
-{timers}    local_addrs = {local}
+{timers}{ike_options}    local_addrs = {local}
     remote_addrs = {remote}
     proposals = {proposals}
     local {{
@@ -83,6 +86,50 @@ secrets {{
 """
 
 
+#: A responder under load (``charon.cookie_threshold`` half-open IKE_SAs besides the request
+#: being answered) asks every initiator to prove its address first. A threshold of one and
+#: one half-open IKE_SA (``half_open_init``, never followed up) put the lab's server there.
+COOKIE_CONF = "  cookie_threshold = 1\n"
+
+#: IKEv1 Aggressive Mode with a pre-shared key (three messages instead of main mode's six,
+#: the identities in the clear), as remote-access clients of many gateways use it; charon
+#: answers it only when told that it knows the risk.
+AGGRESSIVE_CONF = "  i_dont_care_about_security_and_use_aggressive_mode_psk = yes\n"
+AGGRESSIVE_IKE = "    aggressive = yes\n"
+
+#: Sends one IKE_SA_INIT (hex, argv[2]) to argv[1]:500 and waits for the answer.
+SEND_INIT = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5); "
+             "s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[1], 500)); s.recv(4096)")
+
+
+def _payload(next_payload: int, body: bytes) -> bytes:
+    """An IKEv2 payload: generic header (next payload, not critical, length), then the body."""
+    return struct.pack("!BBH", next_payload, 0, 4 + len(body)) + body
+
+
+def half_open_init(spi: bytes, key: bytes, nonce: bytes) -> bytes:
+    """An IKE_SA_INIT request offering aes128-sha256-x25519 (``PROPOSALS``) with X25519 ``key``.
+
+    The server answers it and keeps the IKE_SA half-open until it times out, since no
+    IKE_AUTH follows: the one half-open IKE_SA that ``COOKIE_CONF`` needs.
+    """
+    transforms = [(1, 12, struct.pack("!HH", 0x800E, 128)),  # ENCR_AES_CBC, key length 128
+                  (2, 5, b""), (3, 12, b""), (4, 31, b"")]  # PRF and INTEG HMAC-SHA2-256, Curve25519
+    body = b"".join(struct.pack("!BBHBBH", 0 if i == len(transforms) - 1 else 3, 0, 8 + len(attrs), kind, 0, ident)
+                    + attrs for i, (kind, ident, attrs) in enumerate(transforms))
+    proposal = struct.pack("!BBHBBBB", 0, 0, 8 + len(body), 1, 1, 0, len(transforms)) + body
+    payloads = (_payload(34, proposal) + _payload(40, struct.pack("!HH", 31, 0) + key)  # SA, KE
+                + _payload(0, nonce))  # Nonce
+    header = spi + bytes(8) + struct.pack("!BBBBII", 33, 0x20, 34, 0x08, 0, 28 + len(payloads))
+    return header + payloads
+
+
+#: What a desktop client offers: several proposals, strongest first, with a 2048-bit MODP
+#: group whose key share makes IKE_SA_INIT some 680 bytes (the lab's other clients offer
+#: one proposal with X25519: some 250 bytes).
+DESKTOP_PROPOSALS = ("aes256-sha256-modp2048, aes256-sha512-modp4096, aes256-sha384-modp3072, "
+                     "aes128-sha256-modp2048, aes128-sha1-modp2048, aes128-sha256-x25519")
+
 #: Timers of a long-lived connection, shortened to fit a capture of a few seconds: a
 #: dead-peer check after a second without traffic from the peer and, for IKEv2, a
 #: CHILD_SA rekey (CREATE_CHILD_SA) every two seconds, so IKE keeps talking after the
@@ -94,7 +141,7 @@ CHATTY_CHILD_TIMERS = {2: "        rekey_time = 2s\n        rand_time = 0s\n", 1
 
 
 def _start_charon(s: Session, side: str, version: int, mobike: bool, proposals: str,
-                  chatty: bool = False) -> tuple[Proc, str, str]:
+                  chatty: bool = False, cookie: bool = False, aggressive: bool = False) -> tuple[Proc, str, str]:
     """Start one charon in its own mount namespace; return (process, vici URI, config path)."""
     timers, child_timers = (CHATTY_TIMERS, CHATTY_CHILD_TIMERS[version]) if chatty else ("", "")
     server = side == "server"
@@ -102,9 +149,11 @@ def _start_charon(s: Session, side: str, version: int, mobike: bool, proposals: 
     run = d / "run"
     run.mkdir(parents=True, exist_ok=True)
     conf = s.file(f"ipsec-{side}/strongswan.conf", STRONGSWAN_CONF.format(
-        plugins=PLUGINS, install_routes="no" if chatty else "yes"))
+        plugins=PLUGINS, install_routes="no" if chatty else "yes",
+        options=(COOKIE_CONF if cookie else "") + (AGGRESSIVE_CONF if aggressive else "")))
     swanctl = s.file(f"ipsec-{side}/swanctl.conf", SWANCTL_CONF.format(
         version=version, mobike="yes" if mobike else "no", proposals=proposals, timers=timers,
+        ike_options=AGGRESSIVE_IKE if aggressive else "",
         child_timers=child_timers,
         local=s.server_ip if server else s.client_ip, remote=s.client_ip if server else s.server_ip,
         local_id="server@lab" if server else "client@lab", remote_id="client@lab" if server else "server@lab",
@@ -126,19 +175,34 @@ def _start_charon(s: Session, side: str, version: int, mobike: bool, proposals: 
     return proc, uri, str(conf)
 
 
-def setup(s: Session, version: int, mobike: bool = True, ke_retry: bool = False, chatty: bool = False) -> None:
+def setup(s: Session, version: int, mobike: bool = True, ke_retry: bool = False, chatty: bool = False,
+          cookie: bool = False, aggressive: bool = False) -> None:
     """Start both charons, initiate the CHILD_SA from the client, wait for a ping through it.
 
     ``ke_retry``: the client's first proposal guesses the X25519 group, the server accepts
     only MODP-2048, so the server answers INVALID_KE_PAYLOAD and the client sends its
     IKE_SA_INIT again with the group asked for: four packets on UDP 500 before IKE moves on,
     as real clients show whenever their guess of the server's group is wrong.
-    ``chatty``: ``CHATTY_TIMERS``.
+    ``chatty``: ``CHATTY_TIMERS``. ``cookie``: the server answers the first IKE_SA_INIT with
+    a COOKIE notify (``COOKIE_CONF``) and the client, offering ``DESKTOP_PROPOSALS``, sends it
+    again with the cookie: four packets on UDP 500, a large request, a 60-byte answer, the
+    request again and the server's reply, as busy servers answer real clients.
+    ``aggressive``: IKEv1 Aggressive Mode (``AGGRESSIVE_CONF``).
     """
-    server_proposals, client_proposals = (("aes128-sha256-modp2048", "aes128-sha256-x25519-modp2048")
-                                          if ke_retry else (PROPOSALS, PROPOSALS))
-    srv, _, _ = _start_charon(s, "server", version, mobike, server_proposals, chatty)
-    cli, uri, conf = _start_charon(s, "client", version, mobike, client_proposals, chatty)
+    if ke_retry:
+        server_proposals, client_proposals = "aes128-sha256-modp2048", "aes128-sha256-x25519-modp2048"
+    elif cookie:
+        server_proposals, client_proposals = f"aes256-sha256-modp2048, {PROPOSALS}", DESKTOP_PROPOSALS
+    else:
+        server_proposals, client_proposals = PROPOSALS, PROPOSALS
+    srv, _, _ = _start_charon(s, "server", version, mobike, server_proposals, chatty, cookie, aggressive)
+    cli, uri, conf = _start_charon(s, "client", version, mobike, client_proposals, chatty, aggressive=aggressive)
+    if cookie:
+        probe = half_open_init(os.urandom(8), os.urandom(32), os.urandom(32))
+        s.lab.run(s.client_ns, [sys.executable, "-c", SEND_INIT, s.server_ip, probe.hex()], timeout=10)
+    if aggressive:  # the quick mode sent right behind aggressive mode's third message can overtake it
+        s.lab.run(s.client_ns, ["swanctl", "--initiate", "--ike", "lab", "--uri", uri, "--timeout", "15"],
+                  timeout=25, env={"STRONGSWAN_CONF": conf})
     s.lab.run(s.client_ns, ["swanctl", "--initiate", "--child", "lab", "--uri", uri, "--timeout", "15"],
               timeout=25, env={"STRONGSWAN_CONF": conf})
     s.lab.wait_ping(s.client_ns, s.inner_server, procs=[srv, cli])
@@ -169,6 +233,15 @@ register(Scenario(
     requires=REQUIRES, setup=partial(setup, version=2, ke_retry=True),
     description="IKEv2 whose first IKE_SA_INIT guesses the wrong group: INVALID_KE_PAYLOAD, a second "
                 "IKE_SA_INIT on 500, IKE_AUTH on 4500, then ESP in UDP 4500.",
+))
+
+register(Scenario(
+    name="ipsec-ikev2-cookie", number=142, vpn=True, protocol="ipsec-ike", transport="udp", server_port=500,
+    notes=f"IKEv2 PSK; the server asks for a cookie (cookie_threshold 1), the client offers six proposals "
+          f"with MODP-2048 first; {NOTE}",
+    requires=REQUIRES, setup=partial(setup, version=2, cookie=True),
+    description="IKEv2 from a desktop-style client to a server under load: IKE_SA_INIT, a COOKIE notify, "
+                "IKE_SA_INIT again with the cookie (four packets on 500), IKE_AUTH on 4500, then ESP in UDP 4500.",
 ))
 
 
@@ -244,4 +317,12 @@ register(Scenario(
     setup=partial(setup, version=2, mobike=False, chatty=True), rewrite=kernel_rewrite(500),
     description="IKEv2 without MOBIKE as a host with kernel IPsec and no NAT shows it: every IKE exchange "
                 "on UDP 500, ESP as IP protocol 50.",
+))
+register(Scenario(
+    name="ipsec-ikev1-aggressive-kernel", number=143, vpn=True, protocol="ipsec-ike", transport="udp",
+    server_port=500, notes=f"IKEv1 aggressive mode PSK, dead-peer checks, all on 500; {KERNEL_NOTE}",
+    requires=REQUIRES, setup=partial(setup, version=1, mobike=False, chatty=True, aggressive=True),
+    rewrite=kernel_rewrite(500),
+    description="IKEv1 Aggressive Mode (three messages, identities in the clear) as a host with kernel IPsec and "
+                "no NAT shows it: aggressive and quick mode and dead-peer checks on UDP 500, ESP as IP protocol 50.",
 ))
