@@ -726,21 +726,6 @@ def test_a_server_under_load_makes_the_client_repeat_its_ike_sa_init_with_a_cook
 
 @pytest.mark.lab
 @pytest.mark.timeout(120)
-def test_ikev1_aggressive_mode_sets_up_in_three_messages_on_500(tmp_path: Path) -> None:
-    _skip_unless_lab(("ipsec-ikev1-aggressive-kernel",))
-    rows = _capture_ok(tmp_path, 100, "ipsec-ikev1-aggressive-kernel", "--duration", "2")
-    ike = [p for _, p in _udp_payloads(tmp_path / rows["ipsec-ikev1-aggressive-kernel"].file, 500)]
-    assert [p[18] for p in ike[:3]] == [4, 4, 4]  # Aggressive Mode: three messages
-    assert ike[0][8:16] == bytes(8) and ike[1][:16] == ike[2][:16]  # the responder's cookie from message 2 on
-    assert ike[3][18] == 32  # then Quick Mode
-    flows = _signature_flows(tmp_path, rows["ipsec-ikev1-aggressive-kernel"].file)
-    assert any(f["ip_proto"] == 50 and f["vpn_protocol"] == "ipsec-esp" for f in flows)
-    on_500 = [f for f in flows if 500 in (f["src_port"], f["dst_port"])]
-    assert len(on_500) == 1 and on_500[0]["vpn_protocol"] == "ipsec-ike"
-
-
-@pytest.mark.lab
-@pytest.mark.timeout(120)
 def test_a_capped_packet_size_splits_the_openvpn_handshake_into_small_control_packets(tmp_path: Path) -> None:
     flows = _scenario_signature_flows(tmp_path, "openvpn-udp-small", "2")
     capture = next(tmp_path.glob("openvpn-udp-small*.pcap"))

@@ -41,7 +41,7 @@ charon {{
   load = {plugins}
   install_routes = {install_routes}
   retransmit_tries = 3
-{options}  filelog {{ stderr {{ default = 1 }} }}
+{cookie}  filelog {{ stderr {{ default = 1 }} }}
   plugins {{
     kernel-libipsec {{ allow_peer_ts = yes }}
   }}
@@ -56,7 +56,7 @@ connections {{
   lab {{
     version = {version}
     mobike = {mobike}
-{timers}{ike_options}    local_addrs = {local}
+{timers}    local_addrs = {local}
     remote_addrs = {remote}
     proposals = {proposals}
     local {{
@@ -90,12 +90,6 @@ secrets {{
 #: being answered) asks every initiator to prove its address first. A threshold of one and
 #: one half-open IKE_SA (``half_open_init``, never followed up) put the lab's server there.
 COOKIE_CONF = "  cookie_threshold = 1\n"
-
-#: IKEv1 Aggressive Mode with a pre-shared key (three messages instead of main mode's six,
-#: the identities in the clear), as remote-access clients of many gateways use it; charon
-#: answers it only when told that it knows the risk.
-AGGRESSIVE_CONF = "  i_dont_care_about_security_and_use_aggressive_mode_psk = yes\n"
-AGGRESSIVE_IKE = "    aggressive = yes\n"
 
 #: Sends one IKE_SA_INIT (hex, argv[2]) to argv[1]:500 and waits for the answer.
 SEND_INIT = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5); "
@@ -141,7 +135,7 @@ CHATTY_CHILD_TIMERS = {2: "        rekey_time = 2s\n        rand_time = 0s\n", 1
 
 
 def _start_charon(s: Session, side: str, version: int, mobike: bool, proposals: str,
-                  chatty: bool = False, cookie: bool = False, aggressive: bool = False) -> tuple[Proc, str, str]:
+                  chatty: bool = False, cookie: bool = False) -> tuple[Proc, str, str]:
     """Start one charon in its own mount namespace; return (process, vici URI, config path)."""
     timers, child_timers = (CHATTY_TIMERS, CHATTY_CHILD_TIMERS[version]) if chatty else ("", "")
     server = side == "server"
@@ -149,11 +143,9 @@ def _start_charon(s: Session, side: str, version: int, mobike: bool, proposals: 
     run = d / "run"
     run.mkdir(parents=True, exist_ok=True)
     conf = s.file(f"ipsec-{side}/strongswan.conf", STRONGSWAN_CONF.format(
-        plugins=PLUGINS, install_routes="no" if chatty else "yes",
-        options=(COOKIE_CONF if cookie else "") + (AGGRESSIVE_CONF if aggressive else "")))
+        plugins=PLUGINS, install_routes="no" if chatty else "yes", cookie=COOKIE_CONF if cookie else ""))
     swanctl = s.file(f"ipsec-{side}/swanctl.conf", SWANCTL_CONF.format(
         version=version, mobike="yes" if mobike else "no", proposals=proposals, timers=timers,
-        ike_options=AGGRESSIVE_IKE if aggressive else "",
         child_timers=child_timers,
         local=s.server_ip if server else s.client_ip, remote=s.client_ip if server else s.server_ip,
         local_id="server@lab" if server else "client@lab", remote_id="client@lab" if server else "server@lab",
@@ -176,7 +168,7 @@ def _start_charon(s: Session, side: str, version: int, mobike: bool, proposals: 
 
 
 def setup(s: Session, version: int, mobike: bool = True, ke_retry: bool = False, chatty: bool = False,
-          cookie: bool = False, aggressive: bool = False) -> None:
+          cookie: bool = False) -> None:
     """Start both charons, initiate the CHILD_SA from the client, wait for a ping through it.
 
     ``ke_retry``: the client's first proposal guesses the X25519 group, the server accepts
@@ -187,7 +179,6 @@ def setup(s: Session, version: int, mobike: bool = True, ke_retry: bool = False,
     a COOKIE notify (``COOKIE_CONF``) and the client, offering ``DESKTOP_PROPOSALS``, sends it
     again with the cookie: four packets on UDP 500, a large request, a 60-byte answer, the
     request again and the server's reply, as busy servers answer real clients.
-    ``aggressive``: IKEv1 Aggressive Mode (``AGGRESSIVE_CONF``).
     """
     if ke_retry:
         server_proposals, client_proposals = "aes128-sha256-modp2048", "aes128-sha256-x25519-modp2048"
@@ -195,14 +186,11 @@ def setup(s: Session, version: int, mobike: bool = True, ke_retry: bool = False,
         server_proposals, client_proposals = f"aes256-sha256-modp2048, {PROPOSALS}", DESKTOP_PROPOSALS
     else:
         server_proposals, client_proposals = PROPOSALS, PROPOSALS
-    srv, _, _ = _start_charon(s, "server", version, mobike, server_proposals, chatty, cookie, aggressive)
-    cli, uri, conf = _start_charon(s, "client", version, mobike, client_proposals, chatty, aggressive=aggressive)
+    srv, _, _ = _start_charon(s, "server", version, mobike, server_proposals, chatty, cookie)
+    cli, uri, conf = _start_charon(s, "client", version, mobike, client_proposals, chatty)
     if cookie:
         probe = half_open_init(os.urandom(8), os.urandom(32), os.urandom(32))
         s.lab.run(s.client_ns, [sys.executable, "-c", SEND_INIT, s.server_ip, probe.hex()], timeout=10)
-    if aggressive:  # the quick mode sent right behind aggressive mode's third message can overtake it
-        s.lab.run(s.client_ns, ["swanctl", "--initiate", "--ike", "lab", "--uri", uri, "--timeout", "15"],
-                  timeout=25, env={"STRONGSWAN_CONF": conf})
     s.lab.run(s.client_ns, ["swanctl", "--initiate", "--child", "lab", "--uri", uri, "--timeout", "15"],
               timeout=25, env={"STRONGSWAN_CONF": conf})
     s.lab.wait_ping(s.client_ns, s.inner_server, procs=[srv, cli])
@@ -317,12 +305,4 @@ register(Scenario(
     setup=partial(setup, version=2, mobike=False, chatty=True), rewrite=kernel_rewrite(500),
     description="IKEv2 without MOBIKE as a host with kernel IPsec and no NAT shows it: every IKE exchange "
                 "on UDP 500, ESP as IP protocol 50.",
-))
-register(Scenario(
-    name="ipsec-ikev1-aggressive-kernel", number=143, vpn=True, protocol="ipsec-ike", transport="udp",
-    server_port=500, notes=f"IKEv1 aggressive mode PSK, dead-peer checks, all on 500; {KERNEL_NOTE}",
-    requires=REQUIRES, setup=partial(setup, version=1, mobike=False, chatty=True, aggressive=True),
-    rewrite=kernel_rewrite(500),
-    description="IKEv1 Aggressive Mode (three messages, identities in the clear) as a host with kernel IPsec and "
-                "no NAT shows it: aggressive and quick mode and dead-peer checks on UDP 500, ESP as IP protocol 50.",
 ))
