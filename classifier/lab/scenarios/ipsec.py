@@ -41,7 +41,7 @@ charon {{
   load = {plugins}
   install_routes = {install_routes}
   retransmit_tries = 3
-{cookie}  filelog {{ stderr {{ default = 1 }} }}
+{options}  filelog {{ stderr {{ default = 1 }} }}
   plugins {{
     kernel-libipsec {{ allow_peer_ts = yes }}
   }}
@@ -135,15 +135,18 @@ CHATTY_CHILD_TIMERS = {2: "        rekey_time = 2s\n        rand_time = 0s\n", 1
 
 
 def _start_charon(s: Session, side: str, version: int, mobike: bool, proposals: str,
-                  chatty: bool = False, cookie: bool = False) -> tuple[Proc, str, str]:
-    """Start one charon in its own mount namespace; return (process, vici URI, config path)."""
+                  chatty: bool = False, options: str = "") -> tuple[Proc, str, str]:
+    """Start one charon in its own mount namespace; return (process, vici URI, config path).
+
+    ``options``: more ``charon`` settings for its strongswan.conf, one per line (``COOKIE_CONF``).
+    """
     timers, child_timers = (CHATTY_TIMERS, CHATTY_CHILD_TIMERS[version]) if chatty else ("", "")
     server = side == "server"
     d = s.work / f"ipsec-{side}"
     run = d / "run"
     run.mkdir(parents=True, exist_ok=True)
     conf = s.file(f"ipsec-{side}/strongswan.conf", STRONGSWAN_CONF.format(
-        plugins=PLUGINS, install_routes="no" if chatty else "yes", cookie=COOKIE_CONF if cookie else ""))
+        plugins=PLUGINS, install_routes="no" if chatty else "yes", options=options))
     swanctl = s.file(f"ipsec-{side}/swanctl.conf", SWANCTL_CONF.format(
         version=version, mobike="yes" if mobike else "no", proposals=proposals, timers=timers,
         child_timers=child_timers,
@@ -186,7 +189,8 @@ def setup(s: Session, version: int, mobike: bool = True, ke_retry: bool = False,
         server_proposals, client_proposals = f"aes256-sha256-modp2048, {PROPOSALS}", DESKTOP_PROPOSALS
     else:
         server_proposals, client_proposals = PROPOSALS, PROPOSALS
-    srv, _, _ = _start_charon(s, "server", version, mobike, server_proposals, chatty, cookie)
+    srv, _, _ = _start_charon(s, "server", version, mobike, server_proposals, chatty,
+                              COOKIE_CONF if cookie else "")
     cli, uri, conf = _start_charon(s, "client", version, mobike, client_proposals, chatty)
     if cookie:
         probe = half_open_init(os.urandom(8), os.urandom(32), os.urandom(32))
