@@ -532,12 +532,11 @@ def _udp_payloads(pcap: Path, port: int) -> list[tuple[tuple[str, int, str, int]
     import dpkt
 
     out = []
-    with open(pcap, "rb") as fh:
-        for _, buf in dpkt.pcap.Reader(fh):
-            ip = dpkt.ethernet.Ethernet(buf).data
-            if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP) and port in (ip.data.sport, ip.data.dport):
-                key = (socket.inet_ntoa(ip.src), ip.data.sport, socket.inet_ntoa(ip.dst), ip.data.dport)
-                out.append((key, bytes(ip.data.data)))
+    for _, buf in _frames(pcap):
+        ip = dpkt.ethernet.Ethernet(buf).data
+        if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP) and port in (ip.data.sport, ip.data.dport):
+            key = (socket.inet_ntoa(ip.src), ip.data.sport, socket.inet_ntoa(ip.dst), ip.data.dport)
+            out.append((key, bytes(ip.data.data)))
     return out
 
 
@@ -546,12 +545,10 @@ def _tcp_upstream(pcap: Path, port: int) -> bytes:
     import dpkt
 
     segments: dict[int, bytes] = {}
-    with open(pcap, "rb") as fh:
-        for _, buf in dpkt.pcap.Reader(fh):
-            ip = dpkt.ethernet.Ethernet(buf).data
-            if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.tcp.TCP) and ip.data.dport == port \
-                    and ip.data.data:
-                segments.setdefault(ip.data.seq, bytes(ip.data.data))
+    for _, buf in _frames(pcap):
+        ip = dpkt.ethernet.Ethernet(buf).data
+        if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.tcp.TCP) and ip.data.dport == port and ip.data.data:
+            segments.setdefault(ip.data.seq, bytes(ip.data.data))
     return b"".join(segments[k] for k in sorted(segments))
 
 
