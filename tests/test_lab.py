@@ -808,6 +808,27 @@ def test_a_port_scan_is_many_short_flows_and_no_tunnel(tmp_path: Path) -> None:
 
 
 @pytest.mark.lab
+@pytest.mark.timeout(150)
+def test_a_udp_scans_unanswered_ike_probes_are_no_tunnel(tmp_path: Path) -> None:
+    """nmap's UDP scan sends 500 and 4500 an IKEv1 first message that nobody answers: no VPN flow, either stage."""
+    _skip_unless_lab(("port-scan",))
+    # --vary --seed 4 draws a SYN scan plus a UDP scan of the top 20 ports, which include 500 and 4500
+    rows = _capture_ok(tmp_path, 120, "port-scan", "--vary", "--seed", "4", "--duration", "3")
+    pcap = tmp_path / rows["port-scan"].file
+    probes = [(k, p) for port in (500, 4500) for k, p in _udp_payloads(pcap, port)]
+    assert {k[3] for k, _ in probes} == {500, 4500}, "the scan did not reach the IKE ports"
+    assert all(k[3] in (500, 4500) for k, _ in probes), "an IKE port answered"
+    ike = [p[4:] if p.startswith(bytes(4)) else p for _, p in probes]
+    assert all(len(p) >= 28 and p[17] == 0x10 and p[8:16] == bytes(8) for p in ike)  # IKEv1, no responder SPI
+    out = tmp_path / "labelled.jsonl"
+    _vpnid("classify", "-q", str(pcap), "-o", str(out))  # signatures, then the shipped model
+    flows = [json.loads(line) for line in out.read_text().splitlines()]
+    ike_flows = [f for f in flows if f["ip_proto"] == 17 and f["dst_port"] in (500, 4500)]
+    assert ike_flows and not any(f["is_vpn"] for f in flows), [f["evidence"] for f in flows if f["is_vpn"]]
+    assert all(f["detection"] == "model" for f in ike_flows)  # no signature claims an unanswered initiation
+
+
+@pytest.mark.lab
 @pytest.mark.timeout(120)
 def test_interrupted_capture_leaves_nothing_behind(tmp_path: Path) -> None:
     _skip_unless_lab()

@@ -187,12 +187,33 @@ def test_ikev1_main_mode_and_natt_with_esp():
 
 
 def test_ike_length_mismatch_and_bad_version_rejected():
-    bad = bytearray(ike(ISPI, b"\0" * 8, 34, 0x08, 0, 300))
+    # the initiator's IKE_AUTH, one direction (a tap on one leg): found while its header is valid
+    good = ike(ISPI, RSPI, 35, 0x08, 1, 300)
+    assert one(F([(0, good)], dport=500)).protocol == "ipsec-ike"
+    bad = bytearray(good)
     bad[27] ^= 1
     assert one(F([(0, bytes(bad))], dport=500)) is None
-    bad = bytearray(ike(ISPI, b"\0" * 8, 34, 0x08, 0, 300))
+    bad = bytearray(good)
     bad[17] = 0x30
     assert one(F([(0, bytes(bad))], dport=500)) is None
+
+
+def test_an_unanswered_ike_initiation_is_no_tunnel():
+    """nmap's and ike-scan's probes, or a client nobody answered: first messages only, one way, repeated."""
+    main_mode = ike(ISPI, b"\0" * 8, 2, 0, 0, 300, ver=0x10, nxt=1)
+    aggressive = ike(ISPI, b"\0" * 8, 4, 0, 0, 400, ver=0x10, nxt=1)
+    sa_init = ike(ISPI, b"\0" * 8, 34, 0x08, 0, 300)
+    for msg, port in ((main_mode, 500), (aggressive, 500), (sa_init, 500), (b"\0\0\0\0" + sa_init, 4500)):
+        assert one(F([(0, msg)] * 3, dport=port)) is None, port
+    # the same first message answered, or followed by the initiator's IKE_AUTH, is a key exchange
+    answered = one(F([(0, sa_init), (1, ike(ISPI, RSPI, 34, 0x20, 0, 280))], dport=500))
+    assert answered.is_vpn and answered.confidence >= 0.99
+    progressed = one(F([(0, sa_init), (0, ike(ISPI, RSPI, 35, 0x08, 1, 200))], dport=500))
+    assert progressed.is_vpn and "one direction captured" in progressed.evidence
+    # one-way NAT-T with ESP after the first message: a tunnel seen from one leg
+    esp_after = [(0, b"\0\0\0\0" + sa_init)] + [(0, struct.pack("!II", 0xC0010203, i + 1) + rand(100, i))
+                                                   for i in range(4)]
+    assert one(F(esp_after, dport=4500)).is_vpn
 
 
 def esp(spi: int, seq: int, n: int = 120) -> bytes:

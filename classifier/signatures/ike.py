@@ -150,11 +150,27 @@ def esp_pattern(pkts: list[Packet], min_spi: int = 256, max_sas: int = 4) -> tup
     return True, run
 
 
+def unanswered_initiation(f: Flow, ike: list[tuple[int, tuple]], esp: list[Packet], keepalive: int) -> bool:
+    """An initiator's first message, alone or repeated, that nothing answered: no tunnel.
+
+    Every message has a zero responder SPI (IKEv1 main or aggressive mode message 1, IKEv2
+    IKE_SA_INIT) and all come from one side, with no ESP and no keepalive. That is what a
+    scanner's probe looks like (nmap's UDP scan and ike-scan send exactly this to 500 and
+    4500), and also a client whose server never answered: in neither case does a tunnel
+    exist. A tap that sees one direction of a real tunnel sees more: the initiator's
+    IKE_AUTH or quick mode carries the responder's SPI, and ESP follows.
+    """
+    return (len(f.directions) == 1 and not esp and not keepalive
+            and all(h[4] == b"\0" * 8 for _, h in ike))
+
+
 def check(f: Flow) -> Verdict | None:
     if f.proto not in (UDP, TCP):
         return None
     ike, esp, keepalive, other, frags = _messages(f)
     if not ike:
+        return None
+    if unanswered_initiation(f, ike, esp, keepalive):
         return None
     # Everything else on an IKE socket is ESP-in-UDP, keepalives or IKE fragments we
     # failed to parse; too many foreign packets means the header match was chance.
