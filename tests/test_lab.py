@@ -447,8 +447,15 @@ def _vpnid(*args: str, check: bool = True, timeout: float = 240) -> subprocess.C
 
 
 def _start_vpnid(*args: str) -> subprocess.Popen:
+    """``vpnid ARGS`` in a child whose Ctrl-C (SIGINT) acts as at a terminal.
+
+    A suite started as a background job (``make test &``) inherits SIGINT ignored, as shells
+    do for background jobs, and the child would inherit that too; the interrupt tests
+    check what a user's Ctrl-C does, so the child gets the default disposition back.
+    """
     return subprocess.Popen([sys.executable, "-m", "classifier.cli.main", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _lab_state(pid: int) -> dict[str, list[str]]:
