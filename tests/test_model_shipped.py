@@ -77,3 +77,48 @@ def test_shipped_model_does_not_call_public_cleartext_tunnels_vpn():
     model = load_model()
     proba = model.predict(table.filter(wrapped)).proba
     assert (proba < model.threshold).all(), proba
+
+
+def test_evaluate_with_signatures_scores_what_classify_says(tmp_path):
+    """`vpnid evaluate --signatures` judges exactly the labels `vpnid classify` gives, flow by flow."""
+    import pyarrow.parquet as pq
+
+    from classifier.cli.main import main
+    from classifier.model.data import load_labeled
+    from classifier.model.evaluate import pipeline_scores
+
+    samples = REPO / "pcaps"
+    data = load_labeled([str(samples)], signatures=True)
+    assert data.signature is not None and len(data.signature[0]) == len(data)
+    model = load_model()
+    score, by_signature = pipeline_scores(data.signature, model.predict(data.table).proba)
+    out = tmp_path / "classified.parquet"
+    assert main(["classify", "-q", str(samples), "-o", str(out)]) == 0
+    classified = pq.read_table(out)
+    verdict = {(c, f): v for c, f, v in zip(classified.column("capture").to_pylist(),
+                                           classified.column("flow_id").to_pylist(),
+                                           classified.column("is_vpn").to_pylist(), strict=True)}
+    keys = zip(data.table.column("capture").to_pylist(), data.table.column("flow_id").to_pylist(), strict=True)
+    assert [verdict[k] for k in keys] == (score >= model.threshold).tolist()
+    assert by_signature.sum() > 0 and (~by_signature & (score >= model.threshold)).sum() > 0  # both stages find some
+
+    report_dir = tmp_path / "eval"
+    assert main(["evaluate", "default", str(samples), "--no-cv", "--no-lopo", "--signatures", "-q",
+                 "-o", str(report_dir)]) == 0
+    report = json.loads((report_dir / "metrics.json").read_text())
+    pipe = report["pipeline"]
+    assert pipe["found_by_signature"] + pipe["found_by_model"] == pipe["tp"]
+    assert pipe["flows"] == report["holdout"]["flows"] == len(data)
+
+
+def test_evaluate_with_signatures_refuses_flow_tables(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from classifier.cli.main import main
+    from classifier.model.synthetic import synthetic_flows
+
+    flows = tmp_path / "flows.parquet"
+    pq.write_table(synthetic_flows(3, seed=1), flows)
+    assert main(["evaluate", "default", str(flows), "--signatures", "--no-cv", "--no-lopo", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "payload heads" in err and str(flows) in err and "Traceback" not in err

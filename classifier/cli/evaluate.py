@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "their capture's fold")
     p.add_argument("--no-cv", action="store_true", help="skip grouped cross-validation")
     p.add_argument("--no-lopo", action="store_true", help="skip leave-one-protocol-out")
+    p.add_argument("--signatures", action="store_true",
+                   help="also score the labelling `vpnid classify` gives (signatures first, then the model "
+                        "for the flows they leave); needs captures, not flow tables")
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     p.set_defaults(func=run)
 
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(None if args.model == "default" else args.model)
     log = ErrorLog(quiet=False)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"vpnid evaluate: {m}", file=sys.stderr))
-    data = load_labeled(args.inputs, manifest=args.manifest, augment=args.augment, log=log, say=say)
+    data = load_labeled(args.inputs, manifest=args.manifest, augment=args.augment, log=log, say=say,
+                        signatures=args.signatures)
     say(f"{len(data)} labeled flows ({int(data.label.sum())} VPN) "
         f"from {data.capture_count()} captures in {len(set(data.group))} groups")
     report, curves = evaluate(model, data, folds=args.folds, cv=not args.no_cv, lopo=not args.no_lopo, say=say)
@@ -49,12 +53,12 @@ def run(args: argparse.Namespace) -> int:
     h = report["holdout"]
     print(f"model {model.label}: precision {h['precision']:.4f}  recall {h['recall']:.4f}  F1 {h['f1']:.4f}  "
           f"ROC-AUC {h['roc_auc']:.4f}  FPR {h['fpr']:.5f} at threshold {model.threshold:.4f}")
-    for key in ("grouped_cv", "leave_one_protocol_out"):
+    for key in ("pipeline", "grouped_cv", "leave_one_protocol_out"):
         v = report.get(key, {})
         if "recall" in v:
             print(f"{key}: precision {v['precision']:.4f}  recall {v['recall']:.4f}  F1 {v['f1']:.4f}  "
                   f"ROC-AUC {v['roc_auc']:.4f}  FPR {v['fpr']:.5f}")
-    for key in ("holdout", "grouped_cv", "leave_one_protocol_out"):
+    for key in ("holdout", "pipeline", "grouped_cv", "leave_one_protocol_out"):
         rows = report.get(key, {}).get("tradeoff")
         if rows:
             print(f"{key} trade-off: " + "  ".join(f"{r['threshold']:g}: recall {r['recall']:.3f} FPR {r['fpr']:.4f}"

@@ -62,6 +62,11 @@ class LabeledFlows:
     group: np.ndarray  # object: source capture; augmented copies share their source's group
     variant: np.ndarray  # object: "original" or "augmented-K"
     inputs: list[dict] = field(default_factory=list)
+    #: What the signature stage said of each row, when asked for (``signatures=True``):
+    #: the protocol it named (None: no signature matched), and whether that is a VPN (False
+    #: for plain encapsulation such as GRE or VXLAN). None for flow tables read from Parquet,
+    #: which keep no payload heads for signatures to read.
+    signature: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -73,6 +78,7 @@ class LabeledFlows:
             return cls(FLOW_SCHEMA.empty_table(), np.zeros(0, np.int8), np.zeros(0, object),
                        np.zeros(0, object), np.zeros(0, object))
         cols = FLOW_SCHEMA.names
+        signed = all(p.signature is not None for p in parts)
         return cls(
             pa.concat_tables([p.table.select(cols).cast(FLOW_SCHEMA) for p in parts]),
             np.concatenate([p.label for p in parts]).astype(np.int8),
@@ -80,12 +86,15 @@ class LabeledFlows:
             np.concatenate([p.group for p in parts]),
             np.concatenate([p.variant for p in parts]),
             [i for p in parts for i in p.inputs],
+            (np.concatenate([p.signature[0] for p in parts]),  # type: ignore[index]
+             np.concatenate([p.signature[1] for p in parts])) if signed else None,  # type: ignore[index]
         )
 
     def take(self, mask: np.ndarray) -> LabeledFlows:
         idx = np.flatnonzero(mask)
+        sig = None if self.signature is None else (self.signature[0][idx], self.signature[1][idx])
         return LabeledFlows(self.table.take(pa.array(idx)), self.label[idx], self.protocol[idx],
-                            self.group[idx], self.variant[idx], self.inputs)
+                            self.group[idx], self.variant[idx], self.inputs, sig)
 
     def protocol_names(self) -> np.ndarray:
         """Protocol of each row for reports: the name, ``"unknown-vpn"`` or ``"non-vpn"``."""
@@ -365,19 +374,41 @@ class _PacketTransform:
 
 def meter_capture(path: str, log: ErrorLog, transform: Callable | None = None, config=None) -> pa.Table:
     """Flows of one capture, optionally with every packet batch transformed first."""
+    return meter_capture_signed(path, log, transform, config, signatures=False)[0]
+
+
+def meter_capture_signed(path: str, log: ErrorLog, transform: Callable | None = None, config=None,
+                         signatures: bool = True) -> tuple[pa.Table, tuple[np.ndarray, np.ndarray] | None]:
+    """Flows of one capture and, with ``signatures``, the signature stage's (protocol, is VPN) per row.
+
+    The signatures read the payload heads, which the flow table does not keep, so they run
+    here, batch by batch, while the heads are at hand.
+    """
     from classifier.flows.meter import FlowMeter
     from classifier.packets.capture import InputStats, iter_packet_batches
 
     meter = FlowMeter(config, capture=path)
-    parts = []
-    for packets in iter_packet_batches(path, log, InputStats(path)):
-        done = meter.add(transform(packets) if transform else packets)
+    parts: list[pa.Table] = []
+    signed: list[pa.Table] = []
+
+    def collect(done) -> None:
         if done is not None and len(done):
             parts.append(done.table)
-    done = meter.flush()
-    if done is not None and len(done):
-        parts.append(done.table)
-    return pa.concat_tables(parts) if parts else FLOW_SCHEMA.empty_table()
+            if signatures:
+                from classifier.signatures import detect
+
+                signed.append(detect(done).select(["vpn_protocol", "is_vpn"]))
+
+    for packets in iter_packet_batches(path, log, InputStats(path)):
+        collect(meter.add(transform(packets) if transform else packets))
+    collect(meter.flush())
+    table = pa.concat_tables(parts) if parts else FLOW_SCHEMA.empty_table()
+    if not signatures:
+        return table, None
+    sig = pa.concat_tables(signed) if signed else pa.table({"vpn_protocol": pa.array([], pa.string()),
+                                                            "is_vpn": pa.array([], pa.bool_())})
+    return table, (np.asarray(sig.column("vpn_protocol").to_pylist(), object),
+                   sig.column("is_vpn").to_numpy(zero_copy_only=False).astype(bool))
 
 
 def _count_packets(path: str, log: ErrorLog) -> int:
@@ -387,8 +418,12 @@ def _count_packets(path: str, log: ErrorLog) -> int:
 
 
 def load_captures(paths: list[str], truth: dict[str, Truth], augment: int = 0, seed: int = 0,
-                  log: ErrorLog | None = None, config=None, say: Callable[[str], None] | None = None) -> LabeledFlows:
-    """Meter captures, label their flows by the manifest, and add ``augment`` augmented copies each."""
+                  log: ErrorLog | None = None, config=None, say: Callable[[str], None] | None = None,
+                  signatures: bool = False) -> LabeledFlows:
+    """Meter captures, label their flows by the manifest, and add ``augment`` augmented copies each.
+
+    ``signatures`` also keeps what the signature stage says of every row (``LabeledFlows.signature``).
+    """
     log = log if log is not None else ErrorLog()
     say = say or (lambda _m: None)
     parts: list[LabeledFlows] = []
@@ -408,14 +443,15 @@ def load_captures(paths: list[str], truth: dict[str, Truth], augment: int = 0, s
                 variants.append((f"augmented-{k} {aug.describe()}", _PacketTransform(aug, total, rng)))
         vpn_rows = 0
         for variant, transform in variants:
-            table = meter_capture(path, log, transform, config)
+            table, sig = meter_capture_signed(path, log, transform, config, signatures)
             label, keep = label_capture_flows(table, t)
             idx = np.flatnonzero(keep)
             table = table.take(pa.array(idx))
             label = label[idx]
             proto = np.where(label == 1, t.protocol, None).astype(object)
             parts.append(LabeledFlows(table, label, proto, np.full(len(idx), t.group or t.path, object),
-                                      np.full(len(idx), variant, object)))
+                                      np.full(len(idx), variant, object),
+                                      signature=None if sig is None else (sig[0][idx], sig[1][idx])))
             if variant == "original":
                 vpn_rows = int(label.sum())
                 if t.vpn and vpn_rows == 0:
@@ -438,12 +474,16 @@ def _is_parquet(path: Path) -> bool:
 
 
 def load_labeled(inputs: Iterable[str], manifest: str | None = None, augment: int = 0, seed: int = 0,
-                 log: ErrorLog | None = None, config=None, say: Callable[[str], None] | None = None) -> LabeledFlows:
+                 log: ErrorLog | None = None, config=None, say: Callable[[str], None] | None = None,
+                 signatures: bool = False) -> LabeledFlows:
     """Everything ``vpnid train`` / ``vpnid evaluate`` accept as labeled input, as one LabeledFlows.
 
     Inputs: flow Parquet files with labels; MANIFEST.csv files (all their captures);
     directories (their captures, labeled by ``manifest`` or the directory's MANIFEST.csv);
     capture files (labeled by ``manifest`` or a MANIFEST.csv beside them).
+
+    ``signatures`` keeps the signature stage's verdict of every row as well; it needs
+    captures, since a flow table in Parquet keeps no payload heads.
     """
     from classifier.flows.api import expand_inputs
 
@@ -456,6 +496,9 @@ def load_labeled(inputs: Iterable[str], manifest: str | None = None, augment: in
         if not p.exists():
             raise UsageError(f"{item}: no such file or directory")
         if p.is_file() and _is_parquet(p):
+            if signatures:
+                raise UsageError(f"{item}: a flow table keeps no payload heads, so signatures cannot be "
+                                 "scored on it; give the captures and their manifest")
             parts.append(load_parquet(str(p)))
             continue
         if p.is_file() and p.suffix.lower() == ".csv":
@@ -481,7 +524,7 @@ def load_labeled(inputs: Iterable[str], manifest: str | None = None, augment: in
     seen: set[str] = set()
     unique = [c for c in captures if not (str(Path(c).resolve()) in seen or seen.add(str(Path(c).resolve())))]
     if unique:
-        parts.append(load_captures(unique, truth, augment, seed, log, config, say))
+        parts.append(load_captures(unique, truth, augment, seed, log, config, say, signatures))
     if not parts:
         raise UsageError("no labeled input: give flow Parquet files with a label column, or captures and a manifest")
     out = LabeledFlows.concat(parts)
