@@ -389,7 +389,8 @@ def meter_capture_signed(path: str, log: ErrorLog, transform: Callable | None = 
 
     meter = FlowMeter(config, capture=path)
     parts: list[pa.Table] = []
-    signed: list[pa.Table] = []
+    named: list[np.ndarray] = []  # per batch: the protocol a signature named, or None
+    vpn: list[np.ndarray] = []  # per batch: whether that verdict is a VPN
 
     def collect(done) -> None:
         if done is not None and len(done):
@@ -397,7 +398,9 @@ def meter_capture_signed(path: str, log: ErrorLog, transform: Callable | None = 
             if signatures:
                 from classifier.signatures import detect
 
-                signed.append(detect(done).select(["vpn_protocol", "is_vpn"]))
+                sig = detect(done)
+                named.append(np.asarray(sig.column("vpn_protocol").to_pylist(), object))
+                vpn.append(sig.column("is_vpn").to_numpy(zero_copy_only=False).astype(bool))
 
     for packets in iter_packet_batches(path, log, InputStats(path)):
         collect(meter.add(transform(packets) if transform else packets))
@@ -405,10 +408,7 @@ def meter_capture_signed(path: str, log: ErrorLog, transform: Callable | None = 
     table = pa.concat_tables(parts) if parts else FLOW_SCHEMA.empty_table()
     if not signatures:
         return table, None
-    sig = pa.concat_tables(signed) if signed else pa.table({"vpn_protocol": pa.array([], pa.string()),
-                                                            "is_vpn": pa.array([], pa.bool_())})
-    return table, (np.asarray(sig.column("vpn_protocol").to_pylist(), object),
-                   sig.column("is_vpn").to_numpy(zero_copy_only=False).astype(bool))
+    return table, (np.concatenate(named or [np.zeros(0, object)]), np.concatenate(vpn or [np.zeros(0, bool)]))
 
 
 def _count_packets(path: str, log: ErrorLog) -> int:
