@@ -263,6 +263,23 @@ def pptp_ctrl(ctype: int, length: int = 156) -> bytes:
     return struct.pack("!HHIHH", length, 1, 0x1A2B3C4D, ctype, 0) + rand(length - 12, ctype)
 
 
+#: nmap's UDP payload for 1701 (nmap-payloads: "L2TP ICRQ"; its message type AVP says SCCRQ)
+NMAP_L2TP_PROBE = (b"\xc8\x02\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x80\x08\x00\x00\x00\x00\x00"
+                   b"\x01\x80\x08\x00\x00\x00\x02\x01\x00\x80\x0e\x00\x00\x00\x07"
+                   b"nxp-scan\x80\x0a\x00\x00\x00\x03\x00\x00\x00\x03\x80\x08\x00\x00\x00\x09\x00\x00")
+
+
+def test_an_unanswered_l2tp_request_is_no_tunnel():
+    assert len(NMAP_L2TP_PROBE) == 0x3C
+    for copies in (1, 2, 3):
+        assert one(F([(0, NMAP_L2TP_PROBE)] * copies, dport=1701, sport=40000)) is None
+    # answered (the server's SCCRP, message type 2), it is an L2TP control connection
+    reply = bytearray(NMAP_L2TP_PROBE)
+    reply[19] = 2
+    v = one(F([(0, NMAP_L2TP_PROBE), (1, bytes(reply))], dport=1701, sport=40000))
+    assert v.protocol == "l2tp" and v.is_vpn
+
+
 def test_pptp_control_and_gre():
     v = one(F([(0, pptp_ctrl(1)), (1, pptp_ctrl(2))], proto=6, dport=8080))
     assert v.protocol == "pptp" and v.confidence >= 0.99

@@ -76,6 +76,21 @@ def _data_v2(d: bytes) -> tuple[int, int] | None:
     return tid, sid
 
 
+#: Start-Control-Connection-Request: the first message of a control connection (v2 and v3).
+SCCRQ = "message type 1"
+
+
+def unanswered_request(f: Flow, ctrl: list[str], n_data: int) -> bool:
+    """A control-connection request (SCCRQ), alone or retransmitted, that nothing answered: no tunnel.
+
+    nmap's UDP scan sends exactly this to 1701 (its payload for the port is an SCCRQ), and a
+    client whose server is down or blocked sends it again and again; neither is a tunnel,
+    just as an unanswered IKE initiation is none (ike.py). Any reply, any later control
+    message or any data message makes the flow an L2TP exchange again.
+    """
+    return len(f.directions) == 1 and n_data == 0 and bool(ctrl) and set(ctrl) == {SCCRQ}
+
+
 def check(f: Flow) -> Verdict | None:
     if f.proto == L2TP_IP:
         return _over_ip(f)
@@ -104,6 +119,8 @@ def check(f: Flow) -> Verdict | None:
     if any(len(ids) > 2 for ids in data.values()):
         return None
     n_data = sum(1 for p in f.packets) - len(ctrl)
+    if unanswered_request(f, ctrl, n_data):
+        return None
     version = "v3" if v3 else "v2"
     if ctrl and any(m.startswith("message type") for m in ctrl):
         conf = 0.99 if len(ctrl) >= 2 else 0.95
