@@ -287,6 +287,20 @@ def test_lab_list_and_crafted_capture_through_the_cli(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "no scenario matches" in bad.stderr
 
 
+def test_training_selects_every_scenario_but_the_held_out_ones() -> None:
+    """`make lab-train` captures `training`; held-out scenarios (VMess, Trojan) come only with `all` or by name."""
+    from classifier.cli.lab import select
+
+    every = {s.name for s in select(["all"])}
+    training = {s.name for s in select(["training"])}
+    held_out = {n for n, s in all_scenarios().items() if not s.training}
+    assert {"vmess", "trojan"} <= held_out and every == set(all_scenarios())
+    assert training == every - held_out
+    assert {s.name for s in select(["vmess"])} == {"vmess"}
+    rows = [json.loads(line) for line in _vpnid("lab", "list", "--json").stdout.splitlines()]
+    assert {r["name"] for r in rows if not r["training"]} == held_out
+
+
 def test_a_second_seed_adds_numbered_captures_beside_the_first(tmp_path: Path) -> None:
     """--first-index lets a run with another seed extend a training directory (make lab-train does)."""
     _vpnid("lab", "capture", "gre-crafted", "--repeat", "2", "--seed", "1", "-o", str(tmp_path))
@@ -812,6 +826,24 @@ def test_a_port_scan_is_many_short_flows_and_no_tunnel(tmp_path: Path) -> None:
     assert sum(f["packets"] <= 3 for f in tcp) >= 0.9 * len(tcp)
     assert any(f["dst_port"] == 80 and f["packets"] >= 3 for f in tcp)  # the open port answers
     assert not any(f["is_vpn"] for f in flows)
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(200)
+def test_vmess_and_trojan_carry_https_and_no_signature_names_them(tmp_path: Path) -> None:
+    """The held-out proxies: VMess random from the first byte, Trojan TLS with a TLS handshake inside."""
+    names = ("vmess", "trojan")
+    _skip_unless_lab(names)
+    rows = _capture_ok(tmp_path, 180, *names, "--duration", "3")
+    flows = _signature_flows(tmp_path, *(rows[n].file for n in names))
+    vmess = [f for f in flows if f["ip_proto"] == 6 and f["dst_port"] == 10086]
+    trojan = [f for f in flows if f["ip_proto"] == 6 and f["dst_port"] == 443]
+    assert len(vmess) >= 2 and len(trojan) >= 2, (len(vmess), len(trojan))  # one connection per fetch
+    assert all(f["src2dst_first_payload_bits"] > 3.5 and f["src2dst_tls_record_frac"] == 0 for f in vmess)
+    assert all(f["src2dst_tls_record_frac"] > 0.5 and f["dst2src_tls_record_frac"] > 0.5 for f in trojan)
+    # each connection carries one proxied HTTPS fetch of the blob (at least 4 KiB, plus the inner handshake)
+    assert all(f["src2dst_payload_bytes"] > 1000 and f["dst2src_payload_bytes"] > 20000 for f in vmess + trojan)
+    assert not any(f["is_vpn"] for f in flows)  # nothing a signature can name: the model's to find
 
 
 @pytest.mark.lab

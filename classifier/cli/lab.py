@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     cap = sub.add_parser("capture", help="run scenarios and write captures plus MANIFEST.csv (root)")
     cap.add_argument("scenarios", nargs="+", metavar="SCENARIO",
-                     help="scenario names or shell patterns (e.g. 'openvpn-*'); 'all' for every scenario")
+                     help="scenario names or shell patterns (e.g. 'openvpn-*'); 'all' for every scenario, "
+                          "'training' for all but the held-out ones (the shipped model's training set)")
     cap.add_argument("-o", "--output", required=True, metavar="DIR",
                      help="directory for the captures; DIR/MANIFEST.csv is created or updated")
     cap.add_argument("--duration", type=float, default=3.0, metavar="S",
@@ -63,7 +64,10 @@ def select(patterns: list[str]) -> list:
     scenarios = all_scenarios()
     chosen: dict[str, object] = {}
     for pat in patterns:
-        names = list(scenarios) if pat == "all" else fnmatch.filter(scenarios, pat)
+        if pat in ("all", "training"):
+            names = [n for n, s in scenarios.items() if pat == "all" or s.training]  # type: ignore[attr-defined]
+        else:
+            names = fnmatch.filter(scenarios, pat)
         if not names:
             raise UsageError(f"no scenario matches {pat!r}; `vpnid lab list` shows them")
         for n in names:
@@ -128,7 +132,7 @@ def run_list(args: argparse.Namespace) -> int:
         missing = missing_tools(s)
         rows.append({"number": s.number, "name": s.name, "vpn": s.vpn, "protocol": s.protocol,
                      "transport": s.transport, "server_port": s.server_port, "midflow": s.midflow,
-                     "crafted": s.crafted, "missing": missing, "notes": s.notes,
+                     "crafted": s.crafted, "training": s.training, "missing": missing, "notes": s.notes,
                      "traffic": list(s.traffic_kinds)})
     if args.json:
         for r in rows:
@@ -140,6 +144,7 @@ def run_list(args: argparse.Namespace) -> int:
         port = "" if r["server_port"] is None else r["server_port"]
         print(f"{r['number']:>3}  {r['name']:<26} {'yes' if r['vpn'] else 'no':<4} {r['protocol']:<16} "
               f"{r['transport']:<9} {port!s:>5}  {ready:<6} {r['notes']}"
+              + ("" if r["training"] else " [held out of training]")
               + (f" [missing: {', '.join(r['missing'])}]" if r["missing"] else ""))
     return 0
 

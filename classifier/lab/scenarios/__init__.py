@@ -60,6 +60,10 @@ class Scenario:
     #: kernel here cannot put on the wire but a real host would (``lab/pcaprewrite.py``).
     rewrite: Callable[[Path, Path], None] | None = None
     midflow: bool = False
+    #: False: a held-out scenario. ``vpnid lab capture training`` (the shipped model's training
+    #: set, ``make lab-train``) leaves it out; ``all`` and its name still capture it, for
+    #: evaluation. Used where a kind of tunnel is measured but, trained on, made the model worse.
+    training: bool = True
     #: Inner-traffic kinds the scenario can carry (``lab/traffic.py``). Empty: derived, all
     #: of ``TRAFFIC_KINDS`` for a layer-3 tunnel with the default traffic, else "default" only.
     kinds: tuple[str, ...] = ()

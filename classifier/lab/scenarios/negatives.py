@@ -51,12 +51,13 @@ def _www(s: Session) -> None:
     (www / "blob").write_bytes(os.urandom(s.profile.blob_size))
 
 
-def start_nginx(s: Session, tls: bool, http2: bool = False, directives: str = "") -> None:
+def start_nginx(s: Session, tls: bool, http2: bool = False, directives: str = "", port: int | None = None) -> None:
     """nginx serving ``s.work/www`` on 443 (TLS, optionally HTTP/2) or plain on 80; returns once it listens.
 
-    ``directives``: more ``server`` directives (keep-alive limits, ...).
+    ``directives``: more ``server`` directives (keep-alive limits, ...); ``port``: another port
+    (a proxy's server holding 443 itself).
     """
-    port = 443 if tls else 80
+    port = port or (443 if tls else 80)
     (s.work / "nginx-tmp").mkdir(exist_ok=True)
     listen, lines = "", directives
     if tls:

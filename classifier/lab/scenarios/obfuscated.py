@@ -1,17 +1,22 @@
-"""Obfuscated tunnels: Shadowsocks and OpenVPN wrapped in TLS by stunnel.
+"""Obfuscated tunnels: Shadowsocks, VMess, Trojan and OpenVPN wrapped in TLS by stunnel.
 
 Configuration: ``ss-server``/``ss-local`` (shadowsocks-libev, AEAD chacha20-ietf-poly1305)
 on TCP 8388, the client fetching an HTTP file from the server through its SOCKS5 port (the
 other traffic kinds reach their servers through ``ss-tunnel`` port forwards);
+V2Ray's VMess (AEAD header, ``alterId`` 0, AES-128-GCM or ChaCha20-Poly1305 body) on TCP
+10086 and Trojan (TLS on 443, the password's hash first, then the proxied stream), each
+with a SOCKS5 port on the client that HTTPS fetches go through (TLS inside the proxy);
 stunnel on TCP 443 in front of an OpenVPN TCP server on 127.0.0.1:1194, the client's
 stunnel listening on 127.0.0.1:1194 for the OpenVPN client (the wire shows only TLS).
 """
 
 from __future__ import annotations
 
+import json
 from functools import partial
 
 from classifier.lab.scenarios import Scenario, register
+from classifier.lab.scenarios.negatives import _www, start_nginx
 from classifier.lab.scenarios.openvpn import start_openvpn
 from classifier.lab.session import INNER_HTTP_PORT, TRAFFIC_KINDS, Session
 
@@ -51,6 +56,67 @@ def ss_forward(s: Session, port: int) -> tuple[str, int]:
 def ss_traffic(s: Session) -> None:
     s.fetch_loop(f"http://{s.server_ip}:{INNER_HTTP_PORT}/blob", s.duration,
                  ("--socks5-hostname", "127.0.0.1:1080"), pause=0.4)
+
+
+VMESS_PORT = 10086
+VMESS_ID = "8f2a7c4e-3b1d-4c59-9e0a-6d5b2f1c7a93"
+TROJAN_PASSWORD = "vpnid-lab-not-secret"
+# VMess and Trojan are held out of training (``training=False``): trained on, with HTTPS inside
+# them as users browse, they made the model call held-out HTTPS scenarios VPN out of fold, the
+# threshold rose and recall fell everywhere else (docs/model.md). They measure the gap.
+
+
+#: Where the proxied HTTPS server listens (the server's 443 may be the proxy's own).
+PROXIED_HTTPS_PORT = 8443
+
+
+def proxied_https_server(s: Session) -> None:
+    """nginx with TLS on PROXIED_HTTPS_PORT: what a proxy's user fetches is HTTPS, as most browsing is."""
+    _www(s)
+    start_nginx(s, tls=True, port=PROXIED_HTTPS_PORT)
+
+
+def socks_traffic(s: Session) -> None:
+    """HTTPS fetches of the blob through the client's SOCKS5 port (127.0.0.1:1080): TLS inside the proxy."""
+    s.fetch_loop(f"https://{s.server_ip}:{PROXIED_HTTPS_PORT}/blob", s.duration,
+                 ("--socks5-hostname", "127.0.0.1:1080"), pause=0.4)
+
+
+def vmess_setup(s: Session) -> None:
+    proxied_https_server(s)
+    security = s.rng().choice(["aes-128-gcm", "chacha20-poly1305"]) if s.profile.seed else "aes-128-gcm"
+    server = {"inbounds": [{"listen": s.server_ip, "port": VMESS_PORT, "protocol": "vmess",
+                            "settings": {"clients": [{"id": VMESS_ID, "alterId": 0}]}}],
+              "outbounds": [{"protocol": "freedom"}]}
+    client = {"inbounds": [{"listen": "127.0.0.1", "port": 1080, "protocol": "socks", "settings": {"udp": False}}],
+              "outbounds": [{"protocol": "vmess", "settings": {"vnext": [{
+                  "address": s.server_ip, "port": VMESS_PORT,
+                  "users": [{"id": VMESS_ID, "alterId": 0, "security": security}]}]}}]}
+    srv = s.lab.spawn(s.server_ns, ["v2ray", "-config", str(s.file("vmess-server.json", json.dumps(server)))],
+                      "v2ray-server")
+    s.lab.wait_port(s.server_ns, VMESS_PORT, procs=[srv])
+    cli = s.lab.spawn(s.client_ns, ["v2ray", "-config", str(s.file("vmess-client.json", json.dumps(client)))],
+                      "v2ray-client")
+    s.lab.wait_port(s.client_ns, 1080, procs=[cli])
+
+
+def trojan_setup(s: Session) -> None:
+    proxied_https_server(s)
+    pki = s.pki()
+    # a connection without the password is handed to remote_addr (Trojan's camouflage): the HTTPS server
+    server = {"run_type": "server", "local_addr": s.server_ip, "local_port": 443,
+              "remote_addr": s.server_ip, "remote_port": PROXIED_HTTPS_PORT, "password": [TROJAN_PASSWORD],
+              "log_level": 2, "ssl": {"cert": str(pki.server_cert), "key": str(pki.server_key),
+                                      "alpn": ["http/1.1"]}}
+    client = {"run_type": "client", "local_addr": "127.0.0.1", "local_port": 1080,
+              "remote_addr": s.server_ip, "remote_port": 443, "password": [TROJAN_PASSWORD], "log_level": 2,
+              "ssl": {"verify": True, "verify_hostname": False, "cert": str(pki.ca), "alpn": ["http/1.1"]}}
+    srv = s.lab.spawn(s.server_ns, ["trojan", "-c", str(s.file("trojan-server.json", json.dumps(server)))],
+                      "trojan-server")
+    s.lab.wait_port(s.server_ns, 443, procs=[srv])
+    cli = s.lab.spawn(s.client_ns, ["trojan", "-c", str(s.file("trojan-client.json", json.dumps(client)))],
+                      "trojan-client")
+    s.lab.wait_port(s.client_ns, 1080, procs=[cli])
 
 
 STUNNEL_SERVER = """\
@@ -98,4 +164,16 @@ register(Scenario(
     notes="OpenVPN TCP inside stunnel TLS on 443", requires=("stunnel4", "openvpn", "openssl"),
     setup=stunnel_setup,
     description="OpenVPN over TCP wrapped in TLS by stunnel on 443: looks like HTTPS on the wire.",
+))
+register(Scenario(
+    name="vmess", number=34, vpn=True, protocol="vmess", transport="tcp", server_port=VMESS_PORT,
+    notes="V2Ray 4 VMess over TCP (AEAD header, alterId 0); SOCKS proxy, no inner addresses",
+    requires=("v2ray",), setup=vmess_setup, traffic=socks_traffic, training=False,
+    description="V2Ray VMess over TCP: HTTPS fetches through the client's SOCKS5 port; random bytes from the first.",
+))
+register(Scenario(
+    name="trojan", number=35, vpn=True, protocol="trojan", transport="tcp", server_port=443,
+    notes="Trojan over TLS on 443 (password hash, then the proxied stream); SOCKS proxy, no inner addresses",
+    requires=("trojan", "openssl"), setup=trojan_setup, traffic=socks_traffic, training=False,
+    description="Trojan: TLS on 443 per proxied connection; HTTPS fetches through the client's SOCKS5 port (TLS in TLS).",
 ))
