@@ -831,7 +831,7 @@ def test_a_port_scan_is_many_short_flows_and_no_tunnel(tmp_path: Path) -> None:
 @pytest.mark.lab
 @pytest.mark.timeout(200)
 def test_vmess_and_trojan_carry_https_and_no_signature_names_them(tmp_path: Path) -> None:
-    """The held-out proxies: VMess random from the first byte, Trojan TLS with a TLS handshake inside."""
+    """The held-out proxies: VMess random from the first byte, Trojan TLS records both ways, no signature."""
     names = ("vmess", "trojan")
     _skip_unless_lab(names)
     rows = _capture_ok(tmp_path, 180, *names, "--duration", "3")
