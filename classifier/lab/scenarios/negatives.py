@@ -43,7 +43,8 @@ http {{
 """
 
 
-def _www(s: Session) -> None:
+def write_blob(s: Session) -> None:
+    """The file the web servers serve: ``s.work/www/blob``, ``profile.blob_size`` random bytes."""
     import os
 
     www = s.work / "www"
@@ -71,7 +72,7 @@ def start_nginx(s: Session, tls: bool, http2: bool = False, directives: str = ""
 
 def nginx_setup(s: Session, tls: bool) -> None:
     """nginx serving one file over HTTP or HTTPS."""
-    _www(s)
+    write_blob(s)
     start_nginx(s, tls)
 
 
@@ -187,7 +188,7 @@ def dtls_traffic(s: Session) -> None:
 
 def quic_setup(s: Session) -> None:
     pki = s.pki()
-    _www(s)
+    write_blob(s)
     proc = s.lab.spawn(s.server_ns, ["gtlsserver", "-q", "-d", str(s.work / "www"), s.server_ip, "443",
                                      str(pki.server_key), str(pki.server_cert)], "quic-server")
     s.lab.wait_port(s.server_ns, 443, "udp", procs=[proc])

@@ -16,7 +16,7 @@ import json
 from functools import partial
 
 from classifier.lab.scenarios import Scenario, register
-from classifier.lab.scenarios.negatives import _www, start_nginx
+from classifier.lab.scenarios.negatives import start_nginx, write_blob
 from classifier.lab.scenarios.openvpn import start_openvpn
 from classifier.lab.session import INNER_HTTP_PORT, TRAFFIC_KINDS, Session
 
@@ -72,7 +72,7 @@ PROXIED_HTTPS_PORT = 8443
 
 def proxied_https_server(s: Session) -> None:
     """nginx with TLS on PROXIED_HTTPS_PORT: what a proxy's user fetches is HTTPS, as most browsing is."""
-    _www(s)
+    write_blob(s)
     start_nginx(s, tls=True, port=PROXIED_HTTPS_PORT)
 
 
