@@ -65,7 +65,7 @@ def select(patterns: list[str]) -> list:
     chosen: dict[str, object] = {}
     for pat in patterns:
         if pat in ("all", "training"):
-            names = [n for n, s in scenarios.items() if pat == "all" or s.training]  # type: ignore[attr-defined]
+            names = [n for n, s in scenarios.items() if pat == "all" or s.training]
         else:
             names = fnmatch.filter(scenarios, pat)
         if not names:

@@ -78,7 +78,7 @@ class LabeledFlows:
             return cls(FLOW_SCHEMA.empty_table(), np.zeros(0, np.int8), np.zeros(0, object),
                        np.zeros(0, object), np.zeros(0, object))
         cols = FLOW_SCHEMA.names
-        signed = all(p.signature is not None for p in parts)
+        sigs = [p.signature for p in parts]
         return cls(
             pa.concat_tables([p.table.select(cols).cast(FLOW_SCHEMA) for p in parts]),
             np.concatenate([p.label for p in parts]).astype(np.int8),
@@ -86,8 +86,8 @@ class LabeledFlows:
             np.concatenate([p.group for p in parts]),
             np.concatenate([p.variant for p in parts]),
             [i for p in parts for i in p.inputs],
-            (np.concatenate([p.signature[0] for p in parts]),  # type: ignore[index]
-             np.concatenate([p.signature[1] for p in parts])) if signed else None,  # type: ignore[index]
+            None if any(s is None for s in sigs) else (np.concatenate([s[0] for s in sigs]),  # type: ignore[index]
+                                                       np.concatenate([s[1] for s in sigs])),  # type: ignore[index]
         )
 
     def take(self, mask: np.ndarray) -> LabeledFlows:
@@ -386,6 +386,7 @@ def meter_capture_signed(path: str, log: ErrorLog, transform: Callable | None = 
     """
     from classifier.flows.meter import FlowMeter
     from classifier.packets.capture import InputStats, iter_packet_batches
+    from classifier.signatures import detect
 
     meter = FlowMeter(config, capture=path)
     parts: list[pa.Table] = []
@@ -396,8 +397,6 @@ def meter_capture_signed(path: str, log: ErrorLog, transform: Callable | None = 
         if done is not None and len(done):
             parts.append(done.table)
             if signatures:
-                from classifier.signatures import detect
-
                 sig = detect(done)
                 named.append(np.asarray(sig.column("vpn_protocol").to_pylist(), object))
                 vpn.append(sig.column("is_vpn").to_numpy(zero_copy_only=False).astype(bool))

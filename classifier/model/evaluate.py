@@ -225,13 +225,12 @@ def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo
         f"precision {report['holdout']['precision']:.4f}")
     if data.signature is not None:
         score, by_signature = pipeline_scores(data.signature, p)
-        report["pipeline"] = _view(y, score, t, names, groups, _packets(data))
-        report["pipeline"]["found_by_signature"] = int((by_signature & (y == 1)).sum())
-        report["pipeline"]["found_by_model"] = int((~by_signature & (score >= t) & (y == 1)).sum())
+        pipe = report["pipeline"] = _view(y, score, t, names, groups, _packets(data))
+        pipe["found_by_signature"] = int((by_signature & (y == 1)).sum())
+        pipe["found_by_model"] = int((~by_signature & (score >= t) & (y == 1)).sum())
         curves["signatures + model"] = (y, score, t)
-        say(f"signatures + model: recall {report['pipeline']['recall']:.4f}, FPR {report['pipeline']['fpr']:.5f} "
-            f"({report['pipeline']['found_by_signature']} VPN flows found by a signature, "
-            f"{report['pipeline']['found_by_model']} by the model)")
+        say(f"signatures + model: recall {pipe['recall']:.4f}, FPR {pipe['fpr']:.5f} ({pipe['found_by_signature']} "
+            f"VPN flows found by a signature, {pipe['found_by_model']} by the model)")
     config = TrainConfig.from_dict(model.bundle.get("train_config", {}))
     config.candidates = (model.estimator,)
     n_groups = len(np.unique(groups))

@@ -88,7 +88,7 @@ def unanswered_request(f: Flow, ctrl: list[str], n_data: int) -> bool:
     just as an unanswered IKE initiation is none (ike.py). Any reply, any later control
     message or any data message makes the flow an L2TP exchange again.
     """
-    return len(f.directions) == 1 and n_data == 0 and bool(ctrl) and set(ctrl) == {SCCRQ}
+    return len(f.directions) == 1 and n_data == 0 and set(ctrl) == {SCCRQ}
 
 
 def check(f: Flow) -> Verdict | None:

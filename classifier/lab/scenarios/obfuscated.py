@@ -23,6 +23,8 @@ from classifier.lab.session import INNER_HTTP_PORT, TRAFFIC_KINDS, Session
 SS_PORT = 8388
 SS_METHOD = "chacha20-ietf-poly1305"
 SS_PASSWORD = "vpnid-lab-not-secret"
+#: curl through the client's SOCKS5 port (ss-local, v2ray, trojan all listen on 1080)
+VIA_SOCKS = ("--socks5-hostname", "127.0.0.1:1080")
 
 
 def ss_setup(s: Session) -> None:
@@ -55,7 +57,7 @@ def ss_forward(s: Session, port: int) -> tuple[str, int]:
 
 def ss_traffic(s: Session) -> None:
     s.fetch_loop(f"http://{s.server_ip}:{INNER_HTTP_PORT}/blob", s.duration,
-                 ("--socks5-hostname", "127.0.0.1:1080"), pause=0.4)
+                 VIA_SOCKS, pause=0.4)
 
 
 VMESS_PORT = 10086
@@ -79,7 +81,18 @@ def proxied_https_server(s: Session) -> None:
 def socks_traffic(s: Session) -> None:
     """HTTPS fetches of the blob through the client's SOCKS5 port (127.0.0.1:1080): TLS inside the proxy."""
     s.fetch_loop(f"https://{s.server_ip}:{PROXIED_HTTPS_PORT}/blob", s.duration,
-                 ("--socks5-hostname", "127.0.0.1:1080"), pause=0.4)
+                 VIA_SOCKS, pause=0.4)
+
+
+def start_json_proxy(s: Session, tool: str, flag: str, server: dict, client: dict, port: int) -> None:
+    """Start ``tool FLAG CONFIG.json`` as the proxy server (listening on ``port``), then as the
+    client with its SOCKS5 port 1080; return once both listen."""
+    srv = s.lab.spawn(s.server_ns, [tool, flag, str(s.file(f"{tool}-server.json", json.dumps(server)))],
+                      f"{tool}-server")
+    s.lab.wait_port(s.server_ns, port, procs=[srv])
+    cli = s.lab.spawn(s.client_ns, [tool, flag, str(s.file(f"{tool}-client.json", json.dumps(client)))],
+                      f"{tool}-client")
+    s.lab.wait_port(s.client_ns, 1080, procs=[cli])
 
 
 def vmess_setup(s: Session) -> None:
@@ -92,12 +105,7 @@ def vmess_setup(s: Session) -> None:
               "outbounds": [{"protocol": "vmess", "settings": {"vnext": [{
                   "address": s.server_ip, "port": VMESS_PORT,
                   "users": [{"id": VMESS_ID, "alterId": 0, "security": security}]}]}}]}
-    srv = s.lab.spawn(s.server_ns, ["v2ray", "-config", str(s.file("vmess-server.json", json.dumps(server)))],
-                      "v2ray-server")
-    s.lab.wait_port(s.server_ns, VMESS_PORT, procs=[srv])
-    cli = s.lab.spawn(s.client_ns, ["v2ray", "-config", str(s.file("vmess-client.json", json.dumps(client)))],
-                      "v2ray-client")
-    s.lab.wait_port(s.client_ns, 1080, procs=[cli])
+    start_json_proxy(s, "v2ray", "-config", server, client, VMESS_PORT)
 
 
 def trojan_setup(s: Session) -> None:
@@ -111,12 +119,7 @@ def trojan_setup(s: Session) -> None:
     client = {"run_type": "client", "local_addr": "127.0.0.1", "local_port": 1080,
               "remote_addr": s.server_ip, "remote_port": 443, "password": [TROJAN_PASSWORD], "log_level": 2,
               "ssl": {"verify": True, "verify_hostname": False, "cert": str(pki.ca), "alpn": ["http/1.1"]}}
-    srv = s.lab.spawn(s.server_ns, ["trojan", "-c", str(s.file("trojan-server.json", json.dumps(server)))],
-                      "trojan-server")
-    s.lab.wait_port(s.server_ns, 443, procs=[srv])
-    cli = s.lab.spawn(s.client_ns, ["trojan", "-c", str(s.file("trojan-client.json", json.dumps(client)))],
-                      "trojan-client")
-    s.lab.wait_port(s.client_ns, 1080, procs=[cli])
+    start_json_proxy(s, "trojan", "-c", server, client, 443)
 
 
 STUNNEL_SERVER = """\
