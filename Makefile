@@ -43,6 +43,8 @@ MODEL_AUGMENT    ?= 6
 MODEL_FPR        ?= 0.0003
 ## VPN flows shorter than this stay out of fitting (docs/model.md, Recipe)
 MODEL_MIN_PACKETS ?= 2
+## ...and VPN flows that went one way only, shorter than this (a lone initiation, like a scanner's probe)
+MODEL_MIN_ONE_WAY ?= 3
 ## Estimators compared out of fold; a tie (ROC-AUC within 0.01) goes to the first. The shipped model:
 ## gradient boosting alone, chosen with the public corpus in view (docs/model.md, Recipe)
 MODEL_CANDIDATES ?= hgb
@@ -53,7 +55,8 @@ model: $(STAMP)
 	  echo "make model: no training captures in $(MODEL_LAB) (no MANIFEST.csv). Create them (root, lab daemons):"; \
 	  echo "  make lab-deps && make lab-train MODEL_LAB=$(MODEL_LAB)"; \
 	  echo "or train on other captures: make model MODEL_LAB=DIR"; exit 2; }
-	$(BIN)/vpnid train $(MODEL_DATA) --augment $(MODEL_AUGMENT) --min-tunnel-packets $(MODEL_MIN_PACKETS) --fpr-target $(MODEL_FPR) \
+	$(BIN)/vpnid train $(MODEL_DATA) --augment $(MODEL_AUGMENT) --min-tunnel-packets $(MODEL_MIN_PACKETS) \
+	  --min-one-way-packets $(MODEL_MIN_ONE_WAY) --fpr-target $(MODEL_FPR) \
 	  --candidates $(MODEL_CANDIDATES) --folds 0 --seed 0 --name vpnid-default \
 	  -o models/vpnid-default.skops
 

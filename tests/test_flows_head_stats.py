@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from classifier.flows.batch import HEAD_BYTES, HEAD_PACKETS, PayloadHeads
+from classifier.flows.batch import HEAD_BYTES, HEAD_PACKETS, HEAD_PACKETS_PER_DIR, PayloadHeads
 from classifier.flows.head_stats import (
     FRAME_BYTES,
     LENGTH_SLACK,
@@ -19,8 +19,10 @@ from classifier.flows.head_stats import (
     STUN_COOKIE,
     STUN_OFFSETS,
     head_statistics,
+    payload_bursts,
 )
 from classifier.flows.schema import HEAD_STAT_COLUMNS, HEAD_STAT_MIN_PACKETS
+from classifier.model.synthetic import packet_bursts
 
 
 def _heads(slots: list[list[tuple]]) -> PayloadHeads:
@@ -312,3 +314,45 @@ def test_ppp_framed_inner_packets_are_told_from_other_encapsulation():
     assert list(found) == [1.0, 1.0, 1.0, 1.0]
     assert list(ppp) == [1.0, 1.0, 0.0, 0.0]
     _check(slots)
+
+
+def _stored(dirs: list[int], lens: list[int]) -> PayloadHeads:
+    """Heads as the engine stores them: payload packets in arrival order, at most 8 per direction."""
+    kept, per_dir = [], [0, 0]
+    for d, n in zip(dirs, lens, strict=True):
+        if per_dir[d] < HEAD_PACKETS_PER_DIR:
+            per_dir[d] += 1
+            kept.append((d, b"\x17" * min(n, HEAD_BYTES), n))
+    return _heads([kept])
+
+
+def _sent(dirs: list[int]) -> np.ndarray:
+    """Payload packets per direction, (1, 2)."""
+    return np.array([[dirs.count(0), dirs.count(1)]])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(1, 3000)), max_size=40))
+def test_payload_bursts_match_a_packet_by_packet_reading(packets):
+    """Vectorized bursts over the heads equal a plain walk over the flow's payload packets."""
+    dirs = [d for d, _ in packets]
+    lens = [n for _, n in packets]
+    values, count = payload_bursts(_stored(dirs, lens), _sent(dirs))
+    expected = packet_bursts(np.array(lens, np.int64), np.array(dirs, np.int8))
+    assert values[0, :count[0]].tolist() == expected
+
+
+def test_payload_bursts_of_a_nested_handshake():
+    """TLS flights then a proxied ClientHello: every burst listed; a cut burst is left out."""
+    # ClientHello, server flight in 3 segments, Finished, ticket, proxied ClientHello, server flight
+    dirs = [0, 1, 1, 1, 0, 1, 0, 1, 1]
+    lens = [517, 1448, 1448, 300, 80, 250, 640, 1448, 400]
+    values, count = payload_bursts(_stored(dirs, lens), _sent(dirs))
+    assert values[0, :count[0]].tolist() == [517, -3196, 80, -250, 640, -1848]
+    # a download: the responder's 9th segment goes unseen, so its run is not listed in full
+    dirs, lens = [0] + [1] * 12, [300] + [1448] * 12
+    values, count = payload_bursts(_stored(dirs, lens), _sent(dirs))
+    assert values[0, :count[0]].tolist() == [300]
+    # ...unless those 8 were all it sent
+    values, count = payload_bursts(_stored(dirs[:9], lens[:9]), _sent(dirs[:9]))
+    assert values[0, :count[0]].tolist() == [300, -8 * 1448]

@@ -13,6 +13,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import reference
 from conftest import T0, write_pcap
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +26,7 @@ from scapy.packet import Raw
 
 from classifier.flows.api import read_flows
 from classifier.flows.config import FlowConfig
+from classifier.model.synthetic import packet_bursts
 
 MAC = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 HOSTS4 = ["10.0.0.1", "10.0.0.2", "192.0.2.77", "203.0.113.200"]
@@ -102,6 +104,12 @@ def test_random_packets_round_trip(templates, pkts, nanos):
     ns = table.column("first_seen").cast("int64").to_pylist()
     engine = Counter((r["src_ip"], r["dst_ip"], r["src_port"], r["dst_port"], r["ip_proto"], r["vlan_id"], t0,
                       r["src2dst_packets"], r["src2dst_bytes"], r["dst2src_packets"], r["dst2src_bytes"],
-                      r["end_reason"]) for r, t0 in zip(rows, ns, strict=True))
-    expected = Counter((*f.summary(), f.end_reason) for f in ref)
+                      r["end_reason"], tuple(r["payload_bursts"])) for r, t0 in zip(rows, ns, strict=True))
+    expected = Counter((*f.summary(), f.end_reason, _bursts(f)) for f in ref)
     assert engine == expected
+
+
+def _bursts(flow: reference.RefFlow) -> tuple[int, ...]:
+    """The reference flow's payload bursts, read packet by packet."""
+    pay = np.array([p.payload_len for p in flow.packets], np.int64)
+    return tuple(packet_bursts(pay, np.array(flow.dirs, np.int8)))

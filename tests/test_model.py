@@ -344,6 +344,30 @@ def test_short_tunnel_flows_left_out_of_training_only():
     assert any(f"left out {dropped} VPN flows" in m for m in said)
 
 
+def test_short_one_way_tunnel_flows_left_out_of_training_only():
+    """min_one_way_tunnel_packets drops VPN flows that went one way and are short; two-way and non-VPN ones stay."""
+    table = synthetic_flows(18, seed=5)
+    rng = np.random.default_rng(3)
+    one_way = rng.random(table.num_rows) < 0.3  # VPN and non-VPN rows alike lose their responder's packets
+    packets = table.column("packets").to_numpy()
+    up = np.where(one_way, packets, table.column("src2dst_packets").to_numpy())
+    table = table.set_column(table.schema.get_field_index("src2dst_packets"), "src2dst_packets", pa.array(up))
+    data = _labeled(table)
+    X = feature_matrix(data.table)
+    packets = data.table.column("packets").to_numpy()
+    cut = int(np.median(packets))
+    said: list[str] = []
+    res = train(X, data.label, data.group, data.protocol,
+                TrainConfig(candidates=("hgb",), folds=3, min_one_way_tunnel_packets=cut), explain=False,
+                packets=packets, log=said.append)
+    one_way = data.table.column("src2dst_packets").to_numpy() == packets
+    dropped = int(((data.label == 1) & one_way & (packets < cut)).sum())
+    assert dropped > 0 and int(((data.label == 1) & ~one_way & (packets < cut)).sum()) > 0  # those stay
+    assert res.metrics["flows"] == len(data) - dropped
+    assert res.metrics["non_vpn_flows"] == int((data.label == 0).sum())
+    assert any(f"left out {dropped} VPN flows" in m for m in said)
+
+
 def test_cleartext_tunnel_flows_left_out_of_training_only():
     """skip_cleartext_tunnels drops VPN flows with readable inner headers; non-VPN ones with them stay."""
     table = synthetic_flows(18, seed=5)

@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-tunnel-packets", type=int, default=0, metavar="N",
                    help="leave VPN flows of fewer than N packets out of training (handshake-only and "
                         "control flows; evaluation still counts them; default 0)")
+    p.add_argument("--min-one-way-packets", type=int, default=0, metavar="N",
+                   help="leave VPN flows that went one way only and have fewer than N packets out of training "
+                        "(a lone unanswered initiation looks like a scanner's probe; evaluation still counts "
+                        "them; default 0)")
     p.add_argument("--skip-cleartext-tunnels", action="store_true",
                    help="leave VPN flows whose inner IP headers are readable (L2TP data without IPsec) out "
                         "of training, for training sets whose features cannot tell them from 6in4, Teredo or "
@@ -61,12 +65,15 @@ def run(args: argparse.Namespace) -> int:
                          f"choose from {', '.join(CANDIDATES)}")
     if not 0 <= args.fpr_target < 1:
         raise UsageError("--fpr-target must be in [0, 1)")
+    if args.min_tunnel_packets < 0 or args.min_one_way_packets < 0:
+        raise UsageError("--min-tunnel-packets and --min-one-way-packets must be >= 0")
     if args.augment < 0 or args.folds < 0 or args.folds == 1:
         raise UsageError("--augment must be >= 0 and --folds 0 (leave one group out) or >= 2")
     out = Path(args.output)
     config = TrainConfig(candidates=cands, folds=args.folds, fpr_target=args.fpr_target,
                          calibration=args.calibration, seed=args.seed,
                          min_tunnel_packets=args.min_tunnel_packets,
+                         min_one_way_tunnel_packets=args.min_one_way_packets,
                          skip_cleartext_tunnels=args.skip_cleartext_tunnels,
                          name=args.name or out.name.split(".")[0], version=args.model_version)
     log = ErrorLog(quiet=False)

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 
 from classifier.flows import state as S
 from classifier.flows.batch import FlowBatch, PayloadHeads
-from classifier.flows.head_stats import head_statistics
+from classifier.flows.head_stats import head_statistics, payload_bursts
 from classifier.flows.schema import FIRST_PACKETS, FLOW_SCHEMA
 
 _BIG = np.int64(1) << np.int64(62)
@@ -157,6 +157,8 @@ def finalize(st: S.FlowState, capture: str) -> FlowBatch:
     )
     for name, (values, valid) in head_statistics(heads).items():
         cols[name] = _masked(values, valid, pa.float64())
+    bursts, n_bursts = payload_bursts(heads, si[:, S.PPK0:S.PPK0 + 2])
+    cols["payload_bursts"] = _list_column(bursts, n_bursts, pa.int32())
 
     table = pa.Table.from_arrays([cols[f.name] for f in FLOW_SCHEMA], schema=FLOW_SCHEMA)
     return FlowBatch(table, heads)

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from classifier.flows.batch import PayloadHeads
-from classifier.flows.schema import HEAD_STAT_COLUMNS, HEAD_STAT_MIN_PACKETS
+from classifier.flows.batch import HEAD_PACKETS_PER_DIR, PayloadHeads
+from classifier.flows.schema import BURSTS, HEAD_STAT_COLUMNS, HEAD_STAT_MIN_PACKETS
 
 #: set bits of every byte value
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
@@ -284,3 +284,43 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
         out.update({f"{name}_{col}": (values[col], (n_slots >= HEAD_STAT_MIN_PACKETS[col]) & ~np.isnan(values[col]))
                     for col in HEAD_STAT_COLUMNS})
     return out
+
+
+def payload_bursts(heads: PayloadHeads, payload_packets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The flow's first payload bursts: ``(values, count)``, ``values`` (n, ``BURSTS``) int32.
+
+    A burst is a run of payload-carrying packets in one direction; its value is their
+    payload bytes, positive from the initiator, negative from the responder. Why: a
+    handshake is a few bursts of telling sizes (a TLS ClientHello of 500-2000 bytes, the
+    server's certificate flight, the client's short Finished), and a proxy or tunnel that
+    carries TLS shows a second such sequence right after its own (Xue et al., USENIX
+    Security 2024, "encapsulated TLS handshakes"). Bursts, unlike packets, do not depend
+    on how TCP cut the stream into segments or where ACKs fell.
+
+    Only bursts the heads show in full are listed. The heads keep
+    ``HEAD_PACKETS_PER_DIR`` payload packets per direction; ``payload_packets`` (n, 2)
+    says how many each direction sent. A direction that sent more has packets the
+    heads never saw, so the order is known only up to the slot of its last head, and
+    the burst holding that slot may go on past it: it is left out, and all after it.
+    """
+    n, k = heads.dirs.shape
+    slot = np.arange(k)[None, :]
+    valid = slot < heads.count[:, None]
+    d = heads.dirs.astype(np.int64)
+    cut = np.full(n, k, np.int64)
+    for side in (0, 1):
+        mine = valid & (d == side)
+        last_head = (np.cumsum(mine, axis=1) == HEAD_PACKETS_PER_DIR) & mine
+        unseen = last_head.any(axis=1) & (payload_packets[:, side] > HEAD_PACKETS_PER_DIR)
+        cut = np.where(unseen, np.minimum(cut, np.argmax(last_head, axis=1)), cut)
+    prefix = valid & (slot <= cut[:, None])
+    starts = prefix.copy()
+    starts[:, 1:] &= d[:, 1:] != d[:, :-1]
+    burst = np.cumsum(starts, axis=1) - 1
+    n_bursts = burst.max(axis=1, where=prefix, initial=-1) + 1
+    count = np.clip(n_bursts - (cut < k), 0, BURSTS)
+    take = prefix & (burst < BURSTS)
+    flat = np.broadcast_to(np.arange(n)[:, None] * BURSTS, (n, k))[take] + burst[take]
+    signed = np.where(d == 0, 1, -1) * heads.lens.astype(np.int64)
+    values = np.bincount(flat, weights=signed[take], minlength=n * BURSTS).reshape(n, BURSTS)
+    return values.astype(np.int32), count.astype(np.int32)

@@ -18,6 +18,9 @@ import pyarrow as pa
 #: Number of first packets whose size, direction and inter-arrival time are kept.
 FIRST_PACKETS = 10
 
+#: Payload bursts (runs of payload packets in one direction) listed per flow.
+BURSTS = 8
+
 _TS = pa.timestamp("ns", tz="UTC")
 
 
@@ -132,6 +135,10 @@ FLOW_FIELDS: list[pa.Field] = [
     _f("first_sizes", pa.list_(pa.int32()), f"IP sizes of the first {FIRST_PACKETS} packets", False),
     _f("first_dirs", pa.list_(pa.int8()), f"directions of the first {FIRST_PACKETS} packets: 0 initiator, 1 responder", False),
     _f("first_iats_ms", pa.list_(pa.float64()), f"inter-arrival times of the first {FIRST_PACKETS} packets, ms (first is 0)", False),
+    _f("payload_bursts", pa.list_(pa.int32()),
+       f"payload bytes of the first {BURSTS} bursts (runs of payload-carrying packets in one direction), positive "
+       "from the initiator, negative from the responder; only bursts seen in full (the first 8 payload packets of "
+       "each direction)", False),
 ]
 
 FLOW_SCHEMA = pa.schema(FLOW_FIELDS)

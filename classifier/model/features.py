@@ -40,11 +40,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from classifier.flows.schema import FIRST_PACKETS, HEAD_STAT_COLUMNS, HEAD_STAT_DOCS
+from classifier.flows.schema import BURSTS, FIRST_PACKETS, HEAD_STAT_COLUMNS, HEAD_STAT_DOCS
 from classifier.flows.state import N_HIST, PAYLOAD_HIST_EDGES
 
 #: Bump when a feature's definition changes: a model trained on another version is refused.
-FEATURE_VERSION = 10
+FEATURE_VERSION = 11
 
 #: How random the payload looks (``classifier/flows/head_stats.py``): fully encrypted
 #: proxies and tunnels start with random bytes; most other protocols start with a header.
@@ -62,13 +62,13 @@ INPUT_COLUMNS: tuple[str, ...] = (
     *(f"{p}{s}" for p in ("", "src2dst_", "dst2src_")
       for s in ("size_min", "size_max", "size_mean", "size_std")),
     "tcp_syn", "tcp_ack", "tcp_psh", "tcp_urg", "tcp_ece", "tcp_cwr",
-    "first_tcp_flags", "first_sizes", "first_dirs",
+    "first_tcp_flags", "first_sizes", "first_dirs", "payload_bursts",
     "src2dst_payload_packets", "dst2src_payload_packets", "src2dst_payload_hist", "dst2src_payload_hist",
     *(f"{d}_{s}" for d in ("src2dst", "dst2src") for s in HEAD_STAT_COLUMNS),
 )
 
 #: List columns (read by :func:`_padded`, not as scalars).
-_LIST_COLUMNS = frozenset({"first_sizes", "first_dirs", "src2dst_payload_hist",
+_LIST_COLUMNS = frozenset({"first_sizes", "first_dirs", "payload_bursts", "src2dst_payload_hist",
                            "dst2src_payload_hist"})
 
 #: Columns that must never become features (checked by the tests).
@@ -96,6 +96,7 @@ def _names() -> list[str]:
     n += ["first_dir_switches", "first_up_frac", "first_distinct_size_frac", "first_small_frac",
           "first_up_max", "first_down_max", "first_up_min", "first_down_min",
           "first_size_shift_match", "first_hello_like", "late_hello_like"]
+    n += [f"burst_{i}" for i in range(BURSTS)]
     n += RHYTHM_NAMES
     n += BYTES_NAMES
     return n
@@ -196,6 +197,10 @@ for _d in ("light", "heavy"):
                                            f"{_lo}{_hi} bytes of payload")
 for _i in range(FIRST_PACKETS):
     FEATURE_DOCS[f"first_size_{_i}"] = f"size of packet {_i}, positive from the initiator, negative from the responder"
+for _i in range(BURSTS):
+    FEATURE_DOCS[f"burst_{_i}"] = (f"payload bytes of burst {_i} (a run of payload packets in one direction), positive "
+                                   "from the initiator, negative from the responder; 0 when the flow had no more "
+                                   "bursts, unknown when the payload heads did not show it in full")
 assert set(FEATURE_DOCS) == set(FEATURE_NAMES), set(FEATURE_NAMES) ^ set(FEATURE_DOCS)
 
 
@@ -272,6 +277,7 @@ def feature_matrix(table: pa.Table) -> np.ndarray:
     flags = c["first_tcp_flags"]
     f["starts_with_syn"] = np.where(np.isnan(flags), 0.0, (np.nan_to_num(flags).astype(np.int64) & 0x02) > 0)
     f.update(_early(table))
+    f.update(_bursts(table, payload))
     f.update(_rhythm(table, c))
     f.update(_bytes(c, (proto != 6) | (f["starts_with_syn"] == 1)))
     out = np.empty((n, len(FEATURE_NAMES)), np.float32)
@@ -315,6 +321,18 @@ def _early(table: pa.Table) -> dict[str, np.ndarray]:
     f["first_hello_like"] = np.where(cnt > 0, hello.sum(1), np.nan).astype(float)
     f["late_hello_like"] = np.where(cnt > 4, hello[:, 4:].sum(1), np.nan).astype(float)
     return f
+
+
+def _bursts(table: pa.Table, payload: np.ndarray) -> dict[str, np.ndarray]:
+    """The first payload bursts (handshake flights, and a nested handshake after them).
+
+    The flow table lists only bursts seen in full; when they add up to all the flow's
+    payload bytes the flow had no more, so the missing ones are 0, else unknown (NaN).
+    """
+    bursts = _padded(table, "payload_bursts", np.float64, BURSTS)
+    complete = np.nansum(np.abs(bursts), axis=1) == payload
+    bursts = np.where(np.isnan(bursts) & complete[:, None], 0.0, bursts)
+    return {f"burst_{i}": bursts[:, i] for i in range(BURSTS)}
 
 
 def _rhythm(table: pa.Table, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -12,7 +12,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from classifier.flows.schema import FIRST_PACKETS, FLOW_SCHEMA, HEAD_STAT_COLUMNS, HEAD_STAT_MIN_PACKETS
+from classifier.flows.batch import HEAD_PACKETS_PER_DIR
+from classifier.flows.schema import (
+    BURSTS,
+    FIRST_PACKETS,
+    FLOW_SCHEMA,
+    HEAD_STAT_COLUMNS,
+    HEAD_STAT_MIN_PACKETS,
+)
 from classifier.flows.state import PAYLOAD_HIST_EDGES
 
 #: Synthetic traffic kinds: name -> (is_vpn, transport protocol number).
@@ -186,7 +193,29 @@ def flow_row(sizes: np.ndarray, dirs: np.ndarray, iats_ms: np.ndarray, flags: np
     row["first_sizes"] = sizes[:k].tolist()
     row["first_dirs"] = dirs[:k].tolist()
     row["first_iats_ms"] = first_iats.tolist()
+    row["payload_bursts"] = packet_bursts(pay, dirs)
     return row
+
+
+def packet_bursts(pay: np.ndarray, dirs: np.ndarray) -> list[int]:
+    """``payload_bursts`` as the engine lists them (``classifier/flows/head_stats.py``), one packet at a time."""
+    out: list[int] = []
+    last, stored = -1, [0, 0]
+    carrying = np.flatnonzero(pay > 0)
+    sent = [int((dirs[carrying] == side).sum()) for side in (0, 1)]
+    for i in carrying:
+        d = int(dirs[i])
+        signed = int(pay[i]) if d == 0 else -int(pay[i])
+        if d == last:
+            out[-1] += signed
+        else:
+            out.append(signed)
+        last = d
+        stored[d] += 1
+        if stored[d] == HEAD_PACKETS_PER_DIR and sent[d] > stored[d]:
+            out.pop()  # the heads miss this direction's later packets: the burst may go on
+            break
+    return out[:BURSTS]
 
 
 def synthetic_flows(n_captures: int = 40, flows_per_capture: tuple[int, int] = (3, 12), seed: int = 0,

@@ -43,6 +43,12 @@ class TrainConfig:
     #: IKE exchange or a tunnel's short control connection carries no tunnel rhythm, and as
     #: positives they teach the model that any short encrypted flow is VPN.
     min_tunnel_packets: int = 0
+    #: VPN flows that went one way only are left out of training below this many packets: a lone
+    #: unanswered IKE initiation or keepalive left by a cut capture or a one-legged tap shows
+    #: nothing of a tunnel, and is byte for byte what a scanner sends (nmap's UDP probe of 500
+    #: and 4500, a non-VPN flow of the lab's port scans); as positives they taught the model to
+    #: score that probe above every other non-VPN flow, and the threshold followed it.
+    min_one_way_tunnel_packets: int = 0
     #: VPN flows whose inner IP headers are readable (``inner_header_frac`` >= 0.5 either way:
     #: L2TP data without IPsec) are left out of training (not of evaluation). Without
     #: ``inner_ppp_frac`` (feature version 7) they look like 6in4, Teredo or VXLAN, which are
@@ -363,7 +369,8 @@ def left_out_of_fitting(X: np.ndarray, y: np.ndarray, packets: np.ndarray | None
                         config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """(short, cleartext): the VPN rows the recipe leaves out of fitting, each row under one reason.
 
-    ``short``: fewer than ``config.min_tunnel_packets`` packets; ``cleartext`` (with
+    ``short``: fewer than ``config.min_tunnel_packets`` packets, or one-way and fewer than
+    ``config.min_one_way_tunnel_packets``; ``cleartext`` (with
     ``config.skip_cleartext_tunnels``, and not already short): readable inner IP headers in
     either direction. Used by ``train`` and by the model card, so both count the same rows.
     """
@@ -371,6 +378,10 @@ def left_out_of_fitting(X: np.ndarray, y: np.ndarray, packets: np.ndarray | None
     short = np.zeros(len(vpn), bool)
     if packets is not None and config.min_tunnel_packets > 0:
         short = vpn & (np.asarray(packets) < config.min_tunnel_packets)
+    if packets is not None and config.min_one_way_tunnel_packets > 0:
+        up = X[:, FEATURE_NAMES.index("up_pkt_frac")]
+        one_way = (up == 0) | (up == 1)
+        short |= vpn & one_way & (np.asarray(packets) < config.min_one_way_tunnel_packets)
     cleartext = np.zeros(len(vpn), bool)
     if config.skip_cleartext_tunnels:
         cols = [FEATURE_NAMES.index(n) for n in ("up_inner_header_frac", "down_inner_header_frac")]
@@ -398,8 +409,9 @@ def train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarray
 
     config = config or TrainConfig()
     short, cleartext = left_out_of_fitting(X, y, packets, config)
-    if log and packets is not None and config.min_tunnel_packets > 0:
-        log(f"left out {int(short.sum())} VPN flows of fewer than {config.min_tunnel_packets} packets")
+    if log and packets is not None and (config.min_tunnel_packets > 0 or config.min_one_way_tunnel_packets > 0):
+        log(f"left out {int(short.sum())} VPN flows of fewer than {config.min_tunnel_packets} packets, or one-way "
+            f"and fewer than {config.min_one_way_tunnel_packets}")
     if log and config.skip_cleartext_tunnels:
         log(f"left out {int(cleartext.sum())} VPN flows with readable inner headers (cleartext tunnels)")
     keep = ~(short | cleartext)

@@ -119,6 +119,55 @@ def bulk_traffic(s: Session, tls: bool = True) -> None:
         raise LabError(f"no bulk {'HTTPS' if tls else 'HTTP'} download")
 
 
+#: Key-exchange groups the browser-like server accepts in half of the runs: curl (OpenSSL) sends
+#: its first key share for X25519, so each TLS 1.3 handshake then takes a HelloRetryRequest and
+#: a second ClientHello, as real clients' do when they guess a server's group wrong.
+RETRY_GROUPS = "secp384r1:secp521r1"
+
+
+def browser_setup(s: Session) -> None:
+    """nginx serving ``_site``, HTTP/2 or 1.1, and in half of the runs only ``RETRY_GROUPS``."""
+    rng = s.rng()
+    http2, retry = rng.random() < 0.5, rng.random() < 0.5
+    s.extra["objects"] = _site(s)
+    groups = f" ssl_ecdh_curve {RETRY_GROUPS};" if retry else ""
+    start_nginx(s, True, http2=http2, directives=f"keepalive_timeout 120s; keepalive_requests 10000;{groups}")
+
+
+def browser_traffic(s: Session) -> None:
+    """Page loads with a browser's request weight: cookies of 0.1-1.5 KB, long headers, some form posts.
+
+    Why: right after its handshake a browser sends requests of several hundred bytes to a
+    few kilobytes (cookies, user agent, HTTP/2 settings), and a proxy that carries TLS sends
+    an inner ClientHello of that size at the same moment (Trojan, VMess over TLS). Without
+    heavy requests among the negatives, any large first request after a handshake would
+    read as a nested one.
+    """
+    rng = s.rng()
+    names: list[str] = s.extra["objects"]  # type: ignore[assignment]
+    base = f"https://{s.server_ip}"
+    form = s.work / "form.bin"
+    deadline = time.monotonic() + s.duration
+    pages = 0
+    while time.monotonic() < deadline:
+        cookie = "".join(rng.choice("abcdef0123456789") for _ in range(rng.randint(100, 1500)))
+        argv = ["curl", "-s", "-k", "--max-time", "10", "-H", f"Cookie: session={cookie}",
+                "-H", "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                      "Chrome/131.0.0.0 Safari/537.36",
+                "-H", "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
+                "-H", "Accept-Language: en-US,en;q=0.9,ur;q=0.8"]
+        if rng.random() < 0.3:
+            form.write_bytes(bytes(rng.getrandbits(8) for _ in range(rng.randint(300, 8000))))
+            argv += ["--data-binary", f"@{form}", "-o", "/dev/null", f"{base}/index.html"]
+        for obj in ["index.html", *rng.sample(names, rng.randint(1, 8))]:
+            argv += ["-o", "/dev/null", f"{base}/{obj}"]
+        res = s.lab.run(s.client_ns, argv, check=False, timeout=20)
+        pages += res.returncode == 0
+        time.sleep(rng.uniform(0.3, 2.0) * s.profile.pause_scale)
+    if not pages:
+        raise LabError("no browser-like page load succeeded")
+
+
 # -- SSH: keystrokes, scp / rsync ----------------------------------------------------------------
 
 def sshd_setup(s: Session) -> None:
@@ -590,6 +639,9 @@ register_negative("iperf3-bidir-udp", 117, "iperf3-udp", "udp", 5201, ("iperf3",
 register_negative("iperf3-bidir-tcp", 118, "iperf3-tcp", "tcp", 5201, ("iperf3",), iperf_setup,
      partial(iperf_bidir_traffic, udp=False), "iperf3 --bidir, 64-400-byte writes",
      "TCP in both directions at once with small writes.")
+register_negative("https-browser", 143, "https", "tcp", 443, ("nginx", "openssl"), browser_setup, browser_traffic,
+     "nginx + curl with a browser's cookies and headers, some form posts; half the runs force a HelloRetryRequest",
+     "Browser-weight HTTPS: requests of 0.2-2 KB right after the handshake, posts, and retried handshakes.")
 register_negative("websocket", 119, "websocket", "tcp", 443, ("py3:websockets", "openssl"), ws_setup, ws_traffic,
      "python3-websockets echo over wss on 443",
      "A WebSocket (TLS) session: small messages both ways with think time on one long connection.")
