@@ -207,12 +207,16 @@ def card_markdown(card: dict[str, Any]) -> str:
               f"(chosen for a false-positive rate of at most {card.get('fpr_target')} on out-of-fold non-VPN flows)",
               ""]
     data = card.get("training_data", {})
+    cfg = card.get("train_config", {})
+    minima = (f"{cfg.get('min_tunnel_packets', 0)} packets, one-way flows "
+              f"{cfg.get('min_one_way_tunnel_packets', 0)}")
     lines += ["## Training data", "",
               f"- flows: {data.get('flows')} ({data.get('vpn_flows')} VPN, {data.get('non_vpn_flows')} non-VPN)",
               f"- captures: {data.get('captures', 'not recorded')}",
               f"- groups (lab scenarios, other capture files): {data.get('groups')}",
               f"- VPN flows left out of fitting: {data.get('vpn_flows_left_out_short', 0)} shorter than the "
-              f"minimum, {data.get('vpn_flows_left_out_cleartext', 0)} cleartext tunnels (readable inner headers)",
+              f"minimum ({minima}), {data.get('vpn_flows_left_out_cleartext', 0)} cleartext tunnels "
+              "(readable inner headers)",
               f"- augmentation: {data.get('augmentation')}",
               f"- sha256 of features and labels: `{data.get('sha256')}`",
               f"- sha256 of the input files (names and contents): `{data.get('inputs_sha256')}`", ""]
