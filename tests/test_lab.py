@@ -840,11 +840,17 @@ def test_vmess_and_trojan_carry_https_and_no_signature_names_them(tmp_path: Path
     trojan = [f for f in flows if f["ip_proto"] == 6 and f["dst_port"] == 443]
     assert len(vmess) >= 2 and len(trojan) >= 2, (len(vmess), len(trojan))  # one connection per fetch
     assert all(f["src2dst_first_payload_bits"] > 3.5 and f["src2dst_tls_record_frac"] == 0 for f in vmess)
-    # every payload packet opens a TLS record, but for those that carry the rest of a record
-    # longer than a segment (the inner server flight, since the pages it fetches are TLS 1.3)
-    assert all(f["src2dst_tls_record_frac"] > 0.5 and f["dst2src_tls_record_frac"] >= 0.5 for f in trojan)
-    # each connection carries one proxied HTTPS fetch of the blob (at least 4 KiB, plus the inner handshake)
-    assert all(f["src2dst_payload_bytes"] > 1000 and f["dst2src_payload_bytes"] > 20000 for f in vmess + trojan)
+    # every payload packet opens a TLS record, but for those that carry the rest of a record longer
+    # than a segment: the server's (certificates, the proxied flight and page) often do, 3 to 5 of its first 8
+    assert all(f["src2dst_tls_record_frac"] > 0.5 and f["dst2src_tls_record_frac"] >= 0.25 for f in trojan), \
+        [(f["src2dst_tls_record_frac"], f["dst2src_tls_record_frac"]) for f in trojan]
+    # each connection carries one proxied HTTPS fetch: the inner ClientHello (517 bytes) and request one
+    # way (about 1 KB with TLS 1.3, whose client sends no key exchange after the hello), the blob the other
+    # (connections the capture's end cut short are left out: the fetch was still under way)
+    done = [f for f in vmess + trojan if f["end_reason"] != "eof"]
+    sizes = [(f["dst_port"], f["src2dst_payload_bytes"], f["dst2src_payload_bytes"], f["end_reason"]) for f in flows]
+    assert len(done) >= 3 and all(f["src2dst_payload_bytes"] > 600 and f["dst2src_payload_bytes"] > 20000
+                                  for f in done), sizes
     assert not any(f["is_vpn"] for f in flows)  # nothing a signature can name: the model's to find
 
 
