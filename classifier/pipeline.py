@@ -42,6 +42,19 @@ def _signature_table(batch: FlowBatch) -> pa.Table:
     return detect(batch)
 
 
+def signature_split(named: np.ndarray, sig_vpn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(claimed, explained) per flow from the signature stage's protocol (None: no match) and is_vpn.
+
+    The decision rule both ``classify`` and ``vpnid evaluate --signatures`` apply: a
+    signature's VPN verdict is final (``claimed``); a signature that recognised plain
+    encapsulation (GRE, IP-in-IP, Teredo, ...) has explained the flow, which then does not
+    go to the model (``explained``); every other flow is the model's.
+    """
+    hit = np.array([p is not None for p in named], bool)
+    vpn = np.asarray(sig_vpn).astype(bool)
+    return hit & vpn, hit & ~vpn
+
+
 def label_batch(batch: FlowBatch, options: LabelOptions) -> pa.Table:
     """Return the batch's flow table plus the columns of ``CLASSIFY_FIELDS`` (and registry ones)."""
     n = len(batch)
@@ -56,24 +69,20 @@ def label_batch(batch: FlowBatch, options: LabelOptions) -> pa.Table:
     if options.signatures and n:
         sig = _signature_table(batch)
         sig_proto = sig.column("vpn_protocol").to_numpy(zero_copy_only=False)
-        hit = np.array([p is not None for p in sig_proto], bool)
-        sig_vpn = sig.column("is_vpn").to_numpy(zero_copy_only=False).astype(bool)
-        claimed = hit & sig_vpn
+        claimed, tunnel_hit = signature_split(sig_proto, sig.column("is_vpn").to_numpy(zero_copy_only=False))
+        hit = claimed | tunnel_hit
         is_vpn[claimed] = True
         protocol[claimed] = sig_proto[claimed]
         confidence[claimed] = sig.column("confidence").to_numpy(zero_copy_only=False)[claimed]
         detection[claimed] = "signature"
         evidence[hit] = sig.column("evidence").to_numpy(zero_copy_only=False)[hit]
         midflow = sig.column("midflow").to_numpy(zero_copy_only=False).astype(bool)
-        tunnel_hit = hit & ~sig_vpn
         tunnel[tunnel_hit] = sig_proto[tunnel_hit]
     else:
-        claimed = np.zeros(n, bool)
+        claimed = tunnel_hit = np.zeros(n, bool)
 
     if options.model is not None and n:
-        # Flows a signature recognised as plain encapsulation (GRE, IP-in-IP, Teredo, ...)
-        # are explained already: they do not go to the model.
-        rest = np.flatnonzero(~claimed & np.array([t is None for t in tunnel], bool))
+        rest = np.flatnonzero(~claimed & ~tunnel_hit)
         if len(rest):
             pred = options.model.predict(batch.table.take(pa.array(rest)))
             yes = pred.proba >= options.model.threshold

@@ -193,17 +193,16 @@ def leave_one_protocol_out(X: np.ndarray, data: LabeledFlows, config: TrainConfi
 
 
 def pipeline_scores(signature: tuple[np.ndarray, np.ndarray], proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(score, claimed as VPN by a signature) per row, as ``classify`` decides (classifier/pipeline.py).
+    """(score, claimed as VPN by a signature) per row, by ``classify``'s rule (``signature_split``).
 
-    A signature's VPN verdict is final (score 1); a signature that recognised plain
-    encapsulation (GRE, VXLAN, ...) keeps the flow from the model (score 0); every other
-    flow has the model's P(VPN). So ``score >= threshold`` is ``classify``'s ``is_vpn``, and
+    A claimed flow scores 1, a flow a signature explained as plain encapsulation 0, every
+    other flow the model's P(VPN). So ``score >= threshold`` is ``classify``'s ``is_vpn``, and
     a lower threshold in the trade-off table moves only the model's share.
     """
-    named = np.array([p is not None for p in signature[0]], bool)
-    vpn = named & signature[1].astype(bool)
-    score = np.where(vpn, 1.0, np.where(named, 0.0, proba))
-    return score, vpn
+    from classifier.pipeline import signature_split
+
+    claimed, explained = signature_split(*signature)
+    return np.where(claimed, 1.0, np.where(explained, 0.0, proba)), claimed
 
 
 def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo: bool = True,
