@@ -48,10 +48,13 @@ def _site(s: Session) -> list[str]:
     return names
 
 
-def web_server(s: Session, http2: bool = True, tls: bool = True) -> list[str]:
-    """nginx serving ``_site`` with TLS (and HTTP/2), or plain HTTP on port 80; returns the object names."""
+def web_server(s: Session, http2: bool = True, tls: bool = True, directives: str = "") -> list[str]:
+    """nginx serving ``_site`` with TLS (and HTTP/2), or plain HTTP on port 80; returns the object names.
+
+    ``directives``: more nginx ``server`` directives.
+    """
     names = _site(s)
-    start_nginx(s, tls, http2=http2, directives="keepalive_timeout 120s; keepalive_requests 10000;")
+    start_nginx(s, tls, http2=http2, directives=f"keepalive_timeout 120s; keepalive_requests 10000; {directives}")
     s.extra["objects"] = names
     return names
 
@@ -129,9 +132,7 @@ def browser_setup(s: Session) -> None:
     """nginx serving ``_site``, HTTP/2 or 1.1, and in half of the runs only ``RETRY_GROUPS``."""
     rng = s.rng()
     http2, retry = rng.random() < 0.5, rng.random() < 0.5
-    s.extra["objects"] = _site(s)
-    groups = f" ssl_ecdh_curve {RETRY_GROUPS};" if retry else ""
-    start_nginx(s, True, http2=http2, directives=f"keepalive_timeout 120s; keepalive_requests 10000;{groups}")
+    web_server(s, http2=http2, directives=f"ssl_ecdh_curve {RETRY_GROUPS};" if retry else "")
 
 
 def browser_traffic(s: Session) -> None:
