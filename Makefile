@@ -49,7 +49,8 @@ MODEL_MIN_ONE_WAY ?= 3
 ## gradient boosting alone, chosen with the public corpus in view (docs/model.md, Recipe)
 MODEL_CANDIDATES ?= hgb
 ## Tunnels inside TLS or behind a fully encrypted proxy: what signatures cannot see, so a third batch
-LAB_TRAIN_HARD   ?= openvpn-tcp443 openconnect shadowsocks stunnel-openvpn openvpn-udp-cbc srtp-call
+LAB_TRAIN_HARD   ?= openvpn-tcp443 openconnect shadowsocks stunnel-openvpn openvpn-udp-cbc srtp-call \
+                    shadowsocks-browser trojan-browser
 model: $(STAMP)
 	@test -f $(MODEL_LAB)/MANIFEST.csv || { \
 	  echo "make model: no training captures in $(MODEL_LAB) (no MANIFEST.csv). Create them (root, lab daemons):"; \
@@ -83,14 +84,15 @@ LAB_PKGS := tcpdump iproute2 iputils-ping procps psmisc wireguard-go wireguard-t
             ethtool openssl ngtcp2-client ngtcp2-server rsync gstreamer1.0-tools \
             gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad unbound knot-dnsutils chrony \
             python3-websockets aria2 mktorrent python3-libtorrent nmap tinc quicktun \
-            softether-vpnserver softether-vpnclient softether-vpncmd coturn v2ray trojan
+            softether-vpnserver softether-vpnclient softether-vpncmd coturn v2ray trojan chromium \
+            firefox-esr libnss3-tools
 lab-deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(LAB_PKGS)
 
 ci-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  $(MAKE) lab-deps && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	  $(MAKE) lab-deps; \
 	else echo "ci-deps: not root or no apt-get; lab, live and browser tests will skip"; fi
 
 clean:

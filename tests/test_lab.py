@@ -874,6 +874,50 @@ def test_browser_weight_https_retries_its_hello_when_the_server_asks(tmp_path: P
 
 
 @pytest.mark.lab
+@pytest.mark.timeout(240)
+def test_real_browsers_over_tls_and_quic_are_no_tunnel(tmp_path: Path) -> None:
+    """https-chromium, quic-chromium, https-firefox: browsers' own TLS and QUIC; neither stage calls them VPN."""
+    names = ("https-chromium", "quic-chromium", "https-firefox")
+    _skip_unless_lab(names)
+    rows = _capture_ok(tmp_path, 200, *names, "--duration", "3")
+    flows = {name: _signature_flows(tmp_path, rows[name].file) for name in names}
+    web = {name: [f for f in flows[name] if f["ip_proto"] == (17 if "quic" in name else 6) and f["dst_port"] == 443]
+           for name in names}
+    assert all(web.values()), {k: [(f["ip_proto"], f["dst_port"]) for f in v] for k, v in flows.items()}
+    # BoringSSL's and NSS's ClientHellos with a post-quantum key share: well over a kilobyte (curl's: ~500 B)
+    for name in ("https-chromium", "https-firefox"):
+        assert all(f["payload_bursts"][0] > 1500 for f in web[name]), [f["payload_bursts"][:2] for f in web[name]]
+    # a client pads the datagrams of its Initial packets to at least 1200 bytes (RFC 9000, 14.1): IP size 1228
+    assert all(f["first_sizes"][0] >= 1228 for f in web["quic-chromium"]), [f["first_sizes"][:3] for f in web["quic-chromium"]]
+    out = tmp_path / "labelled.jsonl"
+    _vpnid("classify", "-q", *(str(tmp_path / rows[n].file) for n in names), "-o", str(out))
+    labelled = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(labelled) == sum(len(v) for v in flows.values())
+    assert not any(f["is_vpn"] for f in labelled), [f["evidence"] for f in labelled if f["is_vpn"]]
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(200)
+def test_a_browser_through_shadowsocks_and_trojan_nests_its_own_hello(tmp_path: Path) -> None:
+    """shadowsocks-browser, trojan-browser: Chromium's 1.8 KB ClientHello inside the proxy's stream."""
+    names = ("shadowsocks-browser", "trojan-browser")
+    _skip_unless_lab(names)
+    rows = _capture_ok(tmp_path, 180, *names, "--duration", "3")
+    flows = _signature_flows(tmp_path, *(rows[n].file for n in names))
+    ss = [f for f in flows if f["ip_proto"] == 6 and f["dst_port"] == 8388]
+    trojan = [f for f in flows if f["ip_proto"] == 6 and f["dst_port"] == 443]
+    assert ss and trojan and len(ss) + len(trojan) == len(flows), [(f["ip_proto"], f["dst_port"]) for f in flows]
+    # Shadowsocks: random from the first byte, and that first flight is the browser's hello (salt and tags added)
+    assert all(f["src2dst_first_payload_bits"] > 3.5 and f["src2dst_tls_record_frac"] == 0 for f in ss)
+    assert any(f["payload_bursts"] and f["payload_bursts"][0] > 1700 for f in ss), [f["payload_bursts"] for f in ss]
+    # Trojan: its own ~500-byte hello, the server's flight, then (in connections the browser used) the
+    # browser's hello inside, more than a kilobyte after the outer handshake
+    assert all(f["payload_bursts"][0] < 1000 and f["src2dst_tls_record_frac"] > 0.5 for f in trojan)
+    assert any(max(f["payload_bursts"][2:], default=0) > 1500 for f in trojan), [f["payload_bursts"] for f in trojan]
+    assert not any(f["is_vpn"] for f in flows)  # nothing a signature can name: the model's to find
+
+
+@pytest.mark.lab
 @pytest.mark.timeout(150)
 def test_a_udp_scans_unanswered_ike_probes_are_no_tunnel(tmp_path: Path) -> None:
     """nmap's UDP scan sends 500 and 4500 an IKEv1 first message that nobody answers: no VPN flow, either stage."""

@@ -29,6 +29,11 @@ VIA_SOCKS = ("--socks5-hostname", "127.0.0.1:1080")
 
 def ss_setup(s: Session) -> None:
     s.extra["http"] = s.http_server(s.server_ns, s.server_ip)
+    start_shadowsocks(s)
+
+
+def start_shadowsocks(s: Session) -> None:
+    """ss-server on SS_PORT, ss-local's SOCKS5 port 1080 on the client, ``ss-tunnel`` forwards on demand."""
     srv = s.lab.spawn(s.server_ns, ["ss-server", "-s", s.server_ip, "-p", str(SS_PORT), "-k", SS_PASSWORD,
                                     "-m", SS_METHOD], "ss-server")
     s.lab.wait_port(s.server_ns, SS_PORT, procs=[srv])
@@ -61,6 +66,7 @@ def ss_traffic(s: Session) -> None:
 
 
 VMESS_PORT = 10086
+TROJAN_PORT = 443
 VMESS_ID = "8f2a7c4e-3b1d-4c59-9e0a-6d5b2f1c7a93"
 TROJAN_PASSWORD = "vpnid-lab-not-secret"
 # VMess is held out of training (``training=False``): random from its first byte, it is what
@@ -99,6 +105,11 @@ def start_json_proxy(s: Session, tool: str, flag: str, server: dict, client: dic
 
 def vmess_setup(s: Session) -> None:
     proxied_https_server(s)
+    start_vmess(s)
+
+
+def start_vmess(s: Session) -> None:
+    """V2Ray's VMess server on VMESS_PORT, its client's SOCKS5 port 1080."""
     security = s.rng().choice(["aes-128-gcm", "chacha20-poly1305"]) if s.profile.seed else "aes-128-gcm"
     server = {"inbounds": [{"listen": s.server_ip, "port": VMESS_PORT, "protocol": "vmess",
                             "settings": {"clients": [{"id": VMESS_ID, "alterId": 0}]}}],
@@ -112,16 +123,21 @@ def vmess_setup(s: Session) -> None:
 
 def trojan_setup(s: Session) -> None:
     proxied_https_server(s)
+    start_trojan(s)
+
+
+def start_trojan(s: Session) -> None:
+    """Trojan on 443 (handing password-less connections to PROXIED_HTTPS_PORT), its client's SOCKS5 port 1080."""
     pki = s.pki()
     # a connection without the password is handed to remote_addr (Trojan's camouflage): the HTTPS server
-    server = {"run_type": "server", "local_addr": s.server_ip, "local_port": 443,
+    server = {"run_type": "server", "local_addr": s.server_ip, "local_port": TROJAN_PORT,
               "remote_addr": s.server_ip, "remote_port": PROXIED_HTTPS_PORT, "password": [TROJAN_PASSWORD],
               "log_level": 2, "ssl": {"cert": str(pki.server_cert), "key": str(pki.server_key),
                                       "alpn": ["http/1.1"]}}
     client = {"run_type": "client", "local_addr": "127.0.0.1", "local_port": 1080,
-              "remote_addr": s.server_ip, "remote_port": 443, "password": [TROJAN_PASSWORD], "log_level": 2,
+              "remote_addr": s.server_ip, "remote_port": TROJAN_PORT, "password": [TROJAN_PASSWORD], "log_level": 2,
               "ssl": {"verify": True, "verify_hostname": False, "cert": str(pki.ca), "alpn": ["http/1.1"]}}
-    start_json_proxy(s, "trojan", "-c", server, client, 443)
+    start_json_proxy(s, "trojan", "-c", server, client, TROJAN_PORT)
 
 
 STUNNEL_SERVER = """\
@@ -177,7 +193,7 @@ register(Scenario(
     description="V2Ray VMess over TCP: HTTPS fetches through the client's SOCKS5 port; random bytes from the first.",
 ))
 register(Scenario(
-    name="trojan", number=35, vpn=True, protocol="trojan", transport="tcp", server_port=443,
+    name="trojan", number=35, vpn=True, protocol="trojan", transport="tcp", server_port=TROJAN_PORT,
     notes="Trojan over TLS on 443 (password hash, then the proxied stream); SOCKS proxy, no inner addresses",
     requires=("trojan", "openssl"), setup=trojan_setup, traffic=socks_traffic,
     description="Trojan: TLS on 443 per proxied connection; HTTPS fetches through the client's SOCKS5 port (TLS in TLS).",
