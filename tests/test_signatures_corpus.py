@@ -88,6 +88,13 @@ def test_public_non_vpn_files_yield_no_vpn():
 
 
 @needs_public
+def test_public_telegram_connections_are_named_and_no_vpn():
+    """The Telegram call's TCP connections are MTProto's obfuscated transport, random from the first byte."""
+    tg = [v for v in _verdicts(PUBLIC / "ntop_nDPI/telegram_videocall.pcapng") if v.protocol == "telegram"]
+    assert len(tg) >= 5 and not any(v.is_vpn for v in tg) and all("abridged" in v.evidence for v in tg)
+
+
+@needs_public
 def test_public_tunnel_files_get_tunnel_labels():
     for name, label in (("ntop_nDPI/vxlan.pcap", "vxlan"), ("zeek_zeek/gre-sample.pcap", "gre"),
                         ("ntop_nDPI/4in4tunnel.pcap", "ipip"), ("the-tcpdump-group_tcpdump/geneve.pcap", "geneve")):

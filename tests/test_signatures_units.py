@@ -369,3 +369,33 @@ def test_tinc_udp_associated_with_meta_connection_only():
     v = detect_verdicts(batch(meta, data, other))
     assert [x.protocol if x else None for x in v] == ["tinc", "tinc", None]
     assert "meta connection" in v[1].evidence
+
+
+# --- Telegram (MTProto obfuscated transport: named so that it is no VPN) ------------------------
+
+def mtproto_init(tag: bytes, seed: int = 1) -> bytes:
+    """A client's 64-byte connection start as Telegram's apps make it: random bytes whose
+    56..59, encrypted with the key (8..39) and IV (40..55) they carry, read ``tag``."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    raw = bytearray(rand(64, seed))
+    raw[0] = 0x42  # an app never starts with 0xef (unobfuscated abridged) or a text/TLS prefix
+    stream = Cipher(algorithms.AES(bytes(raw[8:40])), modes.CTR(bytes(raw[40:56]))).encryptor().update(bytes(64))
+    raw[56:60] = bytes(a ^ b for a, b in zip(tag, stream[56:60], strict=True))
+    return bytes(raw)
+
+
+def test_telegram_obfuscated_transport_is_named_and_no_vpn():
+    for tag, name in ((b"\xef" * 4, "abridged"), (b"\xee" * 4, "intermediate"), (b"\xdd" * 4, "padded")):
+        flow = F([(0, mtproto_init(tag) + rand(200, 2)), (1, rand(90, 3)), (0, rand(300, 4))], proto=6, dport=443)
+        v = one(flow)
+        assert v.protocol == "telegram" and not v.is_vpn and name in v.evidence
+        t = detect(batch(flow))
+        assert t.column("is_vpn").to_pylist() == [False] and t.column("vpn_protocol").to_pylist() == ["telegram"]
+    # random bytes (a Shadowsocks or VMess start) do not decrypt to a tag; nor does the start of a
+    # stream entered mid-way, nor a tag the client did not encrypt
+    assert one(F([(0, rand(264, 5)), (1, rand(90, 6))], proto=6, dport=443)) is None
+    assert one(F([(0, mtproto_init(b"\xef" * 4) + rand(200, 2))], proto=6, dport=443, syn=False)) is None
+    plain = bytearray(mtproto_init(b"\xef" * 4))
+    plain[56:60] = b"\xef" * 4
+    assert one(F([(0, bytes(plain))], proto=6, dport=443)) is None

@@ -22,6 +22,7 @@ from classifier.signatures import (
     fortinet,
     ike,
     l2tp,
+    mtproto,
     openconnect,
     openvpn,
     pptp,
@@ -38,7 +39,7 @@ from classifier.signatures._base import TCP, UDP, BatchView, Flow, Verdict
 #: Checked in this order; earlier modules have the more specific signatures.
 MODULES: tuple[ModuleType, ...] = (
     wireguard, tailscale, openvpn, ike, esp, l2tp, pptp, softether, tinc, quicktun, openconnect, sstp, fortinet,
-    tunnels,
+    tunnels, mtproto,
 )
 
 SIGNATURE_FIELDS = [

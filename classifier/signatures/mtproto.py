@@ -1,0 +1,59 @@
+"""Telegram's MTProto over its obfuscated transport: fully encrypted, and no VPN.
+
+Why a signature for something that is not a VPN: a TCP connection that is random from
+its first byte is what fully encrypted proxies (Shadowsocks, VMess) look like, and
+Telegram's apps reach their servers that way too (MTProto transport obfuscation,
+"obfuscated2"), so the model alone takes some Telegram connections for proxies. The
+obfuscation carries its own key: the client's first 64 bytes are random, except that
+encrypted with AES-256-CTR under their own bytes 8-39 as key and 40-55 as IV, bytes
+56-59 come out as the transport's tag (0xefefefef abridged, 0xeeeeeeee intermediate,
+0xdddddddd padded intermediate). Random bytes match with probability 3 in 2^32, so one
+connection start names it. A connection to an MTProxy, whose secret is mixed into the
+key, is not recognised. The verdict has ``is_vpn`` False: like plain encapsulation, the
+flow is explained and does not go to the model (``pipeline.signature_split``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from classifier.signatures._base import TCP, BatchView, Flow, Verdict
+
+NAME = "telegram"
+INIT_BYTES = 64
+TAGS = {b"\xef\xef\xef\xef": "abridged", b"\xee\xee\xee\xee": "intermediate",
+        b"\xdd\xdd\xdd\xdd": "padded intermediate"}
+
+
+def candidates(v: BatchView) -> np.ndarray:
+    """TCP flows whose initiator's first payload stores 64 bytes and is no TLS record or text."""
+    first = v.nth_slot(0, 0)
+    row = np.arange(v.n)
+    safe = np.where(first < 0, 0, first)
+    full = (first >= 0) & (v.caps[row, safe] >= INIT_BYTES) & (v.lens[row, safe] >= INIT_BYTES)
+    head = v.slot_bytes(first, 0, 4).astype(np.int32)
+    tls = (head[:, 0] >= 20) & (head[:, 0] <= 23) & (head[:, 1] == 3)
+    text = ((head >= 0x20) & (head < 0x7F)).all(axis=1)
+    return v.tcp & full & ~tls & ~text
+
+
+def transport_tag(init: bytes) -> bytes:
+    """Bytes 56-59 of the 64-byte connection start, decrypted with the key and IV it carries."""
+    dec = Cipher(algorithms.AES(init[8:40]), modes.CTR(init[40:56])).encryptor()
+    return dec.update(init[:INIT_BYTES])[56:60]
+
+
+def check(f: Flow) -> Verdict | None:
+    # the 64 bytes must be the stream's first: a flow entered mid-way starts inside a message
+    if f.proto != TCP or not f.tcp_start_seen:
+        return None
+    first = f.of(0)[:1]
+    if not first or len(first[0].data) < INIT_BYTES:
+        return None
+    tag = transport_tag(first[0].data)
+    if tag not in TAGS:
+        return None
+    return Verdict(NAME, 0.99, f"telegram mtproto obfuscated transport: the first 64 bytes decrypt with "
+                               f"their own key to the {TAGS[tag]} tag {tag.hex()}; a messenger, not a VPN",
+                   midflow=False, is_vpn=False)
