@@ -38,9 +38,9 @@ lint: $(STAMP)
 MODEL_LAB        ?= /tmp/vpnid-labtrain6
 MODEL_DATA       ?= pcaps/ $(MODEL_LAB)
 MODEL_AUGMENT    ?= 6
-## Out-of-fold false-positive rate that sets the threshold (docs/model.md, The threshold): 0.03%,
-## a margin under the goal's 0.1% chosen with the public corpus in view (docs/model.md, Recipe)
-MODEL_FPR        ?= 0.0003
+## Out-of-fold false-positive rate that sets the threshold (docs/model.md, The threshold): the
+## goal's 0.1% (docs/model.md, Recipe: at 0.03% it sat on one left-out scenario's flows)
+MODEL_FPR        ?= 0.001
 ## VPN flows shorter than this stay out of fitting (docs/model.md, Recipe)
 MODEL_MIN_PACKETS ?= 2
 ## ...and VPN flows that went one way only, shorter than this (a lone initiation, like a scanner's probe)

@@ -46,9 +46,10 @@ def signature_split(named: np.ndarray, sig_vpn: np.ndarray) -> tuple[np.ndarray,
     """(claimed, explained) per flow from the signature stage's protocol (None: no match) and is_vpn.
 
     The decision rule both ``classify`` and ``vpnid evaluate --signatures`` apply: a
-    signature's VPN verdict is final (``claimed``); a signature that recognised plain
-    encapsulation (GRE, IP-in-IP, Teredo, ...) has explained the flow, which then does not
-    go to the model (``explained``); every other flow is the model's.
+    signature's VPN verdict is final (``claimed``); a signature that recognised a protocol
+    that is no VPN (plain encapsulation such as GRE, IP-in-IP or Teredo; Telegram's
+    obfuscated transport) has explained the flow, which then does not go to the model
+    (``explained``); every other flow is the model's.
     """
     hit = np.array([p is not None for p in named], bool)
     vpn = np.asarray(sig_vpn).astype(bool)

@@ -580,6 +580,14 @@ def _signature_flows(tmp_path: Path, *captures: str) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
+def _proxy_flows(tmp_path: Path, names: tuple[str, ...], *ports: int) -> tuple[list[dict], list[list[dict]]]:
+    """Capture proxy scenarios (3 s each); all their flows by signatures, and the TCP flows to each of ``ports``."""
+    _skip_unless_lab(names)
+    rows = _capture_ok(tmp_path, 180, *names, "--duration", "3")
+    flows = _signature_flows(tmp_path, *(rows[n].file for n in names))
+    return flows, [[f for f in flows if f["ip_proto"] == 6 and f["dst_port"] == p] for p in ports]
+
+
 def _scenario_signature_flows(tmp_path: Path, scenario: str, duration: str) -> list[dict]:
     """Capture one scenario (skipping where the lab cannot run it) and label its flows by signatures."""
     _skip_unless_lab((scenario,))
@@ -832,12 +840,7 @@ def test_a_port_scan_is_many_short_flows_and_no_tunnel(tmp_path: Path) -> None:
 @pytest.mark.timeout(200)
 def test_vmess_and_trojan_carry_https_and_no_signature_names_them(tmp_path: Path) -> None:
     """The proxies: VMess random from the first byte, Trojan TLS records both ways, no signature."""
-    names = ("vmess", "trojan")
-    _skip_unless_lab(names)
-    rows = _capture_ok(tmp_path, 180, *names, "--duration", "3")
-    flows = _signature_flows(tmp_path, *(rows[n].file for n in names))
-    vmess = [f for f in flows if f["ip_proto"] == 6 and f["dst_port"] == 10086]
-    trojan = [f for f in flows if f["ip_proto"] == 6 and f["dst_port"] == 443]
+    flows, (vmess, trojan) = _proxy_flows(tmp_path, ("vmess", "trojan"), 10086, 443)
     assert len(vmess) >= 2 and len(trojan) >= 2, (len(vmess), len(trojan))  # one connection per fetch
     assert all(f["src2dst_first_payload_bits"] > 3.5 and f["src2dst_tls_record_frac"] == 0 for f in vmess)
     # every payload packet opens a TLS record, but for those that carry the rest of a record longer
@@ -900,19 +903,17 @@ def test_real_browsers_over_tls_and_quic_are_no_tunnel(tmp_path: Path) -> None:
 @pytest.mark.timeout(200)
 def test_a_browser_through_shadowsocks_and_trojan_nests_its_own_hello(tmp_path: Path) -> None:
     """shadowsocks-browser, trojan-browser: Chromium's 1.8 KB ClientHello inside the proxy's stream."""
-    names = ("shadowsocks-browser", "trojan-browser")
-    _skip_unless_lab(names)
-    rows = _capture_ok(tmp_path, 180, *names, "--duration", "3")
-    flows = _signature_flows(tmp_path, *(rows[n].file for n in names))
-    ss = [f for f in flows if f["ip_proto"] == 6 and f["dst_port"] == 8388]
-    trojan = [f for f in flows if f["ip_proto"] == 6 and f["dst_port"] == 443]
+    flows, (ss, trojan) = _proxy_flows(tmp_path, ("shadowsocks-browser", "trojan-browser"), 8388, 443)
     assert ss and trojan and len(ss) + len(trojan) == len(flows), [(f["ip_proto"], f["dst_port"]) for f in flows]
     # Shadowsocks: random from the first byte, and that first flight is the browser's hello (salt and tags added)
-    assert all(f["src2dst_first_payload_bits"] > 3.5 and f["src2dst_tls_record_frac"] == 0 for f in ss)
+    # (64 random bytes: 4.0 set bits per byte, sd 0.18, so among dozens of connections one may be near 3.5)
+    bits = sorted(f["src2dst_first_payload_bits"] for f in ss)
+    assert bits[0] > 3.2 and bits[len(bits) // 2] > 3.8 and all(f["src2dst_tls_record_frac"] == 0 for f in ss), bits
     assert any(f["payload_bursts"] and f["payload_bursts"][0] > 1700 for f in ss), [f["payload_bursts"] for f in ss]
     # Trojan: its own ~500-byte hello, the server's flight, then (in connections the browser used) the
     # browser's hello inside, more than a kilobyte after the outer handshake
-    assert all(f["payload_bursts"][0] < 1000 and f["src2dst_tls_record_frac"] > 0.5 for f in trojan)
+    assert all(f["payload_bursts"][0] < 1000 and f["src2dst_tls_record_frac"] > 0.5 for f in trojan), \
+        [(f["payload_bursts"], f["src2dst_tls_record_frac"]) for f in trojan]
     assert any(max(f["payload_bursts"][2:], default=0) > 1500 for f in trojan), [f["payload_bursts"] for f in trojan]
     assert not any(f["is_vpn"] for f in flows)  # nothing a signature can name: the model's to find
 

@@ -195,8 +195,8 @@ def leave_one_protocol_out(X: np.ndarray, data: LabeledFlows, config: TrainConfi
 def pipeline_scores(signature: tuple[np.ndarray, np.ndarray], proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(score, claimed as VPN by a signature) per row, by ``classify``'s rule (``signature_split``).
 
-    A claimed flow scores 1, a flow a signature explained as plain encapsulation 0, every
-    other flow the model's P(VPN). So ``score >= threshold`` is ``classify``'s ``is_vpn``, and
+    A claimed flow scores 1, a flow a signature explained as no VPN (plain encapsulation,
+    Telegram's transport) 0, every other flow the model's P(VPN). So ``score >= threshold`` is ``classify``'s ``is_vpn``, and
     a lower threshold in the trade-off table moves only the model's share.
     """
     from classifier.pipeline import signature_split
