@@ -3,7 +3,7 @@
 Why: curl and Python speak TLS the way OpenSSL does; most HTTPS on a real network comes
 from browsers, whose TLS stack (BoringSSL) and HTTP/2 client look different on the wire.
 Chromium's ClientHello carries a post-quantum key share (X25519MLKEM768, 1.2 KB of it), so
-the hello alone is 1.7-1.9 KB and takes two TCP segments; it adds GREASE values and an
+the hello alone is 1.7-2.4 KB and takes two TCP segments; it adds GREASE values and an
 encrypted-client-hello placeholder, resumes sessions from tickets, opens up to six
 connections per host over HTTP/1.1, and sends its HTTP/2 settings, window update and
 header blocks right after the handshake. A large first flight and a burst of client
@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import random
 import subprocess
 import time
+from collections.abc import Callable
 from functools import partial
 
 from classifier.lab.netns import LabError
@@ -58,7 +60,7 @@ from classifier.lab.scenarios.obfuscated import (
     start_trojan,
     start_vmess,
 )
-from classifier.lab.scenarios.services import _site, web_server
+from classifier.lab.scenarios.services import web_server, write_site
 from classifier.lab.session import Session
 
 #: Flags that keep Chromium to the page it is asked for: no sync, updates, safe-browsing
@@ -70,7 +72,7 @@ QUIET_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--ignore-certific
                "--password-store=basic", "--use-mock-keychain")
 
 
-def _page(rng, names: list[str]) -> str:
+def _page(rng: random.Random, names: list[str]) -> str:
     """An HTML page that makes the browser fetch 3-16 of the site's objects as images, scripts and styles."""
     tags = []
     for obj in rng.sample(names, rng.randint(3, 16)):
@@ -85,7 +87,7 @@ def _page(rng, names: list[str]) -> str:
     return f"<!doctype html><html><head><title>lab</title></head><body><p>{text}</p>{''.join(tags)}</body></html>"
 
 
-def _write_pages(s: Session, rng, names: list[str]) -> None:
+def _write_pages(s: Session, rng: random.Random, names: list[str]) -> None:
     for i in range(8):
         (s.work / "www" / f"page{i}.html").write_text(_page(rng, names))
 
@@ -108,7 +110,7 @@ def _spki_hash(cert: str) -> str:
 def quic_chromium_setup(s: Session) -> None:
     """gtlsserver (HTTP/3) serving the site and 8 pages; Chromium's flags to use QUIC and trust its key."""
     rng = s.rng()
-    _write_pages(s, rng, _site(s))
+    _write_pages(s, rng, write_site(s))
     pki = s.pki()
     proc = s.lab.spawn(s.server_ns, ["gtlsserver", "-q", "-d", str(s.work / "www"), s.server_ip, "443",
                                      str(pki.server_key), str(pki.server_cert)], "quic-server")
@@ -147,29 +149,36 @@ def firefox_setup(s: Session) -> None:
             raise LabError(f"{' '.join(argv[:2])} failed: {res.stderr.strip()[-300:]}")
 
 
-def firefox_traffic(s: Session) -> None:
-    """Page loads, one Firefox process each (``--screenshot``), think time between, one profile for the run."""
+def _page_loads(s: Session, browser: str, load: Callable[[str], bool], base: str | None = None) -> None:
+    """Load random pages of the run's eight (``load(url)``: did it work) with think time, for the duration."""
     rng = s.rng()
-    profile = s.work / "firefox-profile"
     deadline = time.monotonic() + s.duration
     pages = 0
     while time.monotonic() < deadline:
-        shot = s.work / "shot.png"
-        shot.unlink(missing_ok=True)
-        url = f"https://{s.server_ip}/page{rng.randrange(8)}.html"
-        argv = ["firefox-esr", "--headless", "--no-remote", "--profile", str(profile), "--screenshot", str(shot), url]
-        res = s.lab.run(s.client_ns, argv, check=False, timeout=40, env={"HOME": str(s.work), "MOZ_HEADLESS": "1"})
-        pages += res.returncode == 0 and shot.exists()
+        pages += load(f"{base or f'https://{s.server_ip}'}/page{rng.randrange(8)}.html")
         time.sleep(rng.uniform(0.3, 2.0) * s.profile.pause_scale)
     if not pages:
-        raise LabError("no page load by Firefox succeeded")
+        raise LabError(f"no page load by {browser} succeeded")
+
+
+def firefox_traffic(s: Session) -> None:
+    """Page loads, one Firefox process each (``--screenshot``), think time between, one profile for the run."""
+    profile, shot = s.work / "firefox-profile", s.work / "shot.png"
+
+    def load(url: str) -> bool:
+        shot.unlink(missing_ok=True)
+        argv = ["firefox-esr", "--headless", "--no-remote", "--profile", str(profile), "--screenshot", str(shot), url]
+        res = s.lab.run(s.client_ns, argv, check=False, timeout=40, env={"HOME": str(s.work), "MOZ_HEADLESS": "1"})
+        return res.returncode == 0 and shot.exists()
+
+    _page_loads(s, "Firefox", load)
 
 
 def proxied_chromium_setup(s: Session, start_proxy) -> None:
     """nginx (TLS, HTTP/2 in three runs of four) with the site and pages on PROXIED_HTTPS_PORT, then the
     proxy (``start_proxy``); Chromium goes through the proxy client's SOCKS5 port."""
     rng = s.rng()
-    _write_pages(s, rng, _site(s))
+    _write_pages(s, rng, write_site(s))
     start_nginx(s, tls=True, http2=rng.random() < 0.75, port=PROXIED_HTTPS_PORT)
     start_proxy(s)
     s.extra["chromium_flags"] = ("--proxy-server=socks5://127.0.0.1:1080",)
@@ -178,21 +187,16 @@ def proxied_chromium_setup(s: Session, start_proxy) -> None:
 
 def chromium_traffic(s: Session) -> None:
     """Page loads, one Chromium process each, think time between, one profile for the run."""
-    rng = s.rng()
     flags: tuple[str, ...] = s.extra.get("chromium_flags", ())  # type: ignore[assignment]
-    base = s.extra.get("page_base", f"https://{s.server_ip}")
     profile = s.work / "chromium-profile"
     profile.mkdir(exist_ok=True)
-    deadline = time.monotonic() + s.duration
-    pages = 0
-    while time.monotonic() < deadline:
-        url = f"{base}/page{rng.randrange(8)}.html"
+
+    def load(url: str) -> bool:
         argv = ["chromium", *QUIET_FLAGS, *flags, f"--user-data-dir={profile}", "--timeout=15000", "--dump-dom", url]
         res = s.lab.run(s.client_ns, argv, check=False, timeout=30)
-        pages += res.returncode == 0 and b"<title>lab</title>" in res.stdout
-        time.sleep(rng.uniform(0.3, 2.0) * s.profile.pause_scale)
-    if not pages:
-        raise LabError("no page load by Chromium succeeded")
+        return res.returncode == 0 and b"<title>lab</title>" in res.stdout
+
+    _page_loads(s, "Chromium", load, s.extra.get("page_base"))  # type: ignore[arg-type]
 
 
 register_negative("https-chromium", 144, "https", "tcp", 443, ("nginx", "openssl", "chromium"),

@@ -31,7 +31,7 @@ from classifier.lab.traffic import download_for, ssh_argv, start_sshd, type_sess
 
 # -- HTTPS: HTTP/2 page loads, keep-alive browsing, bulk download -----------------------------------
 
-def _site(s: Session) -> list[str]:
+def write_site(s: Session) -> list[str]:
     """A small web site: an index page and objects of log-uniform sizes 300 B .. 300 KB."""
     import os
 
@@ -49,11 +49,11 @@ def _site(s: Session) -> list[str]:
 
 
 def web_server(s: Session, http2: bool = True, tls: bool = True, directives: str = "") -> list[str]:
-    """nginx serving ``_site`` with TLS (and HTTP/2), or plain HTTP on port 80; returns the object names.
+    """nginx serving ``write_site`` with TLS (and HTTP/2), or plain HTTP on port 80; returns the object names.
 
     ``directives``: more nginx ``server`` directives.
     """
-    names = _site(s)
+    names = write_site(s)
     start_nginx(s, tls, http2=http2, directives=f"keepalive_timeout 120s; keepalive_requests 10000; {directives}")
     s.extra["objects"] = names
     return names
@@ -129,7 +129,7 @@ RETRY_GROUPS = "secp384r1:secp521r1"
 
 
 def browser_setup(s: Session) -> None:
-    """nginx serving ``_site``, HTTP/2 or 1.1, and in half of the runs only ``RETRY_GROUPS``."""
+    """nginx serving ``write_site``, HTTP/2 or 1.1, and in half of the runs only ``RETRY_GROUPS``."""
     rng = s.rng()
     http2, retry = rng.random() < 0.5, rng.random() < 0.5
     web_server(s, http2=http2, directives=f"ssl_ecdh_curve {RETRY_GROUPS};" if retry else "")
