@@ -580,6 +580,17 @@ def _signature_flows(tmp_path: Path, *captures: str) -> list[dict]:
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
+def _random_from_first_byte(flows: list[dict]) -> bool:
+    """The initiators' first payloads look random (set bits per byte near 4) and none is a TLS record.
+
+    64 random bytes give 4.0 set bits per byte with a spread of 0.18, so among dozens of
+    connections one may fall near 3.5: the bound is on the median, with a floor far below.
+    """
+    bits = sorted(f["src2dst_first_payload_bits"] for f in flows)
+    return bool(bits) and bits[0] > 3.2 and bits[len(bits) // 2] > 3.8 and \
+        all(f["src2dst_tls_record_frac"] == 0 for f in flows)
+
+
 def _proxy_flows(tmp_path: Path, names: tuple[str, ...], *ports: int) -> tuple[list[dict], list[list[dict]]]:
     """Capture proxy scenarios (3 s each); all their flows by signatures, and the TCP flows to each of ``ports``."""
     _skip_unless_lab(names)
@@ -842,7 +853,7 @@ def test_vmess_and_trojan_carry_https_and_no_signature_names_them(tmp_path: Path
     """The proxies: VMess random from the first byte, Trojan TLS records both ways, no signature."""
     flows, (vmess, trojan) = _proxy_flows(tmp_path, ("vmess", "trojan"), 10086, 443)
     assert len(vmess) >= 2 and len(trojan) >= 2, (len(vmess), len(trojan))  # one connection per fetch
-    assert all(f["src2dst_first_payload_bits"] > 3.5 and f["src2dst_tls_record_frac"] == 0 for f in vmess)
+    assert _random_from_first_byte(vmess), [f["src2dst_first_payload_bits"] for f in vmess]
     # every payload packet opens a TLS record, but for those that carry the rest of a record longer
     # than a segment: the server's (certificates, the proxied flight and page) often do, 3 to 5 of its first 8
     assert all(f["src2dst_tls_record_frac"] > 0.5 and f["dst2src_tls_record_frac"] >= 0.25 for f in trojan), \
@@ -906,9 +917,7 @@ def test_a_browser_through_shadowsocks_and_trojan_nests_its_own_hello(tmp_path: 
     flows, (ss, trojan) = _proxy_flows(tmp_path, ("shadowsocks-browser", "trojan-browser"), 8388, 443)
     assert ss and trojan and len(ss) + len(trojan) == len(flows), [(f["ip_proto"], f["dst_port"]) for f in flows]
     # Shadowsocks: random from the first byte, and that first flight is the browser's hello (salt and tags added)
-    # (64 random bytes: 4.0 set bits per byte, sd 0.18, so among dozens of connections one may be near 3.5)
-    bits = sorted(f["src2dst_first_payload_bits"] for f in ss)
-    assert bits[0] > 3.2 and bits[len(bits) // 2] > 3.8 and all(f["src2dst_tls_record_frac"] == 0 for f in ss), bits
+    assert _random_from_first_byte(ss), [f["src2dst_first_payload_bits"] for f in ss]
     assert any(f["payload_bursts"] and f["payload_bursts"][0] > 1700 for f in ss), [f["payload_bursts"] for f in ss]
     # Trojan: its own ~500-byte hello, the server's flight, then (in connections the browser used) the
     # browser's hello inside, more than a kilobyte after the outer handshake
