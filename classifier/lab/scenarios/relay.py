@@ -237,8 +237,8 @@ def send(frame):
 def frames(block):
     # Whole STUN messages and ChannelData frames received so far.
     global buf
-    if mode == "udp":
-        ready = block or select.select([sock], [], [], 0)[0]
+    if mode == "udp":  # a blocking wait gives up after a second, so that a lost request is sent again
+        ready = select.select([sock], [], [], 1.0 if block else 0)[0]
         return [sock.recv(65535)] if ready else []
     try:
         if block or select.select([sock], [], [], 0)[0] or (mode == "tls" and sock.pending()):
@@ -260,12 +260,16 @@ def frames(block):
 
 
 def request(mtype, attrs, key=None):
-    send(stun(mtype, attrs, key))
+    message = stun(mtype, attrs, key)
+    send(message)
     until = time.monotonic() + 10
     while time.monotonic() < until:
-        for f in frames(True):
+        got = frames(True)
+        for f in got:
             if struct.unpack_from("!H", f)[0] in (mtype | 0x100, mtype | 0x110):
                 return f
+        if not got and mode == "udp":  # over UDP a request or its answer can be lost: send it again
+            send(message)
     raise SystemExit(f"no answer to STUN method {mtype:#x}")
 
 
