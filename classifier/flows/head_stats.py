@@ -31,7 +31,7 @@ _PRINTABLE = np.zeros(256, np.uint8)
 _PRINTABLE[0x20:0x7F] = 1
 
 
-def _tls_record_start(data: np.ndarray, caps: np.ndarray) -> np.ndarray:
+def tls_record_start(data: np.ndarray, caps: np.ndarray) -> np.ndarray:
     """Slots whose payload starts with a TLS (type 20-23, version 3.0-3.4) or DTLS (fe fd / fe ff) record header."""
     t, v0, v1 = data[..., 0], data[..., 1], data[..., 2]
     content = (t >= 20) & (t <= 23)
@@ -251,7 +251,7 @@ def head_statistics(heads: PayloadHeads) -> dict[str, tuple[np.ndarray, np.ndarr
     bits = _POPCOUNT[heads.data].sum(axis=2, dtype=np.int64)
     printable = _PRINTABLE[heads.data].sum(axis=2, dtype=np.int64)
     caps = heads.caps.astype(np.int64)
-    tls = _tls_record_start(heads.data, heads.caps)
+    tls = tls_record_start(heads.data, heads.caps)
     inner, inner_ppp = _inner_ip_header(heads.data, heads.lens, heads.caps, slot_ok)
     framing = _framing(heads.data, heads.caps, heads.dirs, slot_ok)
     length = _length_field(heads.data, heads.lens, heads.caps, slot_ok)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from classifier.flows.head_stats import tls_record_start
 from classifier.signatures._base import TCP, BatchView, Flow, Verdict
 
 NAME = "telegram"
@@ -32,8 +33,8 @@ def candidates(v: BatchView) -> np.ndarray:
     row = np.arange(v.n)
     safe = np.where(first < 0, 0, first)
     full = (first >= 0) & (v.caps[row, safe] >= INIT_BYTES) & (v.lens[row, safe] >= INIT_BYTES)
-    head = v.slot_bytes(first, 0, 4).astype(np.int32)
-    tls = (head[:, 0] >= 20) & (head[:, 0] <= 23) & (head[:, 1] == 3)
+    head = v.slot_bytes(first, 0, 4)
+    tls = tls_record_start(head, v.caps[row, safe])
     text = ((head >= 0x20) & (head < 0x7F)).all(axis=1)
     return v.tcp & full & ~tls & ~text
 

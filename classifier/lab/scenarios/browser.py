@@ -43,8 +43,6 @@ import base64
 import hashlib
 import random
 import subprocess
-import time
-from collections.abc import Callable
 from functools import partial
 
 from classifier.lab.netns import LabError
@@ -60,7 +58,7 @@ from classifier.lab.scenarios.obfuscated import (
     start_trojan,
     start_vmess,
 )
-from classifier.lab.scenarios.services import web_server, write_site
+from classifier.lab.scenarios.services import page_loads, web_server, write_site
 from classifier.lab.session import Session
 
 #: Flags that keep Chromium to the page it is asked for: no sync, updates, safe-browsing
@@ -149,29 +147,19 @@ def firefox_setup(s: Session) -> None:
             raise LabError(f"{' '.join(argv[:2])} failed: {res.stderr.strip()[-300:]}")
 
 
-def _page_loads(s: Session, browser: str, load: Callable[[str], bool], base: str | None = None) -> None:
-    """Load random pages of the run's eight (``load(url)``: did it work) with think time, for the duration."""
-    rng = s.rng()
-    deadline = time.monotonic() + s.duration
-    pages = 0
-    while time.monotonic() < deadline:
-        pages += load(f"{base or f'https://{s.server_ip}'}/page{rng.randrange(8)}.html")
-        time.sleep(rng.uniform(0.3, 2.0) * s.profile.pause_scale)
-    if not pages:
-        raise LabError(f"no page load by {browser} succeeded")
-
-
 def firefox_traffic(s: Session) -> None:
     """Page loads, one Firefox process each (``--screenshot``), think time between, one profile for the run."""
+    rng = s.rng()
     profile, shot = s.work / "firefox-profile", s.work / "shot.png"
 
-    def load(url: str) -> bool:
+    def load() -> bool:
+        url = f"https://{s.server_ip}/page{rng.randrange(8)}.html"
         shot.unlink(missing_ok=True)
         argv = ["firefox-esr", "--headless", "--no-remote", "--profile", str(profile), "--screenshot", str(shot), url]
         res = s.lab.run(s.client_ns, argv, check=False, timeout=40, env={"HOME": str(s.work), "MOZ_HEADLESS": "1"})
         return res.returncode == 0 and shot.exists()
 
-    _page_loads(s, "Firefox", load)
+    page_loads(s, rng, load, "Firefox")
 
 
 def proxied_chromium_setup(s: Session, start_proxy) -> None:
@@ -187,16 +175,19 @@ def proxied_chromium_setup(s: Session, start_proxy) -> None:
 
 def chromium_traffic(s: Session) -> None:
     """Page loads, one Chromium process each, think time between, one profile for the run."""
+    rng = s.rng()
     flags: tuple[str, ...] = s.extra.get("chromium_flags", ())  # type: ignore[assignment]
+    base = s.extra.get("page_base", f"https://{s.server_ip}")
     profile = s.work / "chromium-profile"
     profile.mkdir(exist_ok=True)
 
-    def load(url: str) -> bool:
+    def load() -> bool:
+        url = f"{base}/page{rng.randrange(8)}.html"
         argv = ["chromium", *QUIET_FLAGS, *flags, f"--user-data-dir={profile}", "--timeout=15000", "--dump-dom", url]
         res = s.lab.run(s.client_ns, argv, check=False, timeout=30)
         return res.returncode == 0 and b"<title>lab</title>" in res.stdout
 
-    _page_loads(s, "Chromium", load, s.extra.get("page_base"))  # type: ignore[arg-type]
+    page_loads(s, rng, load, "Chromium")
 
 
 register_negative("https-chromium", 144, "https", "tcp", 443, ("nginx", "openssl", "chromium"),

@@ -18,9 +18,11 @@ think times, codec) come from the run's ``TrafficProfile`` so ``--vary`` varies 
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 
 from classifier.lab.netns import VETH, LabError
@@ -63,23 +65,34 @@ def h2_setup(s: Session) -> None:
     web_server(s, http2=True)
 
 
+def page_loads(s: Session, rng: random.Random, load: Callable[[], bool], what: str) -> None:
+    """Call ``load`` (one page load; True when it worked) with 0.3-2 s of think time between, for the duration.
+
+    ``rng`` is the one ``load`` draws from too, so a run's pages and pauses follow its seed.
+    """
+    deadline = time.monotonic() + s.duration
+    pages = 0
+    while time.monotonic() < deadline:
+        pages += load()
+        time.sleep(rng.uniform(0.3, 2.0) * s.profile.pause_scale)
+    if not pages:
+        raise LabError(f"no {what} page load succeeded")
+
+
 def h2_traffic(s: Session) -> None:
     """Page loads: the index then 3-12 objects multiplexed on one HTTP/2 connection, think time between."""
     rng = s.rng()
     names: list[str] = s.extra["objects"]  # type: ignore[assignment]
     base = f"https://{s.server_ip}"
-    deadline = time.monotonic() + s.duration
-    pages = 0
-    while time.monotonic() < deadline:
+
+    def load() -> bool:
         objs = rng.sample(names, rng.randint(3, 12))
         argv = ["curl", "-s", "-k", "--http2", "--parallel", "--parallel-max", "6", "--max-time", "10"]
         for url in [f"{base}/index.html", *(f"{base}/{o}" for o in objs)]:
             argv += ["-o", "/dev/null", url]
-        res = s.lab.run(s.client_ns, argv, check=False, timeout=20)
-        pages += res.returncode == 0
-        time.sleep(rng.uniform(0.3, 2.0) * s.profile.pause_scale)
-    if not pages:
-        raise LabError("no HTTP/2 page load succeeded")
+        return s.lab.run(s.client_ns, argv, check=False, timeout=20).returncode == 0
+
+    page_loads(s, rng, load, "HTTP/2")
 
 
 KEEPALIVE_CLIENT = r"""
@@ -148,9 +161,8 @@ def browser_traffic(s: Session) -> None:
     names: list[str] = s.extra["objects"]  # type: ignore[assignment]
     base = f"https://{s.server_ip}"
     form = s.work / "form.bin"
-    deadline = time.monotonic() + s.duration
-    pages = 0
-    while time.monotonic() < deadline:
+
+    def load() -> bool:
         cookie = "".join(rng.choice("abcdef0123456789") for _ in range(rng.randint(100, 1500)))
         argv = ["curl", "-s", "-k", "--max-time", "10", "-H", f"Cookie: session={cookie}",
                 "-H", "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -162,11 +174,9 @@ def browser_traffic(s: Session) -> None:
             argv += ["--data-binary", f"@{form}", "-o", "/dev/null", f"{base}/index.html"]
         for obj in ["index.html", *rng.sample(names, rng.randint(1, 8))]:
             argv += ["-o", "/dev/null", f"{base}/{obj}"]
-        res = s.lab.run(s.client_ns, argv, check=False, timeout=20)
-        pages += res.returncode == 0
-        time.sleep(rng.uniform(0.3, 2.0) * s.profile.pause_scale)
-    if not pages:
-        raise LabError("no browser-like page load succeeded")
+        return s.lab.run(s.client_ns, argv, check=False, timeout=20).returncode == 0
+
+    page_loads(s, rng, load, "browser-like")
 
 
 # -- SSH: keystrokes, scp / rsync ----------------------------------------------------------------
