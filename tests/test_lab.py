@@ -606,6 +606,62 @@ def _scenario_signature_flows(tmp_path: Path, scenario: str, duration: str) -> l
     return _signature_flows(tmp_path, rows[scenario].file)
 
 
+def _mtproto_frames(stream: bytes) -> tuple[str, list[int]] | None:
+    """Decrypt a client's MTProto obfuscated stream with the key its first 64 bytes carry and cut
+    it into transport frames: (framing, message sizes), or None when the tag or framing is wrong."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    init = stream[:64]
+    plain = Cipher(algorithms.AES(init[8:40]), modes.CTR(init[40:56])).encryptor().update(stream)
+    framing = {b"\xef" * 4: "abridged", b"\xee" * 4: "intermediate", b"\xdd" * 4: "padded"}.get(plain[56:60])
+    if framing is None:
+        return None
+    i, sizes = 64, []
+    while i < len(plain):
+        if framing == "abridged":
+            n, i = plain[i], i + 1
+            if n == 0x7F:
+                n, i = int.from_bytes(plain[i:i + 3], "little"), i + 3
+            n *= 4
+        else:
+            n, i = int.from_bytes(plain[i:i + 4], "little"), i + 4
+        sizes.append(n)
+        i += n
+    return (framing, sizes) if i == len(plain) else None
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_a_messaging_app_is_random_from_its_first_byte_and_named_telegram(tmp_path: Path) -> None:
+    """MTProto's obfuscated transport as the apps build it: the stream decrypts under its own key to
+    a transport tag and frames that use it up exactly; chat and media connections; no VPN."""
+    flows, (tcp,) = _proxy_flows(tmp_path, ("mtproto-chat", "mtproto-media"), 443)
+    assert len(tcp) >= 4 and len(tcp) == len(flows)
+    assert all(f["tunnel"] == "telegram" and not f["is_vpn"] for f in tcp), {f["tunnel"] for f in tcp}
+    assert _random_from_first_byte(tcp)
+    assert max(f["dst2src_bytes"] for f in tcp) > 100_000  # a file came down in parts
+    assert min(f["packets"] for f in tcp) < 20  # and a short connection to another data centre
+
+    import dpkt
+
+    for pcap in sorted(tmp_path.glob("mtproto-*.pcap")):
+        streams: dict[int, dict[int, bytes]] = {}
+        for _, buf in _frames(pcap):
+            ip = dpkt.ethernet.Ethernet(buf).data
+            seg = ip.data
+            if isinstance(seg, dpkt.tcp.TCP) and seg.dport == 443 and seg.data:
+                streams.setdefault(seg.sport, {}).setdefault(seg.seq, bytes(seg.data))
+        assert streams, pcap.name
+        for sport, segments in streams.items():
+            parsed = _mtproto_frames(b"".join(segments[k] for k in sorted(segments)))
+            assert parsed is not None, (pcap.name, sport)
+            framing, sizes = parsed
+            # messages are whole 4-byte words; padded intermediate adds 0-15 bytes after each
+            words = framing != "padded"
+            assert sizes and all(n >= 28 and (n % 4 == 0 or not words) for n in sizes), (pcap.name, framing, sizes[:5])
+
+
 @pytest.mark.lab
 @pytest.mark.slow
 @pytest.mark.timeout(200)
