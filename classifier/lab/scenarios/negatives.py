@@ -219,11 +219,12 @@ def quic_traffic(s: Session) -> None:
 
 
 def register_negative(name: str, number: int, protocol: str, transport: str, port: int | None,
-                      requires: tuple[str, ...], setup, traffic, notes: str, description: str) -> None:
+                      requires: tuple[str, ...], setup, traffic, notes: str, description: str,
+                      training: bool = True) -> None:
     """Register a non-VPN scenario (daemons in the namespaces, no tunnel); every negative family uses it."""
     register(Scenario(name=name, number=number, vpn=False, protocol=protocol, transport=transport,
                       server_port=port, notes=notes, requires=requires, setup=setup, traffic=traffic,
-                      description=description))
+                      description=description, training=training))
 
 
 register_negative("https", 100, "https", "tcp", 443, ("nginx", "openssl"), partial(nginx_setup, tls=True),
