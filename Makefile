@@ -49,7 +49,7 @@ MODEL_MIN_ONE_WAY ?= 3
 ## gradient boosting alone, chosen with the public corpus in view (docs/model.md, Recipe)
 MODEL_CANDIDATES ?= hgb
 ## Tunnels inside TLS or behind a fully encrypted proxy: what signatures cannot see, so a third batch
-LAB_TRAIN_HARD   ?= openvpn-tcp443 openconnect shadowsocks stunnel-openvpn openvpn-udp-cbc srtp-call \
+LAB_TRAIN_HARD   ?= openvpn-tcp443 openconnect openconnect-tcp shadowsocks stunnel-openvpn openvpn-udp-cbc srtp-call \
                     shadowsocks-browser trojan-browser
 model: $(STAMP)
 	@test -f $(MODEL_LAB)/MANIFEST.csv || { \

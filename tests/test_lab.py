@@ -606,6 +606,48 @@ def _scenario_signature_flows(tmp_path: Path, scenario: str, duration: str) -> l
     return _signature_flows(tmp_path, rows[scenario].file)
 
 
+def _tls_records(stream: bytes) -> list[tuple[int, bytes]]:
+    """(content type, body) of the TLS records that make up ``stream``, up to the first that does not fit."""
+    out, i = [], 0
+    while i + 5 <= len(stream) and 20 <= stream[i] <= 23 and stream[i + 1] == 3:
+        n = int.from_bytes(stream[i + 3:i + 5], "big")
+        out.append((stream[i], stream[i + 5:i + 5 + n]))
+        i += 5 + n
+    return out
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_openconnect_without_dtls_carries_the_tunnel_in_tls_1_2_records(tmp_path: Path) -> None:
+    """``openconnect-tcp`` with the default profile draws TLS 1.2 with AES-GCM: no UDP at all, the
+    tunnel's packets in one TLS stream whose records carry their sequence number as explicit nonce."""
+    _skip_unless_lab(("openconnect-tcp",))
+    rows = _capture_ok(tmp_path, 100, "openconnect-tcp", "--duration", "3")
+    pcap = tmp_path / rows["openconnect-tcp"].file
+    assert _udp_payloads(pcap, 443) == []
+    flows = _signature_flows(tmp_path, rows["openconnect-tcp"].file)
+    tunnel = max(flows, key=lambda f: f["packets"])
+    assert tunnel["dst_port"] == 443 and tunnel["src2dst_packets"] > 50 and tunnel["dst2src_packets"] > 50
+
+    import dpkt
+
+    segments: dict[int, bytes] = {}
+    for _, buf in _frames(pcap):
+        ip = dpkt.ethernet.Ethernet(buf).data
+        seg = ip.data
+        if isinstance(seg, dpkt.tcp.TCP) and seg.dport == 443 and seg.sport == tunnel["src_port"] and seg.data:
+            segments.setdefault(seg.seq, bytes(seg.data))
+    records = _tls_records(b"".join(segments[k] for k in sorted(segments)))
+    hello = records[0][1]
+    assert records[0][0] == 22 and hello[0] == 1 and hello[4:6] == b"\x03\x03"
+    data = [body for kind, body in records if kind == 23]
+    assert len(data) > 50
+    nonces = [int.from_bytes(body[:8], "big") for body in data]
+    rising = sum(b == a + 1 for a, b in itertools.pairwise(nonces)) / (len(nonces) - 1)
+    assert rising > 0.95, f"{rising:.0%} of the client's records count up: not TLS 1.2 with AES-GCM"
+
+
 def _mtproto_frames(stream: bytes) -> tuple[str, list[int]] | None:
     """Decrypt a client's MTProto obfuscated stream with the key its first 64 bytes carry and cut
     it into transport frames: (framing, message sizes), or None when the tag or framing is wrong."""
