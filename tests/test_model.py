@@ -17,7 +17,7 @@ from classifier.cli.main import main
 from classifier.errors import UsageError
 from classifier.model import ModelError, Prediction, VpnModel, load_model
 from classifier.model.data import LabeledFlows, Truth, label_capture_flows, load_labeled, parse_labels
-from classifier.model.features import FEATURE_NAMES, feature_matrix
+from classifier.model.features import FEATURE_NAMES, feature_matrix, transport_kind
 from classifier.model.io import BUNDLE_FORMAT, TRUSTED_TYPES, card_paths, load_bundle, save_bundle
 from classifier.model.synthetic import flow_row, synthetic_flows
 from classifier.model.train import TrainConfig, apply_calibration, sample_weights, threshold_for_fpr, train
@@ -80,6 +80,14 @@ def test_card_beside_model(trained):
     assert 0 <= on_disk["metrics"]["fpr"] <= 0.01
     assert "Model card: test-model" in mpath.read_text()
     assert load_model(path).card["name"] == "test-model"
+    # the medians the evidence compares with, per transport: [VPN, non-VPN]
+    model = load_model(path)
+    typical = on_disk["typical_values"]
+    assert set(typical) == set(FEATURE_NAMES)
+    j = FEATURE_NAMES.index("up_size_max")
+    assert typical["up_size_max"]["tcp"] == pytest.approx([model._pos[0, j], model._neg[0, j]])
+    assert typical["is_udp"]["udp"] == [1.0, 1.0] and typical["is_udp"]["tcp"] == [0.0, 0.0]
+    assert "## Typical values" in mpath.read_text()
 
 
 def test_training_is_reproducible(tmp_path):
@@ -124,9 +132,15 @@ def test_evidence_names_features_pushing_the_verdict(trained):
     ev = model.evidence_from_features(X, p)
     for i in range(len(X)):
         sign = 1 if p[i] >= model.threshold else -1
-        best = FEATURE_NAMES[int(np.argmax(sign * lean[i]))]
-        if sign * lean[i].max() > 0 or sign < 0:
-            assert best in ev[i]
+        toward = sign * lean[i]
+        best = [FEATURE_NAMES[j] for j in np.flatnonzero(toward == toward.max())]  # ties: any of them
+        if toward.max() > 0:
+            assert any(f"{name}=" in ev[i] for name in best), (best, ev[i])
+    # medians per transport: a TCP or UDP flow is compared with flows of its own transport,
+    # so the transport itself is never why it looks like a VPN or not
+    tcp_or_udp = transport_kind(X) < 2
+    assert tcp_or_udp.any()
+    assert not any(t in e for e in ev[tcp_or_udp] for t in ("is_tcp=", "is_udp=", "is_icmp="))
 
 
 def test_refuses_untrusted_types(tmp_path):

@@ -204,6 +204,17 @@ for _i in range(BURSTS):
 assert set(FEATURE_DOCS) == set(FEATURE_NAMES), set(FEATURE_NAMES) ^ set(FEATURE_DOCS)
 
 
+#: Transport kinds of ``transport_kind``: the rows of per-transport statistics (evidence medians).
+TRANSPORT_KINDS = ("tcp", "udp", "other")
+
+
+def transport_kind(X: np.ndarray) -> np.ndarray:
+    """Per row of a feature matrix: 0 for TCP, 1 for UDP, 2 for anything else (ICMP, GRE, ESP, ...)."""
+    tcp = X[:, FEATURE_NAMES.index("is_tcp")] == 1
+    udp = X[:, FEATURE_NAMES.index("is_udp")] == 1
+    return np.where(tcp, 0, np.where(udp, 1, 2))
+
+
 def _col(table: pa.Table, name: str) -> np.ndarray:
     """A numeric column as float64 with nulls as NaN."""
     col = table.column(name)

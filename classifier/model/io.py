@@ -247,6 +247,16 @@ def card_markdown(card: dict[str, Any]) -> str:
         lines += ["## Most important features (permutation importance)", ""]
         lines += [f"- `{f['name']}` ({_fmt(f['importance'])}): {f.get('doc', '')}" for f in imp]
         lines.append("")
+    typical = card.get("typical_values")
+    if typical:
+        kinds = list(next(iter(typical.values())))
+        lines += ["## Typical values", "",
+                  "Medians over the training flows of each transport, VPN / non-VPN: what the evidence "
+                  "compares a flow's values with (docs/model.md, Evidence).", "",
+                  "| feature | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        lines += [f"| `{name}` | " + " | ".join(f"{v[k][0]:.4g} / {v[k][1]:.4g}" for k in kinds) + " |"
+                  for name, v in typical.items()]
+        lines.append("")
     lines += ["## Features", "", f"{len(card.get('features', []))} features, version {card.get('feature_version')}; "
               "see docs/model.md. Never used: IP addresses, ports, TTL, timestamps, capture names.", ""]
     lines += ["## Library versions", ""]

@@ -2,8 +2,9 @@
 
 Why evidence is computed from class medians and global importance instead of a full
 attribution method: it has to run on every flow a live sensor sees. For each feature
-the bundle stores the median over VPN and over non-VPN training flows, a spread, and
-its permutation importance; a flow's feature "leans VPN" by ``importance * (distance
+the bundle stores the median over VPN and over non-VPN training flows of each transport
+(TCP, UDP, other: a TCP flow is compared with TCP flows), a spread, and its permutation
+importance; a flow's feature "leans VPN" by ``importance * (distance
 to the non-VPN median - distance to the VPN median) / spread``. The features with the
 largest lean toward the verdict are named. This is one matrix expression per batch,
 and an analyst can check each named value against the card.
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from classifier.model.features import FEATURE_NAMES, FEATURE_VERSION, feature_matrix
+from classifier.model.features import FEATURE_NAMES, FEATURE_VERSION, feature_matrix, transport_kind
 from classifier.model.io import ModelError, load_bundle, load_card
 from classifier.model.train import apply_calibration, raw_scores
 
@@ -97,8 +98,12 @@ class VpnModel:
 
     def lean(self, X: np.ndarray) -> np.ndarray:
         """Per-flow, per-feature lean toward VPN (> 0) or non-VPN (< 0); NaN features lean 0."""
-        d_neg = np.abs(X - self._neg) / self._scale
-        d_pos = np.abs(X - self._pos) / self._scale
+        neg, pos = self._neg, self._pos
+        if neg.ndim == 2:  # medians per transport: compare each flow with flows of its own transport
+            kind = transport_kind(X)
+            neg, pos = neg[kind], pos[kind]
+        d_neg = np.abs(X - neg) / self._scale
+        d_pos = np.abs(X - pos) / self._scale
         lean = self._imp * np.clip(d_neg - d_pos, -5.0, 5.0)
         return np.nan_to_num(lean)
 

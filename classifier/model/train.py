@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 
 from classifier.model.ensemble import MeanProbability
-from classifier.model.features import FEATURE_DOCS, FEATURE_NAMES, FEATURE_VERSION
+from classifier.model.features import (
+    FEATURE_DOCS,
+    FEATURE_NAMES,
+    FEATURE_VERSION,
+    TRANSPORT_KINDS,
+    transport_kind,
+)
 from classifier.model.io import BUNDLE_FORMAT
 
 #: Estimators ``vpnid train`` knows; the first is the default choice when scores tie.
@@ -313,13 +319,26 @@ def _protocol_model(X: np.ndarray, y: np.ndarray, protocol: np.ndarray, seed: in
 
 
 def _explain_stats(X: np.ndarray, y: np.ndarray, importance: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-feature class medians and spread, for cheap per-flow evidence at prediction time."""
+    """Per-feature class medians and spread, for cheap per-flow evidence at prediction time.
+
+    The medians are taken per transport (rows of ``TRANSPORT_KINDS``): a TCP flow is then
+    compared with the TCP flows of each class, so a feature that only tells transports
+    apart ("is_udp=0") is never named as why a TCP flow looks like a VPN, and a TCP flow's
+    packet sizes are not held against UDP tunnels' sizes. A transport with no training
+    flow of a class falls back to that class's median over all flows.
+    """
     import warnings
 
+    kind = transport_kind(X)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        neg = np.nanmedian(X[y == 0], axis=0) if (y == 0).any() else np.zeros(X.shape[1])
-        pos = np.nanmedian(X[y == 1], axis=0) if (y == 1).any() else np.zeros(X.shape[1])
+        medians = {}
+        for c, key in ((0, "neg_median"), (1, "pos_median")):
+            mine = y == c
+            overall = np.nanmedian(X[mine], axis=0) if mine.any() else np.zeros(X.shape[1])
+            rows = [np.nanmedian(X[mine & (kind == k)], axis=0) if (mine & (kind == k)).any() else overall
+                    for k in range(len(TRANSPORT_KINDS))]
+            medians[key] = np.nan_to_num(np.vstack(rows)).astype(np.float64)
         q75, q25 = np.nanpercentile(X, [75, 25], axis=0)
         std = np.nanstd(X, axis=0)
     scale = np.where(np.isfinite(q75 - q25) & (q75 - q25 > 0), q75 - q25, std)
@@ -328,10 +347,7 @@ def _explain_stats(X: np.ndarray, y: np.ndarray, importance: np.ndarray) -> dict
     imp = imp / imp.sum() if imp.sum() > 0 else np.zeros_like(imp)
     # a floor keeps every feature nameable when a model needs few of them to separate the data
     weight = 0.8 * imp + 0.2 / len(imp)
-    return {"importance": weight.astype(np.float64),
-            "neg_median": np.nan_to_num(neg).astype(np.float64),
-            "pos_median": np.nan_to_num(pos).astype(np.float64),
-            "scale": scale.astype(np.float64)}
+    return {"importance": weight.astype(np.float64), **medians, "scale": scale.astype(np.float64)}
 
 
 def permutation_importance_auc(score, X: np.ndarray, y: np.ndarray, seed: int, max_rows: int = 1000) -> np.ndarray:
@@ -519,3 +535,10 @@ def top_features(importance: np.ndarray, k: int = 12) -> list[dict[str, Any]]:
     order = np.argsort(-np.nan_to_num(importance))[:k]
     return [{"name": FEATURE_NAMES[j], "importance": float(importance[j]), "doc": FEATURE_DOCS[FEATURE_NAMES[j]]}
             for j in order]
+
+
+def typical_values(explain: dict[str, np.ndarray]) -> dict[str, dict[str, list[float]]]:
+    """The medians the evidence compares each flow with, per feature: {transport: [VPN, non-VPN]}."""
+    pos, neg = np.atleast_2d(explain["pos_median"]), np.atleast_2d(explain["neg_median"])
+    return {name: {kind: [float(pos[k, j]), float(neg[k, j])] for k, kind in enumerate(TRANSPORT_KINDS[:len(pos)])}
+            for j, name in enumerate(FEATURE_NAMES)}

@@ -22,6 +22,7 @@ from classifier.model.train import (
     library_versions,
     top_features,
     train,
+    typical_values,
 )
 
 
@@ -67,6 +68,7 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
         "metrics": {k: v for k, v in result.metrics.items()},
         "candidates": result.candidates,
         "top_features": top_features(result.importance),
+        "typical_values": typical_values(b["explain"]),
         "train_config": b["train_config"],
         "libraries": library_versions(),
     }
