@@ -399,3 +399,15 @@ def test_telegram_obfuscated_transport_is_named_and_no_vpn():
     plain = bytearray(mtproto_init(b"\xef" * 4))
     plain[56:60] = b"\xef" * 4
     assert one(F([(0, bytes(plain))], proto=6, dport=443)) is None
+    # a start whose first bytes happen to be printable (one in 50 begins with four) is still one
+    for seed in range(200):
+        init = mtproto_init(b"\xee" * 4, seed)
+        if all(0x20 <= c < 0x7F for c in init[:4]):
+            break
+    else:
+        raise AssertionError("no seed gave a printable start")
+    flow = F([(0, init + rand(200, 2)), (1, rand(90, 3))], proto=6, dport=443)
+    assert one(flow).protocol == "telegram"
+    assert detect(batch(flow)).column("vpn_protocol").to_pylist() == ["telegram"]
+    # text is not decrypted
+    assert one(F([(0, b"GET / HTTP/1.1\r\nHost: example.org\r\n" + rand(40, 7))], proto=6, dport=443)) is None

@@ -27,13 +27,19 @@ TAGS = {b"\xef\xef\xef\xef": "abridged", b"\xee\xee\xee\xee": "intermediate",
         b"\xdd\xdd\xdd\xdd": "padded intermediate"}
 
 
+#: A first payload whose first 16 bytes are all printable is a text protocol (HTTP, SMTP, SSH's
+#: banner) and skips the decryption. Random bytes pass that with probability 0.37^16, about
+#: 1e-7; a test of 4 bytes (0.37^4, 1.9%) missed one Telegram connection in 50.
+TEXT_BYTES = 16
+
+
 def candidates(v: BatchView) -> np.ndarray:
     """TCP flows whose initiator's first payload stores 64 bytes and is no TLS record or text."""
     first = v.nth_slot(0, 0)
     row = np.arange(v.n)
     safe = np.where(first < 0, 0, first)
     full = (first >= 0) & (v.caps[row, safe] >= INIT_BYTES) & (v.lens[row, safe] >= INIT_BYTES)
-    head = v.slot_bytes(first, 0, 4)
+    head = v.slot_bytes(first, 0, TEXT_BYTES)
     tls = tls_record_start(head, v.caps[row, safe])
     text = ((head >= 0x20) & (head < 0x7F)).all(axis=1)
     return v.tcp & full & ~tls & ~text
