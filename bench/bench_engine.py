@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -121,14 +120,23 @@ def dpkt_reference(path: Path, limit: int) -> dict:
     return {"seconds": time.perf_counter() - t0, "packets": n, "flows": len(flows)}
 
 
+#: Runs its arguments as its only child and prints that child's peak RSS (KiB).
+_RSS_WRAPPER = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
 def peak_rss_flows(path: Path) -> float:
+    """Peak RSS (MB) of `vpnid flows` on ``path``.
+
+    Measured by a fresh wrapper process, not by this one: Linux records a child's peak
+    from the memory it had before exec too, and a child forked from this process (which
+    may hold gigabytes after generating the capture) would report this process's size.
+    """
     exe = Path(sys.executable).with_name("vpnid")
-    cmd = [str(exe), "flows", str(path), "-o", "/tmp/.bench_rss.parquet", "-q"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run(cmd, check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    cmd = [sys.executable, "-c", _RSS_WRAPPER, str(exe), "flows", str(path), "-o", "/tmp/.bench_rss.parquet", "-q"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     Path("/tmp/.bench_rss.parquet").unlink(missing_ok=True)
-    return max(before, after) / 1024.0
+    return int(out.split()[-1]) / 1024.0
 
 
 def main(argv: list[str] | None = None) -> int:
