@@ -48,7 +48,7 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
         "feature_version": FEATURE_VERSION,
         "features": list(FEATURE_NAMES),
         "excluded_inputs": ["IP addresses", "ports", "VLAN", "TTL", "timestamps", "flow ids", "capture names",
-                            "IP version", "end reason",
+                            "IP version (read only to count an IPv6 packet's size as over IPv4)", "end reason",
                             "timing (inter-arrival times, response delays: lab links have no path delay)"],
         "protocol_classes": b["protocol_classes"],
         "training_data": {
