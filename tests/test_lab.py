@@ -561,16 +561,22 @@ def _udp_payloads(pcap: Path, port: int) -> list[tuple[tuple[str, int, str, int]
     return out
 
 
-def _tcp_upstream(pcap: Path, port: int) -> bytes:
-    """The bytes the client sent to TCP ``port`` in ``pcap``, in sequence order (each segment once)."""
+def _tcp_upstreams(pcap: Path, port: int) -> dict[int, bytes]:
+    """Per client port, the bytes the client sent to TCP ``port`` in ``pcap``, in sequence order
+    (each segment once)."""
     import dpkt
 
-    segments: dict[int, bytes] = {}
+    segments: dict[int, dict[int, bytes]] = {}
     for _, buf in _frames(pcap):
         ip = dpkt.ethernet.Ethernet(buf).data
         if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.tcp.TCP) and ip.data.dport == port and ip.data.data:
-            segments.setdefault(ip.data.seq, bytes(ip.data.data))
-    return b"".join(segments[k] for k in sorted(segments))
+            segments.setdefault(ip.data.sport, {}).setdefault(ip.data.seq, bytes(ip.data.data))
+    return {sport: b"".join(seg[k] for k in sorted(seg)) for sport, seg in segments.items()}
+
+
+def _tcp_upstream(pcap: Path, port: int) -> bytes:
+    """The bytes the clients sent to TCP ``port`` in ``pcap``, connection after connection."""
+    return b"".join(_tcp_upstreams(pcap, port).values())
 
 
 def _signature_flows(tmp_path: Path, *captures: str) -> list[dict]:
@@ -630,15 +636,7 @@ def test_openconnect_without_dtls_carries_the_tunnel_in_tls_1_2_records(tmp_path
     tunnel = max(flows, key=lambda f: f["packets"])
     assert tunnel["dst_port"] == 443 and tunnel["src2dst_packets"] > 50 and tunnel["dst2src_packets"] > 50
 
-    import dpkt
-
-    segments: dict[int, bytes] = {}
-    for _, buf in _frames(pcap):
-        ip = dpkt.ethernet.Ethernet(buf).data
-        seg = ip.data
-        if isinstance(seg, dpkt.tcp.TCP) and seg.dport == 443 and seg.sport == tunnel["src_port"] and seg.data:
-            segments.setdefault(seg.seq, bytes(seg.data))
-    records = _tls_records(b"".join(segments[k] for k in sorted(segments)))
+    records = _tls_records(_tcp_upstreams(pcap, 443)[tunnel["src_port"]])
     hello = records[0][1]
     assert records[0][0] == 22 and hello[0] == 1 and hello[4:6] == b"\x03\x03"
     data = [body for kind, body in records if kind == 23]
@@ -685,18 +683,11 @@ def test_a_messaging_app_is_random_from_its_first_byte_and_named_telegram(tmp_pa
     assert max(f["dst2src_bytes"] for f in tcp) > 100_000  # a file came down in parts
     assert min(f["packets"] for f in tcp) < 20  # and a short connection to another data centre
 
-    import dpkt
-
     for pcap in sorted(tmp_path.glob("mtproto-*.pcap")):
-        streams: dict[int, dict[int, bytes]] = {}
-        for _, buf in _frames(pcap):
-            ip = dpkt.ethernet.Ethernet(buf).data
-            seg = ip.data
-            if isinstance(seg, dpkt.tcp.TCP) and seg.dport == 443 and seg.data:
-                streams.setdefault(seg.sport, {}).setdefault(seg.seq, bytes(seg.data))
+        streams = _tcp_upstreams(pcap, 443)
         assert streams, pcap.name
-        for sport, segments in streams.items():
-            parsed = _mtproto_frames(b"".join(segments[k] for k in sorted(segments)))
+        for sport, stream in streams.items():
+            parsed = _mtproto_frames(stream)
             assert parsed is not None, (pcap.name, sport)
             framing, sizes = parsed
             # messages are whole 4-byte words; padded intermediate adds 0-15 bytes after each
