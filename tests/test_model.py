@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -284,6 +285,18 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "precision" in printed and "FPR" in printed
+
+    # a set of VPN flows only (a batch of tunnel captures) has no ROC curve: plots, no warning
+    vpn_only = tmp_path / "vpn.parquet"
+    table = synthetic_flows(18, seed=23)
+    _write_labeled(vpn_only, table.filter(pc.equal(table.column("label"), 1)))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["evaluate", str(model), str(vpn_only), "-o", str(tmp_path / "eval1"), "--no-cv", "--no-lopo",
+                     "-q"]) == 0
+    assert (tmp_path / "eval1" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_bad_input_is_one_clear_message(tmp_path, capsys):

@@ -295,7 +295,11 @@ def plot_all(report: dict[str, Any], curves, out: Path) -> list[Path]:
     ax.set_xlabel("false-positive rate (log; dotted: 0.1%)")
     ax.set_ylabel("VPN flows found (recall)")
     ax.set_title("ROC; dots: operating threshold")
-    ax.legend(loc="lower right", fontsize=8)
+    if any(not line.get_label().startswith("_") for line in ax.get_lines()):
+        ax.legend(loc="lower right", fontsize=8)
+    else:  # one class only (a set of VPN captures, or of non-VPN ones): no curve to draw
+        ax.text(0.5, 0.5, "no ROC curve: the flows are of one class", ha="center", va="center",
+                transform=ax.transAxes)
     paths.append(_save(fig, out / "roc.png", atomic_path))
 
     views = [(k, v) for k, v in curves.items()]
