@@ -58,7 +58,7 @@ MTPROTO_PORT = 443
 #: message, where the real protocol has its method call). ``client IP PORT SECONDS SEED
 #: PROFILE`` (``chat`` or ``media``): runs the app for SECONDS.
 MTPROTO_APP = r"""
-import os, random, socket, struct, sys, threading, time
+import random, socket, struct, sys, threading, time
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 TAGS = {"abridged": b"\xef" * 4, "intermediate": b"\xee" * 4, "padded": b"\xdd" * 4}
@@ -218,8 +218,9 @@ class App:
         replies = [(encrypted_size(b, rng), rng.randint(*delay)) for b in reply_bodies]
         conn.send(encrypted_size(body, rng), REQUEST, replies)
 
-    def sleep(self, mean, cap=None):
-        time.sleep(max(0.0, min(self.rng.expovariate(1 / mean), cap or mean * 4, max(self.left(), 0))))
+    def sleep(self, mean):
+        # an exponential pause, at most four times its mean and never past the end of the run
+        time.sleep(max(0.0, min(self.rng.expovariate(1 / mean), mean * 4, self.left())))
 
     def spawn(self, fn, *args):
         t = threading.Thread(target=fn, args=args, daemon=True)
