@@ -98,10 +98,8 @@ class VpnModel:
 
     def lean(self, X: np.ndarray) -> np.ndarray:
         """Per-flow, per-feature lean toward VPN (> 0) or non-VPN (< 0); NaN features lean 0."""
-        neg, pos = self._neg, self._pos
-        if neg.ndim == 2:  # medians per transport: compare each flow with flows of its own transport
-            kind = transport_kind(X)
-            neg, pos = neg[kind], pos[kind]
+        kind = transport_kind(X)  # medians per transport: compare each flow with flows of its own transport
+        neg, pos = self._neg[kind], self._pos[kind]
         d_neg = np.abs(X - neg) / self._scale
         d_pos = np.abs(X - pos) / self._scale
         lean = self._imp * np.clip(d_neg - d_pos, -5.0, 5.0)

@@ -539,6 +539,6 @@ def top_features(importance: np.ndarray, k: int = 12) -> list[dict[str, Any]]:
 
 def typical_values(explain: dict[str, np.ndarray]) -> dict[str, dict[str, list[float]]]:
     """The medians the evidence compares each flow with, per feature: {transport: [VPN, non-VPN]}."""
-    pos, neg = np.atleast_2d(explain["pos_median"]), np.atleast_2d(explain["neg_median"])
-    return {name: {kind: [float(pos[k, j]), float(neg[k, j])] for k, kind in enumerate(TRANSPORT_KINDS[:len(pos)])}
+    pos, neg = explain["pos_median"], explain["neg_median"]
+    return {name: {kind: [float(pos[k, j]), float(neg[k, j])] for k, kind in enumerate(TRANSPORT_KINDS)}
             for j, name in enumerate(FEATURE_NAMES)}
