@@ -5,9 +5,9 @@ signature that must try a different key on every flow (MTProto's obfuscated tran
 carries its key in its first 64 bytes) would build one cipher object per flow, about 24
 microseconds each: on a capture of 50,000 random-looking TCP flows that was a third of
 the signature stage. Here every step of FIPS-197 (key expansion, SubBytes, ShiftRows,
-MixColumns, AddRoundKey) runs over all rows at once. For detection only: a tag that
-matches is confirmed with ``cryptography`` before a verdict is given, and tests check
-this module against it and against FIPS-197's example.
+MixColumns, AddRoundKey) runs over all rows at once. For detection only (it reads a
+4-byte tag, it protects nothing); tests check it against ``cryptography`` and against
+FIPS-197's example.
 """
 
 from __future__ import annotations
