@@ -68,11 +68,12 @@ exit 0
 """
 
 
-#: GnuTLS priority strings of ``openconnect-tcp``'s draws: (share of runs, priorities).
-TLS_DRAWS = ((0.5, "NORMAL:%SERVER_PRECEDENCE:-VERS-TLS1.3"),
-             (0.2, "NORMAL:%SERVER_PRECEDENCE:-VERS-TLS1.3:-AES-128-GCM:-AES-256-GCM:-CHACHA20-POLY1305:"
-                   "-AES-128-CCM:-AES-256-CCM"),
-             (0.3, "NORMAL:%SERVER_PRECEDENCE"))
+#: ocserv's GnuTLS priorities: the defaults (TLS 1.3 preferred), what ``openconnect`` uses.
+PRIORITIES = "NORMAL:%SERVER_PRECEDENCE"
+#: ``openconnect-tcp``'s draws: (share of runs, priorities).
+TLS_DRAWS = ((0.5, f"{PRIORITIES}:-VERS-TLS1.3"),
+             (0.2, f"{PRIORITIES}:-VERS-TLS1.3:-AES-128-GCM:-AES-256-GCM:-CHACHA20-POLY1305:-AES-128-CCM:-AES-256-CCM"),
+             (0.3, PRIORITIES))
 
 
 def tls_priorities(s: Session) -> str:
@@ -89,7 +90,7 @@ def tls_priorities(s: Session) -> str:
 
 def setup(s: Session, dtls: bool = True) -> None:
     pki = s.pki()
-    priorities = "NORMAL:%SERVER_PRECEDENCE" if dtls else tls_priorities(s)
+    priorities = PRIORITIES if dtls else tls_priorities(s)
     conf = s.file("ocserv.conf", OCSERV_CONF.format(ip=s.server_ip, work=s.work, cert=pki.server_cert,
                                                     key=pki.server_key, ca=pki.ca, n=s.n, priorities=priorities))
     script = s.file("oc-script.sh", CLIENT_SCRIPT.format(n=s.n), mode=0o700)
