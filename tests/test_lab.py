@@ -1084,3 +1084,44 @@ def test_inner_traffic_kind_and_a_service_scenario(tmp_path: Path) -> None:
     with open(tmp_path / rows["shadowsocks"].file, "rb") as fh:
         ss_bytes = sum(len(buf) for _ts, buf in dpkt.pcap.Reader(fh))
     assert ss_bytes > 100_000  # 2 s of iperf3 at 600 kbit/s went through the proxy
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(150)
+def test_a_path_between_the_hosts_delays_round_trips_and_caps_packets_at_its_mtu(tmp_path: Path) -> None:
+    """With ``--path`` the hosts talk through the delay line: a round trip takes twice the
+    one-way delay, and no packet is larger than the path's MTU (TCP's MSS follows it)."""
+    import dpkt
+
+    _skip_unless_lab((*LAB_SCENARIOS, "openvpn-tcp"))
+    rows = _capture_ok(tmp_path, 120, "wireguard", "openvpn-tcp", "--duration", "2",
+                       "--path", "delay=50,mtu=1400")
+    for row in rows.values():
+        assert row.notes.endswith("; path 50 ms one way, MTU 1400"), row.notes
+    wg = [(ts, payload) for ts, payload in _timed_udp_payloads(tmp_path / rows["wireguard"].file, 51820)]
+    response = next(ts for ts, payload in wg if payload[:1] == b"\x02")  # handshake response (server)
+    after = next(ts for ts, payload in wg if ts > response and payload[:1] == b"\x04")  # client's first data
+    assert 0.100 <= after - response < 0.300  # out to the client and back: two 50 ms legs
+    sizes, mss = [], []
+    for name in ("wireguard", "openvpn-tcp"):
+        for _ts, buf in _frames(tmp_path / rows[name].file):
+            ip = dpkt.ethernet.Ethernet(buf).data
+            if isinstance(ip, dpkt.ip.IP):
+                sizes.append(ip.len)
+                tcp = ip.data
+                if isinstance(tcp, dpkt.tcp.TCP) and tcp.flags & dpkt.tcp.TH_SYN:
+                    mss += [int.from_bytes(v, "big") for k, v in dpkt.tcp.parse_opts(tcp.opts) if k == 2]
+    assert max(sizes) <= 1400 and max(sizes) > 1300  # bulk packets fill the smaller MTU
+    assert mss and set(mss) == {1360}
+
+
+def _timed_udp_payloads(pcap: Path, port: int) -> list[tuple[float, bytes]]:
+    """(time, payload) of the IPv4 UDP datagrams to or from ``port`` in ``pcap``."""
+    import dpkt
+
+    out = []
+    for ts, buf in _frames(pcap):
+        ip = dpkt.ethernet.Ethernet(buf).data
+        if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP) and port in (ip.data.sport, ip.data.dport):
+            out.append((ts, bytes(ip.data.data)))
+    return out

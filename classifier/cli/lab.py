@@ -13,6 +13,7 @@ import random
 import sys
 
 from classifier.errors import UsageError, VpnidError
+from classifier.lab.delayline import PathConditions
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="inner traffic through tunnels: default (pings + small HTTP fetches), bulk, "
                           "interactive, mixed, iperf, idle, or 'all'; several (comma-separated) or --vary "
                           "pick one per capture at random; scenarios without inner traffic ignore it")
+    cap.add_argument("--path", default=None, metavar="SPEC",
+                     help="a network path between the hosts (lab/delayline.py): 'vary' draws one per "
+                          "capture (round trips 2-400 ms, loss, rate limits, MTUs down to 1400; seeded by "
+                          "--seed), or e.g. 'delay=40,jitter=4,loss=0.005,rate=8000,mtu=1400' (one-way ms, "
+                          "fraction, kbit/s); default: the plain veth pair")
     cap.add_argument("--keep-going", action="store_true",
                      help="continue with the next scenario when one fails (exit status 1 at the end)")
     cap.add_argument("--keep-workdir", action="store_true",
@@ -123,6 +129,19 @@ def choose_profile(scn, requested: tuple[str, ...] | None, vary: bool, rng: rand
     return TrafficProfile().with_kind(rng.choice(kinds))
 
 
+def parse_path(text: str | None, seed: int | None) -> tuple[PathConditions | None, random.Random | None]:
+    """``--path``: a fixed path, or (for 'vary') a generator of its own, so that drawing paths
+    leaves the traffic draws of a seed as they were without it."""
+    if text is None:
+        return None, None
+    if text == "vary":
+        return None, random.Random(f"path-{seed}" if seed is not None else None)
+    try:
+        return PathConditions.parse(text), None
+    except ValueError as exc:
+        raise UsageError(f"--path: {exc}") from None
+
+
 def run_list(args: argparse.Namespace) -> int:
     from classifier.lab.runner import missing_tools
     from classifier.lab.scenarios import all_scenarios
@@ -162,6 +181,7 @@ def run_capture(args: argparse.Namespace) -> int:
     if not 1 <= args.first_index <= 99 - args.repeat + 1:
         raise UsageError("--first-index must be at least 1, and the last capture's number at most 99")
     requested = parse_kinds(args.traffic)
+    fixed_path, path_rng = parse_path(args.path, args.seed)
     scenarios = select(args.scenarios)
     check_environment(scenarios)
     vary = args.vary if args.vary is not None else args.repeat > 1
@@ -177,8 +197,9 @@ def run_capture(args: argparse.Namespace) -> int:
             print(f"lab: {scn.name} (N={scn.number}) -> {out / name}", file=sys.stderr, flush=True)
             try:
                 profile = choose_profile(scn, requested, vary, rng, plan[k - 1])
+                path = PathConditions.draw(path_rng) if path_rng is not None else fixed_path
                 row = run_scenario(scn, out, args.duration, file_name=name, keep_workdir=args.keep_workdir,
-                                   profile=profile)
+                                   profile=profile, path=path)
             except VpnidError as exc:
                 if not args.keep_going:
                     raise

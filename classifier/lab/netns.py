@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from classifier.errors import VpnidError
+from classifier.lab.delayline import PathConditions
 
 #: Every namespace the lab creates starts with this, so leftovers can be found and removed.
 NS_PREFIX = "vpnid-lab-"
@@ -159,10 +160,13 @@ class Lab:
     """Two namespaces (``server``, ``client``) joined by one veth pair, for scenario ``n``.
 
     Server 198.18.N.1/24 and client 198.18.N.2/24 on ``veth0`` in each namespace; IPv6
-    is disabled so captures hold only the scenario's traffic (plus ARP).
+    is disabled so captures hold only the scenario's traffic (plus ARP). With a ``path``
+    that is more than an MTU, the pair becomes two pairs through a third namespace
+    (``path_ns``) where a delay line (lab/delayline.py) bridges them with that path's delay,
+    loss and rate; the hosts see one Ethernet segment either way.
     """
 
-    def __init__(self, n: int, keep_workdir: bool = False) -> None:
+    def __init__(self, n: int, keep_workdir: bool = False, path: PathConditions | None = None) -> None:
         if not 1 <= n <= 254:
             raise LabError(f"scenario number {n} outside 1..254")
         self.n = n
@@ -171,6 +175,8 @@ class Lab:
         self.tag = run_tag(os.getpid())
         self.server = f"{NS_PREFIX}{n}-{self.tag}-s"
         self.client = f"{NS_PREFIX}{n}-{self.tag}-c"
+        self.path = path or PathConditions()
+        self.path_ns = f"{NS_PREFIX}{n}-{self.tag}-p"
         self.procs: list[Proc] = []
         self.cleanups: list[Callable[[], object]] = []
         self.workdir = Path(tempfile.mkdtemp(prefix=f"vpnid-lab-{n}-{self.tag}-"))
@@ -201,23 +207,43 @@ class Lab:
 
     def _create(self) -> None:
         n = self.n
-        for ns in (self.server, self.client):
+        hosts = [self.server, self.client]
+        for ns in hosts if self.path.ideal else [*hosts, self.path_ns]:
             _run_host(["ip", "netns", "add", ns])
             self._created.append(ns)
             for key in ("all", "default"):
                 self.exec_host(ns, ["sysctl", "-q", "-w", f"net.ipv6.conf.{key}.disable_ipv6=1"])
             self.exec_host(ns, ["ip", "link", "set", "lo", "up"])
-        _run_host(["ip", "link", "add", VETH, "netns", self.server, "type", "veth",
-                   "peer", "name", VETH, "netns", self.client])
+        if self.path.ideal:
+            _run_host(["ip", "link", "add", VETH, "netns", self.server, "type", "veth",
+                       "peer", "name", VETH, "netns", self.client])
+        else:
+            for ns, end in ((self.server, "to-server"), (self.client, "to-client")):
+                _run_host(["ip", "link", "add", VETH, "netns", ns, "type", "veth", "peer", "name", end,
+                           "netns", self.path_ns])
+                self._link_up(self.path_ns, end)
+                self.exec_host(self.path_ns, ["ip", "link", "set", end, "promisc", "on"])
         for ns, addr in ((self.server, server_addr(n)), (self.client, client_addr(n))):
             self.exec_host(ns, ["ip", "addr", "add", f"{addr}/24", "dev", VETH])
-            # No segmentation offloads: the capture then holds wire-sized packets (at most the
-            # MTU), as on a real link, instead of 64 KB super-segments. UDP segmentation is a
-            # flag of its own: without it, QUIC stacks that batch datagrams (UDP_SEGMENT)
-            # showed up as 65,000-byte datagrams.
-            self.exec_host(ns, ["ethtool", "-K", VETH, "tso", "off", "gso", "off", "gro", "off",
-                                "tx-udp-segmentation", "off"])
-            self.exec_host(ns, ["ip", "link", "set", VETH, "up"])
+            self.exec_host(ns, ["ip", "link", "set", VETH, "mtu", str(self.path.mtu)])
+            if not self.path.ideal:  # the delay line copies frames as bytes: checksums must be in them
+                self.exec_host(ns, ["ethtool", "-K", VETH, "tx", "off"])
+            self._link_up(ns, VETH)
+        if not self.path.ideal:
+            line = self.spawn(self.path_ns, [sys.executable, "-m", "classifier.lab.delayline", "to-server",
+                                             "to-client", *self.path.argv(), "--seed", str(n)], "delayline")
+            self.wait_for("the delay line to forward", lambda: "forwarding" in line.tail(3), 10, [line])
+
+    def _link_up(self, ns: str, dev: str) -> None:
+        """Bring ``dev`` up without segmentation offloads.
+
+        The capture then holds wire-sized packets (at most the MTU), as on a real link, instead
+        of 64 KB super-segments. UDP segmentation is a flag of its own: without it, QUIC stacks
+        that batch datagrams (UDP_SEGMENT) showed up as 65,000-byte datagrams.
+        """
+        self.exec_host(ns, ["ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off",
+                            "tx-udp-segmentation", "off"])
+        self.exec_host(ns, ["ip", "link", "set", dev, "up"])
 
     def close(self) -> None:
         """Tear everything down; safe to call twice and after a partial set-up.

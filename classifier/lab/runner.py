@@ -17,6 +17,7 @@ from pathlib import Path
 import dpkt
 
 from classifier.errors import VpnidError
+from classifier.lab.delayline import PathConditions
 from classifier.lab.manifest import ManifestRow
 from classifier.lab.netns import Lab, LabError
 from classifier.lab.scenarios import SYSTEM_PYTHON, Scenario
@@ -86,9 +87,17 @@ def effective_profile(scenario: Scenario, profile: TrafficProfile | None) -> Tra
     return profile
 
 
-def capture_notes(scenario: Scenario, profile: TrafficProfile) -> str:
+def capture_notes(scenario: Scenario, profile: TrafficProfile, path: PathConditions | None = None) -> str:
     """Manifest notes of one capture: the scenario's, plus the inner traffic when it is not the
-    default (so the committed samples' rows equal the registry's notes)."""
+    default (so the committed samples' rows equal the registry's notes), plus the network path
+    when it is not the plain veth pair."""
+    notes = _traffic_notes(scenario, profile)
+    if path is not None and path != PathConditions() and not scenario.crafted:
+        notes = f"{notes}; {path.describe()}" if notes else path.describe()
+    return notes
+
+
+def _traffic_notes(scenario: Scenario, profile: TrafficProfile) -> str:
     if scenario.crafted and profile.seed:
         return f"{scenario.notes}; inner pattern drawn with seed {profile.seed}"
     if len(scenario.traffic_kinds) > 1 and profile != TrafficProfile():
@@ -98,7 +107,7 @@ def capture_notes(scenario: Scenario, profile: TrafficProfile) -> str:
 
 def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float = DEFAULT_DURATION,
                  file_name: str | None = None, keep_workdir: bool = False,
-                 profile: TrafficProfile | None = None) -> ManifestRow:
+                 profile: TrafficProfile | None = None, path: PathConditions | None = None) -> ManifestRow:
     """Make one capture of ``scenario`` into ``outdir``; return its manifest row.
 
     The capture appears in ``outdir`` only when the run succeeded (written atomically);
@@ -106,10 +115,12 @@ def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float 
     those of the committed samples; crafted scenarios use only its seed, to draw their inner
     pattern), and a kind of inner traffic
     the scenario does not support falls back to its own traffic. When the traffic differs
-    from the default, the manifest notes say which kind and parameters were used.
+    from the default, the manifest notes say which kind and parameters were used. ``path``
+    puts a network path (delay, loss, rate, MTU; lab/delayline.py) between the two hosts;
+    crafted scenarios have no hosts and ignore it.
     """
     profile = effective_profile(scenario, profile)
-    notes = capture_notes(scenario, profile)
+    notes = capture_notes(scenario, profile, path)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     name = file_name or f"{scenario.name}.pcap"
@@ -118,7 +129,7 @@ def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float 
         with atomic_path(target) as tmp:
             scenario.craft(tmp, scenario.number, duration, profile.seed)  # type: ignore[misc]
     else:
-        with Lab(scenario.number, keep_workdir=keep_workdir) as lab:
+        with Lab(scenario.number, keep_workdir=keep_workdir, path=path) as lab:
             session = Session(lab, scenario, duration, lab.workdir / "capture.pcap",
                               profile=profile)
             if not scenario.midflow:
