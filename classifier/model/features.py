@@ -16,11 +16,11 @@ counts are left out too: whether a flow's end was captured says when the capture
 stopped (lab tunnels are still up when it does), not what the flow carried.
 
 Timing is left out as well, absolute and relative (inter-arrival times, gaps between
-the first packets, response delays, their ratios and spreads). Most of the lab's captures
-run between network namespaces whose links answer in microseconds (the kernel of the
-machines it runs on has no netem; the lab's user-space delay line puts a drawn path under
-only a third of the training captures), so most gaps the lab shows say "this machine",
-not "this protocol". With timing features the model scored the public corpus (real
+the first packets, response delays, their ratios and spreads). The lab's captures run
+between network namespaces whose links answer in microseconds (the kernel of the
+machines it runs on has no netem; the lab's delay line, ``vpnid lab capture --path``, is
+not under the shipped model's training captures), so every gap they show says "this
+machine", not "this protocol". With timing features the model scored the public corpus (real
 paths) at ROC-AUC 0.85; without absolute timing 0.875; without any, 0.91, on the same
 training captures, with the lab held-out sets no worse (docs/model.md). The flow table
 keeps every timing column for researchers whose captures come from real paths.
