@@ -27,10 +27,11 @@ from __future__ import annotations
 import sys
 import time
 
+from classifier.lab.netns import LabError
 from classifier.lab.scenarios import SYSTEM_PYTHON
 from classifier.lab.scenarios.negatives import (
     check_dtls_client,
-    dtls_client,
+    dtls_session,
     dtls_setup,
     quic_setup,
     register_negative,
@@ -45,8 +46,7 @@ GAME_PORT = 27015
 def dtls_download_traffic(s: Session) -> None:
     """The server writes records of 500-1300 bytes at ``profile.rate_kbit``; the client sends a line about each second."""
     server, rng = s.extra["dtls-server"], s.rng()
-    client = dtls_client(s)
-    time.sleep(0.5)  # let the handshake finish before the server writes
+    client = dtls_session(s)
     deadline = time.monotonic() + s.duration
     next_client = time.monotonic() + 1.0
     i = 0
@@ -64,7 +64,7 @@ def dtls_download_traffic(s: Session) -> None:
 def dtls_telemetry_traffic(s: Session) -> None:
     """A sensor-like client: one fixed-size report per period, each acknowledged by the server."""
     server, rng = s.extra["dtls-server"], s.rng()
-    client = dtls_client(s)
+    client = dtls_session(s)
     report = rng.choice([24, 48, 96, 180])
     period = rng.uniform(0.2, 2.0)
     deadline = time.monotonic() + s.duration
@@ -132,12 +132,23 @@ def quic_bulk_setup(s: Session) -> None:
 
 
 def quic_bulk_traffic(s: Session) -> None:
-    """HTTP/3 downloads of the large file, one connection each, until the duration is over."""
-    payload = str(s.rng().choice([1200, 1280, 1350, 1452]))
+    """HTTP/3 downloads of the large file, one connection each, until the duration is over.
+
+    The datagram size is drawn among those the link's MTU carries (a lab path may have a
+    smaller one). Over a slow path a download can outlast the capture: once the duration is
+    over, one that has not finished is stopped, as a capture that ends mid-download shows it.
+    """
+    sizes = [size for size in (1200, 1280, 1350, 1452) if size + 28 <= s.lab.path.mtu]
+    payload = str(s.rng().choice(sizes))
     deadline = time.monotonic() + s.duration
     while time.monotonic() < deadline:
-        s.lab.run(s.client_ns, ["gtlsclient", "-q", "--exit-on-all-streams-close", "--max-udp-payload-size", payload,
-                                s.server_ip, "443", f"https://{s.server_ip}/big"], timeout=max(30, s.duration + 15))
+        try:
+            s.lab.run(s.client_ns, ["gtlsclient", "-q", "--exit-on-all-streams-close", "--max-udp-payload-size",
+                                    payload, s.server_ip, "443", f"https://{s.server_ip}/big"],
+                      timeout=max(30, s.duration + 15))
+        except LabError:
+            if time.monotonic() < deadline:
+                raise
 
 
 def quic_streams_setup(s: Session) -> None:
