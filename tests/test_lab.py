@@ -1115,6 +1115,20 @@ def test_a_path_between_the_hosts_delays_round_trips_and_caps_packets_at_its_mtu
     assert mss and set(mss) == {1360}
 
 
+@pytest.mark.lab
+@pytest.mark.timeout(120)
+def test_a_capture_at_the_client_sees_the_round_trip_before_the_answer(tmp_path: Path) -> None:
+    """``--tap client`` captures at the client's end of the path: the WireGuard handshake
+    response arrives a round trip after the initiation (at the server's end it leaves at once)."""
+    _skip_unless_lab()
+    rows = _capture_ok(tmp_path, 90, "wireguard", "--duration", "2", "--path", "delay=50", "--tap", "client")
+    assert rows["wireguard"].notes.endswith("; path 50 ms one way, MTU 1500; captured at the client")
+    wg = _timed_udp_payloads(tmp_path / rows["wireguard"].file, 51820)
+    init = next(ts for ts, payload in wg if payload[:1] == b"\x01")
+    response = next(ts for ts, payload in wg if ts > init and payload[:1] == b"\x02")
+    assert 0.100 <= response - init < 0.300
+
+
 def _timed_udp_payloads(pcap: Path, port: int) -> list[tuple[float, bytes]]:
     """(time, payload) of the IPv4 UDP datagrams to or from ``port`` in ``pcap``."""
     import dpkt

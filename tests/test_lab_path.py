@@ -88,3 +88,6 @@ def test_manifest_notes_name_the_path_unless_it_is_the_plain_link() -> None:
     slow = PathConditions(delay_ms=25, mtu=1492)
     assert capture_notes(wg, TrafficProfile(), slow) == f"{plain}; path 25 ms one way, MTU 1492"
     assert "path" not in capture_notes(crafted, TrafficProfile(), slow)  # crafted captures have no link
+    assert capture_notes(wg, TrafficProfile(), slow, "client") == f"{plain}; path 25 ms one way, MTU 1492; " \
+                                                                "captured at the client"
+    assert capture_notes(wg, TrafficProfile(), None, "client") == f"{plain}; captured at the client"

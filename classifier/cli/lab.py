@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "capture (round trips 2-400 ms, loss, rate limits, MTUs down to 1400; seeded by "
                           "--seed), or e.g. 'delay=40,jitter=4,loss=0.005,rate=8000,mtu=1400' (one-way ms, "
                           "fraction, kbit/s); default: the plain veth pair")
+    cap.add_argument("--tap", choices=("server", "client"), default="server",
+                     help="capture on the server's veth (default) or the client's: over a --path, the end "
+                          "of the path the capture sees it from")
     cap.add_argument("--keep-going", action="store_true",
                      help="continue with the next scenario when one fails (exit status 1 at the end)")
     cap.add_argument("--keep-workdir", action="store_true",
@@ -199,7 +202,7 @@ def run_capture(args: argparse.Namespace) -> int:
                 profile = choose_profile(scn, requested, vary, rng, plan[k - 1])
                 path = PathConditions.draw(path_rng) if path_rng is not None else fixed_path
                 row = run_scenario(scn, out, args.duration, file_name=name, keep_workdir=args.keep_workdir,
-                                   profile=profile, path=path)
+                                   profile=profile, path=path, tap=args.tap)
             except VpnidError as exc:
                 if not args.keep_going:
                     raise

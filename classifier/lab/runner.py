@@ -21,7 +21,7 @@ from classifier.lab.delayline import PathConditions
 from classifier.lab.manifest import ManifestRow
 from classifier.lab.netns import Lab, LabError
 from classifier.lab.scenarios import SYSTEM_PYTHON, Scenario
-from classifier.lab.session import Session, TrafficProfile
+from classifier.lab.session import TAPS, Session, TrafficProfile
 from classifier.lab.traffic import drive
 from classifier.output import atomic_path
 
@@ -87,14 +87,17 @@ def effective_profile(scenario: Scenario, profile: TrafficProfile | None) -> Tra
     return profile
 
 
-def capture_notes(scenario: Scenario, profile: TrafficProfile, path: PathConditions | None = None) -> str:
+def capture_notes(scenario: Scenario, profile: TrafficProfile, path: PathConditions | None = None,
+                  tap: str = "server") -> str:
     """Manifest notes of one capture: the scenario's, plus the inner traffic when it is not the
     default (so the committed samples' rows equal the registry's notes), plus the network path
-    when it is not the plain veth pair."""
+    when it is not the plain veth pair, plus the tap when it is not the server's."""
     notes = _traffic_notes(scenario, profile)
-    if path is not None and path != PathConditions() and not scenario.crafted:
-        notes = f"{notes}; {path.describe()}" if notes else path.describe()
-    return notes
+    extra = [] if scenario.crafted else [
+        *([path.describe()] if path is not None and path != PathConditions() else []),
+        *(["captured at the client"] if tap == "client" else []),
+    ]
+    return "; ".join([notes, *extra] if notes else extra)
 
 
 def _traffic_notes(scenario: Scenario, profile: TrafficProfile) -> str:
@@ -107,7 +110,8 @@ def _traffic_notes(scenario: Scenario, profile: TrafficProfile) -> str:
 
 def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float = DEFAULT_DURATION,
                  file_name: str | None = None, keep_workdir: bool = False,
-                 profile: TrafficProfile | None = None, path: PathConditions | None = None) -> ManifestRow:
+                 profile: TrafficProfile | None = None, path: PathConditions | None = None,
+                 tap: str = "server") -> ManifestRow:
     """Make one capture of ``scenario`` into ``outdir``; return its manifest row.
 
     The capture appears in ``outdir`` only when the run succeeded (written atomically);
@@ -117,10 +121,13 @@ def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float 
     the scenario does not support falls back to its own traffic. When the traffic differs
     from the default, the manifest notes say which kind and parameters were used. ``path``
     puts a network path (delay, loss, rate, MTU; lab/delayline.py) between the two hosts;
-    crafted scenarios have no hosts and ignore it.
+    crafted scenarios have no hosts and ignore it. ``tap`` is the host whose veth is captured
+    (``TAPS``): over a path, the end it is seen from.
     """
+    if tap not in TAPS:
+        raise LabError(f"unknown tap {tap!r}; known: {', '.join(TAPS)}")
     profile = effective_profile(scenario, profile)
-    notes = capture_notes(scenario, profile, path)
+    notes = capture_notes(scenario, profile, path, tap)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     name = file_name or f"{scenario.name}.pcap"
@@ -131,7 +138,7 @@ def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float 
     else:
         with Lab(scenario.number, keep_workdir=keep_workdir, path=path) as lab:
             session = Session(lab, scenario, duration, lab.workdir / "capture.pcap",
-                              profile=profile)
+                              profile=profile, tap=tap)
             if not scenario.midflow:
                 session.start_capture()
             scenario.setup(session)  # type: ignore[misc]

@@ -41,6 +41,8 @@ BLOB_SIZE = 24 * 1024
 #: Inner-traffic kinds a tunnel scenario can carry (``vpnid lab capture --traffic``); "default"
 #: is the ping-plus-small-fetches mix of the committed samples, the rest live in ``lab/traffic.py``.
 TRAFFIC_KINDS = ("default", "bulk", "interactive", "mixed", "iperf", "idle")
+#: Where a capture can be taken (``vpnid lab capture --tap``): on the server's veth or on the client's.
+TAPS = ("server", "client")
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,9 @@ class Session:
     capture_proc: Proc | None = None
     profile: TrafficProfile = field(default_factory=TrafficProfile)
     extra: dict[str, object] = field(default_factory=dict)
+    #: Which host's veth tcpdump listens on (TAPS): over a lab path, the end of the path the
+    #: capture sees it from (a mirror in front of the server, or at the client's network edge).
+    tap: str = "server"
 
     # Addresses of the fixed plan (docs/lab.md).
     @property
@@ -192,14 +197,15 @@ class Session:
 
     # -- capture ---------------------------------------------------------------------------
     def start_capture(self) -> None:
-        """Start tcpdump on the server's veth; return once it is listening.
+        """Start tcpdump on the veth of the ``tap`` host (the server's by default); return once it is listening.
 
         ``-U --immediate-mode`` writes every packet as it arrives, so nothing is lost in
         the kernel buffer when tcpdump is stopped.
         """
         if self.capture_proc is not None:
             return
-        proc = self.lab.spawn(self.server_ns, ["tcpdump", "-U", "--immediate-mode", "-n", "-s", "262144",
+        ns = self.client_ns if self.tap == "client" else self.server_ns
+        proc = self.lab.spawn(ns, ["tcpdump", "-U", "--immediate-mode", "-n", "-s", "262144",
                                                "-i", VETH, "-w", str(self.pcap)], "tcpdump")
         self.capture_proc = proc
         self.lab.wait_for("tcpdump to listen", lambda: "listening on" in proc.tail(5), 10, [proc])
