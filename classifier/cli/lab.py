@@ -13,7 +13,7 @@ import random
 import sys
 
 from classifier.errors import UsageError, VpnidError
-from classifier.lab.delayline import PathConditions
+from classifier.lab.delayline import TAPS, PathConditions
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "capture (round trips 2-400 ms, loss, rate limits, MTUs down to 1400; seeded by "
                           "--seed), or e.g. 'delay=40,jitter=4,loss=0.005,rate=8000,mtu=1400' (one-way ms, "
                           "fraction, kbit/s); default: the plain veth pair")
-    cap.add_argument("--tap", choices=("server", "client"), default="server",
+    cap.add_argument("--tap", choices=TAPS, default="server",
                      help="capture on the server's veth (default) or the client's: over a --path, the end "
                           "of the path the capture sees it from")
     cap.add_argument("--keep-going", action="store_true",

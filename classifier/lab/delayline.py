@@ -10,7 +10,7 @@ loss does), so a model trained on one kind of path learns that path's shape too.
 
 The kernel's netem qdisc would do this, but the lab's machines run kernels built without it.
 So the path is a small bridge in user space: a third namespace holds one veth end towards each
-of the two hosts, and ``DelayLine`` copies every Ethernet frame from one end to the other
+of the two hosts, and ``forward`` copies every Ethernet frame from one end to the other
 through a FIFO queue per direction, released at ``arrival + delay (+ jitter)``, dropped with
 probability ``loss``, and spaced by the serialisation time of a ``rate`` link (with a bounded
 queue: a frame that would wait longer than ``QUEUE_LIMIT_S`` is dropped, as at a router). Per
@@ -45,6 +45,8 @@ PACKET_OUTGOING = 4
 QUEUE_LIMIT_S = 0.25
 #: Largest frame read (the hosts' offloads are off, so frames are at most MTU + 14 bytes).
 MAX_FRAME = 65536
+#: Where a capture sits on the path (``vpnid lab capture --tap``): the server's veth or the client's.
+TAPS = ("server", "client")
 
 
 @dataclass(frozen=True)

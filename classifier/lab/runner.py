@@ -17,11 +17,11 @@ from pathlib import Path
 import dpkt
 
 from classifier.errors import VpnidError
-from classifier.lab.delayline import PathConditions
+from classifier.lab.delayline import TAPS, PathConditions
 from classifier.lab.manifest import ManifestRow
 from classifier.lab.netns import Lab, LabError
 from classifier.lab.scenarios import SYSTEM_PYTHON, Scenario
-from classifier.lab.session import TAPS, Session, TrafficProfile
+from classifier.lab.session import Session, TrafficProfile
 from classifier.lab.traffic import drive
 from classifier.output import atomic_path
 

@@ -41,8 +41,6 @@ BLOB_SIZE = 24 * 1024
 #: Inner-traffic kinds a tunnel scenario can carry (``vpnid lab capture --traffic``); "default"
 #: is the ping-plus-small-fetches mix of the committed samples, the rest live in ``lab/traffic.py``.
 TRAFFIC_KINDS = ("default", "bulk", "interactive", "mixed", "iperf", "idle")
-#: Where a capture can be taken (``vpnid lab capture --tap``): on the server's veth or on the client's.
-TAPS = ("server", "client")
 
 
 @dataclass(frozen=True)
@@ -120,7 +118,7 @@ class Session:
     capture_proc: Proc | None = None
     profile: TrafficProfile = field(default_factory=TrafficProfile)
     extra: dict[str, object] = field(default_factory=dict)
-    #: Which host's veth tcpdump listens on (TAPS): over a lab path, the end of the path the
+    #: Which host's veth tcpdump listens on (delayline.TAPS): over a lab path, the end of the path the
     #: capture sees it from (a mirror in front of the server, or at the client's network edge).
     tap: str = "server"
 
