@@ -546,19 +546,29 @@ def test_fresh_lab_captures_are_labelled_correctly(tmp_path: Path) -> None:
         assert on_port and all(f["vpn_protocol"] == row.protocol for f in on_port), row.file
 
 
-def _udp_payloads(pcap: Path, port: int) -> list[tuple[tuple[str, int, str, int], bytes]]:
-    """((src, sport, dst, dport), payload) of the IPv4 UDP datagrams to or from ``port`` in ``pcap``."""
+def _udp_datagrams(pcap: Path, port: int) -> list[tuple[float, tuple[str, int, str, int], bytes]]:
+    """(time, (src, sport, dst, dport), payload) of the IPv4 UDP datagrams to or from ``port`` in ``pcap``."""
     import socket
 
     import dpkt
 
     out = []
-    for _, buf in _frames(pcap):
+    for ts, buf in _frames(pcap):
         ip = dpkt.ethernet.Ethernet(buf).data
         if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP) and port in (ip.data.sport, ip.data.dport):
             key = (socket.inet_ntoa(ip.src), ip.data.sport, socket.inet_ntoa(ip.dst), ip.data.dport)
-            out.append((key, bytes(ip.data.data)))
+            out.append((ts, key, bytes(ip.data.data)))
     return out
+
+
+def _udp_payloads(pcap: Path, port: int) -> list[tuple[tuple[str, int, str, int], bytes]]:
+    """((src, sport, dst, dport), payload) of the IPv4 UDP datagrams to or from ``port`` in ``pcap``."""
+    return [(key, payload) for _ts, key, payload in _udp_datagrams(pcap, port)]
+
+
+def _timed_udp_payloads(pcap: Path, port: int) -> list[tuple[float, bytes]]:
+    """(time, payload) of the IPv4 UDP datagrams to or from ``port`` in ``pcap``."""
+    return [(ts, payload) for ts, _key, payload in _udp_datagrams(pcap, port)]
 
 
 def _tcp_upstreams(pcap: Path, port: int) -> dict[int, bytes]:
@@ -1098,7 +1108,7 @@ def test_a_path_between_the_hosts_delays_round_trips_and_caps_packets_at_its_mtu
                        "--path", "delay=50,mtu=1400")
     for row in rows.values():
         assert row.notes.endswith("; path 50 ms one way, MTU 1400"), row.notes
-    wg = [(ts, payload) for ts, payload in _timed_udp_payloads(tmp_path / rows["wireguard"].file, 51820)]
+    wg = _timed_udp_payloads(tmp_path / rows["wireguard"].file, 51820)
     response = next(ts for ts, payload in wg if payload[:1] == b"\x02")  # handshake response (server)
     after = next(ts for ts, payload in wg if ts > response and payload[:1] == b"\x04")  # client's first data
     assert 0.100 <= after - response < 0.300  # out to the client and back: two 50 ms legs
@@ -1128,14 +1138,3 @@ def test_a_capture_at_the_client_sees_the_round_trip_before_the_answer(tmp_path:
     response = next(ts for ts, payload in wg if ts > init and payload[:1] == b"\x02")
     assert 0.100 <= response - init < 0.300
 
-
-def _timed_udp_payloads(pcap: Path, port: int) -> list[tuple[float, bytes]]:
-    """(time, payload) of the IPv4 UDP datagrams to or from ``port`` in ``pcap``."""
-    import dpkt
-
-    out = []
-    for ts, buf in _frames(pcap):
-        ip = dpkt.ethernet.Ethernet(buf).data
-        if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.udp.UDP) and port in (ip.data.sport, ip.data.dport):
-            out.append((ts, bytes(ip.data.data)))
-    return out

@@ -143,15 +143,14 @@ class Direction:
         p = self.path
         if p.loss and self.rng.random() < p.loss:
             return None
-        start = now
+        sent = now  # when the frame's last bit has crossed the bottleneck
         if p.rate_kbit:
-            start = max(now, self.link_free)
-            if start - now > QUEUE_LIMIT_S:
+            queued = max(now, self.link_free)
+            if queued - now > QUEUE_LIMIT_S:
                 return None
-            self.link_free = start + size * 8 / (p.rate_kbit * 1000.0)
-            start = self.link_free
+            sent = self.link_free = queued + size * 8 / (p.rate_kbit * 1000.0)
         delay = p.delay_ms + (self.rng.uniform(0, p.jitter_ms) if p.jitter_ms else 0.0)
-        release = max(start + delay / 1000.0, self.last_release)  # FIFO: jitter never reorders
+        release = max(sent + delay / 1000.0, self.last_release)  # FIFO: jitter never reorders
         self.last_release = release
         return release
 

@@ -207,29 +207,29 @@ class Lab:
 
     def _create(self) -> None:
         n = self.n
-        hosts = [self.server, self.client]
-        for ns in hosts if self.path.ideal else [*hosts, self.path_ns]:
+        bridged = not self.path.ideal  # a delay line in a third namespace joins the hosts
+        for ns in [self.server, self.client, *([self.path_ns] if bridged else [])]:
             _run_host(["ip", "netns", "add", ns])
             self._created.append(ns)
             for key in ("all", "default"):
                 self.exec_host(ns, ["sysctl", "-q", "-w", f"net.ipv6.conf.{key}.disable_ipv6=1"])
             self.exec_host(ns, ["ip", "link", "set", "lo", "up"])
-        if self.path.ideal:
-            _run_host(["ip", "link", "add", VETH, "netns", self.server, "type", "veth",
-                       "peer", "name", VETH, "netns", self.client])
-        else:
+        if bridged:
             for ns, end in ((self.server, "to-server"), (self.client, "to-client")):
                 _run_host(["ip", "link", "add", VETH, "netns", ns, "type", "veth", "peer", "name", end,
                            "netns", self.path_ns])
                 self._link_up(self.path_ns, end)
                 self.exec_host(self.path_ns, ["ip", "link", "set", end, "promisc", "on"])
+        else:
+            _run_host(["ip", "link", "add", VETH, "netns", self.server, "type", "veth",
+                       "peer", "name", VETH, "netns", self.client])
         for ns, addr in ((self.server, server_addr(n)), (self.client, client_addr(n))):
             self.exec_host(ns, ["ip", "addr", "add", f"{addr}/24", "dev", VETH])
             self.exec_host(ns, ["ip", "link", "set", VETH, "mtu", str(self.path.mtu)])
-            if not self.path.ideal:  # the delay line copies frames as bytes: checksums must be in them
+            if bridged:  # the delay line copies frames as bytes: checksums must be in them
                 self.exec_host(ns, ["ethtool", "-K", VETH, "tx", "off"])
             self._link_up(ns, VETH)
-        if not self.path.ideal:
+        if bridged:
             line = self.spawn(self.path_ns, [sys.executable, "-m", "classifier.lab.delayline", "to-server",
                                              "to-client", *self.path.argv(), "--seed", str(n)], "delayline")
             self.wait_for("the delay line to forward", lambda: "forwarding" in line.tail(3), 10, [line])

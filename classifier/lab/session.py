@@ -204,7 +204,7 @@ class Session:
             return
         ns = self.client_ns if self.tap == "client" else self.server_ns
         proc = self.lab.spawn(ns, ["tcpdump", "-U", "--immediate-mode", "-n", "-s", "262144",
-                                               "-i", VETH, "-w", str(self.pcap)], "tcpdump")
+                                   "-i", VETH, "-w", str(self.pcap)], "tcpdump")
         self.capture_proc = proc
         self.lab.wait_for("tcpdump to listen", lambda: "listening on" in proc.tail(5), 10, [proc])
 
