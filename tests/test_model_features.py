@@ -13,6 +13,7 @@ from classifier.model.features import (
     FEATURE_NAMES,
     FORBIDDEN_COLUMNS,
     INPUT_COLUMNS,
+    TIMING_NAMES,
     feature_matrix,
 )
 from classifier.model.synthetic import flow_row, synthetic_flows
@@ -103,22 +104,43 @@ def test_a_flow_over_ipv6_has_the_features_it_has_over_ipv4(sample, tmp_path):
     np.testing.assert_array_equal(feature_matrix(a)[order_a], feature_matrix(b)[order_b])
 
 
-def test_timing_does_not_change_features(table):
-    """Scrambling every gap (the lab's microsecond links say nothing about real paths) leaves the features."""
-    rng = np.random.default_rng(3)
-    changed = table
-    timing = [c for c in table.column_names if "iat" in c or c == "duration_ms"]
-    assert "first_iats_ms" in timing and "src2dst_iat_mean_ms" in timing
-    for name in timing:
-        col = table.column(name)
+def _timing_columns(table: pa.Table) -> list[str]:
+    names = [c for c in table.column_names if "iat" in c or c == "duration_ms"]
+    assert "first_iats_ms" in names and "src2dst_iat_mean_ms" in names
+    return names
+
+
+def _map_timing(table: pa.Table, fn) -> pa.Table:
+    """The table with ``fn`` applied to every gap (and the duration), list columns included."""
+    out = table
+    for name in _timing_columns(table):
+        col = table.column(name).combine_chunks()
         if pa.types.is_list(col.type):
             flat = pc.list_flatten(col).to_numpy(zero_copy_only=False)
-            offsets = col.combine_chunks().offsets
-            arr = pa.ListArray.from_arrays(offsets, pa.array(rng.uniform(0, 5000, len(flat)), col.type.value_type))
+            arr = pa.ListArray.from_arrays(col.offsets, pa.array(fn(flat), col.type.value_type))
         else:
-            arr = pa.array(rng.uniform(0, 5000, table.num_rows), col.type)
-        changed = changed.set_column(changed.schema.get_field_index(name), name, arr)
-    np.testing.assert_array_equal(feature_matrix(table), feature_matrix(changed))
+            arr = pa.array(fn(col.to_numpy(zero_copy_only=False)), col.type)
+        out = out.set_column(out.schema.get_field_index(name), name, arr)
+    return out
+
+
+def test_timing_features_are_scale_free(table):
+    """A path ten times slower stretches every gap alike: the features read only ratios of gaps."""
+    X = feature_matrix(table)
+    slow = feature_matrix(_map_timing(table, lambda v: v * 10.0))
+    np.testing.assert_allclose(slow, X, rtol=1e-5, equal_nan=True)
+    timing = [FEATURE_NAMES.index(n) for n in TIMING_NAMES]
+    assert np.isfinite(X[:, timing]).any(axis=0).all()  # every timing feature has values to compare
+
+
+def test_only_timing_features_read_gaps(table):
+    """Scrambling every gap changes the relative-timing features and nothing else."""
+    rng = np.random.default_rng(3)
+    X = feature_matrix(table)
+    Y = feature_matrix(_map_timing(table, lambda v: rng.uniform(0, 5000, len(v))))
+    timing = np.isin(FEATURE_NAMES, TIMING_NAMES)
+    np.testing.assert_array_equal(Y[:, ~timing], X[:, ~timing])
+    assert not np.allclose(Y[:, timing], X[:, timing], equal_nan=True)
 
 
 def test_rows_are_independent(table):
@@ -148,6 +170,13 @@ def test_values_follow_definitions():
     assert f["hdr_per_pkt"] == pytest.approx(28.0)
     assert np.isnan(f["first_size_6"])
     assert f["starts_with_syn"] == 0
+    # packets at 0, 40, 41, 43, 46, 50 ms: the initiator's gaps 41 and 5, the responder's 3 and 7
+    assert f["up_iat_cv"] == pytest.approx(18 / 23) and f["down_iat_cv"] == pytest.approx(2 / 5)
+    assert f["up_iat_max_over_mean"] == pytest.approx(41 / 23) and f["down_iat_max_over_mean"] == pytest.approx(7 / 5)
+    assert f["iat_mean_log_ratio"] == pytest.approx(np.log(23 / 5))
+    # the first gaps 40, 1, 2, 3, 4 against their median 3
+    assert [f[f"first_gap_{i}_rel"] for i in range(1, 6)] == pytest.approx([40 / 3, 1 / 3, 2 / 3, 1, 4 / 3])
+    assert np.isnan(f["first_gap_6_rel"])
 
 
 def test_one_packet_and_empty_tables():

@@ -15,15 +15,17 @@ captures made elsewhere (docs/model.md). Counts enter only as ratios. FIN and RS
 counts are left out too: whether a flow's end was captured says when the capture
 stopped (lab tunnels are still up when it does), not what the flow carried.
 
-Timing is left out as well, absolute and relative (inter-arrival times, gaps between
-the first packets, response delays, their ratios and spreads). The lab's captures run
-between network namespaces whose links answer in microseconds (the kernel of the
-machines it runs on has no netem; the lab's delay line, ``vpnid lab capture --path``, is
-not under the shipped model's training captures), so every gap they show says "this
-machine", not "this protocol". With timing features the model scored the public corpus (real
-paths) at ROC-AUC 0.85; without absolute timing 0.875; without any, 0.91, on the same
-training captures, with the lab held-out sets no worse (docs/model.md). The flow table
-keeps every timing column for researchers whose captures come from real paths.
+Absolute timing is left out (inter-arrival times, gaps between the first packets,
+response delays in milliseconds): they measure the path and the machine a capture was made
+on, not the protocol. Relative timing is in, as of feature version 13: the spread of each
+direction's gaps against their mean, the longest gap against the mean, the two directions'
+mean gaps against each other, and each of the first gaps against their median. These are
+scale-free, so a path that is ten times slower gives the same values, and they describe a
+tunnel's rhythm (a tunnel's gaps follow the inner traffic's, and its keepalives tick). They
+became usable once most training captures crossed the lab's delay line (``vpnid lab capture
+--path``, drawn delay, jitter, loss, rate and MTU). Before that the lab's links answered in
+microseconds, and with timing features the model scored the public corpus (real paths) at
+ROC-AUC 0.85 against 0.91 without them (docs/model.md, Timing).
 
 The transport (TCP / UDP / other) is kept as a category
 because the tunnel rhythm reads differently over TCP (outer ACKs, records split
@@ -45,7 +47,7 @@ from classifier.flows.schema import BURSTS, FIRST_PACKETS, HEAD_STAT_COLUMNS, HE
 from classifier.flows.state import N_HIST, PAYLOAD_HIST_EDGES
 
 #: Bump when a feature's definition changes: a model trained on another version is refused.
-FEATURE_VERSION = 12
+FEATURE_VERSION = 13
 
 #: How many bytes longer IPv6's fixed header is than IPv4's (40 against 20, no options):
 #: sizes are IP bytes, so the same tunnel over IPv6 would show every packet 20 bytes
@@ -73,11 +75,12 @@ INPUT_COLUMNS: tuple[str, ...] = (
     "first_tcp_flags", "first_sizes", "first_dirs", "payload_bursts", "ip_version",
     "src2dst_payload_packets", "dst2src_payload_packets", "src2dst_payload_hist", "dst2src_payload_hist",
     *(f"{d}_{s}" for d in ("src2dst", "dst2src") for s in HEAD_STAT_COLUMNS),
+    *(f"{d}_iat_{s}_ms" for d in ("src2dst", "dst2src") for s in ("mean", "std", "max")), "first_iats_ms",
 )
 
 #: List columns (read by :func:`_padded`, not as scalars).
 _LIST_COLUMNS = frozenset({"first_sizes", "first_dirs", "payload_bursts", "src2dst_payload_hist",
-                           "dst2src_payload_hist"})
+                           "dst2src_payload_hist", "first_iats_ms"})
 
 #: Columns that must never become features (checked by the tests).
 FORBIDDEN_COLUMNS: frozenset[str] = frozenset({
@@ -107,6 +110,7 @@ def _names() -> list[str]:
     n += [f"burst_{i}" for i in range(BURSTS)]
     n += RHYTHM_NAMES
     n += BYTES_NAMES
+    n += TIMING_NAMES
     return n
 
 
@@ -125,6 +129,16 @@ BYTES_NAMES: list[str] = [
     *(f"{d}_{s}" for d in ("up", "down") for s in _BYTE_FEATURES.values()),
     "first_bits_dev", "fully_encrypted_start",
 ]
+#: Gaps between the first packets that the relative timing reads (gap 0, before the first
+#: packet, is always 0 and is skipped).
+TIMING_GAPS = 8
+
+#: Relative timing: every one a ratio of gaps, so it reads the same on a slow path and a fast one.
+TIMING_NAMES: list[str] = [
+    "up_iat_cv", "down_iat_cv", "up_iat_max_over_mean", "down_iat_max_over_mean", "iat_mean_log_ratio",
+    *(f"first_gap_{i}_rel" for i in range(1, TIMING_GAPS)),
+]
+
 #: Set bits per byte of random data, and the band around it where a first payload
 #: counts as random (Wu et al., USENIX Security 2023: 3.4-4.6 over whole packets; the
 #: heads hold 64 bytes, whose popcount mean has a standard deviation of about 0.18).
@@ -180,6 +194,11 @@ FEATURE_DOCS: dict[str, str] = {
     "heavy_large_frac": "share of the heavy direction's payload packets of 1024 bytes or more",
     "hist_overlap": "overlap of the two directions' normalised payload-size histograms (sum of minima)",
     "first_bits_dev": "|set bits per byte - 4| of the initiator's first payload (0: looks random)",
+    "up_iat_cv": "std / mean of the initiator's inter-arrival times (how regular its packets come)",
+    "down_iat_cv": "std / mean of the responder's inter-arrival times",
+    "up_iat_max_over_mean": "the initiator's longest gap / its mean gap (idle pauses, keepalive ticks)",
+    "down_iat_max_over_mean": "the responder's longest gap / its mean gap",
+    "iat_mean_log_ratio": "log(initiator's mean gap / responder's mean gap): which side sends more often",
     "fully_encrypted_start": "the initiator's first payload looks random: set bits per byte within "
                              f"{RANDOM_BITS - RANDOM_BAND:g}-{RANDOM_BITS + RANDOM_BAND:g}, at most "
                              f"{RANDOM_MAX_PRINTABLE:g} printable, no TLS/DTLS record header "
@@ -207,6 +226,9 @@ for _d in ("light", "heavy"):
 for _i in range(FIRST_PACKETS):
     FEATURE_DOCS[f"first_size_{_i}"] = (f"IP size of packet {_i} (as over IPv4), positive from the initiator, "
                                         "negative from the responder")
+for _i in range(1, TIMING_GAPS):
+    FEATURE_DOCS[f"first_gap_{_i}_rel"] = (f"gap before packet {_i} / the median non-zero gap among the first "
+                                          f"{TIMING_GAPS} packets (the handshake's rhythm, whatever the round trip)")
 for _i in range(BURSTS):
     FEATURE_DOCS[f"burst_{_i}"] = (f"payload bytes of burst {_i} (a run of payload packets in one direction), positive "
                                    "from the initiator, negative from the responder; 0 when the flow had no more "
@@ -303,6 +325,7 @@ def feature_matrix(table: pa.Table) -> np.ndarray:
     f.update(_bursts(table, payload))
     f.update(_rhythm(table, c))
     f.update(_bytes(c, (proto != 6) | (f["starts_with_syn"] == 1)))
+    f.update(_timing(table, c))
     out = np.empty((n, len(FEATURE_NAMES)), np.float32)
     for j, name in enumerate(FEATURE_NAMES):
         out[:, j] = f[name]
@@ -424,6 +447,29 @@ def _bytes(c: dict[str, np.ndarray], start_seen: np.ndarray) -> dict[str, np.nda
     with np.errstate(invalid="ignore"):
         random_start = (dev <= RANDOM_BAND) & (f["up_first_printable"] <= RANDOM_MAX_PRINTABLE) & (f["up_tls_frac"] == 0)
     f["fully_encrypted_start"] = np.where(np.isnan(dev) | ~start_seen, np.nan, random_start.astype(float))
+    return f
+
+
+def _timing(table: pa.Table, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Relative timing: ratios of gaps only, never a gap in milliseconds (see the module docstring).
+
+    Why ratios: a path's round trip and a machine's speed scale every gap of a flow alike,
+    while the pattern (a burst of handshake messages, then a pause; keepalives at an even
+    tick; a request answered by many packets) belongs to the protocol.
+    """
+    f: dict[str, np.ndarray] = {}
+    for short, d in (("up", "src2dst"), ("down", "dst2src")):
+        mean = c[f"{d}_iat_mean_ms"]
+        f[f"{short}_iat_cv"] = _div(c[f"{d}_iat_std_ms"], mean)
+        f[f"{short}_iat_max_over_mean"] = _div(c[f"{d}_iat_max_ms"], mean)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.log(_div(c["src2dst_iat_mean_ms"], c["dst2src_iat_mean_ms"]))
+    f["iat_mean_log_ratio"] = np.where(np.isfinite(ratio), ratio, np.nan)
+    gaps = _padded(table, "first_iats_ms", np.float64, TIMING_GAPS)
+    median = _nanreduce(np.where(gaps > 0, gaps, np.nan), np.nanmedian)
+    rel = _div(gaps, median[:, None])
+    for i in range(1, TIMING_GAPS):
+        f[f"first_gap_{i}_rel"] = rel[:, i]
     return f
 
 

@@ -37,7 +37,7 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
         "name": b["name"],
         "version": b["version"],
         "summary": ("Flags VPN tunnels from flow statistics alone (packet sizes and their ratios, first "
-                    "packets, payload-size rhythm, how random the first payload bytes look; no timing), "
+                    "packets, payload-size rhythm, how random the first payload bytes look, gaps relative to each other), "
                     "for flows no signature claims. Probabilities are calibrated on captures held out "
                     "from training; the threshold keeps false alarms at the target rate on held-out "
                     "non-VPN captures."),
@@ -49,7 +49,8 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
         "features": list(FEATURE_NAMES),
         "excluded_inputs": ["IP addresses", "ports", "VLAN", "TTL", "timestamps", "flow ids", "capture names",
                             "IP version (read only to count an IPv6 packet's size as over IPv4)", "end reason",
-                            "timing (inter-arrival times, response delays: lab links have no path delay)"],
+                            "flow length and volume (packets, bytes, duration)",
+                            "absolute timing (inter-arrival times and response delays in ms: they measure the path)"],
         "protocol_classes": b["protocol_classes"],
         "training_data": {
             **summary,
