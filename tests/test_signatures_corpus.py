@@ -95,6 +95,13 @@ def test_public_telegram_connections_are_named_and_no_vpn():
 
 
 @needs_public
+def test_public_dnscrypt_exchanges_are_named_and_no_vpn():
+    """Each DNSCrypt query and its answer: the resolver magic, and the client nonce echoed."""
+    v = _verdicts(PUBLIC / "ntop_nDPI/dnscrypt-v2.pcap")
+    assert len(v) == 3 and all(x and x.protocol == "dnscrypt" and not x.is_vpn and "echoing" in x.evidence for x in v)
+
+
+@needs_public
 def test_public_tunnel_files_get_tunnel_labels():
     for name, label in (("ntop_nDPI/vxlan.pcap", "vxlan"), ("zeek_zeek/gre-sample.pcap", "gre"),
                         ("ntop_nDPI/4in4tunnel.pcap", "ipip"), ("the-tcpdump-group_tcpdump/geneve.pcap", "geneve")):

@@ -411,3 +411,32 @@ def test_telegram_obfuscated_transport_is_named_and_no_vpn():
     assert detect(batch(flow)).column("vpn_protocol").to_pylist() == ["telegram"]
     # text is not decrypted
     assert one(F([(0, b"GET / HTTP/1.1\r\nHost: example.org\r\n" + rand(40, 7))], proto=6, dport=443)) is None
+
+
+# --- DNSCrypt (encrypted DNS: named so that it is no VPN) -------------------------------------------
+
+def dnscrypt_exchange(seed: int) -> tuple[bytes, bytes]:
+    """A query (client magic, key, half nonce, ciphertext; 64-byte multiple) and the response
+    (resolver magic, the client's half nonce and the server's, ciphertext)."""
+    query = rand(1088, seed)
+    return query, b"r6fnvWj8" + query[40:52] + rand(12 + 200, seed + 1)
+
+
+def test_dnscrypt_is_named_and_no_vpn():
+    q, a = dnscrypt_exchange(1)
+    v = one(F([(0, q), (1, a)], dport=443))
+    assert v.protocol == "dnscrypt" and not v.is_vpn and v.confidence == 0.99 and "client nonce" in v.evidence
+    t = detect(batch(F([(0, q), (1, a)], dport=443)))
+    assert t.column("is_vpn").to_pylist() == [False] and t.column("vpn_protocol").to_pylist() == ["dnscrypt"]
+    # over TCP every message carries a 2-byte length first
+    tq, ta = struct.pack(">H", len(q)) + q, struct.pack(">H", len(a)) + a
+    assert one(F([(0, tq), (1, ta)], proto=6, dport=443)).protocol == "dnscrypt"
+    # a capture of the answers only still shows the magic (less sure: no nonce to compare)
+    only = one(F([(1, a)], dport=443))
+    assert only.protocol == "dnscrypt" and only.confidence == 0.9
+    # random datagrams (a fully encrypted tunnel) and a response whose magic is off by one byte are not
+    assert one(F([(0, q), (1, rand(240, 9))], dport=443)) is None
+    assert one(F([(0, q), (1, b"r6fnvWj9" + a[8:])], dport=443)) is None
+    # the magic at the TCP offset in a UDP datagram, or at the UDP offset in a TCP stream, is not it
+    assert one(F([(0, q), (1, b"\x00\xf0" + a)], dport=443)) is None
+    assert one(F([(0, tq), (1, a)], proto=6, dport=443)) is None

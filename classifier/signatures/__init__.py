@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from classifier.flows.batch import FlowBatch
 from classifier.signatures import (
+    dnscrypt,
     esp,
     fortinet,
     ike,
@@ -39,7 +40,7 @@ from classifier.signatures._base import TCP, UDP, BatchView, Flow, Verdict
 #: Checked in this order; earlier modules have the more specific signatures.
 MODULES: tuple[ModuleType, ...] = (
     wireguard, tailscale, openvpn, ike, esp, l2tp, pptp, softether, tinc, quicktun, openconnect, sstp, fortinet,
-    tunnels, mtproto,
+    tunnels, mtproto, dnscrypt,
 )
 
 SIGNATURE_FIELDS = [
