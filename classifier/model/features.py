@@ -25,7 +25,7 @@ tunnel's rhythm (a tunnel's gaps follow the inner traffic's, and its keepalives 
 became usable once most training captures crossed the lab's delay line (``vpnid lab capture
 --path``, drawn delay, jitter, loss, rate and MTU). Before that the lab's links answered in
 microseconds, and with timing features the model scored the public corpus (real paths) at
-ROC-AUC 0.85 against 0.91 without them (docs/model.md, Timing).
+ROC-AUC 0.85 against 0.91 without them (docs/model.md, Features).
 
 The transport (TCP / UDP / other) is kept as a category
 because the tunnel rhythm reads differently over TCP (outer ACKs, records split

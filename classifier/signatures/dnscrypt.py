@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from classifier.signatures._base import TCP, UDP, BatchView, Flow, Packet, Verdict, plural
+from classifier.signatures._base import TCP, UDP, BatchView, Flow, Verdict, plural
 
 NAME = "dnscrypt"
 RESOLVER_MAGIC = b"r6fnvWj8"
@@ -40,20 +40,15 @@ def candidates(v: BatchView) -> np.ndarray:
     return (v.udp & udp) | (v.tcp & tcp)
 
 
-def _message(p: Packet, prefix: int) -> bytes:
-    return p.data[prefix:]
-
-
 def check(f: Flow) -> Verdict | None:
     if f.proto not in (UDP, TCP):
         return None
     prefix = TCP_PREFIX if f.proto == TCP else 0
-    responses = [m for p in f.packets if (m := _message(p, prefix)).startswith(RESOLVER_MAGIC)
-                 and (prefix or p.len >= MIN_RESPONSE)]
+    messages = [(p, p.data[prefix:]) for p in f.packets]
+    responses = [m for p, m in messages if m.startswith(RESOLVER_MAGIC) and (prefix or p.len >= MIN_RESPONSE)]
     if not responses:
         return None
-    queries = {_message(p, prefix)[QUERY_NONCE] for p in f.packets
-               if not _message(p, prefix).startswith(RESOLVER_MAGIC)}
+    queries = {m[QUERY_NONCE] for _, m in messages if not m.startswith(RESOLVER_MAGIC)}
     echoed = sum(1 for r in responses if len(r) >= RESPONSE_NONCE.stop and r[RESPONSE_NONCE] in queries)
     evidence = (f"dnscrypt v2 over {'tcp' if prefix else 'udp'}: {plural(len(responses), 'response')} "
                 f"starting with the resolver magic {RESOLVER_MAGIC.decode()}")
