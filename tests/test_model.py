@@ -450,3 +450,36 @@ def test_one_way_augmentation_keeps_one_direction_of_every_flow():
         == int(pa.compute.sum(full.column("packets")).as_py())
     assert "one-way=" in Augmentation(0, 0, 1, 0, 1, one_way=2).describe()
     assert "one-way" not in Augmentation(0, 0, 1, 0, 1).describe()
+
+
+def test_coarse_clock_augmentation_rounds_every_timestamp():
+    """A copy with a 10 ms clock: every packet kept, every timestamp a multiple of 10 ms, gaps of 0 appear."""
+    from classifier.errors import ErrorLog
+    from classifier.model.data import Augmentation, _count_packets, _PacketTransform, meter_capture
+
+    cap = str(Path(__file__).resolve().parents[1] / "pcaps" / "openvpn-udp.pcap")
+    log = ErrorLog()
+    full = meter_capture(cap, log)
+    aug = Augmentation(loss=0.0, jitter=0.0, slowdown=1.0, start=0.0, stop=1.0, tick_ns=10_000_000)
+    coarse = meter_capture(cap, log, _PacketTransform(aug, _count_packets(cap, log), np.random.default_rng(0)))
+    assert int(pa.compute.sum(coarse.column("packets")).as_py()) == int(pa.compute.sum(full.column("packets")).as_py())
+    for name in ("first_seen", "last_seen"):
+        ns = coarse.column(name).cast(pa.int64()).to_numpy()
+        assert (ns % 10_000_000 == 0).all()
+    gaps = pa.compute.list_flatten(coarse.column("first_iats_ms")).to_numpy()
+    exact = pa.compute.list_flatten(full.column("first_iats_ms")).to_numpy()
+    assert ((gaps == 0).sum() > (exact == 0).sum()) and np.allclose(gaps % 10, 0)
+    assert "tick=10ms" in aug.describe() and "tick" not in Augmentation(0, 0, 1, 0, 1).describe()
+
+
+def test_concat_keeps_the_input_records_of_empty_parts():
+    """A capture's record rides on its last part; an augmented copy that kept no packet must not lose it."""
+    from classifier.flows.schema import FLOW_SCHEMA
+
+    full = _labeled(synthetic_flows(4, seed=1))
+    full.inputs.append({"path": "a.pcap", "sha256": "1" * 64})
+    empty = LabeledFlows(FLOW_SCHEMA.empty_table(), np.zeros(0, np.int8), np.zeros(0, object),
+                         np.zeros(0, object), np.zeros(0, object), [{"path": "b.pcap", "sha256": "2" * 64}])
+    both = LabeledFlows.concat([full, empty])
+    assert len(both) == len(full)
+    assert [i["path"] for i in both.inputs] == ["a.pcap", "b.pcap"]

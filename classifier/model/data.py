@@ -16,7 +16,8 @@ IP addresses and ports decide labels here; they are never features (features.py)
 
 Augmentation (``augment`` copies per capture) re-meters each capture with packet-level
 changes: random packet loss, timing jitter, a slowdown of all gaps (1-10x: lab links
-between namespaces answer in microseconds, real paths in milliseconds), and a capture
+between namespaces answer in microseconds, real paths in milliseconds), in about one copy
+in three a coarse clock (timestamps rounded to 1 ms, 10 ms or 1 s), and a capture
 window that starts and ends mid-way, so flows lose their beginnings (mid-flow) and their ends, and, in about
 one copy in four, one direction of every flow (a tap on one leg of an asymmetric route,
 or a mirror port fed one direction of a link, sees only that). Copies keep the
@@ -73,6 +74,9 @@ class LabeledFlows:
 
     @classmethod
     def concat(cls, parts: list[LabeledFlows]) -> LabeledFlows:
+        # an input's record rides on its last part, which may hold no rows (an augmented copy
+        # whose window kept no packet): keep every record, whichever parts are dropped
+        inputs = [i for p in parts for i in p.inputs]
         parts = [p for p in parts if len(p)] or parts[:1]
         if not parts:
             return cls(FLOW_SCHEMA.empty_table(), np.zeros(0, np.int8), np.zeros(0, object),
@@ -85,7 +89,7 @@ class LabeledFlows:
             np.concatenate([p.protocol for p in parts]),
             np.concatenate([p.group for p in parts]),
             np.concatenate([p.variant for p in parts]),
-            [i for p in parts for i in p.inputs],
+            inputs,
             None if any(s is None for s in sigs) else (np.concatenate([s[0] for s in sigs]),  # type: ignore[index]
                                                        np.concatenate([s[1] for s in sigs])),  # type: ignore[index]
         )
@@ -303,6 +307,11 @@ class Augmentation:
     #: higher one; 2: only the other way. One direction of every flow, as a tap on one leg
     #: of an asymmetric route sees it.
     one_way: int = 0
+    #: Timestamp resolution of the copy, ns (0: as captured): every timestamp rounded down to a
+    #: multiple of it, as capture tools with millisecond clocks, or a host that stamps a burst
+    #: of packets at once, write them. Relative timing reads gaps, and a clock that
+    #: makes many of them 0 must not look like a new kind of traffic.
+    tick_ns: int = 0
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> Augmentation:
@@ -310,14 +319,17 @@ class Augmentation:
         stop = float(rng.choice([1.0, 1.0, rng.uniform(start + 0.2, 1.0)])) if start < 0.8 else 1.0
         loss, jitter = float(rng.choice([0.0, 0.005, 0.02, 0.05])), float(rng.choice([0.0, 0.2, 0.5]))
         slowdown = float(np.exp(rng.uniform(0.0, np.log(10.0))))
-        one_way = int(rng.choice([0, 0, 0, 0, 0, 0, 1, 2]))  # drawn last: the order fixes the shipped model
+        one_way = int(rng.choice([0, 0, 0, 0, 0, 0, 1, 2]))
+        tick_ns = int(rng.choice([0, 0, 0, 0, 0, 0, 1_000_000, 10_000_000, 1_000_000_000]))
+        # the order of the draws fixes the shipped model: add new ones last
         return cls(loss=loss, jitter=jitter, slowdown=slowdown, start=start, stop=min(1.0, max(stop, start + 0.1)),
-                   one_way=one_way)
+                   one_way=one_way, tick_ns=tick_ns)
 
     def describe(self) -> str:
         text = (f"loss={self.loss:g} jitter={self.jitter:g} slowdown={self.slowdown:.1f} "
                 f"window={self.start:.2f}-{self.stop:.2f}")
-        return text + (f" one-way={'low->high' if self.one_way == 1 else 'high->low'}" if self.one_way else "")
+        text += f" one-way={'low->high' if self.one_way == 1 else 'high->low'}" if self.one_way else ""
+        return text + (f" tick={self.tick_ns / 1e6:g}ms" if self.tick_ns else "")
 
 
 def lower_endpoint_sends(cols: dict[str, np.ndarray]) -> np.ndarray:
@@ -359,6 +371,8 @@ class _PacketTransform:
             start = self.last_out if self.last_out is not None else int(ts[0])
             new_ts = start + np.cumsum(gaps).astype(np.int64)
             self.last_in, self.last_out = int(ts[-1]), int(new_ts[-1])
+            if self.aug.tick_ns:  # after last_out: the next batch continues the unrounded clock
+                new_ts = new_ts // self.aug.tick_ns * self.aug.tick_ns
         else:
             new_ts = ts
         keep = (pos >= self.lo) & (pos < self.hi)

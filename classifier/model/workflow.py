@@ -58,7 +58,8 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
             "augmented_flows": int((~original).sum()),
             "augmentation": (f"{augment} copies per capture (packet loss 0-5%, log-normal jitter sigma 0-0.5, "
                              "all gaps slowed 1-10x, capture window starting and ending mid-way, "
-                             "one direction of every flow only in about one copy in four)")
+                             "one direction of every flow only in about one copy in four, "
+                             "timestamps rounded to 1 ms, 10 ms or 1 s in about one copy in three)")
             if augment else "none",
             "sha256": data_hash(X, data.label),
             "inputs_sha256": inputs_hash(data.inputs),
