@@ -66,7 +66,7 @@ model: $(STAMP)
 ## held-out ones (`vpnid lab list` marks them). About half of them cross a drawn network path
 ## (delay, jitter, loss, rate, MTU; docs/lab.md, Network path), since the relative timing
 ## features read the path. A run that fails is reported and skipped (--keep-going), and the
-## next batch still runs (`-`). Both halves take about three hours; they can run side by side.
+## next batch still runs (`-`). The halves take about 1.5 and 2 hours; they can run side by side.
 lab-train: lab-train-plain lab-train-path
 
 ## Over the lab's plain link: every inner-traffic kind twice (two seeded batches of six,
