@@ -71,26 +71,22 @@ lab-train: lab-train-plain lab-train-path
 
 ## Over the lab's plain link: every inner-traffic kind twice (two seeded batches of six,
 ## -r01..-r12), and twelve more of the hard tunnels (-r13..-r24).
+LAB_CAPTURE_PLAIN = $(BIN)/vpnid lab capture --vary --keep-going -o $(MODEL_LAB)/plain
 lab-train-plain: $(STAMP)
-	-$(BIN)/vpnid lab capture training --repeat 6 --vary --seed 1 --keep-going -o $(MODEL_LAB)/plain
-	-$(BIN)/vpnid lab capture training --repeat 6 --first-index 7 --vary --seed 2 --keep-going -o $(MODEL_LAB)/plain
-	-$(BIN)/vpnid lab capture $(LAB_TRAIN_HARD) --repeat 12 --first-index 13 --vary --seed 3 --keep-going \
-	  -o $(MODEL_LAB)/plain
+	-$(LAB_CAPTURE_PLAIN) training --repeat 6 --seed 1
+	-$(LAB_CAPTURE_PLAIN) training --repeat 6 --first-index 7 --seed 2
+	-$(LAB_CAPTURE_PLAIN) $(LAB_TRAIN_HARD) --repeat 12 --first-index 13 --seed 3
 
 ## Over drawn paths: every scenario twelve times (-r01..-r06, -r25, -r26, -r31..-r34) and the hard
 ## tunnels four more (-r27..-r30), in batches with seeds of their own.
+LAB_CAPTURE_PATH = $(BIN)/vpnid lab capture --vary --path vary --keep-going -o $(MODEL_LAB)/path
 lab-train-path: $(STAMP)
-	-$(BIN)/vpnid lab capture training --repeat 3 --vary --path vary --seed 11 --keep-going -o $(MODEL_LAB)/path
-	-$(BIN)/vpnid lab capture training --repeat 3 --first-index 4 --vary --path vary --seed 12 --keep-going \
-	  -o $(MODEL_LAB)/path
-	-$(BIN)/vpnid lab capture training --repeat 2 --first-index 25 --vary --path vary --seed 4 --keep-going \
-	  -o $(MODEL_LAB)/path
-	-$(BIN)/vpnid lab capture $(LAB_TRAIN_HARD) --repeat 4 --first-index 27 --vary --path vary --seed 5 \
-	  --keep-going -o $(MODEL_LAB)/path
-	-$(BIN)/vpnid lab capture training --repeat 2 --first-index 31 --vary --path vary --seed 6 --keep-going \
-	  -o $(MODEL_LAB)/path
-	-$(BIN)/vpnid lab capture training --repeat 2 --first-index 33 --vary --path vary --seed 7 --keep-going \
-	  -o $(MODEL_LAB)/path
+	-$(LAB_CAPTURE_PATH) training --repeat 3 --seed 11
+	-$(LAB_CAPTURE_PATH) training --repeat 3 --first-index 4 --seed 12
+	-$(LAB_CAPTURE_PATH) training --repeat 2 --first-index 25 --seed 4
+	-$(LAB_CAPTURE_PATH) $(LAB_TRAIN_HARD) --repeat 4 --first-index 27 --seed 5
+	-$(LAB_CAPTURE_PATH) training --repeat 2 --first-index 31 --seed 6
+	-$(LAB_CAPTURE_PATH) training --repeat 2 --first-index 33 --seed 7
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py --repeat 3

@@ -208,7 +208,8 @@ class Lab:
     def _create(self) -> None:
         n = self.n
         bridged = not self.path.ideal  # a delay line in a third namespace joins the hosts
-        for ns in [self.server, self.client, *([self.path_ns] if bridged else [])]:
+        namespaces = [self.server, self.client] + ([self.path_ns] if bridged else [])
+        for ns in namespaces:
             _run_host(["ip", "netns", "add", ns])
             self._created.append(ns)
             for key in ("all", "default"):

@@ -92,12 +92,13 @@ def capture_notes(scenario: Scenario, profile: TrafficProfile, path: PathConditi
     """Manifest notes of one capture: the scenario's, plus the inner traffic when it is not the
     default (so the committed samples' rows equal the registry's notes), plus the network path
     when it is not the plain veth pair, plus the tap when it is not the server's."""
-    notes = _traffic_notes(scenario, profile)
-    extra = [] if scenario.crafted else [
-        *([path.describe()] if path is not None and path != PathConditions() else []),
-        *(["captured at the client"] if tap == "client" else []),
-    ]
-    return "; ".join([notes, *extra] if notes else extra)
+    parts = [_traffic_notes(scenario, profile)]
+    if not scenario.crafted:  # crafted captures have no link and no tap
+        if path is not None and path != PathConditions():
+            parts.append(path.describe())
+        if tap == "client":
+            parts.append("captured at the client")
+    return "; ".join(part for part in parts if part)
 
 
 def _traffic_notes(scenario: Scenario, profile: TrafficProfile) -> str:

@@ -121,11 +121,12 @@ class BatchView:
         d = self.data[:, :, off : off + 4].astype(np.uint32)
         return (d[:, :, 0] << 24) | (d[:, :, 1] << 16) | (d[:, :, 2] << 8) | d[:, :, 3]
 
-    def starts_with(self, prefix: bytes) -> np.ndarray:
-        """(n, K) bool: the slot's stored bytes begin with ``prefix``."""
+    def starts_with(self, prefix: bytes, at: int = 0) -> np.ndarray:
+        """(n, K) bool: the slot's stored bytes hold ``prefix`` at offset ``at`` (0: they begin with it)."""
         p = np.frombuffer(prefix, np.uint8)
-        m = (self.data[:, :, : len(p)] == p).all(axis=2)
-        return m & (self.caps >= len(p)) & self.valid
+        end = at + len(p)
+        m = (self.data[:, :, at:end] == p).all(axis=2)
+        return m & (self.caps >= end) & self.valid
 
     def any_slot(self, mask: np.ndarray) -> np.ndarray:
         return (mask & self.valid).any(axis=1)

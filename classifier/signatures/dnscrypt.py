@@ -34,9 +34,7 @@ TCP_PREFIX = 2
 def candidates(v: BatchView) -> np.ndarray:
     """UDP flows with a payload starting with the resolver magic, TCP flows with one 2 bytes in."""
     udp = v.any_slot(v.starts_with(RESOLVER_MAGIC) & (v.lens >= MIN_RESPONSE))
-    magic = np.frombuffer(RESOLVER_MAGIC, np.uint8)
-    end = TCP_PREFIX + len(magic)
-    tcp = v.any_slot((v.data[:, :, TCP_PREFIX:end] == magic).all(axis=2) & (v.caps >= end))
+    tcp = v.any_slot(v.starts_with(RESOLVER_MAGIC, at=TCP_PREFIX))
     return (v.udp & udp) | (v.tcp & tcp)
 
 
