@@ -754,6 +754,28 @@ def test_cbc_openvpn_hides_its_packet_id_and_calls_and_utp_count_like_tunnels(tm
 
 @pytest.mark.lab
 @pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_libtorrent_over_tcp_encrypts_its_peer_wire_and_streams_the_file_one_way(tmp_path: Path) -> None:
+    """The second BitTorrent client over TCP: MSE from the first byte, the file from the seeder."""
+    _skip_unless_lab(("bittorrent-mse",))
+    rows = _capture_ok(tmp_path, 100, "bittorrent-mse", "--duration", "3")
+    pcap = tmp_path / rows["bittorrent-mse"].file
+    upstreams = _tcp_upstreams(pcap, 6881)
+    assert upstreams, "no TCP connection to the seeder's port"
+    for up in upstreams.values():
+        # a plaintext peer wire opens with the handshake "\x13BitTorrent protocol"; MSE opens
+        # with a 96-byte Diffie-Hellman key plus random padding, nothing readable
+        assert not up.startswith(b"\x13BitTorrent protocol") and len(up) >= 96, up[:24]
+    flows = [f for f in _signature_flows(tmp_path, rows["bittorrent-mse"].file) if f["ip_proto"] == 6]
+    assert not any(f["is_vpn"] for f in flows)
+    main = max(flows, key=lambda f: f["bytes"])
+    assert main["dst_port"] == 6881, "the leecher connects to the seeder's listening port"
+    seeder_sent, leecher_sent = main["dst2src_payload_bytes"], main["src2dst_payload_bytes"]
+    assert seeder_sent > 100_000 and seeder_sent > 10 * leecher_sent, (seeder_sent, leecher_sent)
+
+
+@pytest.mark.lab
+@pytest.mark.slow
 @pytest.mark.timeout(200)
 def test_turn_calls_carry_their_media_in_channel_data_on_one_flow_to_the_relay(tmp_path: Path) -> None:
     """The relayed call: authenticated allocation, a channel, then media framed by ChannelData both ways;

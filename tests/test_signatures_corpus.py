@@ -102,6 +102,17 @@ def test_public_dnscrypt_exchanges_are_named_and_no_vpn():
 
 
 @needs_public
+def test_public_bittorrent_peer_wires_and_utp_are_named_and_no_vpn():
+    """All 24 plain peer-wire flows by their handshake; of the uTP capture's two flows, the uTP one
+    by its header (the other is DHT)."""
+    tcp = _verdicts(PUBLIC / "ntop_nDPI/bittorrent.pcap")
+    assert len(tcp) == 24 and all(x.protocol == "bittorrent" and not x.is_vpn for x in tcp)
+    assert sum("same info hash" in x.evidence for x in tcp) >= 15
+    utp = _verdicts(PUBLIC / "ntop_nDPI/bittorrent_utp.pcap")
+    assert len(utp) == 1 and utp[0].protocol == "bittorrent" and "utp" in utp[0].evidence and not utp[0].is_vpn
+
+
+@needs_public
 def test_public_tunnel_files_get_tunnel_labels():
     for name, label in (("ntop_nDPI/vxlan.pcap", "vxlan"), ("zeek_zeek/gre-sample.pcap", "gre"),
                         ("ntop_nDPI/4in4tunnel.pcap", "ipip"), ("the-tcpdump-group_tcpdump/geneve.pcap", "geneve")):

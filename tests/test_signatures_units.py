@@ -440,3 +440,51 @@ def test_dnscrypt_is_named_and_no_vpn():
     # the magic at the TCP offset in a UDP datagram, or at the UDP offset in a TCP stream, is not it
     assert one(F([(0, q), (1, b"\x00\xf0" + a)], dport=443)) is None
     assert one(F([(0, tq), (1, a)], proto=6, dport=443)) is None
+
+
+# --- BitTorrent (file sharing: named so that it is no VPN) -----------------------------------------
+
+def bt_handshake(info_hash: bytes, peer: int) -> bytes:
+    return b"\x13BitTorrent protocol" + bytes(8) + info_hash + rand(20, peer)
+
+
+def utp(kind: int, conn: int, seq: int, body: bytes = b"") -> bytes:
+    """A uTP v1 header (type, no extension, connection id, timestamps, window, seq_nr, ack_nr) and a body."""
+    return bytes([kind << 4 | 1, 0]) + struct.pack(">HIIIHH", conn, seq * 977, 1000, 65535, seq, 7) + body
+
+
+def test_bittorrent_plain_handshake_is_named_and_no_vpn():
+    h = rand(20, 3)
+    v = one(F([(0, bt_handshake(h, 1)), (1, bt_handshake(h, 2)), (1, rand(500, 4))], proto=6, dport=51413))
+    assert v.protocol == "bittorrent" and not v.is_vpn and v.confidence == 0.99 and "same info hash" in v.evidence
+    assert detect(batch(F([(0, bt_handshake(h, 1))], proto=6))).column("is_vpn").to_pylist() == [False]
+    assert one(F([(0, bt_handshake(h, 1)), (1, bt_handshake(rand(20, 5), 2))], proto=6)).confidence == 0.9
+    # the encrypted peer wire (MSE) is random from its first byte: nothing to name
+    assert one(F([(0, rand(96 + 200, 6)), (1, rand(96 + 100, 7)), (0, rand(68, 8))], proto=6)) is None
+    # the handshake's text over UDP is not the TCP peer wire
+    assert one(F([(0, bt_handshake(h, 1)), (1, bt_handshake(h, 2))], proto=17)) is None
+
+
+def test_bittorrent_utp_connection_ids_one_apart():
+    syn, data, state = 4, 0, 2
+    # BEP 29: the SYN carries the initiator's receive id (c), which its peer then sends with;
+    # the initiator sends everything else with c + 1
+    c = 0x4A10
+    session = [(0, utp(syn, c, 1)), (1, utp(state, c, 50)), *((0, utp(data, c + 1, 2 + i, rand(1000, i))) for i in range(5)),
+               *((1, utp(state, c, 50)) for _ in range(3))]
+    v = one(F(session, dport=6881))
+    assert v.protocol == "bittorrent" and not v.is_vpn and v.confidence == 0.95 and "0x4a10" in v.evidence
+    # caught mid-flow, without the SYN (either side first)
+    mid = one(F(session[2:], dport=6881))
+    assert mid.protocol == "bittorrent" and mid.midflow and mid.confidence == 0.9
+    assert one(F([(1 - d, p) for d, p in session[2:]], sport=6881, dport=40000)).protocol == "bittorrent"
+    # ids that are not one apart, a side changing its id, one side only, or a SYN naming another id: not uTP
+    assert one(F([(0, utp(data, c + 5, 2)), (1, utp(state, c, 50))])) is None
+    assert one(F([(0, utp(data, c + 1, 2)), (0, utp(data, c + 9, 3)), (1, utp(state, c, 50))])) is None
+    assert one(F([(0, utp(data, c + 1, i)) for i in range(6)])) is None
+    assert one(F([(0, utp(syn, c + 3, 1)), *session[1:]])) is None
+    # a datagram that is not uTP (version 2, or an unknown extension) spoils the flow
+    assert one(F([*session, (0, b"\x02" + utp(data, c + 1, 9)[1:])])) is None
+    assert one(F([*session, (0, b"\x01\x09" + utp(data, c + 1, 9)[2:])])) is None
+    # a WireGuard session is not claimed (its type byte is not a uTP v1 header)
+    assert one(F(wg_session())).protocol == "wireguard"

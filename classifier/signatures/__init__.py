@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from classifier.flows.batch import FlowBatch
 from classifier.signatures import (
+    bittorrent,
     dnscrypt,
     esp,
     fortinet,
@@ -40,7 +41,7 @@ from classifier.signatures._base import TCP, UDP, BatchView, Flow, Verdict
 #: Checked in this order; earlier modules have the more specific signatures.
 MODULES: tuple[ModuleType, ...] = (
     wireguard, tailscale, openvpn, ike, esp, l2tp, pptp, softether, tinc, quicktun, openconnect, sstp, fortinet,
-    tunnels, mtproto, dnscrypt,
+    tunnels, mtproto, dnscrypt, bittorrent,
 )
 
 SIGNATURE_FIELDS = [

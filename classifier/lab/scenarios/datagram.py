@@ -20,12 +20,21 @@ a real network is full of.
   UDP transport, BEP 29): a reliable stream over UDP with a 20-byte header whose
   connection id repeats and whose sequence number counts, data one way and selective
   acknowledgements the other, the shape of a tunnel carrying a download.
+
+The same libtorrent peers also run over TCP only, with the peer wire encrypted (MSE,
+RC4) in most runs: ``bittorrent-mse``. It lives here beside its uTP twin, not with
+aria2c's ``bittorrent``, because it shares the peer script. Why a second TCP client: an
+MSE peer wire is random from its first byte with data streaming one way, the look of a
+fully encrypted proxy carrying a download; with one client only, the held-out
+out-of-fold scores of that client set the model's threshold (docs/model.md), and a
+second client is what a new BitTorrent client in the field looks like.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 
 from classifier.lab.netns import LabError
 from classifier.lab.scenarios import SYSTEM_PYTHON
@@ -172,20 +181,26 @@ def quic_streams_traffic(s: Session) -> None:
 UTP_PORT = 6881
 #: One libtorrent peer. ``seed``: makes the torrent of FILE (written to TORRENT) and serves it;
 #: ``leech``: downloads TORRENT from the seeder at IP:PORT into DIR, at most RATE bytes/s.
-#: TCP is switched off both ways, as are DHT, local discovery, UPnP and NAT-PMP, so the
-#: only traffic is uTP between the two peers.
+#: TRANSPORT (``utp`` or ``tcp``) is the only one switched on, both ways; DHT, local
+#: discovery, UPnP and NAT-PMP are off, so the only traffic is that transport between the
+#: two peers. CRYPTO ``forced`` allows only an RC4-encrypted peer wire (MSE); ``enabled``
+#: is libtorrent's default (encrypted when both sides agree, plaintext allowed).
 UTP_PEER = """\
 import os, sys, time
 import libtorrent as lt
-role, ip, port, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+role, transport, crypto = sys.argv[1], sys.argv[2], sys.argv[3]
+ip, port, seconds = sys.argv[4], int(sys.argv[5]), float(sys.argv[6])
+policy = lt.enc_policy.forced if crypto == "forced" else lt.enc_policy.enabled
+level = lt.enc_level.rc4 if crypto == "forced" else lt.enc_level.both
 settings = {"listen_interfaces": f"{ip}:{port}" if role == "seed" else f"{ip}:{port + 1}",
-            "enable_outgoing_tcp": False, "enable_incoming_tcp": False,
-            "enable_outgoing_utp": True, "enable_incoming_utp": True,
+            "enable_outgoing_tcp": transport == "tcp", "enable_incoming_tcp": transport == "tcp",
+            "enable_outgoing_utp": transport == "utp", "enable_incoming_utp": transport == "utp",
+            "out_enc_policy": int(policy), "in_enc_policy": int(policy), "allowed_enc_level": int(level),
             "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
             "alert_mask": 0}
 ses = lt.session(settings)
 if role == "seed":
-    path, torrent = sys.argv[5], sys.argv[6]
+    path, torrent = sys.argv[7], sys.argv[8]
     fs = lt.file_storage()
     lt.add_files(fs, path)
     t = lt.create_torrent(fs, 1 << 16)
@@ -197,7 +212,7 @@ if role == "seed":
                      "flags": lt.torrent_flags.seed_mode})
     print("seeding", flush=True)
 else:
-    torrent, where, rate, seed_ip = sys.argv[5], sys.argv[6], int(sys.argv[7]), sys.argv[8]
+    torrent, where, rate, seed_ip = sys.argv[7], sys.argv[8], int(sys.argv[9]), sys.argv[10]
     h = ses.add_torrent({"ti": lt.torrent_info(torrent), "save_path": where})
     h.set_download_limit(rate)
     h.connect_peer((seed_ip, port))
@@ -209,25 +224,31 @@ while time.monotonic() < deadline:
 """
 
 
-def utp_setup(s: Session) -> None:
-    """A 2-16 MiB file and a libtorrent seeder listening on uTP only."""
+def utp_setup(s: Session, transport: str = "utp") -> None:
+    """A 2-16 MiB file and a libtorrent seeder listening on ``transport`` only.
+
+    The run's encryption is drawn here, once, so both peers agree: on uTP libtorrent's
+    default, on TCP an RC4-only peer wire in three runs of four (unseeded runs: always).
+    """
     seed_dir = s.work / "utp-seed"
     seed_dir.mkdir()
     write_random(seed_dir / "payload.bin", s.profile.bulk_size)
     script = s.file("utp_peer.py", UTP_PEER)
     torrent = s.work / "payload.torrent"
-    seeder = s.lab.spawn(s.server_ns, [SYSTEM_PYTHON, str(script), "seed", s.server_ip, str(UTP_PORT),
+    forced = transport == "tcp" and (not s.profile.seed or s.rng().random() < 0.75)
+    mode = (transport, "forced" if forced else "enabled")
+    seeder = s.lab.spawn(s.server_ns, [SYSTEM_PYTHON, str(script), "seed", *mode, s.server_ip, str(UTP_PORT),
                                        str(s.duration + 60), str(seed_dir / "payload.bin"), str(torrent)], "utp-seed")
     s.lab.wait_for("the seeder", lambda: "seeding" in seeder.tail(), 60, [seeder])
-    s.extra["utp"] = (script, torrent)
+    s.extra["utp"] = (script, torrent, mode)
 
 
 def utp_traffic(s: Session) -> None:
-    """The client's peer downloads the file from the seeder over uTP, rate-capped, for the duration."""
-    script, torrent = s.extra["utp"]
+    """The client's peer downloads the file from the seeder, rate-capped, for the duration."""
+    script, torrent, mode = s.extra["utp"]
     leech_dir = s.work / "utp-leech"
     leech_dir.mkdir(exist_ok=True)
-    s.lab.run(s.client_ns, [SYSTEM_PYTHON, str(script), "leech", s.client_ip, str(UTP_PORT), f"{s.duration}",
+    s.lab.run(s.client_ns, [SYSTEM_PYTHON, str(script), "leech", *mode, s.client_ip, str(UTP_PORT), f"{s.duration}",
                             str(torrent), str(leech_dir), str(s.profile.bulk_rate), s.server_ip],
               timeout=s.duration + 30)
 
@@ -250,3 +271,7 @@ register_negative("quic-streams", 125, "quic", "udp", 443, ("gtlsserver", "gtlsc
 register_negative("bittorrent-utp", 135, "bittorrent", "udp", UTP_PORT, ("py3:libtorrent",), utp_setup, utp_traffic,
      "libtorrent seed and leech over uTP only (no TCP, DHT or discovery), rate-capped",
      "BitTorrent over uTP: a reliable stream over UDP with a counting header, data one way, acks the other.")
+register_negative("bittorrent-mse", 152, "bittorrent", "tcp", UTP_PORT, ("py3:libtorrent",),
+     partial(utp_setup, transport="tcp"), utp_traffic,
+     "libtorrent seed and leech over TCP only, RC4-encrypted peer wire (MSE) in most runs, rate-capped",
+     "BitTorrent from a second client: an encrypted peer wire, random from its first byte, data one way.")
