@@ -101,7 +101,7 @@ LAB_PKGS := tcpdump iproute2 iputils-ping procps psmisc wireguard-go wireguard-t
             ocserv openconnect shadowsocks-libev stunnel4 xl2tpd pptpd pptp-linux tcpreplay \
             ethtool openssl ngtcp2-client ngtcp2-server rsync gstreamer1.0-tools \
             gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad unbound knot-dnsutils chrony \
-            python3-websockets aria2 mktorrent python3-libtorrent nmap tinc quicktun \
+            python3-websockets aria2 mktorrent python3-libtorrent transmission-daemon nmap tinc quicktun \
             softether-vpnserver softether-vpnclient softether-vpncmd coturn v2ray trojan chromium \
             firefox-esr libnss3-tools
 lab-deps:

@@ -776,6 +776,25 @@ def test_libtorrent_over_tcp_encrypts_its_peer_wire_and_streams_the_file_one_way
 
 @pytest.mark.lab
 @pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_transmission_seeds_a_libtorrent_leecher_over_utp(tmp_path: Path) -> None:
+    """The second uTP implementation: one uTP flow (named by the signature, no VPN) carrying the file
+    from Transmission's port, after its unchoke cycle."""
+    _skip_unless_lab(("bittorrent-utp-transmission",))
+    rows = _capture_ok(tmp_path, 130, "bittorrent-utp-transmission", "--duration", "3")
+    file = rows["bittorrent-utp-transmission"].file
+    utp = _udp_payloads(tmp_path / file, 6881)
+    assert utp and all(p[0] & 0x0F == 1 for _, p in utp)  # uTP version 1 only, no TCP fallback
+    flows = [f for f in _signature_flows(tmp_path, file) if f["ip_proto"] == 17]
+    assert len(flows) == 1 and flows[0]["evidence"].startswith("bittorrent utp") and not flows[0]["is_vpn"]
+    f = flows[0]
+    seeder_sent = f["dst2src_payload_bytes"] if f["dst_port"] == 6881 else f["src2dst_payload_bytes"]
+    leecher_sent = f["src2dst_payload_bytes"] + f["dst2src_payload_bytes"] - seeder_sent
+    assert seeder_sent > 100_000 and seeder_sent > 10 * leecher_sent, (seeder_sent, leecher_sent)
+
+
+@pytest.mark.lab
+@pytest.mark.slow
 @pytest.mark.timeout(200)
 def test_turn_calls_carry_their_media_in_channel_data_on_one_flow_to_the_relay(tmp_path: Path) -> None:
     """The relayed call: authenticated allocation, a channel, then media framed by ChannelData both ways;

@@ -21,6 +21,11 @@ a real network is full of.
   connection id repeats and whose sequence number counts, data one way and selective
   acknowledgements the other, the shape of a tunnel carrying a download.
 
+``bittorrent-utp-transmission`` is the same download from a Transmission seeder: the
+data packets come from Transmission's uTP stack (libutp, its own packet sizes and
+pacing), the acknowledgements from libtorrent's. A second uTP implementation for the
+reason given below for TCP.
+
 The same libtorrent peers also run over TCP only, with the peer wire encrypted (MSE,
 RC4) in most runs: ``bittorrent-mse``. It lives here beside its uTP twin, not with
 aria2c's ``bittorrent``, because it shares the peer script. Why a second TCP client: an
@@ -32,6 +37,7 @@ second client is what a new BitTorrent client in the field looks like.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from functools import partial
@@ -217,10 +223,14 @@ else:
     h.set_download_limit(rate)
     h.connect_peer((seed_ip, port))
 deadline = time.monotonic() + seconds
+retry = time.monotonic() + 2
 while time.monotonic() < deadline:
     time.sleep(0.2)
     if role == "leech" and h.status().is_seeding:
         break
+    if role == "leech" and not h.status().num_peers and time.monotonic() > retry:
+        h.connect_peer((seed_ip, port))  # a seeder still verifying its data turned us away
+        retry = time.monotonic() + 2
 """
 
 
@@ -244,13 +254,56 @@ def utp_setup(s: Session, transport: str = "utp") -> None:
 
 
 def utp_traffic(s: Session) -> None:
-    """The client's peer downloads the file from the seeder, rate-capped, for the duration."""
+    """The client's peer downloads the file from the seeder, rate-capped, for the duration
+    (plus the seeder's warm-up, if it has one, before it sends any data)."""
     script, torrent, mode = s.extra["utp"]
     leech_dir = s.work / "utp-leech"
     leech_dir.mkdir(exist_ok=True)
-    s.lab.run(s.client_ns, [SYSTEM_PYTHON, str(script), "leech", *mode, s.client_ip, str(UTP_PORT), f"{s.duration}",
+    seconds = s.duration + s.extra.get("utp_warmup", 0)
+    s.lab.run(s.client_ns, [SYSTEM_PYTHON, str(script), "leech", *mode, s.client_ip, str(UTP_PORT), f"{seconds}",
                             str(torrent), str(leech_dir), str(s.profile.bulk_rate), s.server_ip],
-              timeout=s.duration + 30)
+              timeout=seconds + 30)
+
+
+#: Transmission's settings for a seeder that talks to the one leecher only: no DHT, local
+#: discovery, peer exchange or port mapping, uTP on, no RPC; the torrent is picked up from
+#: the watch directory and its data verified from the download directory.
+TRANSMISSION_SETTINGS = {
+    "dht-enabled": False, "lpd-enabled": False, "pex-enabled": False, "utp-enabled": True,
+    "port-forwarding-enabled": False, "peer-port-random-on-start": False, "rpc-enabled": False,
+    "watch-dir-enabled": True, "incomplete-dir-enabled": False, "start-added-torrents": True,
+    "ratio-limit-enabled": False, "idle-seeding-limit-enabled": False, "speed-limit-up-enabled": False,
+    "encryption": 1, "message-level": 1,
+}
+
+
+#: Seconds before a Transmission seeder sends data: it unchokes peers on a 10-second cycle.
+TRANSMISSION_UNCHOKE = 12
+
+
+def transmission_setup(s: Session) -> None:
+    """A 2-16 MiB file, its torrent (mktorrent) and transmission-daemon seeding it on UTP_PORT."""
+    import json
+
+    seed_dir = s.work / "tr-seed"
+    watch = s.work / "tr-watch"
+    config = s.work / "tr-config"
+    for d in (seed_dir, watch, config):
+        d.mkdir()
+    write_random(seed_dir / "payload.bin", s.profile.bulk_size)
+    torrent = s.work / "payload.torrent"
+    subprocess.run(["mktorrent", "-l", "18", "-o", str(torrent),
+                    str(seed_dir / "payload.bin")], check=True, capture_output=True, timeout=60)
+    settings = {**TRANSMISSION_SETTINGS, "peer-port": UTP_PORT, "bind-address-ipv4": s.server_ip,
+                "download-dir": str(seed_dir), "watch-dir": str(watch)}
+    (config / "settings.json").write_text(json.dumps(settings, indent=1))
+    (watch / "payload.torrent").write_bytes(torrent.read_bytes())
+    seeder = s.lab.spawn(s.server_ns, ["transmission-daemon", "-f", "-g", str(config)], "transmission")
+    # listening on uTP's port; it may still be verifying the data, which the leecher outlasts
+    # by connecting again (UTP_PEER)
+    s.lab.wait_port(s.server_ns, UTP_PORT, proto="udp", timeout=20, procs=[seeder])
+    s.extra["utp"] = (s.file("utp_peer.py", UTP_PEER), torrent, ("utp", "enabled"))
+    s.extra["utp_warmup"] = TRANSMISSION_UNCHOKE
 
 
 register_negative("dtls-download", 121, "dtls", "udp", 4433, ("openssl",), dtls_setup, dtls_download_traffic,
@@ -271,6 +324,10 @@ register_negative("quic-streams", 125, "quic", "udp", 443, ("gtlsserver", "gtlsc
 register_negative("bittorrent-utp", 135, "bittorrent", "udp", UTP_PORT, ("py3:libtorrent",), utp_setup, utp_traffic,
      "libtorrent seed and leech over uTP only (no TCP, DHT or discovery), rate-capped",
      "BitTorrent over uTP: a reliable stream over UDP with a counting header, data one way, acks the other.")
+register_negative("bittorrent-utp-transmission", 153, "bittorrent", "udp", UTP_PORT, ("transmission-daemon", "mktorrent", "py3:libtorrent"),
+     transmission_setup, utp_traffic,
+     "transmission-daemon seeds, a libtorrent leecher downloads over uTP only, rate-capped",
+     "BitTorrent over uTP from a second implementation: Transmission's data packets, libtorrent's acks.")
 register_negative("bittorrent-mse", 152, "bittorrent", "tcp", UTP_PORT, ("py3:libtorrent",),
      partial(utp_setup, transport="tcp"), utp_traffic,
      "libtorrent seed and leech over TCP only, RC4-encrypted peer wire (MSE) in most runs, rate-capped",
