@@ -40,6 +40,7 @@ second client is what a new BitTorrent client in the field looks like.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -286,8 +287,6 @@ TRANSMISSION_UNCHOKE = 12
 
 def transmission_setup(s: Session) -> None:
     """A 2-16 MiB file, its torrent (mktorrent) and transmission-daemon seeding it on UTP_PORT."""
-    import json
-
     seed_dir = s.work / "tr-seed"
     watch = s.work / "tr-watch"
     config = s.work / "tr-config"
@@ -295,8 +294,8 @@ def transmission_setup(s: Session) -> None:
         d.mkdir()
     write_random(seed_dir / "payload.bin", s.profile.bulk_size)
     torrent = s.work / "payload.torrent"
-    subprocess.run(["mktorrent", "-l", "18", "-o", str(torrent),
-                    str(seed_dir / "payload.bin")], check=True, capture_output=True, timeout=60)
+    subprocess.run(["mktorrent", "-l", "18", "-o", str(torrent), str(seed_dir / "payload.bin")], check=True,
+                   capture_output=True, timeout=60)
     settings = {**TRANSMISSION_SETTINGS, "peer-port": UTP_PORT, "bind-address-ipv4": s.server_ip,
                 "download-dir": str(seed_dir), "watch-dir": str(watch)}
     (config / "settings.json").write_text(json.dumps(settings, indent=1))
