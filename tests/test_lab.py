@@ -754,6 +754,25 @@ def test_cbc_openvpn_hides_its_packet_id_and_calls_and_utp_count_like_tunnels(tm
 
 @pytest.mark.lab
 @pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_aria2c_peer_wire_is_in_the_clear_or_rc4_as_drawn(tmp_path: Path) -> None:
+    """Varied aria2c captures: aria2c opens every connection with an MSE negotiation; some peer
+    wires then carry the handshake in the clear, the others are RC4 throughout (--bt-force-encryption;
+    with --bt-require-crypto alone every wire stayed clear)."""
+    _skip_unless_lab(("bittorrent",))
+    _capture_ok(tmp_path, 180, "bittorrent", "--repeat", "4", "--vary", "--seed", "99", "--duration", "3")
+    pcaps = sorted(tmp_path.glob("bittorrent-r*.pcap"))
+    assert len(pcaps) == 4
+    clear = []
+    for pcap in pcaps:
+        ups = _tcp_upstreams(pcap, 6881)
+        assert ups, pcap.name
+        clear += [b"\x13BitTorrent protocol" in up for up in ups.values()]
+    assert any(clear) and not all(clear), clear
+
+
+@pytest.mark.lab
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_libtorrent_over_tcp_encrypts_its_peer_wire_and_streams_the_file_one_way(tmp_path: Path) -> None:
     """The second BitTorrent client over TCP: MSE from the first byte, the file from the seeder."""

@@ -567,7 +567,7 @@ def bt_setup(s: Session) -> None:
 def bt_traffic(s: Session) -> None:
     """aria2c in the client downloads the torrent from the seeder, rate-capped, for the duration."""
     rng = s.rng()
-    crypto = ["--bt-require-crypto=true", "--bt-min-crypto-level=arc4"] if rng.random() < 0.5 and s.profile.seed else []
+    crypto = ["--bt-force-encryption=true"] if rng.random() < 0.5 and s.profile.seed else []
     leech = s.lab.spawn(s.client_ns, ["aria2c", *ARIA2_COMMON, *crypto, "--seed-time=0",
                                       f"--max-download-limit={s.profile.bulk_rate}", f"--listen-port={BT_PORT + 1}",
                                       f"--dir={s.work / 'bt-leech'}", str(s.extra["torrent"])], "aria2-leech")
