@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from classifier.signatures._base import TCP, UDP, BatchView, Flow, Packet, Verdict, be16, plural
+from classifier.signatures._base import TCP, UDP, BatchView, Flow, Verdict, be16, plural
 
 NAME = "bittorrent"
 HANDSHAKE = b"\x13BitTorrent protocol"
@@ -38,16 +38,12 @@ UTP_SYN = 4
 UTP_EXTENSIONS = 4
 
 
-def is_utp(p: Packet) -> bool:
-    """A version-1 uTP header with a known packet type and extension."""
-    d = p.data
-    return p.len >= UTP_HEADER and len(d) >= 4 and d[0] & 0x0F == 1 and d[0] >> 4 <= UTP_SYN and d[1] < UTP_EXTENSIONS
-
-
 def candidates(v: BatchView) -> np.ndarray:
-    """TCP flows with a payload starting with the handshake; UDP flows whose payloads all look like uTP."""
+    """TCP flows with a payload starting with the handshake; UDP flows whose stored payloads all
+    hold a version-1 uTP header with a known packet type and extension (``check`` relies on it)."""
     first = v.b(0)
-    utp = (first & 0x0F == 1) & (first >> 4 <= UTP_SYN) & (v.b(1) < UTP_EXTENSIONS) & (v.lens >= UTP_HEADER)
+    utp = ((first & 0x0F == 1) & (first >> 4 <= UTP_SYN) & (v.b(1) < UTP_EXTENSIONS) & (v.lens >= UTP_HEADER)
+           & (v.caps >= 4))
     all_utp = (utp | ~v.valid).all(axis=1) & v.valid.any(axis=1)
     return (v.tcp & v.any_slot(v.starts_with(HANDSHAKE))) | (v.udp & all_utp)
 
@@ -73,17 +69,15 @@ def _handshake(f: Flow) -> Verdict | None:
 
 
 def _utp(f: Flow) -> Verdict | None:
-    packets = f.packets
-    if not packets or not all(is_utp(p) for p in packets):
-        return None
+    packets = f.packets  # every one a uTP header (candidates)
     syn = [p for p in packets if p.data[0] >> 4 == UTP_SYN]
-    ids = {d: {be16(p.data, 2) for p in packets if p.dir == d and p.data[0] >> 4 != UTP_SYN} for d in (0, 1)}
+    ids = [{be16(p.data, 2) for p in packets if p.dir == d and p.data[0] >> 4 != UTP_SYN} for d in (0, 1)]
     if len(ids[0]) != 1 or len(ids[1]) != 1:
         return None  # each side sends with one connection id, and both sides are seen
-    (a,), (b,) = ids[0], ids[1]
+    (a,), (b,) = ids
     if (a - b) % 0x10000 not in (1, 0xFFFF):
         return None
-    if any(be16(p.data, 2) != next(iter(ids[1 - p.dir])) for p in syn):
+    if any(be16(p.data, 2) != (a, b)[1 - p.dir] for p in syn):
         return None  # a SYN names the id its peer then sends with
     evidence = (f"bittorrent utp: {plural(len(packets), 'datagram')} with uTP v1 headers, connection ids "
                 f"{a:#06x} and {b:#06x} one apart" + (", SYN seen" if syn else "") + "; file sharing, not a VPN")
