@@ -6,7 +6,8 @@ Every front end (``vpnid classify``, ``report``, ``batch``, ``live``) calls
 Decision rule (docs/detection.md, docs/model.md): a signature verdict wins; a flow no
 signature claims goes to the model, which calls it VPN only above its operating
 threshold (chosen for a very low false-positive rate); without a model such a flow is
-not VPN.
+not VPN. Then, where a whole result exists (``classify``, ``report``, ``evaluate``), the
+model's flows of one endpoint are judged together (``classifier.model.endpoint_context``).
 """
 
 from __future__ import annotations
@@ -28,11 +29,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class LabelOptions:
-    """What labels a flow: signatures on or off, a model (or None), a registry (or None)."""
+    """What labels a flow: signatures on or off, a model (or None), a registry (or None).
+
+    ``endpoint_context``: judge the model's flows of one endpoint together after every
+    flow is labelled (``with_endpoint_context``); front ends that label each flow as it
+    ends (batch, live) leave it off.
+    """
 
     signatures: bool = True
     model: Any = None  # classifier.model.VpnModel
     registry: Any = None  # classifier.registry.Registry
+    endpoint_context: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -113,8 +120,21 @@ def label_batch(batch: FlowBatch, options: LabelOptions) -> pa.Table:
 def iter_labeled(
     inputs: Iterable[str], options: LabelOptions, config: FlowConfig | None = None, log: ErrorLog | None = None
 ) -> Iterator[pa.Table]:
-    """Read captures, label their flows batch by batch (bounded memory)."""
+    """Read captures, label their flows batch by batch (bounded memory), then the endpoint context."""
     from classifier.flows.api import iter_flow_batches
 
-    for batch in iter_flow_batches(inputs, config=config, log=log):
-        yield label_batch(batch, options)
+    labelled = (label_batch(batch, options) for batch in iter_flow_batches(inputs, config=config, log=log))
+    yield from endpoint_stage(labelled, options)
+
+
+def endpoint_stage(tables: Iterable[pa.Table], options: LabelOptions) -> Iterator[pa.Table]:
+    """``tables`` with the endpoint context applied when ``options`` ask for it and a model scored flows.
+
+    With it, nothing comes out before every table went in (two passes over a spool).
+    """
+    if not (options.endpoint_context and options.model is not None):
+        yield from tables
+        return
+    from classifier.model.endpoint_context import with_endpoint_context
+
+    yield from with_endpoint_context(tables, options.model.threshold, options.registry)

@@ -40,7 +40,8 @@ class LabelSpec:
     def options(self) -> Any:
         from classifier.pipeline import LabelOptions
 
-        return LabelOptions(signatures=self.signatures, model=_model(self.model_path))
+        # Per flow, as the files come: the endpoint context needs the whole result (docs/model.md).
+        return LabelOptions(signatures=self.signatures, model=_model(self.model_path), endpoint_context=False)
 
 
 _MODELS: dict[str, Any] = {}

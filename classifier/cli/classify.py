@@ -18,7 +18,12 @@ import pyarrow.compute as pc
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from classifier.cli.common import add_input_options, add_model_options, add_output_options
+    from classifier.cli.common import (
+        add_endpoint_option,
+        add_input_options,
+        add_model_options,
+        add_output_options,
+    )
 
     p = sub.add_parser("classify", help="label each flow VPN or not, with protocol and evidence",
                        description="Read captures, build flows and label each one: protocol signatures "
@@ -27,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_output_options(p)
     p.add_argument("--no-signatures", action="store_true", help="do not run the protocol signatures")
     add_model_options(p)
+    add_endpoint_option(p)
     p.add_argument("--registry", metavar="FILE", help="registered-IP list (CSV or Parquet) to check VPN flows against")
     p.add_argument("--strict-registry", action="store_true", help="refuse a registry file with any bad row")
     p.set_defaults(func=run)
@@ -75,10 +81,12 @@ def run(args: argparse.Namespace) -> int:
     log = ErrorLog(quiet=False)
     model = apply_threshold(load_model_option(args.model, args.no_model, log.warn), args.threshold)
     registry = _load_registry(args, log)
-    options = LabelOptions(signatures=not args.no_signatures, model=model, registry=registry)
+    options = LabelOptions(signatures=not args.no_signatures, model=model, registry=registry,
+                           endpoint_context=not args.no_endpoint_context)
     model_name = str(getattr(model, "path", "")) or None if model is not None else None
     meta = base_metadata(inputs=list(map(str, args.inputs)), model=model_name,
                          signatures=not args.no_signatures, registry=args.registry,
+                         endpoint_context=options.endpoint_context and model is not None,
                          idle_timeout_s=config.idle_timeout_s, active_timeout_s=config.active_timeout_s)
     schema = REPORT_SCHEMA if registry is not None else CLASSIFY_SCHEMA
     protocols: Counter = Counter()

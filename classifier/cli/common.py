@@ -53,6 +53,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "chosen for a very low false-positive rate; see docs/model.md)")
 
 
+def add_endpoint_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-endpoint-context", action="store_true",
+                   help="judge every flow on its own: do not call the rest of an endpoint's flows VPN when the "
+                        "model called most of them VPN (docs/model.md, Endpoint context)")
+
+
 def apply_threshold(model: Any, threshold: float | None) -> Any:
     """Override the model's operating threshold (``--threshold``), checking its range."""
     from classifier.errors import UsageError

@@ -7,6 +7,8 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from classifier.cli.common import add_endpoint_option
+
     p = sub.add_parser(
         "evaluate", help="measure a model: held-out metrics, capture-grouped CV, leave-one-protocol-out",
         description="Score MODEL on labeled input (as for `vpnid train`) and retrain its recipe with "
@@ -29,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--signatures", action="store_true",
                    help="also score the labelling `vpnid classify` gives (signatures first, then the model "
                         "for the flows they leave); needs captures, not flow tables")
+    add_endpoint_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     p.set_defaults(func=run)
 
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
                         signatures=args.signatures)
     say(f"{len(data)} labeled flows ({int(data.label.sum())} VPN) "
         f"from {data.capture_count()} captures in {len(set(data.group))} groups")
-    report, curves = evaluate(model, data, folds=args.folds, cv=not args.no_cv, lopo=not args.no_lopo, say=say)
+    report, curves = evaluate(model, data, folds=args.folds, cv=not args.no_cv, lopo=not args.no_lopo,
+                              endpoint_context=not args.no_endpoint_context, say=say)
     written = write_report(report, curves, args.output)
     h = report["holdout"]
     print(f"model {model.label}: precision {h['precision']:.4f}  recall {h['recall']:.4f}  F1 {h['f1']:.4f}  "

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
         registry = Registry.load(args.registry, log=notes)
     model = load_model_option(args.model, args.no_model, notes.warn)
-    label = LabelOptions(signatures=True, model=model, registry=registry)
+    label = LabelOptions(signatures=True, model=model, registry=registry, endpoint_context=False)  # flow by flow
     capture = CaptureOptions(interface=args.interface, bpf=args.bpf, snaplen=args.snaplen,
                              promisc=not args.no_promisc, method=args.capture, buffer_mb=args.buffer_mb,
                              batch_ms=args.batch_ms)

@@ -12,7 +12,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from classifier.cli.common import add_input_options, add_model_options
+    from classifier.cli.common import add_endpoint_option, add_input_options, add_model_options
 
     p = sub.add_parser(
         "report", help="find unregistered VPN use: Parquet, JSON, HTML and a terminal summary",
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop on any invalid registry row (default: skip it with a warning)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="report directory (created if needed)")
     add_model_options(p)
+    add_endpoint_option(p)
     p.add_argument("--partition-by", choices=("date",),
                    help="write flows as a dataset DIR/flows/date=YYYY-MM-DD/ instead of DIR/flows.parquet")
     p.add_argument("--anonymize", metavar="KEY",
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from classifier.cli.common import apply_threshold, flow_config, load_model_option
     from classifier.errors import ErrorLog, UsageError, VpnidError
     from classifier.flows.api import expand_inputs, iter_flow_batches
-    from classifier.pipeline import LabelOptions, label_batch
+    from classifier.pipeline import LabelOptions, endpoint_stage, label_batch
     from classifier.registry import Registry
     from classifier.report import ReportBuilder, ReportContext
     from classifier.report.progress import ByteProgress
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         anonymizer = Anonymizer.from_spec(args.anonymize)
     registry = Registry.load(args.registry, strict=args.strict, log=notes)
     model = apply_threshold(load_model_option(args.model, args.no_model, notes.warn), args.threshold)
-    options = LabelOptions(signatures=True, model=model, registry=registry)
+    options = LabelOptions(signatures=True, model=model, registry=registry,
+                           endpoint_context=not args.no_endpoint_context)
 
     files = expand_inputs(args.inputs, log)
     if not files:
@@ -81,8 +83,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"-o {out_dir}: cannot write the report ({exc.strerror or exc})") from None
     try:
         with ByteProgress(files, enabled=not args.quiet) as bar:
-            for batch in iter_flow_batches(files, config=config, log=log, on_progress=bar.advance):
-                builder.add(label_batch(batch, options))
+            labelled = (label_batch(batch, options)
+                        for batch in iter_flow_batches(files, config=config, log=log, on_progress=bar.advance))
+            for table in endpoint_stage(labelled, options):
+                builder.add(table)
     except BaseException:
         builder.abort()
         raise

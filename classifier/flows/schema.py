@@ -149,7 +149,8 @@ CLASSIFY_FIELDS: list[pa.Field] = [
     _f("is_vpn", pa.bool_(), "the flow is a VPN tunnel", False),
     _f("vpn_protocol", pa.string(), "wireguard, openvpn, ipsec-ike, ipsec-esp, l2tp, pptp, ...; null when not VPN"),
     _f("confidence", pa.float64(), "confidence of the verdict in [0, 1] (for model verdicts the calibrated probability)"),
-    _f("detection", pa.string(), "signature, model, or null when nothing claimed the flow"),
+    _f("detection", pa.string(), "signature, model, endpoint (the model on the flows of its client and server "
+       "port together), or null when nothing claimed the flow"),
     _f("evidence", pa.string(), "short human-checkable sentence explaining the verdict; never payload bytes"),
     _f("midflow", pa.bool_(), "the flow's start was not seen (capture began mid-flow)", False),
     _f("tunnel", pa.string(), "non-VPN encapsulation recognised in the flow (gre, ipip, vxlan, teredo, ...); null otherwise"),

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from classifier.model.data import LabeledFlows
+from classifier.model.endpoint_context import KEY_COLUMNS, lift_scores
 from classifier.model.features import feature_matrix
 from classifier.model.train import TrainConfig, binary_metrics, group_splits, train
 
@@ -206,7 +207,7 @@ def pipeline_scores(signature: tuple[np.ndarray, np.ndarray], proba: np.ndarray)
 
 
 def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo: bool = True,
-             say=print) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+             endpoint_context: bool = True, say=print) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """The evaluation report and, per view, (y, proba, threshold per row) for the plots."""
     X = feature_matrix(data.table)
     y = data.label.astype(int)
@@ -218,18 +219,30 @@ def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo
     curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     p = model.proba_from_features(X)
     t = np.full(len(y), model.threshold)
-    report["holdout"] = _view(y, p, t, names, groups, _packets(data))
-    curves["model as given"] = (y, p, t)
+    endpoint_context = endpoint_context and all(c in data.table.column_names for c in KEY_COLUMNS)
+    alone, lifted = (lift_scores(data.table, p, np.ones(len(y), bool), model.threshold) if endpoint_context
+                     else (p, np.zeros(len(y), bool)))
+    report["holdout"] = _view(y, alone, t, names, groups, _packets(data))
+    _note_endpoint(report["holdout"], y, p, lifted, model.threshold, endpoint_context)
+    curves["model as given"] = (y, alone, t)
     say(f"model as is: recall {report['holdout']['recall']:.4f}, FPR {report['holdout']['fpr']:.5f}, "
         f"precision {report['holdout']['precision']:.4f}")
     if data.signature is not None:
         score, by_signature = pipeline_scores(data.signature, p)
+        lifted = np.zeros(len(y), bool)
+        if endpoint_context:
+            from classifier.pipeline import signature_split
+
+            claimed, explained = signature_split(*data.signature)
+            score, lifted = lift_scores(data.table, score, ~claimed & ~explained, model.threshold)
         pipe = report["pipeline"] = _view(y, score, t, names, groups, _packets(data))
         pipe["found_by_signature"] = int((by_signature & (y == 1)).sum())
-        pipe["found_by_model"] = int((~by_signature & (score >= t) & (y == 1)).sum())
+        pipe["found_by_model"] = int((~by_signature & ~lifted & (score >= t) & (y == 1)).sum())
+        _note_endpoint(pipe, y, np.where(lifted, p, score), lifted, model.threshold, endpoint_context)
         curves["signatures + model"] = (y, score, t)
         say(f"signatures + model: recall {pipe['recall']:.4f}, FPR {pipe['fpr']:.5f} ({pipe['found_by_signature']} "
-            f"VPN flows found by a signature, {pipe['found_by_model']} by the model)")
+            f"VPN flows found by a signature, {pipe['found_by_model']} by the model, "
+            f"{pipe['endpoint_context'].get('found', 0)} by endpoint context)")
     config = TrainConfig.from_dict(model.bundle.get("train_config", {}))
     config.candidates = (model.estimator,)
     n_groups = len(np.unique(groups))
@@ -244,6 +257,21 @@ def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo
     elif lopo:
         report["leave_one_protocol_out"] = {"skipped": "needs at least two VPN protocols"}
     return report, curves
+
+
+def _note_endpoint(view: dict[str, Any], y: np.ndarray, per_flow: np.ndarray, lifted: np.ndarray,
+                   threshold: float, on: bool) -> None:
+    """Record in ``view`` what the endpoint context changed: flows it lifted, and recall/FPR without it."""
+    if not on:
+        view["endpoint_context"] = {"applied": False}
+        return
+    alone = per_flow >= threshold
+    pos, neg = y == 1, y == 0
+    view["endpoint_context"] = {
+        "applied": True, "found": int((lifted & pos).sum()), "false_alarms": int((lifted & neg).sum()),
+        "recall_per_flow": float(alone[pos].mean()) if pos.any() else float("nan"),
+        "fpr_per_flow": float(alone[neg].mean()) if neg.any() else float("nan"),
+    }
 
 
 def write_report(report: dict[str, Any], curves, outdir: str | Path) -> list[Path]:

@@ -45,7 +45,7 @@ VPN_USE_SCHEMA = pa.schema([
     _f("matched_endpoint", pa.string(), "src or dst: which endpoint is registered"),
     _f("server_port", pa.uint16(), "responder port of the strongest flow (null without ports)"),
     _f("ip_proto", pa.uint8(), "IP protocol of the strongest flow"),
-    _f("detection", pa.string(), "signature or model: how the strongest flow was recognised"),
+    _f("detection", pa.string(), "signature, model or endpoint: how the strongest flow was recognised"),
     _f("confidence", pa.float64(), "confidence of the strongest flow"),
     _f("evidence", pa.string(), "evidence sentence of the strongest flow (signature first, then confidence)"),
     _f("example_capture", pa.string(), "capture holding the strongest flow"),

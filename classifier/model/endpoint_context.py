@@ -1,0 +1,234 @@
+"""Endpoint context: a client's flows to one server port, judged together.
+
+Why: a per-connection proxy (Shadowsocks, Trojan, VMess) opens one flow per request it
+carries, and a short proxied fetch on its own looks like many a short encrypted
+exchange; the model calls most such flows VPN and leaves the rest just under its
+threshold. An analyst would not: when most of one client's flows to one server port
+look like a tunnel, they all go to the same proxy. So after the model has scored every
+flow, the flows of one **endpoint** are judged together:
+
+* an endpoint is one capture's flows from one client address (``src_ip``, the
+  initiator) to one server address and port (``dst_ip``, ``dst_port``) over one IP
+  protocol (``ip_proto``);
+* only flows the model scored count (a signature's verdict is final, and a flow a
+  signature explained as no VPN is not the model's);
+* when an endpoint has at least ``MIN_FLOWS`` such flows and their median P(VPN) is at
+  or above the model's threshold (so most of them are already VPN), its other scored
+  flows are VPN too: ``detection`` = ``endpoint``, ``confidence`` = that median,
+  ``vpn_protocol`` = the protocol the model guessed most often for the endpoint's VPN
+  flows, and evidence that says how many of its flows the model called VPN.
+
+The rule only ever adds VPN verdicts, and only where the model already called most of
+an endpoint's flows VPN, so a non-VPN flow is lifted only beside a majority of false
+alarms on the same endpoint. docs/model.md (Endpoint context) has what it changed.
+
+It needs every flow of a capture, so it runs where a whole result exists: ``vpnid
+classify`` and ``vpnid report`` (two passes over a spooled table, memory bounded by the
+endpoints' scores, not the flows' rows), ``vpnid evaluate`` and ``vpnid batch`` (per
+file). ``vpnid live`` labels each flow as it ends, without it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+#: Fewest model-scored flows an endpoint needs before its flows are judged together.
+#: Chosen on out-of-fold scores (docs/model.md): from 5, no lab scenario's non-VPN
+#: endpoints but one uTP capture's were lifted; from 3, BitTorrent peers were too.
+MIN_FLOWS = 5
+
+#: The columns that name an endpoint.
+KEY_COLUMNS = ("capture", "src_ip", "dst_ip", "dst_port", "ip_proto")
+
+DETECTION = "endpoint"
+
+
+def endpoint_keys(table: pa.Table) -> pa.Array:
+    """One string per row naming its endpoint (``KEY_COLUMNS`` joined; nulls as empty)."""
+    parts = [pc.cast(table.column(c).combine_chunks(), pa.string()) for c in KEY_COLUMNS]
+    return pc.binary_join_element_wise(*parts, "\x1f", null_handling="replace", null_replacement="")
+
+
+@dataclass
+class EndpointVerdict:
+    """Per endpoint code: scored flows, how many the model called VPN, their median P(VPN), lifted or not."""
+
+    flows: np.ndarray
+    vpn: np.ndarray
+    median: np.ndarray
+    lifted: np.ndarray
+
+
+def judge(codes: np.ndarray, proba: np.ndarray, threshold: float, n_codes: int,
+          min_flows: int = MIN_FLOWS) -> EndpointVerdict:
+    """Group scored flows (``codes[i]``: endpoint of flow i, ``proba[i]``: its P(VPN)) into verdicts."""
+    codes = np.asarray(codes, np.int64)
+    proba = np.asarray(proba, np.float64)
+    flows = np.bincount(codes, minlength=n_codes)
+    vpn = np.bincount(codes, weights=(proba >= threshold).astype(float), minlength=n_codes).astype(np.int64)
+    median = np.full(n_codes, np.nan)
+    if len(codes):
+        order = np.lexsort((proba, codes))
+        sorted_p = proba[order]
+        start = np.searchsorted(codes[order], np.arange(n_codes))
+        has = flows > 0
+        lo = start[has] + (flows[has] - 1) // 2
+        hi = start[has] + flows[has] // 2
+        median[has] = 0.5 * (sorted_p[lo] + sorted_p[hi])
+    lifted = (flows >= min_flows) & (np.nan_to_num(median, nan=-1.0) >= threshold)
+    return EndpointVerdict(flows=flows, vpn=vpn, median=median, lifted=lifted)
+
+
+def lift_scores(table: pa.Table, proba: np.ndarray, scored: np.ndarray, threshold: float,
+                min_flows: int = MIN_FLOWS) -> tuple[np.ndarray, np.ndarray]:
+    """(score, lifted) for an in-memory table: ``vpnid evaluate``'s view of the rule.
+
+    ``score`` is ``proba`` with every lifted flow raised to its endpoint's median, so
+    ``score >= threshold`` is the verdict with endpoint context.
+    """
+    proba = np.asarray(proba, np.float64)
+    scored = np.asarray(scored, bool) & np.isfinite(proba)
+    codes = pc.dictionary_encode(endpoint_keys(table)).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    n_codes = int(codes.max()) + 1 if len(codes) else 0
+    v = judge(codes[scored], proba[scored], threshold, n_codes, min_flows)
+    lifted = scored & v.lifted[codes] & (proba < threshold) if len(codes) else np.zeros(0, bool)
+    score = proba.copy()
+    score[lifted] = v.median[codes[lifted]]
+    return score, lifted
+
+
+def model_proba(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(P(VPN), scored) of a labelled table: the model's probability back from ``confidence``.
+
+    ``label_batch`` writes ``confidence`` = P for a flow the model called VPN and 1 - P
+    for one it did not; rows another stage decided are not scored.
+    """
+    detection = table.column("detection").to_numpy(zero_copy_only=False)
+    scored = detection == "model"
+    conf = pc.fill_null(table.column("confidence"), np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+    is_vpn = pc.fill_null(table.column("is_vpn"), False).to_numpy(zero_copy_only=False).astype(bool)
+    proba = np.where(is_vpn, conf, 1.0 - conf)
+    return np.where(scored, proba, np.nan), scored & np.isfinite(proba)
+
+
+class EndpointTally:
+    """Pass one over labelled tables: every scored flow's endpoint and P(VPN).
+
+    Memory: a code and a probability per scored flow plus one entry per endpoint, not
+    the flows' rows.
+    """
+
+    def __init__(self, threshold: float, min_flows: int = MIN_FLOWS) -> None:
+        self.threshold = threshold
+        self.min_flows = min_flows
+        self.ids: dict[str, int] = {}
+        self._codes: list[np.ndarray] = []
+        self._proba: list[np.ndarray] = []
+        self._protocols: dict[int, Counter] = {}
+        self.verdict: EndpointVerdict | None = None
+
+    def codes(self, table: pa.Table, add: bool = False) -> np.ndarray:
+        """Endpoint codes of ``table``'s rows (-1: an endpoint not seen in pass one)."""
+        enc = pc.dictionary_encode(endpoint_keys(table))
+        names = enc.dictionary.to_pylist()
+        if add:
+            for k in names:
+                self.ids.setdefault(k, len(self.ids))
+        local = np.array([self.ids.get(k, -1) for k in names], np.int64)
+        idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        return local[idx] if len(idx) else np.zeros(0, np.int64)
+
+    def add(self, table: pa.Table) -> None:
+        """Record a labelled table's scored flows."""
+        proba, scored = model_proba(table)
+        if not scored.any():
+            return
+        codes = self.codes(table, add=True)
+        self._codes.append(codes[scored])
+        self._proba.append(proba[scored])
+        vpn = scored & (proba >= self.threshold)
+        names = table.column("vpn_protocol").take(pa.array(np.flatnonzero(vpn))).to_pylist()
+        for c, name in zip(codes[vpn], names, strict=True):
+            self._protocols.setdefault(int(c), Counter())[name or "unknown"] += 1
+
+    def finish(self) -> EndpointVerdict:
+        codes = np.concatenate(self._codes) if self._codes else np.zeros(0, np.int64)
+        proba = np.concatenate(self._proba) if self._proba else np.zeros(0)
+        self._codes, self._proba = [], []
+        self.verdict = judge(codes, proba, self.threshold, len(self.ids), self.min_flows)
+        return self.verdict
+
+    def apply(self, table: pa.Table, registry: Any = None) -> pa.Table:
+        """Pass two: relabel a table's lifted flows (and re-annotate the registry columns)."""
+        v = self.verdict if self.verdict is not None else self.finish()
+        proba, scored = model_proba(table)
+        codes = self.codes(table)
+        known = codes >= 0
+        lift = scored & known & ~(proba >= self.threshold)
+        lift[lift] = v.lifted[codes[lift]]
+        if not lift.any():
+            return table
+        rows = np.flatnonzero(lift)
+        c = codes[rows]
+        protocol = [self._protocols.get(int(k), Counter({"unknown": 1})).most_common(1)[0][0] for k in c]
+        evidence = table.column("evidence").take(pa.array(rows)).to_pylist()
+        notes = [f"endpoint: {v.vpn[k]} of {v.flows[k]} flows from this client to this server port called VPN "
+                 f"by the model (median P(VPN) {v.median[k]:.3f}); this flow alone: "
+                 + (e if e else f"P(VPN)={p:.3f}") for k, p, e in zip(c, proba[rows], evidence, strict=True)]
+        table = _set(table, "is_vpn", rows, [True] * len(rows))
+        table = _set(table, "vpn_protocol", rows, protocol)
+        table = _set(table, "confidence", rows, v.median[c].tolist())
+        table = _set(table, "detection", rows, [DETECTION] * len(rows))
+        table = _set(table, "evidence", rows, notes)
+        if registry is not None:
+            table = registry.annotate(table)
+        return table
+
+
+def _set(table: pa.Table, name: str, rows: np.ndarray, values: list) -> pa.Table:
+    """``table`` with column ``name`` replaced at ``rows`` by ``values`` (in row order)."""
+    pos = table.schema.get_field_index(name)
+    field = table.schema.field(pos)
+    mask = np.zeros(table.num_rows, bool)
+    mask[rows] = True
+    col = table.column(name).combine_chunks()
+    return table.set_column(pos, field, pc.replace_with_mask(col, pa.array(mask), pa.array(values, field.type)))
+
+
+def with_endpoint_context(tables: Iterable[pa.Table], threshold: float, registry: Any = None,
+                          min_flows: int = MIN_FLOWS, spool_dir: str | None = None) -> Iterator[pa.Table]:
+    """Labelled tables in, the same tables with endpoint context out (two passes).
+
+    Pass one spools every table to a temporary Parquet file and tallies the scored
+    flows; pass two reads the spool back one table at a time and relabels. Nothing is
+    yielded before the input is exhausted, and the spool is removed afterwards.
+    """
+    tally = EndpointTally(threshold, min_flows)
+    with tempfile.TemporaryDirectory(prefix="vpnid-endpoints-", dir=spool_dir) as tmp:
+        path = Path(tmp) / "labelled.parquet"
+        writer: pq.ParquetWriter | None = None
+        try:
+            for table in tables:
+                if writer is None:
+                    writer = pq.ParquetWriter(path, table.schema)
+                writer.write_table(table, row_group_size=max(1, table.num_rows))
+                tally.add(table)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            return
+        tally.finish()
+        spool = pq.ParquetFile(path)
+        for i in range(spool.num_row_groups):
+            yield tally.apply(spool.read_row_group(i), registry)

@@ -1,0 +1,151 @@
+"""Endpoint context: the model's flows of one client to one server port, judged together."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from classifier.cli.main import main
+from classifier.model.endpoint_context import (
+    DETECTION,
+    MIN_FLOWS,
+    EndpointTally,
+    judge,
+    lift_scores,
+    model_proba,
+    with_endpoint_context,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DNS = REPO / "pcaps" / "dns.pcap"
+SS = REPO / "pcaps" / "shadowsocks.pcap"
+THR = 0.9
+
+
+def _keys(capture: list[str], port: list[int]) -> dict[str, pa.Array]:
+    n = len(capture)
+    return {"capture": pa.array(capture), "src_ip": pa.array(["10.0.0.2"] * n), "dst_ip": pa.array(["10.0.0.1"] * n),
+            "dst_port": pa.array(port, pa.uint16()), "ip_proto": pa.array([6] * n, pa.uint8())}
+
+
+def _labelled(capture: list[str], port: list[int], proba: list[float], signature: list[bool]) -> pa.Table:
+    """A labelled table as ``label_batch`` writes it, for a model with threshold ``THR``."""
+    p = np.asarray(proba)
+    sig = np.asarray(signature, bool)
+    vpn = sig | (p >= THR)
+    return pa.table({
+        **_keys(capture, port),
+        "is_vpn": pa.array(vpn),
+        "vpn_protocol": pa.array(np.where(sig, "wireguard", np.where(vpn, "shadowsocks", None)).tolist(), pa.string()),
+        "confidence": pa.array(np.where(sig, 0.99, np.where(vpn, p, 1 - p))),
+        "detection": pa.array(np.where(sig, "signature", "model").tolist(), pa.string()),
+        "evidence": pa.array([f"flow {i}" for i in range(len(p))], pa.string()),
+    })
+
+
+def test_judge_lifts_an_endpoint_whose_median_passes_and_only_with_enough_flows() -> None:
+    codes = np.array([0] * 5 + [1] * 4 + [2] * 5)
+    proba = np.array([.99, .95, .93, .5, .1, .99, .99, .99, .1, .99, .95, .5, .4, .1])
+    v = judge(codes, proba, THR, 3)
+    assert v.flows.tolist() == [5, 4, 5] and v.vpn.tolist() == [3, 3, 2]
+    assert v.median.tolist() == pytest.approx([.93, .99, .5])
+    assert v.lifted.tolist() == [True, False, False]  # 4 flows are too few; a minority passes nothing
+    assert judge(codes, proba, THR, 3, min_flows=4).lifted.tolist() == [True, True, False]
+
+
+def test_lift_scores_keeps_captures_and_ports_apart_and_ignores_unscored_flows() -> None:
+    t = pa.table(_keys(["a"] * 5 + ["b"] * 5 + ["a"] * 2, [443] * 10 + [80] * 2))
+    p = np.array([.99, .99, .99, .2, .3, .99, .99, .2, .2, .2, .1, .1])
+    score, lifted = lift_scores(t, p, np.ones(12, bool), THR)
+    assert np.flatnonzero(lifted).tolist() == [3, 4]
+    assert score[[3, 4]].tolist() == [.99, .99] and np.array_equal(score[~lifted], p[~lifted])
+    # The two high flows a signature decided neither count nor get lifted.
+    scored = np.ones(12, bool)
+    scored[[0, 1]] = False
+    _, lifted = lift_scores(t, p, scored, THR)
+    assert not lifted.any()
+
+
+def test_tally_relabels_only_the_lifted_flows() -> None:
+    t = _labelled(["a"] * 7, [8388] * 7, [.99, .98, .97, .96, .5, .2, .1], [False] * 6 + [True])
+    tally = EndpointTally(THR)
+    tally.add(t)
+    out = tally.apply(t)
+    rows = out.to_pylist()
+    assert [r["detection"] for r in rows] == ["model"] * 4 + [DETECTION] * 2 + ["signature"]
+    assert all(r["is_vpn"] and r["vpn_protocol"] for r in rows)
+    lifted = rows[4]
+    assert lifted["vpn_protocol"] == "shadowsocks"  # the endpoint's model guess, not the signature's
+    assert lifted["confidence"] == pytest.approx(0.965)  # median of the six scored flows
+    assert lifted["evidence"].startswith("endpoint: 4 of 6 flows") and lifted["evidence"].endswith("flow 4")
+    assert out.select(["capture", "dst_port"]).equals(t.select(["capture", "dst_port"]))
+    unchanged = [0, 1, 2, 3, 6]
+    assert out.take(unchanged).equals(t.take(unchanged))
+    assert model_proba(out)[1].sum() == 4  # lifted flows are no longer the model's alone
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.floats(0, 1), st.booleans()), min_size=1,
+                max_size=60),
+       st.lists(st.integers(1, 60), max_size=5))
+def test_streaming_two_passes_equal_one_pass_over_the_whole_table(rows, cuts) -> None:
+    cap = [f"c{r[0]}" for r in rows]
+    port = [r[1] for r in rows]
+    t = _labelled(cap, port, [r[2] for r in rows], [r[3] for r in rows])
+    bounds = sorted({0, len(rows), *[c for c in cuts if c < len(rows)]})
+    parts = [t.slice(a, b - a) for a, b in itertools.pairwise(bounds)]
+    streamed = pa.concat_tables(list(with_endpoint_context(parts, THR)))
+    tally = EndpointTally(THR)
+    tally.add(t)
+    whole = tally.apply(t)
+    assert streamed.equals(whole)
+    # The same rule as evaluate's array form.
+    proba, scored = model_proba(t)
+    _, lifted = lift_scores(t, proba, scored, THR)
+    assert np.array_equal(np.asarray(whole.column("detection").to_pylist()) == DETECTION, lifted)
+
+
+needs_lab = pytest.mark.skipif(not (DNS.is_file() and SS.is_file()), reason="lab captures pcaps/*.pcap absent")
+
+
+def _p(table: pa.Table) -> np.ndarray:
+    proba, _ = model_proba(table)
+    return proba
+
+
+@needs_lab
+def test_classify_lifts_exactly_what_the_rule_says(tmp_path) -> None:
+    """At a threshold on the DNS endpoint's own median, its flows below it are lifted; nothing else moves."""
+    first = tmp_path / "first.parquet"
+    assert main(["classify", "--no-signatures", str(DNS), str(SS), "-o", str(first), "-q"]) == 0
+    t = pq.read_table(first)
+    dns = np.flatnonzero(np.char.endswith(np.asarray(t.column("capture").to_pylist(), str), "dns.pcap")
+                         & (np.asarray(t.column("dst_port").to_pylist(), object) == 53))
+    assert len(dns) >= MIN_FLOWS
+    p = _p(t)[dns]
+    thr = float(np.sort(p)[(len(p) - 1) // 2])  # the lower median: at least half pass
+    assert (p < thr).any()
+    off, on = tmp_path / "off.parquet", tmp_path / "on.parquet"
+    assert main(["classify", "--no-signatures", "--threshold", str(thr), "--no-endpoint-context", str(DNS), str(SS),
+                 "-o", str(off), "-q"]) == 0
+    assert main(["classify", "--no-signatures", "--threshold", str(thr), str(DNS), str(SS), "-o", str(on),
+                 "-q"]) == 0
+    a, b = pq.read_table(off), pq.read_table(on)
+    assert json.loads(pq.read_metadata(on).metadata[b"vpnid.endpoint_context"]) is True
+    assert a.num_rows == b.num_rows == t.num_rows
+    proba, scored = model_proba(a)
+    _, want = lift_scores(a, proba, scored, thr)
+    got = np.asarray(b.column("detection").to_pylist(), object) == DETECTION
+    assert np.array_equal(got, want) and got.sum() == (p < thr).sum()
+    assert set(np.flatnonzero(got)) <= set(dns)
+    assert all(b.column("is_vpn").to_pylist()[i] for i in np.flatnonzero(got))
+    keep = np.flatnonzero(~got)
+    assert b.take(keep).equals(a.take(keep))
