@@ -7,7 +7,8 @@ Decision rule (docs/detection.md, docs/model.md): a signature verdict wins; a fl
 signature claims goes to the model, which calls it VPN only above its operating
 threshold (chosen for a very low false-positive rate); without a model such a flow is
 not VPN. Then, where a whole result exists (``classify``, ``report``, ``evaluate``), the
-model's flows of one endpoint are judged together (``classifier.model.endpoint_context``).
+model's flows of one endpoint are judged together (``classifier.model.endpoint_context``;
+``live`` does it as flows end).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ class LabelOptions:
     """What labels a flow: signatures on or off, a model (or None), a registry (or None).
 
     ``endpoint_context``: judge the model's flows of one endpoint together after every
-    flow is labelled (``with_endpoint_context``); front ends that label each flow as it
-    ends (batch, live) leave it off.
+    flow is labelled (``with_endpoint_context``; live: ``RunningEndpoints``, on the flows
+    ended so far); batch labels each flow on its own and leaves it off.
     """
 
     signatures: bool = True

@@ -18,6 +18,7 @@ from classifier.model.endpoint_context import (
     DETECTION,
     MIN_FLOWS,
     EndpointTally,
+    RunningEndpoints,
     judge,
     lift_scores,
     model_proba,
@@ -149,3 +150,64 @@ def test_classify_lifts_exactly_what_the_rule_says(tmp_path) -> None:
     assert all(b.column("is_vpn").to_pylist()[i] for i in np.flatnonzero(got))
     keep = np.flatnonzero(~got)
     assert b.take(keep).equals(a.take(keep))
+
+
+def test_running_endpoints_judge_each_flow_on_the_flows_ended_before_and_with_it() -> None:
+    run = RunningEndpoints(THR)
+    proba = [.99, .99, .2, .99, .1, .3]
+    got = []
+    for p in proba:  # one flow ends at a time
+        out = run.apply(_labelled(["eth0"], [8388], [p], [False]))
+        got.append(out.column("detection")[0].as_py())
+    # flow 2 ended with 3 flows on record; flow 4 with 5 and a median of 0.99; flow 5 with
+    # 6 and a median of (0.3 + 0.99) / 2, under the threshold
+    assert got == ["model", "model", "model", "model", DETECTION, "model"]
+    # Signature verdicts neither count nor change; other endpoints are apart.
+    batch = _labelled(["eth0"] * 6, [443] * 5 + [8388], [.99, .99, .99, .99, .5, .5], [True] * 5 + [False])
+    assert run.apply(batch).equals(batch)
+    assert len(run) == 1
+
+
+def test_running_endpoints_stay_bounded() -> None:
+    run = RunningEndpoints(THR, keep=4, max_endpoints=3)
+    for port in range(10):
+        run.apply(_labelled(["eth0"] * 6, [port] * 6, [.99] * 6, [False] * 6))
+    assert len(run) == 3
+    assert all(len(scores) == 4 for scores, _ in run._seen.values())
+    assert [k.split("\x1f")[3] for k in run._seen] == ["7", "8", "9"]  # the least recently seen went first
+
+
+@needs_lab
+def test_live_sensor_lifts_what_classify_lifts(tmp_path) -> None:
+    """Replayed through the live sensor (every flow ends at stop, together), the DNS endpoint is lifted as offline."""
+    from test_live import FileCapture
+
+    from classifier.live.capture import CaptureOptions
+    from classifier.live.sensor import LiveOptions, Sensor
+    from classifier.model import load_model
+    from classifier.pipeline import LabelOptions
+
+    first = tmp_path / "first.parquet"
+    assert main(["classify", "--no-signatures", str(DNS), "-o", str(first), "-q"]) == 0
+    p = _p(pq.read_table(first))
+    thr = float(np.sort(p)[(len(p) - 1) // 2])
+    offline = tmp_path / "offline.parquet"
+    assert main(["classify", "--no-signatures", "--threshold", str(thr), str(DNS), "-o", str(offline), "-q"]) == 0
+    model = load_model()
+    model.threshold = thr
+    opts = LiveOptions(capture=CaptureOptions("test0"), out_dir=tmp_path / "out", alerts=str(tmp_path / "a.jsonl"),
+                       label=LabelOptions(signatures=False, model=model), tick_s=1e9, early=False, stats_s=0,
+                       quiet=True)
+    holder: dict = {}
+    cap = FileCapture(DNS, per_read=10_000, on_empty=lambda: holder["sensor"].stop())
+    holder["sensor"] = Sensor(opts, capture=cap)
+    holder["sensor"].run()
+    live = pq.read_table(next((tmp_path / "out").glob("*.parquet")))
+
+    def lifted(t: pa.Table) -> list:
+        rows = [r for r in t.to_pylist() if r["detection"] == DETECTION]
+        return sorted((r["src_port"], r["dst_port"], r["confidence"]) for r in rows)
+
+    assert lifted(live) == lifted(pq.read_table(offline)) and lifted(live)
+    alerts = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert sum(a["detection"] == DETECTION for a in alerts) == len(lifted(live))

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     models = p.add_mutually_exclusive_group()
     models.add_argument("--model", metavar="FILE", help="model file (default: the shipped model, when present)")
     models.add_argument("--no-model", action="store_true", help="signatures only")
+    p.add_argument("--no-endpoint-context", action="store_true",
+                   help="judge every ended flow on its own, not with the earlier flows of its client to the same "
+                        "server port (docs/model.md, Endpoint context)")
     tuning = p.add_argument_group("capture tuning")
     tuning.add_argument("--snaplen", type=int, default=262144, metavar="BYTES",
                         help="bytes kept per frame (default 262144: all; 128 is enough for flows and "
@@ -88,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
         registry = Registry.load(args.registry, log=notes)
     model = load_model_option(args.model, args.no_model, notes.warn)
-    label = LabelOptions(signatures=True, model=model, registry=registry, endpoint_context=False)  # flow by flow
+    label = LabelOptions(signatures=True, model=model, registry=registry,
+                         endpoint_context=not args.no_endpoint_context)
     capture = CaptureOptions(interface=args.interface, bpf=args.bpf, snaplen=args.snaplen,
                              promisc=not args.no_promisc, method=args.capture, buffer_mb=args.buffer_mb,
                              batch_ms=args.batch_ms)

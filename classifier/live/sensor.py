@@ -9,8 +9,10 @@ One loop, one thread:
    flows end even when no packet arrives, and label the open flows that changed
    (``FlowMeter.snapshot`` + ``label_batch``): a signature or a confident model raises
    the alert while the flow is still running; a flow is alerted at most once;
-4. flows that end are labelled again (the final verdict), written to the rotating
-   Parquet files, and alerted if they are VPN and were not alerted yet.
+4. flows that end are labelled again (the final verdict), judged with the earlier ended
+   flows of their endpoint (``RunningEndpoints``: a client's flows to one server port),
+   written to the rotating Parquet files, and alerted if they are VPN and were not
+   alerted yet.
 
 Stopping (``stop()``, called from SIGINT/SIGTERM handlers) drains the capture, ends every
 open flow, writes them and closes the files: nothing captured is lost.
@@ -36,6 +38,7 @@ from classifier.flows.schema import CLASSIFY_SCHEMA, REPORT_SCHEMA
 from classifier.live.alerts import AlertWriter, alert_records
 from classifier.live.capture import Capture, CaptureError, CaptureOptions, KernelStats, open_capture
 from classifier.live.rotate import RotatingParquet
+from classifier.model.endpoint_context import RunningEndpoints
 from classifier.pipeline import LabelOptions, label_batch
 
 
@@ -96,6 +99,9 @@ class Sensor:
         self._period_packets = 0
         self._stopping = False
         self._alerted: set[int] = set()
+        label = opts.label
+        self.endpoints = (RunningEndpoints(label.model.threshold)
+                          if label.endpoint_context and label.model is not None else None)
         # per table slot: the flow last labelled early there, its payload heads and packets then
         self._checked_fid = np.full(0, -1, np.int64)
         self._checked_heads = np.zeros(0, np.int64)
@@ -196,6 +202,8 @@ class Sensor:
         if done is None or len(done) == 0:
             return
         table = label_batch(done, self.opts.label)
+        if self.endpoints is not None:
+            table = self.endpoints.apply(table, self.opts.label.registry)
         if self.files.due(now_ns):
             self._rotate(now_ns)
         self.files.write(table, now_ns)

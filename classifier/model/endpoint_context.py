@@ -24,14 +24,15 @@ alarms on the same endpoint. docs/model.md (Endpoint context) has what it change
 
 It needs every flow of a capture, so it runs where a whole result exists: ``vpnid
 classify`` and ``vpnid report`` (two passes over a spooled table, memory bounded by the
-endpoints' scores, not the flows' rows), ``vpnid evaluate`` and ``vpnid batch`` (per
-file). ``vpnid live`` labels each flow as it ends, without it.
+endpoints' scores, not the flows' rows) and ``vpnid evaluate``. ``vpnid live`` judges an
+endpoint on the flows that ended so far (``RunningEndpoints``); ``vpnid batch`` labels
+each flow on its own.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,18 +182,76 @@ class EndpointTally:
         rows = np.flatnonzero(lift)
         c = codes[rows]
         protocol = [self._protocols.get(int(k), Counter({"unknown": 1})).most_common(1)[0][0] for k in c]
-        evidence = table.column("evidence").take(pa.array(rows)).to_pylist()
-        notes = [f"endpoint: {v.vpn[k]} of {v.flows[k]} flows from this client to this server port called VPN "
-                 f"by the model (median P(VPN) {v.median[k]:.3f}); this flow alone: "
-                 + (e if e else f"P(VPN)={p:.3f}") for k, p, e in zip(c, proba[rows], evidence, strict=True)]
-        table = _set(table, "is_vpn", rows, [True] * len(rows))
-        table = _set(table, "vpn_protocol", rows, protocol)
-        table = _set(table, "confidence", rows, v.median[c].tolist())
-        table = _set(table, "detection", rows, [DETECTION] * len(rows))
-        table = _set(table, "evidence", rows, notes)
-        if registry is not None:
-            table = registry.annotate(table)
-        return table
+        return relabel(table, rows, v.vpn[c], v.flows[c], v.median[c], protocol, proba[rows], registry)
+
+
+def relabel(table: pa.Table, rows: np.ndarray, vpn: np.ndarray, flows: np.ndarray, median: np.ndarray,
+            protocol: list[str], own: np.ndarray, registry: Any = None) -> pa.Table:
+    """``table`` with ``rows`` called VPN by their endpoint (per row: its endpoint's VPN and scored
+    flows, median P(VPN) and protocol; ``own``: the flow's own P(VPN)), registry columns redone."""
+    evidence = table.column("evidence").take(pa.array(rows)).to_pylist()
+    notes = [f"endpoint: {k} of {n} flows from this client to this server port called VPN by the model "
+             f"(median P(VPN) {m:.3f}); this flow alone: " + (e if e else f"P(VPN)={p:.3f}")
+             for k, n, m, p, e in zip(vpn, flows, median, own, evidence, strict=True)]
+    table = _set(table, "is_vpn", rows, [True] * len(rows))
+    table = _set(table, "vpn_protocol", rows, protocol)
+    table = _set(table, "confidence", rows, np.asarray(median, float).tolist())
+    table = _set(table, "detection", rows, [DETECTION] * len(rows))
+    table = _set(table, "evidence", rows, notes)
+    if registry is not None:
+        table = registry.annotate(table)
+    return table
+
+
+class RunningEndpoints:
+    """``vpnid live``'s endpoint context: each endpoint judged on the flows that ended so far.
+
+    A live sensor cannot wait for a capture's end, so when flows end it adds the model's
+    scores to their endpoints' records and lifts an ended flow whose endpoint (its flows
+    ended before it and with it) passes the rule. Flows written before their endpoint
+    passed stay as they were. Memory is bounded: the last ``keep`` scores per endpoint
+    and at most ``max_endpoints`` endpoints, the least recently seen dropped first.
+    """
+
+    def __init__(self, threshold: float, min_flows: int = MIN_FLOWS, keep: int = 64,
+                 max_endpoints: int = 100_000) -> None:
+        self.threshold, self.min_flows, self.keep, self.max_endpoints = threshold, min_flows, keep, max_endpoints
+        self._seen: OrderedDict[str, tuple[deque, Counter]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def apply(self, table: pa.Table, registry: Any = None) -> pa.Table:
+        """Record the ended flows of ``table`` and return it with its lifted flows relabelled."""
+        proba, scored = model_proba(table)
+        rows = np.flatnonzero(scored)
+        if not len(rows):
+            return table
+        keys = endpoint_keys(table.take(pa.array(rows))).to_pylist()
+        names = table.column("vpn_protocol").take(pa.array(rows)).to_pylist()
+        for key, p, name in zip(keys, proba[rows], names, strict=True):
+            rec = self._seen.pop(key, None) or (deque(maxlen=self.keep), Counter())
+            rec[0].append(float(p))
+            if p >= self.threshold:
+                rec[1][name or "unknown"] += 1
+            self._seen[key] = rec
+        while len(self._seen) > self.max_endpoints:
+            self._seen.popitem(last=False)
+        lift, stats = [], []
+        for i, key, p in zip(rows, keys, proba[rows], strict=True):
+            scores, protocols = self._seen.get(key, ((), Counter()))
+            if p >= self.threshold or len(scores) < self.min_flows:
+                continue
+            median = float(np.median(scores))
+            if median >= self.threshold:
+                vpn = sum(x >= self.threshold for x in scores)
+                lift.append(i)
+                stats.append((vpn, len(scores), median, (protocols.most_common(1) or [("unknown", 0)])[0][0], p))
+        if not lift:
+            return table
+        vpn, flows, median, protocol, own = zip(*stats, strict=True)
+        return relabel(table, np.asarray(lift), np.asarray(vpn), np.asarray(flows), np.asarray(median),
+                       list(protocol), np.asarray(own), registry)
 
 
 def _set(table: pa.Table, name: str, rows: np.ndarray, values: list) -> pa.Table:
