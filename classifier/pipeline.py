@@ -8,7 +8,7 @@ signature claims goes to the model, which calls it VPN only above its operating
 threshold (chosen for a very low false-positive rate); without a model such a flow is
 not VPN. Then, where a whole result exists (``classify``, ``report``, ``evaluate``), the
 model's flows of one endpoint are judged together (``classifier.model.endpoint_context``;
-``live`` does it as flows end).
+``batch`` before it commits, ``live`` as flows end).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class LabelOptions:
 
     ``endpoint_context``: judge the model's flows of one endpoint together after every
     flow is labelled (``with_endpoint_context``; live: ``RunningEndpoints``, on the flows
-    ended so far); batch labels each flow on its own and leaves it off.
+    ended so far; batch: over the staged dataset before it commits).
     """
 
     signatures: bool = True
@@ -138,4 +138,4 @@ def endpoint_stage(tables: Iterable[pa.Table], options: LabelOptions) -> Iterato
         return
     from classifier.model.endpoint_context import with_endpoint_context
 
-    yield from with_endpoint_context(tables, options.model.threshold, options.registry)
+    yield from with_endpoint_context(tables, options.registry)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from classifier._version import __version__
 from classifier.batch.assemble import Assembler
@@ -87,7 +88,8 @@ def _settings(opts: BatchOptions) -> dict:
     c = opts.config
     return {"vpnid": __version__, "idle_timeout_s": c.idle_timeout_s, "active_timeout_s": c.active_timeout_s,
             "close_linger_s": c.close_linger_s, "sweep_interval_s": c.sweep_interval_s,
-            "signatures": spec.signatures, "model": model}
+            "signatures": spec.signatures, "model": model,
+            "endpoint_context": spec.endpoint_context and model is not None}
 
 
 def _say(out: TextIO, quiet: bool, text: str) -> None:
@@ -388,7 +390,7 @@ class _Job:
         stage.mkdir(parents=True)
 
     def _write_ready(self) -> None:
-        from classifier.output import TableSink, base_metadata
+        from classifier.output import base_metadata
 
         for k, table in self.asm.partitions():
             if self.registry is not None:
@@ -399,12 +401,36 @@ class _Job:
             meta = base_metadata(inputs=sorted(self.paths), idle_timeout_s=self.opts.config.idle_timeout_s,
                                  active_timeout_s=self.opts.config.active_timeout_s,
                                  signatures=self.opts.spec.signatures, model=self.manifest.settings.get("model"),
-                                 registry=self.reg_digest)
-            with TableSink(str(self.manifest.stage_dir / name), self.schema, "parquet", meta) as sink:
-                for lo in range(0, table.num_rows, ROW_GROUP_ROWS):
-                    sink.write(table.slice(lo, ROW_GROUP_ROWS))
+                                 registry=self.reg_digest,
+                                 endpoint_context=bool(self.manifest.settings.get("endpoint_context")))
+            _write_partition(self.manifest.stage_dir / name, self.schema, meta, table)
             self.names.append(name)
             self.rows += table.num_rows
+
+    def _endpoint_pass(self, names: list[str]) -> None:
+        """Judge each endpoint's model-scored flows over the whole staged dataset (docs/model.md).
+
+        A run is one capture (its files are stitched as one), so endpoints span files; the
+        tally reads only the columns it needs, and only partitions with a lifted flow are
+        rewritten (same metadata, same row groups).
+        """
+        from classifier.model.endpoint_context import RUN_KEY_COLUMNS, EndpointTally
+
+        stage = self.manifest.stage_dir
+        tally = EndpointTally(keys=RUN_KEY_COLUMNS)
+        needed = [*RUN_KEY_COLUMNS, "is_vpn", "vpn_protocol", "confidence", "detection"]
+        for name in names:
+            for batch in pq.ParquetFile(stage / name).iter_batches(columns=needed):
+                tally.add(pa.Table.from_batches([batch]))
+        tally.finish()
+        for name in names:
+            path = stage / name
+            table = pq.read_table(path)
+            out = tally.apply(table, self.registry)
+            if out is not table:
+                meta = {k.decode(): v.decode() for k, v in (pq.read_schema(path).metadata or {}).items()
+                        if k.startswith(b"vpnid.")}
+                _write_partition(path, self.schema, meta, out)
 
     def _restart_in_time_order(self, done: list) -> None:
         """Inputs were not in time order (or some failed late): stitch everything again in time order."""
@@ -453,6 +479,8 @@ class _Job:
             with TableSink(str(stage / name), self.schema, "parquet", meta):
                 pass
             names.append(name)
+        if self.manifest.settings.get("endpoint_context") and self.names:
+            self._endpoint_pass(self.names)
         summary = self.summary
         summary.merges = self.asm.merges
         summary.flows = self.rows
@@ -474,6 +502,15 @@ class _Job:
         self.t_client += time.perf_counter() - t
         summary.write_seconds = self.t_client
         summary.startup_seconds = getattr(self.executor, "startup_s", 0.0)
+
+
+def _write_partition(path: Path, schema: pa.Schema, meta: dict[str, str], table: pa.Table) -> None:
+    """One partition file, atomically, in fixed row groups of ``ROW_GROUP_ROWS``."""
+    from classifier.output import TableSink
+
+    with TableSink(str(path), schema, "parquet", meta) as sink:
+        for lo in range(0, table.num_rows, ROW_GROUP_ROWS):
+            sink.write(table.slice(lo, ROW_GROUP_ROWS))
 
 
 def stitch_results(results: list[FileResult], config: FlowConfig, spec: LabelSpec) -> pa.Table:

@@ -36,12 +36,14 @@ class LabelSpec:
 
     signatures: bool = True
     model_path: str | None = None
+    endpoint_context: bool = True  # applied by the client over the whole dataset before it commits
 
     def options(self) -> Any:
         from classifier.pipeline import LabelOptions
 
-        # Per flow, as the files come: the endpoint context needs the whole result (docs/model.md).
-        return LabelOptions(signatures=self.signatures, model=_model(self.model_path), endpoint_context=False)
+        # Workers call label_batch (per flow); endpoint_context matters to iter_labeled callers.
+        return LabelOptions(signatures=self.signatures, model=_model(self.model_path),
+                            endpoint_context=self.endpoint_context)
 
 
 _MODELS: dict[str, Any] = {}

@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="FILE", help="model file (default: the shipped model, if present)")
     p.add_argument("--no-model", action="store_true", help="signatures only")
     p.add_argument("--no-signatures", action="store_true", help="model only")
+    p.add_argument("--no-endpoint-context", action="store_true",
+                   help="judge every flow on its own, not with the run's other flows of its client to the same "
+                        "server port (docs/model.md, Endpoint context)")
     p.add_argument("--clean-work", action="store_true",
                    help="remove cached per-input results after a successful run (a later rerun starts over)")
     p.set_defaults(func=run)
@@ -56,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--registry {args.registry}: no such file")
     opts = BatchOptions(
         inputs=list(args.inputs), output=args.output, config=flow_config(args),
-        spec=LabelSpec(signatures=not args.no_signatures, model_path=model_path),
+        spec=LabelSpec(signatures=not args.no_signatures, model_path=model_path,
+                       endpoint_context=not args.no_endpoint_context),
         registry=args.registry, scheduler=args.scheduler, workers=args.workers, quiet=args.quiet,
         clean_work=args.clean_work)
     log = ErrorLog(quiet=False)

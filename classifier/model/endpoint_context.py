@@ -12,11 +12,14 @@ flow, the flows of one **endpoint** are judged together:
   protocol (``ip_proto``);
 * only flows the model scored count (a signature's verdict is final, and a flow a
   signature explained as no VPN is not the model's);
-* when an endpoint has at least ``MIN_FLOWS`` such flows and their median P(VPN) is at
-  or above the model's threshold (so most of them are already VPN), its other scored
-  flows are VPN too: ``detection`` = ``endpoint``, ``confidence`` = that median,
-  ``vpn_protocol`` = the protocol the model guessed most often for the endpoint's VPN
-  flows, and evidence that says how many of its flows the model called VPN.
+* when an endpoint has at least ``MIN_FLOWS`` such flows and the model called more than
+  half of them VPN, its other scored flows are VPN too: ``detection`` = ``endpoint``,
+  ``confidence`` = the median P(VPN) of its scored flows (over the threshold, since most
+  are), ``vpn_protocol`` = the protocol the model guessed most often for the endpoint's
+  VPN flows, and evidence that says how many of its flows the model called VPN.
+
+The rule reads verdicts, not the threshold: it runs on labelled tables wherever they
+are (a batch client that never loads the model included).
 
 The rule only ever adds VPN verdicts, and only where the model already called most of
 an endpoint's flows VPN, so a non-VPN flow is lifted only beside a majority of false
@@ -24,9 +27,9 @@ alarms on the same endpoint. docs/model.md (Endpoint context) has what it change
 
 It needs every flow of a capture, so it runs where a whole result exists: ``vpnid
 classify`` and ``vpnid report`` (two passes over a spooled table, memory bounded by the
-endpoints' scores, not the flows' rows) and ``vpnid evaluate``. ``vpnid live`` judges an
-endpoint on the flows that ended so far (``RunningEndpoints``); ``vpnid batch`` labels
-each flow on its own.
+endpoints' scores, not the flows' rows), ``vpnid evaluate``, and ``vpnid batch`` over the
+whole dataset before it commits (a run is one capture: its files are stitched as one).
+``vpnid live`` judges an endpoint on the flows that ended so far (``RunningEndpoints``).
 """
 
 from __future__ import annotations
@@ -51,12 +54,15 @@ MIN_FLOWS = 5
 #: The columns that name an endpoint.
 KEY_COLUMNS = ("capture", "src_ip", "dst_ip", "dst_port", "ip_proto")
 
+#: ``vpnid batch``: a run's files are one capture (rotated files stitched), so no ``capture``.
+RUN_KEY_COLUMNS = KEY_COLUMNS[1:]
+
 DETECTION = "endpoint"
 
 
-def endpoint_keys(table: pa.Table) -> pa.Array:
-    """One string per row naming its endpoint (``KEY_COLUMNS`` joined; nulls as empty)."""
-    parts = [pc.cast(table.column(c).combine_chunks(), pa.string()) for c in KEY_COLUMNS]
+def endpoint_keys(table: pa.Table, keys: tuple[str, ...] = KEY_COLUMNS) -> pa.Array:
+    """One string per row naming its endpoint (the ``keys`` columns joined; nulls as empty)."""
+    parts = [pc.cast(table.column(c).combine_chunks(), pa.string()) for c in keys]
     return pc.binary_join_element_wise(*parts, "\x1f", null_handling="replace", null_replacement="")
 
 
@@ -70,13 +76,14 @@ class EndpointVerdict:
     lifted: np.ndarray
 
 
-def judge(codes: np.ndarray, proba: np.ndarray, threshold: float, n_codes: int,
+def judge(codes: np.ndarray, vpn: np.ndarray, proba: np.ndarray, n_codes: int,
           min_flows: int = MIN_FLOWS) -> EndpointVerdict:
-    """Group scored flows (``codes[i]``: endpoint of flow i, ``proba[i]``: its P(VPN)) into verdicts."""
+    """Group scored flows into verdicts (``codes[i]``: flow i's endpoint, ``vpn[i]``: the model
+    called it VPN, ``proba[i]``: its P(VPN))."""
     codes = np.asarray(codes, np.int64)
     proba = np.asarray(proba, np.float64)
     flows = np.bincount(codes, minlength=n_codes)
-    vpn = np.bincount(codes, weights=(proba >= threshold).astype(float), minlength=n_codes).astype(np.int64)
+    vpn = np.bincount(codes, weights=np.asarray(vpn, float), minlength=n_codes).astype(np.int64)
     median = np.full(n_codes, np.nan)
     if len(codes):
         order = np.lexsort((proba, codes))
@@ -86,7 +93,7 @@ def judge(codes: np.ndarray, proba: np.ndarray, threshold: float, n_codes: int,
         lo = start[has] + (flows[has] - 1) // 2
         hi = start[has] + flows[has] // 2
         median[has] = 0.5 * (sorted_p[lo] + sorted_p[hi])
-    lifted = (flows >= min_flows) & (np.nan_to_num(median, nan=-1.0) >= threshold)
+    lifted = (flows >= min_flows) & (2 * vpn > flows)
     return EndpointVerdict(flows=flows, vpn=vpn, median=median, lifted=lifted)
 
 
@@ -101,15 +108,16 @@ def lift_scores(table: pa.Table, proba: np.ndarray, scored: np.ndarray, threshol
     scored = np.asarray(scored, bool) & np.isfinite(proba)
     codes = pc.dictionary_encode(endpoint_keys(table)).indices.to_numpy(zero_copy_only=False).astype(np.int64)
     n_codes = int(codes.max()) + 1 if len(codes) else 0
-    v = judge(codes[scored], proba[scored], threshold, n_codes, min_flows)
-    lifted = scored & v.lifted[codes] & (proba < threshold) if len(codes) else np.zeros(0, bool)
+    vpn = proba >= threshold
+    v = judge(codes[scored], vpn[scored], proba[scored], n_codes, min_flows)
+    lifted = scored & v.lifted[codes] & ~vpn if len(codes) else np.zeros(0, bool)
     score = proba.copy()
     score[lifted] = v.median[codes[lifted]]
     return score, lifted
 
 
-def model_proba(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """(P(VPN), scored) of a labelled table: the model's probability back from ``confidence``.
+def model_proba(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(P(VPN), scored, called VPN) of a labelled table: the model's own verdicts.
 
     ``label_batch`` writes ``confidence`` = P for a flow the model called VPN and 1 - P
     for one it did not; rows another stage decided are not scored.
@@ -119,28 +127,30 @@ def model_proba(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     conf = pc.fill_null(table.column("confidence"), np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
     is_vpn = pc.fill_null(table.column("is_vpn"), False).to_numpy(zero_copy_only=False).astype(bool)
     proba = np.where(is_vpn, conf, 1.0 - conf)
-    return np.where(scored, proba, np.nan), scored & np.isfinite(proba)
+    scored &= np.isfinite(proba)
+    return np.where(scored, proba, np.nan), scored, scored & is_vpn
 
 
 class EndpointTally:
-    """Pass one over labelled tables: every scored flow's endpoint and P(VPN).
+    """Pass one over labelled tables: every scored flow's endpoint, verdict and P(VPN).
 
-    Memory: a code and a probability per scored flow plus one entry per endpoint, not
-    the flows' rows.
+    Memory: a code, a verdict and a probability per scored flow plus one entry per
+    endpoint, not the flows' rows.
     """
 
-    def __init__(self, threshold: float, min_flows: int = MIN_FLOWS) -> None:
-        self.threshold = threshold
+    def __init__(self, min_flows: int = MIN_FLOWS, keys: tuple[str, ...] = KEY_COLUMNS) -> None:
         self.min_flows = min_flows
+        self.keys = keys
         self.ids: dict[str, int] = {}
         self._codes: list[np.ndarray] = []
+        self._vpn: list[np.ndarray] = []
         self._proba: list[np.ndarray] = []
         self._protocols: dict[int, Counter] = {}
         self.verdict: EndpointVerdict | None = None
 
     def codes(self, table: pa.Table, add: bool = False) -> np.ndarray:
         """Endpoint codes of ``table``'s rows (-1: an endpoint not seen in pass one)."""
-        enc = pc.dictionary_encode(endpoint_keys(table))
+        enc = pc.dictionary_encode(endpoint_keys(table, self.keys))
         names = enc.dictionary.to_pylist()
         if add:
             for k in names:
@@ -151,31 +161,32 @@ class EndpointTally:
 
     def add(self, table: pa.Table) -> None:
         """Record a labelled table's scored flows."""
-        proba, scored = model_proba(table)
+        proba, scored, vpn = model_proba(table)
         if not scored.any():
             return
         codes = self.codes(table, add=True)
         self._codes.append(codes[scored])
+        self._vpn.append(vpn[scored])
         self._proba.append(proba[scored])
-        vpn = scored & (proba >= self.threshold)
         names = table.column("vpn_protocol").take(pa.array(np.flatnonzero(vpn))).to_pylist()
         for c, name in zip(codes[vpn], names, strict=True):
             self._protocols.setdefault(int(c), Counter())[name or "unknown"] += 1
 
     def finish(self) -> EndpointVerdict:
-        codes = np.concatenate(self._codes) if self._codes else np.zeros(0, np.int64)
-        proba = np.concatenate(self._proba) if self._proba else np.zeros(0)
-        self._codes, self._proba = [], []
-        self.verdict = judge(codes, proba, self.threshold, len(self.ids), self.min_flows)
+        def cat(parts: list[np.ndarray], dtype) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+        codes, vpn, proba = cat(self._codes, np.int64), cat(self._vpn, bool), cat(self._proba, np.float64)
+        self._codes, self._vpn, self._proba = [], [], []
+        self.verdict = judge(codes, vpn, proba, len(self.ids), self.min_flows)
         return self.verdict
 
     def apply(self, table: pa.Table, registry: Any = None) -> pa.Table:
         """Pass two: relabel a table's lifted flows (and re-annotate the registry columns)."""
         v = self.verdict if self.verdict is not None else self.finish()
-        proba, scored = model_proba(table)
+        proba, scored, vpn = model_proba(table)
         codes = self.codes(table)
-        known = codes >= 0
-        lift = scored & known & ~(proba >= self.threshold)
+        lift = scored & ~vpn & (codes >= 0)
         lift[lift] = v.lifted[codes[lift]]
         if not lift.any():
             return table
@@ -207,15 +218,14 @@ class RunningEndpoints:
     """``vpnid live``'s endpoint context: each endpoint judged on the flows that ended so far.
 
     A live sensor cannot wait for a capture's end, so when flows end it adds the model's
-    scores to their endpoints' records and lifts an ended flow whose endpoint (its flows
+    verdicts to their endpoints' records and lifts an ended flow whose endpoint (its flows
     ended before it and with it) passes the rule. Flows written before their endpoint
-    passed stay as they were. Memory is bounded: the last ``keep`` scores per endpoint
+    passed stay as they were. Memory is bounded: the last ``keep`` verdicts per endpoint
     and at most ``max_endpoints`` endpoints, the least recently seen dropped first.
     """
 
-    def __init__(self, threshold: float, min_flows: int = MIN_FLOWS, keep: int = 64,
-                 max_endpoints: int = 100_000) -> None:
-        self.threshold, self.min_flows, self.keep, self.max_endpoints = threshold, min_flows, keep, max_endpoints
+    def __init__(self, min_flows: int = MIN_FLOWS, keep: int = 64, max_endpoints: int = 100_000) -> None:
+        self.min_flows, self.keep, self.max_endpoints = min_flows, keep, max_endpoints
         self._seen: OrderedDict[str, tuple[deque, Counter]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -223,34 +233,33 @@ class RunningEndpoints:
 
     def apply(self, table: pa.Table, registry: Any = None) -> pa.Table:
         """Record the ended flows of ``table`` and return it with its lifted flows relabelled."""
-        proba, scored = model_proba(table)
+        proba, scored, vpn = model_proba(table)
         rows = np.flatnonzero(scored)
         if not len(rows):
             return table
         keys = endpoint_keys(table.take(pa.array(rows))).to_pylist()
         names = table.column("vpn_protocol").take(pa.array(rows)).to_pylist()
-        for key, p, name in zip(keys, proba[rows], names, strict=True):
+        for key, p, yes, name in zip(keys, proba[rows], vpn[rows], names, strict=True):
             rec = self._seen.pop(key, None) or (deque(maxlen=self.keep), Counter())
-            rec[0].append(float(p))
-            if p >= self.threshold:
+            rec[0].append((float(p), bool(yes)))
+            if yes:
                 rec[1][name or "unknown"] += 1
             self._seen[key] = rec
         while len(self._seen) > self.max_endpoints:
             self._seen.popitem(last=False)
         lift, stats = [], []
-        for i, key, p in zip(rows, keys, proba[rows], strict=True):
-            scores, protocols = self._seen.get(key, ((), Counter()))
-            if p >= self.threshold or len(scores) < self.min_flows:
+        for i, key, p, yes in zip(rows, keys, proba[rows], vpn[rows], strict=True):
+            record, protocols = self._seen.get(key, ((), Counter()))
+            n_vpn = sum(v for _, v in record)
+            if yes or len(record) < self.min_flows or 2 * n_vpn <= len(record):
                 continue
-            median = float(np.median(scores))
-            if median >= self.threshold:
-                vpn = sum(x >= self.threshold for x in scores)
-                lift.append(i)
-                stats.append((vpn, len(scores), median, (protocols.most_common(1) or [("unknown", 0)])[0][0], p))
+            lift.append(i)
+            stats.append((n_vpn, len(record), float(np.median([q for q, _ in record])),
+                          (protocols.most_common(1) or [("unknown", 0)])[0][0], p))
         if not lift:
             return table
-        vpn, flows, median, protocol, own = zip(*stats, strict=True)
-        return relabel(table, np.asarray(lift), np.asarray(vpn), np.asarray(flows), np.asarray(median),
+        n_vpn, flows, median, protocol, own = zip(*stats, strict=True)
+        return relabel(table, np.asarray(lift), np.asarray(n_vpn), np.asarray(flows), np.asarray(median),
                        list(protocol), np.asarray(own), registry)
 
 
@@ -264,15 +273,15 @@ def _set(table: pa.Table, name: str, rows: np.ndarray, values: list) -> pa.Table
     return table.set_column(pos, field, pc.replace_with_mask(col, pa.array(mask), pa.array(values, field.type)))
 
 
-def with_endpoint_context(tables: Iterable[pa.Table], threshold: float, registry: Any = None,
-                          min_flows: int = MIN_FLOWS, spool_dir: str | None = None) -> Iterator[pa.Table]:
+def with_endpoint_context(tables: Iterable[pa.Table], registry: Any = None, min_flows: int = MIN_FLOWS,
+                          spool_dir: str | None = None) -> Iterator[pa.Table]:
     """Labelled tables in, the same tables with endpoint context out (two passes).
 
     Pass one spools every table to a temporary Parquet file and tallies the scored
     flows; pass two reads the spool back one table at a time and relabels. Nothing is
     yielded before the input is exhausted, and the spool is removed afterwards.
     """
-    tally = EndpointTally(threshold, min_flows)
+    tally = EndpointTally(min_flows)
     with tempfile.TemporaryDirectory(prefix="vpnid-endpoints-", dir=spool_dir) as tmp:
         path = Path(tmp) / "labelled.parquet"
         writer: pq.ParquetWriter | None = None
