@@ -281,6 +281,10 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     assert [r["threshold"] for r in rows] == sorted(r["threshold"] for r in rows)
     assert all(a["recall"] >= b["recall"] and a["fpr"] >= b["fpr"] for a, b in itertools.pairwise(rows))
     assert report["holdout"]["vpn_flows_20_packets_or_more"] > 0
+    # endpoint context only adds VPN verdicts: recall and FPR at least those of each flow on its own
+    ec, h = report["holdout"]["endpoint_context"], report["holdout"]
+    assert ec["applied"] and h["recall"] >= ec["recall_per_flow"] and h["fpr"] >= ec["fpr_per_flow"]
+    assert h["tp"] - ec["found"] == round(ec["recall_per_flow"] * h["vpn_flows"])
     for png in ("roc.png", "confusion.png", "protocol_recall.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out

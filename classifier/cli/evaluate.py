@@ -62,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
         if "recall" in v:
             print(f"{key}: precision {v['precision']:.4f}  recall {v['recall']:.4f}  F1 {v['f1']:.4f}  "
                   f"ROC-AUC {v['roc_auc']:.4f}  FPR {v['fpr']:.5f}")
+    for key in ("holdout", "pipeline"):
+        ec = report.get(key, {}).get("endpoint_context", {})
+        if ec.get("applied"):
+            print(f"{key} endpoint context: {ec['found']} VPN flows found, {ec['false_alarms']} false alarms "
+                  f"(each flow on its own: recall {ec['recall_per_flow']:.4f}  FPR {ec['fpr_per_flow']:.5f})")
     for key in ("holdout", "pipeline", "grouped_cv", "leave_one_protocol_out"):
         rows = report.get(key, {}).get("tradeoff")
         if rows:
