@@ -133,6 +133,10 @@ def test_summary_json(built):
     f = s["flows"]
     assert (f["total"], f["vpn"], f["registered"], f["unregistered"], f["non_vpn_tunnels"]) == (11, 9, 4, 5, 1)
     assert f["bytes"] == sum(flows().column("bytes").to_pylist())
+    vpn = [r for r in flows().to_pylist() if r["is_vpn"]]
+    assert f["vpn_by_detection"] == {k: sum(r["detection"] == k for r in vpn) for k in ("signature", "model",
+                                                                                         "endpoint")}
+    assert sum(f["vpn_by_detection"].values()) == f["vpn"] and f["vpn_by_detection"]["model"] > 0
     assert f["unregistered_bytes"] == 3000 + 90000 + 10000 + 500 + 700
     assert s["vpn_use"] == {"pairs": 6, "unregistered_pairs": 4, "unregistered_clients": 4, "unregistered_servers": 3}
     top = s["top_unregistered_servers"][0]

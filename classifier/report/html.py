@@ -206,7 +206,9 @@ def render_html(summary: dict[str, Any], vpn: pa.Table, use: pa.Table, unreg: pa
         ("inputs", ", ".join(summary["inputs"])),
         ("time span (UTC)", f"{short_time(summary['time_span']['first_seen'])} – "
                             f"{short_time(summary['time_span']['last_seen'])}"),
-        ("detection", "signatures + model " + f"{model['name']}" if model else "signatures only (no model)"),
+        ("detection", ("signatures + model " + f"{model['name']}" if model else "signatures only (no model)")
+                      + " · VPN flows found by " + ", ".join(f"{k} {v:,}" for k, v in
+                                                             f.get("vpn_by_detection", {}).items())),
         ("registry", f"{reg.get('path')} · {reg.get('entries', 0)} entries"
                      + (f" · {reg['skipped_rows']} invalid rows skipped" if reg.get("skipped_rows") else "")),
         ("registry sha256", reg.get("sha256")),

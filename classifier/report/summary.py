@@ -38,6 +38,15 @@ def _records(table: pa.Table, n: int | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+def _by_detection(vpn: pa.Table) -> dict[str, int]:
+    """VPN flows per ``detection``: signature, model, endpoint (docs/model.md, Endpoint context)."""
+    counts = {"signature": 0, "model": 0, "endpoint": 0}
+    if vpn.num_rows:
+        for c in pc.value_counts(pc.fill_null(vpn.column("detection"), "unknown")).to_pylist():
+            counts[c["values"]] = c["counts"]
+    return counts
+
+
 def build_summary(builder: ReportBuilder, vpn: pa.Table, use: pa.Table, unreg: pa.Table,
                   files: dict[str, str], days: list[str]) -> dict[str, Any]:
     ctx = builder.context
@@ -67,6 +76,7 @@ def build_summary(builder: ReportBuilder, vpn: pa.Table, use: pa.Table, unreg: p
             "unregistered": vpn.num_rows - reg_flows,
             "unregistered_bytes": int(pc.sum(un_flows.column("bytes")).as_py() or 0) if un_flows.num_rows else 0,
             "non_vpn_tunnels": builder.tunnels,
+            "vpn_by_detection": _by_detection(vpn),
         },
         "vpn_use": {
             "pairs": use.num_rows,
