@@ -301,7 +301,8 @@ class _Job:
             self.summary.packets += res.packets
             self.results[path] = res
             _say(self.out, self.opts.quiet, f"[{self.n_done}/{len(self.todo)}] {path}: {res.packets:,} packets, "
-                                            f"{res.flows:,} flows, {res.seconds:.2f} s")
+                                            f"{res.flows:,} flows ended in it, {res.open_at_end:,} open at its "
+                                            f"end, {res.seconds:.2f} s")
         self.manifest.save()
         self.t_client += time.perf_counter() - t
 

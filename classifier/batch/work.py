@@ -77,6 +77,7 @@ class FileResult:
     seconds: float = 0.0
     problems: list[tuple[str, int | None, str]] = field(default_factory=list)
     flows: int = 0  # rows of ``table``
+    open_at_end: int = 0  # flows still open at the file's end (stitched, then labelled, later)
     stored: str | None = None  # stem in the work area when the worker wrote the result itself
 
 
@@ -182,6 +183,7 @@ def process_file(path: str, config: FlowConfig, spec: LabelSpec,
         path=path, table=table, edges=edges, is_head=is_head, is_tail=is_tail,
         first_ts=first_ts, last_ts=meter.now_ns, packets=stats.packets, size=size, digest=digest,
         problems=[(p.path, p.offset, p.message) for p in log.problems], flows=table.num_rows,
+        open_at_end=len(tails),
     )
     if store is not None:
         from classifier.batch.manifest import result_stem, write_result
