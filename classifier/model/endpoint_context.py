@@ -1,8 +1,8 @@
 """Endpoint context: a client's flows to one server port, judged together.
 
 Why: a per-connection proxy (Shadowsocks, Trojan, VMess) opens one flow per request it
-carries, and a short proxied fetch on its own looks like many a short encrypted
-exchange; the model calls most such flows VPN and leaves the rest just under its
+carries, and a short proxied fetch on its own looks like many other short encrypted
+exchanges; the model calls most such flows VPN and leaves the rest just under its
 threshold. An analyst would not: when most of one client's flows to one server port
 look like a tunnel, they all go to the same proxy. So after the model has scored every
 flow, the flows of one **endpoint** are judged together:
