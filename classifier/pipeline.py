@@ -43,6 +43,11 @@ class LabelOptions:
     endpoint_context: bool = True
     extra: dict = field(default_factory=dict)
 
+    @property
+    def judges_endpoints(self) -> bool:
+        """Endpoint context asked for and possible: only the model's flows are judged together."""
+        return self.endpoint_context and self.model is not None
+
 
 def _signature_table(batch: FlowBatch) -> pa.Table:
     from classifier.signatures import detect
@@ -133,7 +138,7 @@ def endpoint_stage(tables: Iterable[pa.Table], options: LabelOptions) -> Iterato
 
     With it, nothing comes out before every table went in (two passes over a spool).
     """
-    if not (options.endpoint_context and options.model is not None):
+    if not options.judges_endpoints:
         yield from tables
         return
     from classifier.model.endpoint_context import with_endpoint_context

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     model_name = str(getattr(model, "path", "")) or None if model is not None else None
     meta = base_metadata(inputs=list(map(str, args.inputs)), model=model_name,
                          signatures=not args.no_signatures, registry=args.registry,
-                         endpoint_context=options.endpoint_context and model is not None,
+                         endpoint_context=options.judges_endpoints,
                          idle_timeout_s=config.idle_timeout_s, active_timeout_s=config.active_timeout_s)
     schema = REPORT_SCHEMA if registry is not None else CLASSIFY_SCHEMA
     protocols: Counter = Counter()

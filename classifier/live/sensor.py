@@ -99,8 +99,7 @@ class Sensor:
         self._period_packets = 0
         self._stopping = False
         self._alerted: set[int] = set()
-        label = opts.label
-        self.endpoints = RunningEndpoints() if label.endpoint_context and label.model is not None else None
+        self.endpoints = RunningEndpoints() if opts.label.judges_endpoints else None
         # per table slot: the flow last labelled early there, its payload heads and packets then
         self._checked_fid = np.full(0, -1, np.int64)
         self._checked_heads = np.zeros(0, np.int64)

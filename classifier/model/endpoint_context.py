@@ -76,6 +76,11 @@ class EndpointVerdict:
     lifted: np.ndarray
 
 
+def passes(flows: np.ndarray | int, vpn: np.ndarray | int, min_flows: int = MIN_FLOWS) -> np.ndarray | bool:
+    """The rule: enough scored flows, and the model called more than half of them VPN."""
+    return (flows >= min_flows) & (2 * vpn > flows)
+
+
 def judge(codes: np.ndarray, vpn: np.ndarray, proba: np.ndarray, n_codes: int,
           min_flows: int = MIN_FLOWS) -> EndpointVerdict:
     """Group scored flows into verdicts (``codes[i]``: flow i's endpoint, ``vpn[i]``: the model
@@ -93,8 +98,7 @@ def judge(codes: np.ndarray, vpn: np.ndarray, proba: np.ndarray, n_codes: int,
         lo = start[has] + (flows[has] - 1) // 2
         hi = start[has] + flows[has] // 2
         median[has] = 0.5 * (sorted_p[lo] + sorted_p[hi])
-    lifted = (flows >= min_flows) & (2 * vpn > flows)
-    return EndpointVerdict(flows=flows, vpn=vpn, median=median, lifted=lifted)
+    return EndpointVerdict(flows=flows, vpn=vpn, median=median, lifted=passes(flows, vpn, min_flows))
 
 
 def lift_scores(table: pa.Table, proba: np.ndarray, scored: np.ndarray, threshold: float,
@@ -110,7 +114,7 @@ def lift_scores(table: pa.Table, proba: np.ndarray, scored: np.ndarray, threshol
     n_codes = int(codes.max()) + 1 if len(codes) else 0
     vpn = proba >= threshold
     v = judge(codes[scored], vpn[scored], proba[scored], n_codes, min_flows)
-    lifted = scored & v.lifted[codes] & ~vpn if len(codes) else np.zeros(0, bool)
+    lifted = scored & v.lifted[codes] & ~vpn
     score = proba.copy()
     score[lifted] = v.median[codes[lifted]]
     return score, lifted
@@ -168,9 +172,10 @@ class EndpointTally:
         self._codes.append(codes[scored])
         self._vpn.append(vpn[scored])
         self._proba.append(proba[scored])
-        names = table.column("vpn_protocol").take(pa.array(np.flatnonzero(vpn))).to_pylist()
-        for c, name in zip(codes[vpn], names, strict=True):
-            self._protocols.setdefault(int(c), Counter())[name or "unknown"] += 1
+        guesses = pa.table({"code": codes[vpn], "name": pc.fill_null(
+            table.column("vpn_protocol").take(pa.array(np.flatnonzero(vpn))), "unknown")})
+        for row in guesses.group_by(["code", "name"]).aggregate([([], "count_all")]).to_pylist():
+            self._protocols.setdefault(row["code"], Counter())[row["name"]] += row["count_all"]
 
     def finish(self) -> EndpointVerdict:
         def cat(parts: list[np.ndarray], dtype) -> np.ndarray:
@@ -247,19 +252,20 @@ class RunningEndpoints:
             self._seen[key] = rec
         while len(self._seen) > self.max_endpoints:
             self._seen.popitem(last=False)
-        lift, stats = [], []
-        for i, key, p, yes in zip(rows, keys, proba[rows], vpn[rows], strict=True):
+        stats = {}  # once per endpoint of this batch: (VPN, scored, median P(VPN), protocol) or None
+        for key in set(keys):
             record, protocols = self._seen.get(key, ((), Counter()))
             n_vpn = sum(v for _, v in record)
-            if yes or len(record) < self.min_flows or 2 * n_vpn <= len(record):
-                continue
-            lift.append(i)
-            stats.append((n_vpn, len(record), float(np.median([q for q, _ in record])),
-                          (protocols.most_common(1) or [("unknown", 0)])[0][0], p))
+            stats[key] = ((n_vpn, len(record), float(np.median([q for q, _ in record])),
+                           (protocols.most_common(1) or [("unknown", 0)])[0][0])
+                          if passes(len(record), n_vpn, self.min_flows) else None)
+        lift = [(i, stats[key], p) for i, key, p, yes in zip(rows, keys, proba[rows], vpn[rows], strict=True)
+                if not yes and stats[key] is not None]
         if not lift:
             return table
-        n_vpn, flows, median, protocol, own = zip(*stats, strict=True)
-        return relabel(table, np.asarray(lift), np.asarray(n_vpn), np.asarray(flows), np.asarray(median),
+        rows, endpoint, own = zip(*lift, strict=True)
+        n_vpn, flows, median, protocol = zip(*endpoint, strict=True)
+        return relabel(table, np.asarray(rows), np.asarray(n_vpn), np.asarray(flows), np.asarray(median),
                        list(protocol), np.asarray(own), registry)
 
 
