@@ -228,17 +228,17 @@ def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo
     say(f"model as is: recall {report['holdout']['recall']:.4f}, FPR {report['holdout']['fpr']:.5f}, "
         f"precision {report['holdout']['precision']:.4f}")
     if data.signature is not None:
-        score, by_signature = pipeline_scores(data.signature, p)
-        lifted = np.zeros(len(y), bool)
+        per_flow, by_signature = pipeline_scores(data.signature, p)
+        score, lifted = per_flow, np.zeros(len(y), bool)
         if endpoint_context:
             from classifier.pipeline import signature_split
 
             claimed, explained = signature_split(*data.signature)
-            score, lifted = lift_scores(data.table, score, ~claimed & ~explained, model.threshold)
+            score, lifted = lift_scores(data.table, per_flow, ~claimed & ~explained, model.threshold)
         pipe = report["pipeline"] = _view(y, score, t, names, groups, _packets(data))
         pipe["found_by_signature"] = int((by_signature & (y == 1)).sum())
         pipe["found_by_model"] = int((~by_signature & ~lifted & (score >= t) & (y == 1)).sum())
-        _note_endpoint(pipe, y, np.where(lifted, p, score), lifted, model.threshold, endpoint_context)
+        _note_endpoint(pipe, y, per_flow, lifted, model.threshold, endpoint_context)
         curves["signatures + model"] = (y, score, t)
         say(f"signatures + model: recall {pipe['recall']:.4f}, FPR {pipe['fpr']:.5f} ({pipe['found_by_signature']} "
             f"VPN flows found by a signature, {pipe['found_by_model']} by the model, "
