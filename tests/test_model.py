@@ -24,6 +24,7 @@ from classifier.model.synthetic import flow_row, synthetic_flows
 from classifier.model.train import TrainConfig, apply_calibration, sample_weights, threshold_for_fpr, train
 from classifier.model.workflow import train_on
 
+ROOT = Path(__file__).resolve().parents[1]
 FAST = TrainConfig(candidates=("hgb",), folds=3, name="test-model")
 
 
@@ -487,3 +488,58 @@ def test_concat_keeps_the_input_records_of_empty_parts():
     both = LabeledFlows.concat([full, empty])
     assert len(both) == len(full)
     assert [i["path"] for i in both.inputs] == ["a.pcap", "b.pcap"]
+
+
+def _labels_manifest(path: Path, rows: list[dict], columns: list[str]) -> Path:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_a_labels_manifest_labels_captures_like_the_lab_manifest(tmp_path):
+    """file + vpn (+ server_port, protocol), columns in any order, gives the lab manifest's labels."""
+    from classifier.lab.manifest import read_manifest_rows
+
+    lab_rows = read_manifest_rows(ROOT / "pcaps" / "MANIFEST.csv")
+    rows = [{"notes": "ignored", "is_vpn": "yes" if r.vpn else "no", "file": str(ROOT / "pcaps" / r.file),
+             "server_port": r.server_port if r.server_port is not None else "", "protocol": r.protocol}
+            for r in lab_rows]
+    labels = _labels_manifest(tmp_path / "labels.csv", rows, ["notes", "server_port", "file", "is_vpn", "protocol"])
+    want = load_labeled([str(ROOT / "pcaps" / "MANIFEST.csv")])
+    got = load_labeled([str(labels)])
+    key = lambda d: sorted(zip(d.table.column("capture").to_pylist(), d.table.column("flow_id").to_pylist(),  # noqa: E731
+                               d.label.tolist(), strict=True))
+    assert key(got) == key(want) and got.label.sum() > 0 and (got.label == 0).sum() > 0
+    assert [p for p in got.protocol if p] == [p for p in want.protocol if p]
+
+
+def test_a_labels_manifest_without_server_port_takes_every_flow_but_incidental_services(tmp_path):
+    """A VPN file with no server port: every flow but DNS/DHCP-like services and ICMP is VPN; a no file none."""
+    rows = [{"file": str(ROOT / "pcaps" / "wireguard.pcap"), "label": "vpn"},
+            {"file": str(ROOT / "pcaps" / "dns.pcap"), "label": "0"},
+            {"file": str(ROOT / "pcaps" / "ipsec-ikev2.pcap"), "label": "partial"}]
+    data = load_labeled([str(_labels_manifest(tmp_path / "m.csv", rows, ["file", "label"]))])
+    caps = np.asarray(data.table.column("capture").to_pylist(), object)
+    wg = np.array([c.endswith("wireguard.pcap") for c in caps])
+    ports = np.stack([data.table.column(c).fill_null(0).to_numpy() for c in ("src_port", "dst_port")])
+    incidental = np.isin(ports, [53, 67, 68, 123]).any(axis=0) | np.isin(
+        data.table.column("ip_proto").to_numpy(), [1, 58])
+    assert wg.any() and (data.label[wg] == (~incidental[wg]).astype(np.int8)).all() and data.label[wg].any()
+    assert (data.label[~wg] == 0).all() and not any(c.endswith("ipsec-ikev2.pcap") for c in caps)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("path,kind\nx.pcap,vpn\n", "m.csv:1: a manifest needs a file column and a label column"),
+    ("file,vpn\nx.pcap,maybe\n", "m.csv:2: vpn must be yes/no"),
+    ("file,vpn,server_port\nx.pcap,yes,70000\n", "m.csv:2: server_port must be a port number"),
+    ("file,vpn\n,yes\n", "m.csv:2: file must not be empty"),
+])
+def test_a_bad_labels_manifest_names_its_line(tmp_path, capsys, text, message):
+    (tmp_path / "m.csv").write_text(text)
+    assert main(["evaluate", "default", str(tmp_path / "m.csv"), "--no-cv", "--no-lopo", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="flow Parquet files, capture files or directories, or MANIFEST.csv files")
     p.add_argument("-o", "--output", default="out/evaluate", metavar="DIR",
                    help="directory for metrics.json and the plots (default out/evaluate)")
-    p.add_argument("--manifest", metavar="CSV", help="manifest labelling the captures")
+    p.add_argument("--manifest", metavar="CSV", help="manifest labelling the captures: the lab's MANIFEST.csv, "
+                   "or a CSV of file,vpn[,protocol,server_port,group]")
     p.add_argument("--folds", type=int, default=5,
                    help="capture-grouped folds of the retrained views (default 5; 0: leave one scenario or "
                         "capture out); each retraining keeps the model's own inner folds")

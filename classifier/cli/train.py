@@ -18,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="LABELED",
                    help="flow Parquet files, capture files or directories, or MANIFEST.csv files")
     p.add_argument("-o", "--output", required=True, metavar="MODEL.skops", help="model file to write")
-    p.add_argument("--manifest", metavar="CSV", help="manifest labelling the captures (default: MANIFEST.csv "
-                                                     "beside them)")
+    p.add_argument("--manifest", metavar="CSV", help="manifest labelling the captures: the lab's MANIFEST.csv, or "
+                                                     "a CSV of file,vpn[,protocol,server_port,group] (default: "
+                                                     "MANIFEST.csv beside them)")
     p.add_argument("--augment", type=int, default=0, metavar="N",
                    help="augmented copies per capture: packet loss, jitter, flows cut mid-way (default 0)")
     p.add_argument("--candidates", default="rf,hgb", metavar="LIST",

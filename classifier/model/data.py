@@ -207,8 +207,58 @@ def _public_protocol(text: str) -> str | None:
     return "unknown-vpn"
 
 
+#: Column of a labels manifest that says whether a capture is VPN (the first one present).
+LABEL_COLUMNS = ("vpn", "label", "is_vpn")
+
+
+def read_labels_manifest(mp: Path) -> dict[str, Truth]:
+    """A labels manifest: ``file`` and ``vpn`` (or ``label``/``is_vpn``), optionally ``protocol``,
+    ``server_port`` and ``group``; other columns are ignored, in any order.
+
+    Why: captures made elsewhere (a colleague's, a held-out set) come with a list of
+    which file holds a VPN, not the lab's ten columns. A VPN file with a ``server_port``
+    is labelled by the lab's tunnel rule (module docstring); without one, by the public
+    corpus's rule (every flow but incidental services such as DNS and DHCP is VPN), which
+    is approximate and suits captures of one tunnel. An empty label, or ``partial``,
+    leaves the file out (mixed captures cannot be labelled per file).
+    """
+    text = mp.read_text(encoding="utf-8")
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip().lower() for h in (reader.fieldnames or ())]
+    reader.fieldnames = header
+    label_col = next((c for c in LABEL_COLUMNS if c in header), None)
+    if "file" not in header or label_col is None:
+        raise UsageError(f"{mp}:1: a manifest needs a file column and a label column ({', '.join(LABEL_COLUMNS)}); "
+                         f"found {', '.join(header) or 'no header'} (or use the lab's MANIFEST.csv columns, or "
+                         "the public corpus's contains_vpn)")
+    out: dict[str, Truth] = {}
+    for rec in reader:
+        where = f"{mp}:{reader.line_num}"
+        file = (rec.get("file") or "").strip()
+        if not file:
+            raise UsageError(f"{where}: file must not be empty")
+        flag = (rec.get(label_col) or "").strip().lower()
+        if flag in ("", "partial", "mixed"):
+            vpn = None
+        elif flag in _TRUE or flag in _FALSE:
+            vpn = flag in _TRUE
+        else:
+            raise UsageError(f"{where}: {label_col} must be yes/no, 1/0, true/false or vpn/non-vpn "
+                             f"(empty or partial: left out), not {flag!r}")
+        port_text = (rec.get("server_port") or "").strip()
+        port = int(port_text) if port_text.isdigit() else None
+        if port_text and (port is None or port > 65535):
+            raise UsageError(f"{where}: server_port must be a port number (0-65535), not {port_text!r}")
+        protocol = (rec.get("protocol") or "").strip().lower() or None
+        path = str((mp.parent / file).resolve())
+        group = (rec.get("group") or "").strip()
+        out[path] = Truth(path, vpn, protocol if vpn else None, port, public=bool(vpn) and port is None,
+                          group=f"group:{group}" if group else "")
+    return out
+
+
 def read_truth(manifest: str | os.PathLike) -> dict[str, Truth]:
-    """Map resolved capture path -> Truth, for the lab manifest or the public-corpus manifest."""
+    """Map resolved capture path -> Truth, for the lab manifest, the public-corpus manifest or a labels manifest."""
     mp = Path(manifest)
     try:
         head = mp.read_text(encoding="utf-8").splitlines()[:1]
@@ -217,6 +267,10 @@ def read_truth(manifest: str | os.PathLike) -> dict[str, Truth]:
     header = next(csv.reader(io.StringIO(head[0]))) if head else []
     base = mp.parent
     out: dict[str, Truth] = {}
+    from classifier.lab.manifest import MANIFEST_COLUMNS
+
+    if "contains_vpn" not in header and tuple(header) != MANIFEST_COLUMNS:
+        return read_labels_manifest(mp)
     if "contains_vpn" in header:  # public corpus: yes / no / partial per file
         with open(mp, encoding="utf-8", newline="") as fh:
             reader = csv.DictReader(fh)
