@@ -282,6 +282,13 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     assert [r["threshold"] for r in rows] == sorted(r["threshold"] for r in rows)
     assert all(a["recall"] >= b["recall"] and a["fpr"] >= b["fpr"] for a, b in itertools.pairwise(rows))
     assert report["holdout"]["vpn_flows_20_packets_or_more"] > 0
+    # the captures listed for misses and false alarms account for the confusion matrix (fewer than 10 each)
+    h = report["holdout"]
+    for field, wrong, of, total in (("missed_captures", "missed", "vpn_flows", h["fn"]),
+                                    ("false_positive_captures", "false_positives", "non_vpn_flows", h["fp"])):
+        rows = h[field]
+        assert all(0 < r[wrong] <= r[of] for r in rows)
+        assert sum(r[wrong] for r in rows) == total if len(rows) < 10 else sum(r[wrong] for r in rows) <= total
     # endpoint context only adds VPN verdicts: recall and FPR at least those of each flow on its own
     ec, h = report["holdout"]["endpoint_context"], report["holdout"]
     assert ec["applied"] and h["recall"] >= ec["recall_per_flow"] and h["fpr"] >= ec["fpr_per_flow"]

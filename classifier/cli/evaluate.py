@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
         if ec.get("applied"):
             print(f"{key} endpoint context: {ec['found']} VPN flows found, {ec['false_alarms']} false alarms "
                   f"(each flow on its own: recall {ec['recall_per_flow']:.4f}  FPR {ec['fpr_per_flow']:.5f})")
+    for key in ("holdout", "pipeline"):
+        v = report.get(key, {})
+        for field, what, wrong, of in (("false_positive_captures", "false alarms", "false_positives",
+                                        "non_vpn_flows"), ("missed_captures", "missed", "missed", "vpn_flows")):
+            if v.get(field):
+                print(f"{key} {what} in: " + ", ".join(f"{Path(g['capture']).name} ({g[wrong]} of {g[of]})"
+                                                       for g in v[field][:5]))
     for key in ("holdout", "pipeline", "grouped_cv", "leave_one_protocol_out"):
         rows = report.get(key, {}).get("tradeoff")
         if rows:

@@ -40,15 +40,25 @@ def per_protocol_recall(names: np.ndarray, y: np.ndarray, pred: np.ndarray) -> d
     return out
 
 
+def _worst_groups(groups: np.ndarray, wrong: np.ndarray, of: np.ndarray, names: tuple[str, str],
+                  k: int) -> list[dict]:
+    """The ``k`` groups with the most ``wrong`` flows, each with how many of its ``of`` flows there are."""
+    if not wrong.any():
+        return []
+    g, c = np.unique(groups[wrong], return_counts=True)
+    order = np.argsort(-c, kind="stable")[:k]
+    return [{"capture": str(g[i]), names[0]: int(c[i]), names[1]: int(((groups == g[i]) & of).sum())}
+            for i in order]
+
+
 def false_positive_groups(groups: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int = 10) -> list[dict]:
     """Non-VPN captures with the most flows called VPN (names and counts only)."""
-    fp = (y == 0) & pred
-    if not fp.any():
-        return []
-    g, c = np.unique(groups[fp], return_counts=True)
-    order = np.argsort(-c)[:k]
-    return [{"capture": str(g[i]), "false_positives": int(c[i]),
-             "non_vpn_flows": int(((groups == g[i]) & (y == 0)).sum())} for i in order]
+    return _worst_groups(groups, (y == 0) & pred, y == 0, ("false_positives", "non_vpn_flows"), k)
+
+
+def missed_groups(groups: np.ndarray, y: np.ndarray, pred: np.ndarray, k: int = 10) -> list[dict]:
+    """VPN captures with the most VPN flows not called VPN: where to look first on one's own captures."""
+    return _worst_groups(groups, (y == 1) & ~pred, y == 1, ("missed", "vpn_flows"), k)
 
 
 #: Probability thresholds of the trade-off table (recall and FPR at each).
@@ -92,6 +102,7 @@ def _view(y: np.ndarray, proba: np.ndarray, thresholds: np.ndarray, names: np.nd
     m["threshold"] = float(np.nanmean(thresholds[ok])) if ok.any() else float("nan")
     m["per_protocol"] = per_protocol_recall(names[ok], y[ok], pred[ok])
     m["false_positive_captures"] = false_positive_groups(groups[ok], y[ok], pred[ok])
+    m["missed_captures"] = missed_groups(groups[ok], y[ok], pred[ok])
     m["tradeoff"] = tradeoff(y, proba)
     if packets is not None:
         long_vpn = ok & (y == 1) & (packets >= LONG_FLOW)
