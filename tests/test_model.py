@@ -526,9 +526,11 @@ def test_a_labels_manifest_labels_captures_like_the_lab_manifest(tmp_path):
 
 def test_a_labels_manifest_without_server_port_takes_every_flow_but_incidental_services(tmp_path):
     """A VPN file with no server port: every flow but DNS/DHCP-like services and ICMP is VPN; a no file none."""
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "https.pcap").symlink_to(ROOT / "pcaps" / "https.pcap")
     rows = [{"file": str(ROOT / "pcaps" / "wireguard.pcap"), "label": "vpn", "group": "office"},
             {"file": str(ROOT / "pcaps" / "dns.pcap"), "label": "0", "group": "office"},
-            {"file": str(ROOT / "pcaps" / "https.pcap"), "label": "no"},
+            {"file": "web", "label": "no"},  # a directory: every capture under it
             {"file": str(ROOT / "pcaps" / "ipsec-ikev2.pcap"), "label": "partial"}]
     data = load_labeled([str(_labels_manifest(tmp_path / "m.csv", rows, ["file", "label", "group"]))])
     caps = np.asarray(data.table.column("capture").to_pylist(), object)
@@ -540,7 +542,8 @@ def test_a_labels_manifest_without_server_port_takes_every_flow_but_incidental_s
     assert (data.label[~wg] == 0).all() and not any(c.endswith("ipsec-ikev2.pcap") for c in caps)
     # a group keeps its captures together in grouped evaluation; a file without one is its own group
     https = np.array([c.endswith("https.pcap") for c in caps])
-    assert set(data.group[~https]) == {"group:office"} and set(data.group[https]) == {str(ROOT / "pcaps" / "https.pcap")}
+    assert https.any() and set(data.group[~https]) == {"group:office"}
+    assert set(data.group[https]) == {str(ROOT / "pcaps" / "https.pcap")}
 
 
 @pytest.mark.parametrize(("text", "message"), [

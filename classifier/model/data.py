@@ -213,7 +213,8 @@ LABEL_COLUMNS = ("vpn", "label", "is_vpn")
 
 def read_labels_manifest(mp: Path) -> dict[str, Truth]:
     """A labels manifest: ``file`` and ``vpn`` (or ``label``/``is_vpn``), optionally ``protocol``,
-    ``server_port`` and ``group``; other columns are ignored, in any order.
+    ``server_port`` and ``group``; other columns are ignored, in any order. A ``file``
+    that is a directory stands for every capture under it.
 
     Why: captures made elsewhere (a colleague's, a held-out set) come with a list of
     which file holds a VPN, not the lab's ten columns. A VPN file with a ``server_port``
@@ -222,6 +223,8 @@ def read_labels_manifest(mp: Path) -> dict[str, Truth]:
     is approximate and suits captures of one tunnel. An empty label, or ``partial``,
     leaves the file out (mixed captures cannot be labelled per file).
     """
+    from classifier.flows.api import expand_inputs
+
     text = mp.read_text(encoding="utf-8")
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip().lower() for h in (reader.fieldnames or ())]
@@ -250,44 +253,60 @@ def read_labels_manifest(mp: Path) -> dict[str, Truth]:
         if port_text and (port is None or port > 65535):
             raise UsageError(f"{where}: server_port must be a port number (0-65535), not {port_text!r}")
         protocol = (rec.get("protocol") or "").strip().lower() or None
-        path = str((mp.parent / file).resolve())
         group = (rec.get("group") or "").strip()
-        out[path] = Truth(path, vpn, protocol if vpn else None, port, public=bool(vpn) and port is None,
-                          group=f"group:{group}" if group else "")
+        target = (mp.parent / file).resolve()
+        # a directory stands for every capture under it, each labelled alike
+        paths = [str(Path(f).resolve()) for f in expand_inputs([str(target)])] if target.is_dir() else [str(target)]
+        for path in paths:
+            out[path] = Truth(path, vpn, protocol if vpn else None, port, public=bool(vpn) and port is None,
+                              group=f"group:{group}" if group else "")
     return out
 
 
 def read_truth(manifest: str | os.PathLike) -> dict[str, Truth]:
-    """Map resolved capture path -> Truth, for the lab manifest, the public-corpus manifest or a labels manifest."""
+    """Map resolved capture path -> Truth, for the lab manifest, the public-corpus manifest or a labels manifest.
+
+    Which one is told by the header: the lab's ten columns exactly, a ``contains_vpn``
+    column (the public corpus), else a labels manifest (``read_labels_manifest``).
+    """
+    from classifier.lab.manifest import MANIFEST_COLUMNS
+
     mp = Path(manifest)
     try:
         head = mp.read_text(encoding="utf-8").splitlines()[:1]
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{mp}: cannot read manifest: {exc}") from None
     header = next(csv.reader(io.StringIO(head[0]))) if head else []
-    base = mp.parent
-    out: dict[str, Truth] = {}
-    from classifier.lab.manifest import MANIFEST_COLUMNS
+    if "contains_vpn" in header:
+        return _read_public_manifest(mp)
+    if tuple(header) == MANIFEST_COLUMNS:
+        return _read_lab_manifest(mp)
+    return read_labels_manifest(mp)
 
-    if "contains_vpn" not in header and tuple(header) != MANIFEST_COLUMNS:
-        return read_labels_manifest(mp)
-    if "contains_vpn" in header:  # public corpus: yes / no / partial per file
-        with open(mp, encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            for rec in reader:
-                flag = (rec.get("contains_vpn") or "").strip().lower()
-                if flag not in ("yes", "no", "partial"):
-                    raise UsageError(f"{mp}:{reader.line_num}: contains_vpn must be yes, no or partial")
-                vpn = {"yes": True, "no": False}.get(flag)
-                proto = _public_protocol(rec.get("protocols", "")) if vpn else None
-                path = str((base / rec["file"]).resolve())
-                out[path] = Truth(path, vpn, proto, None, public=True)
-        return out
+
+def _read_public_manifest(mp: Path) -> dict[str, Truth]:
+    """The public corpus's manifest: yes / no / partial per file in ``contains_vpn``."""
+    out: dict[str, Truth] = {}
+    with open(mp, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        for rec in reader:
+            flag = (rec.get("contains_vpn") or "").strip().lower()
+            if flag not in ("yes", "no", "partial"):
+                raise UsageError(f"{mp}:{reader.line_num}: contains_vpn must be yes, no or partial")
+            vpn = {"yes": True, "no": False}.get(flag)
+            proto = _public_protocol(rec.get("protocols", "")) if vpn else None
+            path = str((mp.parent / rec["file"]).resolve())
+            out[path] = Truth(path, vpn, proto, None, public=True)
+    return out
+
+
+def _read_lab_manifest(mp: Path) -> dict[str, Truth]:
+    """The lab's MANIFEST.csv: repeated captures of one scenario are near-twins, so they share a group."""
     from classifier.lab.manifest import read_manifest_rows
 
+    out: dict[str, Truth] = {}
     for row in read_manifest_rows(mp):
-        path = str((base / row.file).resolve())
-        # repeated captures of one scenario are near-twins: they share a group, VPN or not
+        path = str((mp.parent / row.file).resolve())
         out[path] = Truth(path, row.vpn, row.protocol if row.vpn else None, row.server_port,
                           group=f"scenario:{row.scenario}")
     return out
