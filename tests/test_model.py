@@ -546,6 +546,18 @@ def test_a_labels_manifest_without_server_port_takes_every_flow_but_incidental_s
     assert set(data.group[https]) == {str(ROOT / "pcaps" / "https.pcap")}
 
 
+def test_a_labels_manifest_from_a_spreadsheet_reads_alike(tmp_path):
+    """A byte-order mark, ';' between columns, Windows line ends and capitalised headers change nothing."""
+    plain = _labels_manifest(tmp_path / "plain.csv", [{"file": str(ROOT / "pcaps" / "dns.pcap"), "vpn": "no"},
+                                                      {"file": str(ROOT / "pcaps" / "wireguard.pcap"), "vpn": "yes"}],
+                             ["file", "vpn"])
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_bytes("\ufeffFile;VPN\r\n".encode() + "".join(
+        f"{line.replace(',', ';')}\r\n" for line in plain.read_text().splitlines()[1:]).encode())
+    want, got = load_labeled([str(plain)]), load_labeled([str(sheet)])
+    assert got.label.tolist() == want.label.tolist() and got.label.sum() > 0
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("path,kind\nx.pcap,vpn\n", "m.csv:1: a manifest needs a file column and a label column"),
     ("file,vpn\nx.pcap,maybe\n", "m.csv:2: vpn must be yes/no"),

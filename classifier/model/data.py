@@ -225,8 +225,11 @@ def read_labels_manifest(mp: Path) -> dict[str, Truth]:
     """
     from classifier.flows.api import expand_inputs
 
-    text = mp.read_text(encoding="utf-8")
-    reader = csv.DictReader(io.StringIO(text))
+    text = mp.read_text(encoding="utf-8-sig")  # a spreadsheet's export may start with a byte-order mark
+    first = text.split("\n", 1)[0]
+    # a spreadsheet set to a comma-decimal locale separates columns with ';'
+    delimiter = next((d for d in (",", ";", "\t") if d in first), ",")
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
     header = [h.strip().lower() for h in (reader.fieldnames or ())]
     reader.fieldnames = header
     label_col = next((c for c in LABEL_COLUMNS if c in header), None)
