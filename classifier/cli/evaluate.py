@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "Writes metrics.json, roc.png, confusion.png and protocol_recall.png.")
     p.add_argument("model", metavar="MODEL", help="model file (.skops); 'default' for the shipped model")
     p.add_argument("inputs", nargs="+", metavar="LABELED",
-                   help="flow Parquet files, capture files or directories, or MANIFEST.csv files")
+                   help="flow Parquet files, capture files or directories, or manifest CSV files (all the captures "
+                        "they list)")
     p.add_argument("-o", "--output", default="out/evaluate", metavar="DIR",
                    help="directory for metrics.json and the plots (default out/evaluate)")
     p.add_argument("--manifest", metavar="CSV", help="manifest labelling the captures: the lab's MANIFEST.csv, "

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "plus a manifest (MANIFEST.csv beside them, or --manifest). Writes the model with "
                     "skops and a model card (NAME.card.json, NAME.card.md) beside it. See docs/model.md.")
     p.add_argument("inputs", nargs="+", metavar="LABELED",
-                   help="flow Parquet files, capture files or directories, or MANIFEST.csv files")
+                   help="flow Parquet files, capture files or directories, or manifest CSV files (all the captures "
+                        "they list)")
     p.add_argument("-o", "--output", required=True, metavar="MODEL.skops", help="model file to write")
     p.add_argument("--manifest", metavar="CSV", help="manifest labelling the captures: the lab's MANIFEST.csv, or "
                                                      "a CSV of file,vpn[,protocol,server_port,group] (default: "
