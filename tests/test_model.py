@@ -297,6 +297,8 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "precision" in printed and "FPR" in printed
+    per_protocol = next(line for line in printed.splitlines() if line.startswith("holdout found per protocol: "))
+    assert all(f"{name} {r['found']}/{r['flows']}" in per_protocol for name, r in h["per_protocol"].items())
 
     # a set of VPN flows only (a batch of tunnel captures) has no ROC curve: plots, no warning
     vpn_only = tmp_path / "vpn.parquet"

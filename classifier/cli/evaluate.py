@@ -57,31 +57,40 @@ def run(args: argparse.Namespace) -> int:
     report, curves = evaluate(model, data, folds=args.folds, cv=not args.no_cv, lopo=not args.no_lopo,
                               endpoint_context=not args.no_endpoint_context, say=say)
     written = write_report(report, curves, args.output)
-    h = report["holdout"]
-    print(f"model {model.label}: precision {h['precision']:.4f}  recall {h['recall']:.4f}  F1 {h['f1']:.4f}  "
-          f"ROC-AUC {h['roc_auc']:.4f}  FPR {h['fpr']:.5f} at threshold {model.threshold:.4f}")
-    for key in ("pipeline", "grouped_cv", "leave_one_protocol_out"):
-        v = report.get(key, {})
-        if "recall" in v:
-            print(f"{key}: precision {v['precision']:.4f}  recall {v['recall']:.4f}  F1 {v['f1']:.4f}  "
-                  f"ROC-AUC {v['roc_auc']:.4f}  FPR {v['fpr']:.5f}")
-    for key in ("holdout", "pipeline"):
-        ec = report.get(key, {}).get("endpoint_context", {})
-        if ec.get("applied"):
-            print(f"{key} endpoint context: {ec['found']} VPN flows found, {ec['false_alarms']} false alarms "
-                  f"(each flow on its own: recall {ec['recall_per_flow']:.4f}  FPR {ec['fpr_per_flow']:.5f})")
-    for key in ("holdout", "pipeline"):
-        v = report.get(key, {})
-        for field, what, wrong, of in (("false_positive_captures", "false alarms", "false_positives",
-                                        "non_vpn_flows"), ("missed_captures", "missed", "missed", "vpn_flows")):
-            if v.get(field):
-                print(f"{key} {what} in: " + ", ".join(f"{Path(g['capture']).name} ({g[wrong]} of {g[of]})"
-                                                       for g in v[field][:5]))
-    for key in ("holdout", "pipeline", "grouped_cv", "leave_one_protocol_out"):
-        rows = report.get(key, {}).get("tradeoff")
-        if rows:
-            print(f"{key} trade-off: " + "  ".join(f"{r['threshold']:g}: recall {r['recall']:.3f} FPR {r['fpr']:.4f}"
-                                                   for r in rows))
+    for line in summary_lines(report, model.label, model.threshold):
+        print(line)
     if not args.quiet:
         print(f"vpnid evaluate: wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     return log.exit_status
+
+
+def summary_lines(report: dict, label: str, threshold: float) -> list[str]:
+    """The terminal summary of an evaluation: each view's scores, then where its errors are."""
+    h = report["holdout"]
+    lines = [f"model {label}: precision {h['precision']:.4f}  recall {h['recall']:.4f}  F1 {h['f1']:.4f}  "
+             f"ROC-AUC {h['roc_auc']:.4f}  FPR {h['fpr']:.5f} at threshold {threshold:.4f}"]
+    for key in ("pipeline", "grouped_cv", "leave_one_protocol_out"):
+        v = report.get(key, {})
+        if "recall" in v:
+            lines.append(f"{key}: precision {v['precision']:.4f}  recall {v['recall']:.4f}  F1 {v['f1']:.4f}  "
+                         f"ROC-AUC {v['roc_auc']:.4f}  FPR {v['fpr']:.5f}")
+    for key in ("holdout", "pipeline"):
+        v = report.get(key, {})
+        ec = v.get("endpoint_context", {})
+        if ec.get("applied"):
+            lines.append(f"{key} endpoint context: {ec['found']} VPN flows found, {ec['false_alarms']} false alarms "
+                         f"(each flow on its own: recall {ec['recall_per_flow']:.4f}  FPR {ec['fpr_per_flow']:.5f})")
+        if v.get("per_protocol"):
+            lines.append(f"{key} found per protocol: " + ", ".join(
+                f"{name} {r['found']}/{r['flows']}" for name, r in v["per_protocol"].items()))
+        for field, what, wrong, of in (("false_positive_captures", "false alarms", "false_positives",
+                                        "non_vpn_flows"), ("missed_captures", "missed", "missed", "vpn_flows")):
+            if v.get(field):
+                lines.append(f"{key} {what} in: " + ", ".join(
+                    f"{Path(g['capture']).name} ({g[wrong]} of {g[of]})" for g in v[field][:5]))
+    for key in ("holdout", "pipeline", "grouped_cv", "leave_one_protocol_out"):
+        rows = report.get(key, {}).get("tradeoff")
+        if rows:
+            lines.append(f"{key} trade-off: " + "  ".join(
+                f"{r['threshold']:g}: recall {r['recall']:.3f} FPR {r['fpr']:.4f}" for r in rows))
+    return lines
