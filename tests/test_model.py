@@ -549,13 +549,13 @@ def test_a_labels_manifest_without_server_port_takes_every_flow_but_incidental_s
 
 
 def test_a_labels_manifest_from_a_spreadsheet_reads_alike(tmp_path):
-    """A byte-order mark, ';' between columns, Windows line ends and capitalised headers change nothing."""
+    """A byte-order mark, ';' between columns, Windows line ends, capitalised headers and empty rows change nothing."""
     plain = _labels_manifest(tmp_path / "plain.csv", [{"file": str(ROOT / "pcaps" / "dns.pcap"), "vpn": "no"},
                                                       {"file": str(ROOT / "pcaps" / "wireguard.pcap"), "vpn": "yes"}],
                              ["file", "vpn"])
     sheet = tmp_path / "sheet.csv"
     sheet.write_bytes("\ufeffFile;VPN\r\n".encode() + "".join(
-        f"{line.replace(',', ';')}\r\n" for line in plain.read_text().splitlines()[1:]).encode())
+        f"{line.replace(',', ';')}\r\n" for line in plain.read_text().splitlines()[1:]).encode() + b";\r\n;\r\n")
     want, got = load_labeled([str(plain)]), load_labeled([str(sheet)])
     assert got.label.tolist() == want.label.tolist() and got.label.sum() > 0
 

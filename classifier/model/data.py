@@ -240,6 +240,8 @@ def read_labels_manifest(mp: Path) -> dict[str, Truth]:
     out: dict[str, Truth] = {}
     for rec in reader:
         where = f"{mp}:{reader.line_num}"
+        if not any(isinstance(v, str) and v.strip() for v in rec.values()):
+            continue  # an empty row, as spreadsheets export after the last one
         file = (rec.get("file") or "").strip()
         if not file:
             raise UsageError(f"{where}: file must not be empty")
