@@ -252,21 +252,22 @@ class RunningEndpoints:
             self._seen[key] = rec
         while len(self._seen) > self.max_endpoints:
             self._seen.popitem(last=False)
-        stats = {}  # once per endpoint of this batch: (VPN, scored, median P(VPN), protocol) or None
-        for key in set(keys):
-            record, protocols = self._seen.get(key, ((), Counter()))
-            n_vpn = sum(v for _, v in record)
-            stats[key] = ((n_vpn, len(record), float(np.median([q for q, _ in record])),
-                           (protocols.most_common(1) or [("unknown", 0)])[0][0])
-                          if passes(len(record), n_vpn, self.min_flows) else None)
-        lift = [(i, stats[key], p) for i, key, p, yes in zip(rows, keys, proba[rows], vpn[rows], strict=True)
-                if not yes and stats[key] is not None]
-        if not lift:
+        # judge this batch's endpoints on their records with the shared rule (``judge``)
+        batch_keys = list(dict.fromkeys(keys))
+        code_of = {k: i for i, k in enumerate(batch_keys)}
+        records = [self._seen.get(k, ((), Counter())) for k in batch_keys]
+        sizes = [len(r) for r, _ in records]
+        v = judge(np.repeat(np.arange(len(batch_keys)), sizes),
+                  np.fromiter((yes for r, _ in records for _, yes in r), bool, sum(sizes)),
+                  np.fromiter((q for r, _ in records for q, _ in r), np.float64, sum(sizes)),
+                  len(batch_keys), self.min_flows)
+        codes = np.fromiter((code_of[k] for k in keys), np.int64, len(keys))
+        lift = v.lifted[codes] & ~vpn[rows]
+        if not lift.any():
             return table
-        rows, endpoint, own = zip(*lift, strict=True)
-        n_vpn, flows, median, protocol = zip(*endpoint, strict=True)
-        return relabel(table, np.asarray(rows), np.asarray(n_vpn), np.asarray(flows), np.asarray(median),
-                       list(protocol), np.asarray(own), registry)
+        c = codes[lift]
+        protocol = [(records[k][1].most_common(1) or [("unknown", 0)])[0][0] for k in c]
+        return relabel(table, rows[lift], v.vpn[c], v.flows[c], v.median[c], protocol, proba[rows[lift]], registry)
 
 
 def _set(table: pa.Table, name: str, rows: np.ndarray, values: list) -> pa.Table:
