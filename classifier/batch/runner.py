@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -413,18 +414,22 @@ class _Job:
 
         A run is one capture (its files are stitched as one), so endpoints span files; the
         tally reads only the columns it needs, and only partitions with a lifted flow are
-        rewritten (same metadata, same row groups).
+        read whole and rewritten (same metadata, same row groups).
         """
         from classifier.model.endpoint_context import RUN_KEY_COLUMNS, EndpointTally
 
         stage = self.manifest.stage_dir
         tally = EndpointTally(keys=RUN_KEY_COLUMNS)
         needed = [*RUN_KEY_COLUMNS, "is_vpn", "vpn_protocol", "confidence", "detection"]
+        candidates: dict[str, np.ndarray] = {}  # per partition: endpoints of its flows the rule could lift
         for name in names:
-            for batch in pq.ParquetFile(stage / name).iter_batches(columns=needed):
-                tally.add(pa.Table.from_batches([batch]))
-        tally.finish()
+            parts = [tally.add(pa.Table.from_batches([batch]))
+                     for batch in pq.ParquetFile(stage / name).iter_batches(columns=needed)]
+            candidates[name] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        lifted = tally.finish().lifted
         for name in names:
+            if not lifted[candidates[name]].any():
+                continue
             path = stage / name
             table = pq.read_table(path)
             out = tally.apply(table, self.registry)

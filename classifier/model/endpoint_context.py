@@ -163,11 +163,12 @@ class EndpointTally:
         idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         return local[idx] if len(idx) else np.zeros(0, np.int64)
 
-    def add(self, table: pa.Table) -> None:
-        """Record a labelled table's scored flows."""
+    def add(self, table: pa.Table) -> np.ndarray:
+        """Record a labelled table's scored flows; returns the endpoint codes of those the rule
+        could lift (scored, not VPN), so that a caller can skip tables where none is lifted."""
         proba, scored, vpn = model_proba(table)
         if not scored.any():
-            return
+            return np.zeros(0, np.int64)
         codes = self.codes(table, add=True)
         self._codes.append(codes[scored])
         self._vpn.append(vpn[scored])
@@ -176,6 +177,7 @@ class EndpointTally:
             table.column("vpn_protocol").take(pa.array(np.flatnonzero(vpn))), "unknown")})
         for row in guesses.group_by(["code", "name"]).aggregate([([], "count_all")]).to_pylist():
             self._protocols.setdefault(row["code"], Counter())[row["name"]] += row["count_all"]
+        return np.unique(codes[scored & ~vpn])
 
     def finish(self) -> EndpointVerdict:
         def cat(parts: list[np.ndarray], dtype) -> np.ndarray:
