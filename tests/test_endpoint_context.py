@@ -122,12 +122,17 @@ def _p(table: pa.Table) -> np.ndarray:
     return model_proba(table)[0]
 
 
+def _majority_threshold(p: np.ndarray) -> float:
+    """A threshold that more than half of the scores ``p`` pass."""
+    return float(np.sort(p)[len(p) - (len(p) // 2 + 1)])
+
+
 def _dns_majority(tmp_path: Path) -> tuple[np.ndarray, float]:
     """P(VPN) of ``pcaps/dns.pcap``'s flows (one endpoint) and a threshold more than half of them pass."""
     first = tmp_path / "first.parquet"
     assert main(["classify", "--no-signatures", str(DNS), "-o", str(first), "-q"]) == 0
     p = _p(pq.read_table(first))
-    return p, float(np.sort(p)[len(p) - (len(p) // 2 + 1)])
+    return p, _majority_threshold(p)
 
 
 @needs_lab
@@ -140,7 +145,7 @@ def test_classify_lifts_exactly_what_the_rule_says(tmp_path) -> None:
                          & (np.asarray(t.column("dst_port").to_pylist(), object) == 53))
     assert len(dns) >= MIN_FLOWS
     p = _p(t)[dns]
-    thr = float(np.sort(p)[len(p) - (len(p) // 2 + 1)])  # more than half pass
+    thr = _majority_threshold(p)
     assert (p < thr).any()
     off, on = tmp_path / "off.parquet", tmp_path / "on.parquet"
     assert main(["classify", "--no-signatures", "--threshold", str(thr), "--no-endpoint-context", str(DNS), str(SS),
