@@ -90,7 +90,7 @@ def _settings(opts: BatchOptions) -> dict:
     return {"vpnid": __version__, "idle_timeout_s": c.idle_timeout_s, "active_timeout_s": c.active_timeout_s,
             "close_linger_s": c.close_linger_s, "sweep_interval_s": c.sweep_interval_s,
             "signatures": spec.signatures, "model": model,
-            "endpoint_context": spec.endpoint_context and model is not None}
+            "endpoint_context": spec.judges_endpoints}
 
 
 def _say(out: TextIO, quiet: bool, text: str) -> None:

@@ -38,6 +38,11 @@ class LabelSpec:
     model_path: str | None = None
     endpoint_context: bool = True  # applied by the client over the whole dataset before it commits
 
+    @property
+    def judges_endpoints(self) -> bool:
+        """``LabelOptions.judges_endpoints`` from the path alone: the client never loads the model."""
+        return self.endpoint_context and bool(self.model_path)
+
     def options(self) -> Any:
         from classifier.pipeline import LabelOptions
 
