@@ -934,6 +934,35 @@ def test_a_capped_packet_size_splits_the_openvpn_handshake_into_small_control_pa
 
 
 @pytest.mark.lab
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_openvpn_25_from_debians_archive_acknowledges_apart_where_26_piggybacks(tmp_path: Path) -> None:
+    """The 2.5 scenarios really run 2.5: its control packets carry at most one acknowledgement and
+    its P_ACK_V1 packets do the rest, where 2.6's control packets carry growing lists."""
+    from classifier.lab import debian_archive
+    from classifier.lab.scenarios.openvpn import OPENVPN_25
+
+    names = ("openvpn-udp", "openvpn25-udp")
+    _skip_unless_lab(names)
+    rows = _capture_ok(tmp_path, 180, *names, "--duration", "2")
+    assert "OpenVPN 2.5" in rows["openvpn25-udp"].notes
+    suite, packages, _ = OPENVPN_25
+    assert (debian_archive.unpacked(suite, packages) / debian_archive.DONE).read_text().startswith("openvpn 2.5.")
+
+    def control(name: str) -> tuple[list[int], int]:
+        """Acknowledgement counts (byte 9) of P_CONTROL_V1 packets, and the number of P_ACK_V1 packets."""
+        payloads = [p for _, p in _udp_payloads(tmp_path / rows[name].file, 1194)]
+        return [p[9] for p in payloads if p[0] >> 3 == 4], sum(p[0] >> 3 == 5 for p in payloads)
+
+    acks26, _ = control("openvpn-udp")
+    acks25, ack_packets25 = control("openvpn25-udp")
+    assert len(acks25) >= 6 and max(acks25) <= 1 and ack_packets25 >= 3, (acks25, ack_packets25)
+    assert max(acks26) >= 3, acks26
+    flows = _signature_flows(tmp_path, rows["openvpn25-udp"].file)
+    assert [f["vpn_protocol"] for f in flows if 1194 in (f["src_port"], f["dst_port"])] == ["openvpn"]
+
+
+@pytest.mark.lab
 @pytest.mark.timeout(150)
 def test_kernel_ipsec_scenarios_keep_ike_talking_beside_plain_esp(tmp_path: Path) -> None:
     """Dead-peer checks and rekeys after the set-up, IKE on the port a kernel host uses, ESP as protocol 50."""

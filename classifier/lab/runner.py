@@ -17,6 +17,7 @@ from pathlib import Path
 import dpkt
 
 from classifier.errors import VpnidError
+from classifier.lab import debian_archive
 from classifier.lab.delayline import TAPS, PathConditions
 from classifier.lab.manifest import ManifestRow
 from classifier.lab.netns import Lab, LabError
@@ -34,8 +35,12 @@ MIDFLOW_LEAD_S = 1.5
 
 def _installed(requirement: str) -> bool:
     """Is one entry of ``Scenario.requires`` present: an executable on the PATH (plus the sbin
-    directories), ``gst:ELEMENT`` a GStreamer element, ``py3:MODULE`` a module of the system Python."""
+    directories), ``gst:ELEMENT`` a GStreamer element, ``py3:MODULE`` a module of the system Python,
+    ``deb:SUITE/PACKAGE`` a package of an earlier Debian release: unpacked already, or fetchable
+    and checkable here (``lab/debian_archive.py`` fetches it when the scenario starts)."""
     kind, _, name = requirement.partition(":")
+    if kind == "deb" and name:
+        return debian_archive.fetchable()
     if kind == "gst" and name:
         argv = ["gst-inspect-1.0", name]
     elif kind == "py3" and name:
