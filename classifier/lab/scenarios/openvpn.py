@@ -16,8 +16,12 @@ Debian's archive by ``classifier.lab.debian_archive``, run from a cache director
 both sides. Its handshake differs on the wire from 2.6's: 2.6 piggybacks a growing list of
 acknowledgements on its control packets (the count at byte 9 rises 1, 2, 3, ...), 2.5, like the
 2.4 servers many providers still run, acknowledges in separate P_ACK_V1 packets and numbers its
-control messages at offset 13 after an empty list. Trained
-on 2.6 alone, a model learns one release's handshake (docs/model.md, Limits).
+control messages at offset 13 after an empty list. Trained on 2.6 alone, a model learns one
+release's handshake (docs/model.md, Limits). They are held out of training for now
+(``training=False``) and measure that gap: trained on, the model found every 2.5 tunnel of
+the held-out captures, but called more of the public corpus's non-VPN flows VPN than the
+goal allows, by no more than a second augmentation draw of the same captures moves that
+count (docs/model.md, Results).
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ def setup(s: Session, proto: str, port: int, auth: str = "", cipher: str = "AES-
 
 def _add(name: str, number: int, proto: str, port: int, auth: str = "", midflow: bool = False,
          extra_note: str = "", cipher: str = "AES-256-GCM", max_packet: int = 0,
-         releases: tuple[str, str] = ("2.6", "2.6")) -> None:
+         releases: tuple[str, str] = ("2.6", "2.6"), training: bool = True) -> None:
     cbc = cipher.endswith("-CBC")
     small = f"small control packets (--max-packet-size {max_packet})" if max_packet else ""
     server, client = releases
@@ -115,7 +119,7 @@ def _add(name: str, number: int, proto: str, port: int, auth: str = "", midflow:
         notes=notes, requires=REQUIRES if "2.5" not in releases else REQUIRES_25,
         setup=partial(setup, proto=proto, port=port, auth=auth, cipher=cipher, max_packet=max_packet,
                       releases=releases),
-        midflow=midflow,
+        midflow=midflow, training=training,
         description=(f"OpenVPN {server}" if server == client else f"OpenVPN {client} client to a {server} server")
                     + f" over {proto.upper()} {port}, {auth or 'no tls-auth/tls-crypt'}"
                     + (f", {cipher} data channel with HMAC-SHA1 (no cleartext packet id)" if cbc else "")
@@ -137,7 +141,7 @@ _add("openvpn-udp-cbc", 18, "udp", 1194, "tls-auth", cipher="AES-256-CBC")
 _add("openvpn-tcp-cbc", 19, "tcp", 1194, cipher="AES-256-CBC")
 _add("openvpn-udp-small", 27, "udp", 1194, "tls-auth", cipher="AES-256-CBC", max_packet=100)
 _add("openvpn-tcp-small", 28, "tcp", 1194, cipher="AES-256-CBC", max_packet=100)
-_add("openvpn25-udp", 154, "udp", 1194, releases=("2.5", "2.5"))
-_add("openvpn25-udp-tls-auth", 155, "udp", 1194, "tls-auth", cipher="AES-256-CBC", releases=("2.5", "2.5"))
-_add("openvpn25-tcp", 156, "tcp", 1194, releases=("2.5", "2.5"))
-_add("openvpn25-client-udp", 157, "udp", 1194, "tls-crypt", releases=("2.6", "2.5"))
+_add("openvpn25-udp", 154, "udp", 1194, releases=("2.5", "2.5"), training=False)
+_add("openvpn25-udp-tls-auth", 155, "udp", 1194, "tls-auth", cipher="AES-256-CBC", releases=("2.5", "2.5"), training=False)
+_add("openvpn25-tcp", 156, "tcp", 1194, releases=("2.5", "2.5"), training=False)
+_add("openvpn25-client-udp", 157, "udp", 1194, "tls-crypt", releases=("2.6", "2.5"), training=False)
