@@ -72,7 +72,8 @@ def _get(url: str) -> bytes:
         with urllib.request.urlopen(url, timeout=60) as resp:
             return resp.read()
     except (urllib.error.URLError, OSError) as exc:
-        raise LabError(f"cannot fetch {url}: {exc}") from exc
+        raise LabError(f"cannot fetch {url}: {getattr(exc, 'reason', exc)} (Debian's archive; "
+                       "VPNID_LAB_DEBIAN_MIRROR names another mirror)") from exc
 
 
 def _verified_release(suite: str, work: Path) -> str:
