@@ -14,9 +14,9 @@ with ``openvpn --genkey secret``.
 The ``openvpn25-`` scenarios run OpenVPN 2.5 (Debian 11's package, fetched and checked from
 Debian's archive by ``classifier.lab.debian_archive``, run from a cache directory) on one or
 both sides. Its handshake differs on the wire from 2.6's: 2.6 piggybacks a growing list of
-acknowledgements on its control packets (the count at byte 9 rises 1, 2, 3, ...), 2.5, like the
-2.4 servers many providers still run, acknowledges in separate P_ACK_V1 packets and numbers its
-control messages at offset 13 after an empty list. Trained on 2.6 alone, a model learns one
+acknowledgements on its control packets (the count at byte 9 rises 1, 2, 3, ...), 2.5 (and, by
+the public corpus's captures, older servers) acknowledges in separate P_ACK_V1 packets and
+numbers its control messages at offset 13 after an empty list. Trained on 2.6 alone, a model learns one
 release's handshake (docs/model.md, Limits). They are held out of training for now
 (``training=False``) and measure that gap: trained on, the model found every 2.5 tunnel of
 the held-out captures, but called more of the public corpus's non-VPN flows VPN than the
