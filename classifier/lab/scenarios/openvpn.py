@@ -16,8 +16,8 @@ Debian's archive by ``classifier.lab.debian_archive``, run from a cache director
 both sides. Its handshake differs on the wire from 2.6's: 2.6 piggybacks a growing list of
 acknowledgements on its control packets (the count at byte 9 rises 1, 2, 3, ...), 2.5 (and, by
 the public corpus's captures, older servers) acknowledges in separate P_ACK_V1 packets and
-numbers its control messages at offset 13 after an empty list. Trained on 2.6 alone, a model learns one
-release's handshake (docs/model.md, Limits). They are held out of training for now
+numbers its control messages at offset 13 after an empty list. Trained on 2.6 alone, a model
+learns one release's handshake (docs/model.md, Limits). They are held out of training for now
 (``training=False``) and measure that gap: trained on, the model found every 2.5 tunnel of
 the held-out captures, but called more of the public corpus's non-VPN flows VPN than the
 goal allows, by no more than a second augmentation draw of the same captures moves that
@@ -40,9 +40,13 @@ REQUIRES_25 = (*REQUIRES, "deb:bullseye/openvpn")
 
 
 def openvpn_command(release: str) -> tuple[list[str], dict[str, str]]:
-    """argv prefix and environment for OpenVPN ``release`` ("2.6": the system's; "2.5": Debian 11's)."""
+    """argv prefix and environment for OpenVPN ``release`` ("2.6": the system's; "2.5": Debian 11's).
+
+    The prefix holds the options only that release takes: 2.6 is told to keep data channel
+    offload off (no kernel module here); 2.5 has no offload, nor the option.
+    """
     if release == "2.6":
-        return ["openvpn"], {}
+        return ["openvpn", "--disable-dco"], {}
     if release == "2.5":
         prog = debian_archive.program(*OPENVPN_25)
         return [prog.argv0], prog.env
@@ -88,13 +92,10 @@ def start_openvpn(s: Session, proto: str, port: int, auth: str = "", remote: tup
         cli_args += ["--tls-crypt", str(key)]
     srv_cmd, srv_env = openvpn_command(server_release)
     cli_cmd, cli_env = openvpn_command(client_release)
-    no_dco = {"2.6": ["--disable-dco"], "2.5": []}  # 2.5 has no data channel offload, nor the option
-    srv = s.lab.spawn(s.server_ns, [*srv_cmd, *common, *no_dco[server_release], *srv_args], "openvpn-server",
-                      env=srv_env)
+    srv = s.lab.spawn(s.server_ns, [*srv_cmd, *common, *srv_args], "openvpn-server", env=srv_env)
     if proto == "tcp":
         s.lab.wait_port(s.server_ns, port, procs=[srv])
-    cli = s.lab.spawn(s.client_ns, [*cli_cmd, *common, *no_dco[client_release], *cli_args], "openvpn-client",
-                      env=cli_env)
+    cli = s.lab.spawn(s.client_ns, [*cli_cmd, *common, *cli_args], "openvpn-client", env=cli_env)
     s.lab.wait_ping(s.client_ns, s.inner_server, timeout=25, procs=[srv, cli])
 
 
