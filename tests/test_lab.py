@@ -946,8 +946,7 @@ def test_openvpn_25_from_debians_archive_acknowledges_apart_where_26_piggybacks(
     _skip_unless_lab(names)
     rows = _capture_ok(tmp_path, 180, *names, "--duration", "2")
     assert "OpenVPN 2.5" in rows["openvpn25-udp"].notes
-    suite, packages, _ = OPENVPN_25
-    assert (debian_archive.unpacked(suite, packages) / debian_archive.DONE).read_text().startswith("openvpn 2.5.")
+    assert debian_archive.program(*OPENVPN_25).version.startswith("openvpn 2.5.")
 
     def control(name: str) -> tuple[list[int], int]:
         """Acknowledgement counts (byte 9) of P_CONTROL_V1 packets, and the number of P_ACK_V1 packets."""

@@ -42,7 +42,8 @@ DONE = ".vpnid-unpacked"
 
 @dataclass(frozen=True)
 class Program:
-    """An executable unpacked from the archive: ``argv0`` plus the environment it needs."""
+    """An executable unpacked from the archive: ``argv0`` plus the environment it needs, and
+    ``version``, the package it came from as the unpacking recorded it ("openvpn 2.5.1-3")."""
 
     argv0: str
     env: dict[str, str]
@@ -64,6 +65,7 @@ def _target(suite: str, packages: tuple[str, ...]) -> Path:
 
 
 def is_unpacked(suite: str, packages: tuple[str, ...]) -> bool:
+    """Have ``packages`` of ``suite`` been fetched, checked and unpacked completely (the marker is written last)?"""
     return (_target(suite, packages) / DONE).is_file()
 
 
@@ -134,7 +136,7 @@ def unpacked(suite: str, packages: tuple[str, ...]) -> Path:
     half-unpacked tree behind.
     """
     target = _target(suite, packages)
-    if (target / DONE).is_file():
+    if is_unpacked(suite, packages):
         return target
     if not fetchable():
         raise LabError(f"fetching {', '.join(packages)} from Debian {suite} needs gpgv, dpkg-deb and "
@@ -164,7 +166,7 @@ def unpacked(suite: str, packages: tuple[str, ...]) -> Path:
         (root / DONE).write_text("\n".join(versions) + "\n")
         with contextlib.suppress(FileExistsError, OSError):
             root.rename(target)  # a concurrent run that finished first keeps its copy
-    if not (target / DONE).is_file():
+    if not is_unpacked(suite, packages):
         raise LabError(f"unpacking {', '.join(packages)} from Debian {suite} into {target} failed")
     return target
 
