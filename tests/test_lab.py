@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -1226,3 +1227,42 @@ def test_a_capture_at_the_client_sees_the_round_trip_before_the_answer(tmp_path:
     response = next(ts for ts, payload in wg if ts > init and payload[:1] == b"\x02")
     assert 0.100 <= response - init < 0.300
 
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_dnscrypt_scenario_sends_padded_encrypted_queries_the_signature_names(tmp_path: Path) -> None:
+    """dnscrypt-proxy (Debian 11's) really speaks DNSCrypt v2 to dnsdist: a cleartext certificate
+    lookup, then queries padded to 64-byte blocks behind one client magic, answers behind the
+    resolver magic; the signature names those flows as encrypted DNS and nothing as a VPN."""
+    from classifier.lab import debian_archive
+    from classifier.lab.scenarios.dnscrypt import DNSCRYPT_PORT, DNSCRYPT_PROXY, PROVIDER
+
+    _skip_unless_lab(("dnscrypt",))
+    rows = _capture_ok(tmp_path, 120, "dnscrypt", "--duration", "4")
+    assert rows["dnscrypt"].vpn is False
+    assert debian_archive.program(*DNSCRYPT_PROXY).version.startswith("dnscrypt-proxy 2.")
+    datagrams = _udp_payloads(tmp_path / rows["dnscrypt"].file, DNSCRYPT_PORT)
+    queries = [p for (_, _, _, dport), p in datagrams if dport == DNSCRYPT_PORT]
+    answers = [p for (_, sport, _, _), p in datagrams if sport == DNSCRYPT_PORT]
+    magic, count = Counter(p[:8] for p in queries).most_common(1)[0]
+    encrypted = [p for p in queries if p[:8] == magic]
+    lookups = [_dns_question(p) for p in queries if p[:8] != magic]
+    assert (PROVIDER, 16) in lookups, lookups  # the certificate, asked in cleartext (TXT)
+    assert count >= 5 and magic != b"r6fnvWj8", count
+    assert all(len(p) % 64 == 0 and len(p) >= 256 for p in encrypted), sorted({len(p) for p in encrypted})
+    sealed = [p for p in answers if p.startswith(b"r6fnvWj8")]
+    assert len(sealed) >= len(encrypted) - 1 and all(len(p) % 64 == 0 for p in sealed)
+    flows = _signature_flows(tmp_path, rows["dnscrypt"].file)
+    named = [f for f in flows if f.get("tunnel") == "dnscrypt"]
+    assert len(named) >= 5 and not any(f["is_vpn"] for f in flows), [(f["tunnel"], f["is_vpn"]) for f in flows]
+
+
+def _dns_question(message: bytes) -> tuple[str, int]:
+    """(name, type) of a DNS message's first question; the rest (padding too) is not read."""
+    labels, off = [], 12
+    while message[off]:
+        labels.append(message[off + 1:off + 1 + message[off]].decode("ascii", "replace"))
+        off += 1 + message[off]
+    return ".".join(labels), int.from_bytes(message[off + 1:off + 3], "big")
