@@ -442,6 +442,40 @@ def test_dnscrypt_is_named_and_no_vpn():
     assert one(F([(0, tq), (1, a)], proto=6, dport=443)) is None
 
 
+
+def dns_message(name: str, qtype: int, answer: bytes = b"", pad: int = 0, txid: int = 0x7355) -> bytes:
+    """A DNS query (``answer`` empty) or a response with one TXT record holding ``answer``."""
+    question = b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
+    question += struct.pack(">HH", qtype, 1)
+    if not answer:
+        return struct.pack(">HHHHHH", txid, 0x0100, 1, 0, 0, 0) + question + bytes(pad)
+    record = b"\xc0\x0c" + struct.pack(">HHIH", qtype, 1, 3600, len(answer) + 1) + bytes([len(answer)]) + answer
+    return struct.pack(">HHHHHH", txid, 0x8180, 1, 1, 0, 0) + question + record
+
+
+def test_dnscrypt_certificate_lookup_is_named_and_no_vpn():
+    """The plain-DNS fetch of the resolver's certificate (padded, sometimes asked twice) is DNSCrypt's too."""
+    ask = dns_message("2.dnscrypt-cert.resolver.example", 16, pad=1400)
+    cert = dns_message("2.dnscrypt-cert.resolver.example", 16, answer=b"DNSC" + rand(120, 3))
+    v = one(F([(0, ask), (0, ask), (1, cert)], dport=443))
+    assert v.protocol == "dnscrypt" and not v.is_vpn and v.confidence == 0.99
+    assert "2 plain-DNS queries" in v.evidence and "1 answer" in v.evidence and "resolver.example" not in v.evidence
+    t = detect(batch(F([(0, ask), (1, cert)], dport=443)))
+    assert t.column("is_vpn").to_pylist() == [False] and t.column("vpn_protocol").to_pylist() == ["dnscrypt"]
+    # unanswered (the answer lost on the path): still the lookup, less sure
+    assert one(F([(0, ask)], dport=443)).confidence == 0.9
+    # over TCP the message follows its 2-byte length
+    tcp = one(F([(0, struct.pack(">H", len(ask)) + ask), (1, struct.pack(">H", len(cert)) + cert)], proto=6, dport=443))
+    assert tcp.protocol == "dnscrypt" and "over tcp" in tcp.evidence
+    # other names are ordinary DNS; the labels one byte off are not the lookup
+    assert one(F([(0, dns_message("2.dnscrypt-certs.example", 16)), (1, rand(200, 4))], dport=53)) is None
+    assert one(F([(0, dns_message("3.dnscrypt-cert.example", 16))], dport=53)) is None
+    assert one(F([(0, dns_message("www.example.org", 1))], dport=53)) is None
+    # a query from the responder is neither the initiator's lookup nor an answer (the QR bit says which)
+    assert one(F([(1, ask)], dport=443)) is None
+    assert one(F([(1, cert)], dport=443)).evidence.startswith("dnscrypt certificate lookup over udp: 0 plain-DNS")
+
+
 # --- BitTorrent (file sharing: named so that it is no VPN) -----------------------------------------
 
 def bt_handshake(info_hash: bytes, peer: int) -> bytes:

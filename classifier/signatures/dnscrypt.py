@@ -11,6 +11,12 @@ Over TCP each message is preceded by a 2-byte length. A response that starts wit
 magic names the flow (random bytes do that with probability 2^-64); a query whose nonce
 the response echoes makes it certain. The verdict has ``is_vpn`` False: the flow is
 explained and does not go to the model (``pipeline.signature_split``).
+
+Before its first query a client fetches the resolver's certificate in plain DNS, on the
+same port: a TXT query for ``2.dnscrypt-cert.`` + the provider's name (the first labels
+of the question, at byte 12 of the message), answered by records that start ``DNSC``.
+Clients pad that query (dnscrypt-proxy to 1,472 bytes), and the model alone took such
+lookups over a slow path for tunnels; the question's first labels name them too.
 """
 
 from __future__ import annotations
@@ -29,12 +35,19 @@ RESPONSE_NONCE = slice(8, 20)
 MIN_RESPONSE = 8 + 24 + 16
 #: Bytes before a message over TCP (its length).
 TCP_PREFIX = 2
+#: The first labels of a certificate lookup's question ("2", "dnscrypt-cert"), after the
+#: 12-byte DNS header.
+CERT_QUESTION = b"\x012\x0ddnscrypt-cert"
+DNS_HEADER = 12
 
 
 def candidates(v: BatchView) -> np.ndarray:
-    """UDP flows with a payload starting with the resolver magic, TCP flows with one 2 bytes in."""
-    udp = v.any_slot(v.starts_with(RESOLVER_MAGIC) & (v.lens >= MIN_RESPONSE))
-    tcp = v.any_slot(v.starts_with(RESOLVER_MAGIC, at=TCP_PREFIX))
+    """UDP flows with a payload starting with the resolver magic or asking for its certificate;
+    TCP flows with either 2 bytes further in."""
+    udp = v.any_slot((v.starts_with(RESOLVER_MAGIC) & (v.lens >= MIN_RESPONSE))
+                     | v.starts_with(CERT_QUESTION, at=DNS_HEADER))
+    tcp = v.any_slot(v.starts_with(RESOLVER_MAGIC, at=TCP_PREFIX)
+                     | v.starts_with(CERT_QUESTION, at=TCP_PREFIX + DNS_HEADER))
     return (v.udp & udp) | (v.tcp & tcp)
 
 
@@ -45,7 +58,7 @@ def check(f: Flow) -> Verdict | None:
     messages = [(p, p.data[prefix:]) for p in f.packets]
     responses = [m for p, m in messages if m.startswith(RESOLVER_MAGIC) and (prefix or p.len >= MIN_RESPONSE)]
     if not responses:
-        return None
+        return _certificate_lookup(f, [(p.dir, m) for p, m in messages], prefix)
     queries = {m[QUERY_NONCE] for _, m in messages if not m.startswith(RESOLVER_MAGIC)}
     echoed = sum(1 for r in responses if len(r) >= RESPONSE_NONCE.stop and r[RESPONSE_NONCE] in queries)
     evidence = (f"dnscrypt v2 over {'tcp' if prefix else 'udp'}: {plural(len(responses), 'response')} "
@@ -54,3 +67,17 @@ def check(f: Flow) -> Verdict | None:
         evidence += f", {echoed} echoing its query's client nonce"
     return Verdict(NAME, 0.99 if echoed else 0.9, evidence + "; encrypted DNS, not a VPN", midflow=False,
                    is_vpn=False)
+
+
+def _certificate_lookup(f: Flow, messages: list[tuple[int, bytes]], prefix: int) -> Verdict | None:
+    """The plain-DNS fetch of a resolver's certificate: queries whose question starts
+    ``2.dnscrypt-cert.``, from the flow's initiator; answers echo the question."""
+    asks = [(d, m) for d, m in messages if m[DNS_HEADER:DNS_HEADER + len(CERT_QUESTION)] == CERT_QUESTION]
+    queries = sum(1 for d, m in asks if d == 0 and not m[2] & 0x80)  # QR bit clear: a query
+    answers = sum(1 for d, m in asks if d == 1 and m[2] & 0x80)
+    if not queries and not answers:
+        return None
+    evidence = (f"dnscrypt certificate lookup over {'tcp' if prefix else 'udp'}: "
+                f"{queries} plain-DNS {'query' if queries == 1 else 'queries'} for the resolver's certificate (2.dnscrypt-cert.*), "
+                f"{plural(answers, 'answer')}; encrypted DNS set-up, not a VPN")
+    return Verdict(NAME, 0.99 if queries and answers else 0.9, evidence, midflow=False, is_vpn=False)
