@@ -522,3 +522,24 @@ def test_bittorrent_utp_connection_ids_one_apart():
     assert one(F([*session, (0, b"\x01\x09" + utp(data, c + 1, 9)[2:])])) is None
     # a WireGuard session is not claimed (its type byte is not a uTP v1 header)
     assert one(F(wg_session())).protocol == "wireguard"
+
+
+def test_batch_view_starts_with_matches_a_direct_comparison():
+    """The screened comparison (first byte everywhere, the rest where it matched) finds exactly
+    the slots a byte-by-byte comparison finds, short stored heads and empty slots included."""
+    import numpy as np
+
+    from classifier.signatures._base import BatchView
+
+    flows = [F([(i % 2, rand(n, i)) for i, n in enumerate((5, 40, 64, 3, 200)[: k + 1])], dport=443)
+             for k in range(5)]
+    prefix = b"\x012\x0ddnscrypt"
+    flows.append(F([(0, bytes(12) + prefix + rand(30, 7)), (1, prefix + bytes(3)), (0, prefix[:6])], dport=443))
+    v = BatchView(batch(*flows))
+    for at in (0, 1, 12):
+        want = np.array([[v.valid[r, s] and v.caps[r, s] >= at + len(prefix)
+                          and bytes(v.data[r, s, at:at + len(prefix)]) == prefix
+                          for s in range(v.data.shape[1])] for r in range(v.n)])
+        assert np.array_equal(v.starts_with(prefix, at=at), want)
+    assert v.starts_with(prefix, at=12)[-1].tolist()[:3] == [True, False, False]
+    assert v.starts_with(prefix)[-1].tolist()[:3] == [False, True, False]

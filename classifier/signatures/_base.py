@@ -122,11 +122,18 @@ class BatchView:
         return (d[:, :, 0] << 24) | (d[:, :, 1] << 16) | (d[:, :, 2] << 8) | d[:, :, 3]
 
     def starts_with(self, prefix: bytes, at: int = 0) -> np.ndarray:
-        """(n, K) bool: the slot's stored bytes hold ``prefix`` at offset ``at`` (0: they begin with it)."""
+        """(n, K) bool: the slot's stored bytes hold ``prefix`` at offset ``at`` (0: they begin with it).
+
+        The prefix's first byte screens every slot; the rest is compared only in the slots
+        that pass (about one in 256 of random payloads), so a long prefix costs what one byte does.
+        """
         p = np.frombuffer(prefix, np.uint8)
         end = at + len(p)
-        m = (self.data[:, :, at:end] == p).all(axis=2)
-        return m & (self.caps >= end) & self.valid
+        m = (self.data[:, :, at] == p[0]) & (self.caps >= end) & self.valid
+        if len(p) > 1:
+            rows, slots = np.nonzero(m)
+            m[rows, slots] = (self.data[rows, slots, at + 1:end] == p[1:]).all(axis=1)
+        return m
 
     def any_slot(self, mask: np.ndarray) -> np.ndarray:
         return (mask & self.valid).any(axis=1)

@@ -44,22 +44,11 @@ DNS_HEADER = 12
 def candidates(v: BatchView) -> np.ndarray:
     """UDP flows with a payload starting with the resolver magic or asking for its certificate;
     TCP flows with either 2 bytes further in."""
-    udp = v.any_slot(v.starts_with(RESOLVER_MAGIC) & (v.lens >= MIN_RESPONSE)) | _asks_certificate(v, DNS_HEADER)
-    tcp = v.any_slot(v.starts_with(RESOLVER_MAGIC, at=TCP_PREFIX)) | _asks_certificate(v, TCP_PREFIX + DNS_HEADER)
+    udp = v.any_slot((v.starts_with(RESOLVER_MAGIC) & (v.lens >= MIN_RESPONSE))
+                     | v.starts_with(CERT_QUESTION, at=DNS_HEADER))
+    tcp = v.any_slot(v.starts_with(RESOLVER_MAGIC, at=TCP_PREFIX)
+                     | v.starts_with(CERT_QUESTION, at=TCP_PREFIX + DNS_HEADER))
     return (v.udp & udp) | (v.tcp & tcp)
-
-
-def _asks_certificate(v: BatchView, at: int) -> np.ndarray:
-    """Rows with a slot holding the certificate question at ``at``. One byte (the first
-    label's length, 1) screens every slot; the whole question is compared only in the rows
-    that pass, so the check costs the stage next to nothing on traffic that is not DNS."""
-    out = np.zeros(v.n, bool)
-    rows = np.flatnonzero(v.any_slot(v.data[:, :, at] == CERT_QUESTION[0]))
-    if rows.size:
-        end = at + len(CERT_QUESTION)
-        same = (v.data[rows, :, at:end] == np.frombuffer(CERT_QUESTION, np.uint8)).all(axis=2)
-        out[rows] = (same & (v.caps[rows] >= end) & v.valid[rows]).any(axis=1)
-    return out
 
 
 def check(f: Flow) -> Verdict | None:
@@ -69,7 +58,7 @@ def check(f: Flow) -> Verdict | None:
     messages = [(p, p.data[prefix:]) for p in f.packets]
     responses = [m for p, m in messages if m.startswith(RESOLVER_MAGIC) and (prefix or p.len >= MIN_RESPONSE)]
     if not responses:
-        return _certificate_lookup(f, [(p.dir, m) for p, m in messages], prefix)
+        return _certificate_lookup([(p.dir, m) for p, m in messages], prefix)
     queries = {m[QUERY_NONCE] for _, m in messages if not m.startswith(RESOLVER_MAGIC)}
     echoed = sum(1 for r in responses if len(r) >= RESPONSE_NONCE.stop and r[RESPONSE_NONCE] in queries)
     evidence = (f"dnscrypt v2 over {'tcp' if prefix else 'udp'}: {plural(len(responses), 'response')} "
@@ -80,7 +69,7 @@ def check(f: Flow) -> Verdict | None:
                    is_vpn=False)
 
 
-def _certificate_lookup(f: Flow, messages: list[tuple[int, bytes]], prefix: int) -> Verdict | None:
+def _certificate_lookup(messages: list[tuple[int, bytes]], prefix: int) -> Verdict | None:
     """The plain-DNS fetch of a resolver's certificate: queries whose question starts
     ``2.dnscrypt-cert.``, from the flow's initiator; answers echo the question."""
     asks = [(d, m) for d, m in messages if m[DNS_HEADER:DNS_HEADER + len(CERT_QUESTION)] == CERT_QUESTION]
