@@ -112,11 +112,8 @@ def dnscrypt_setup(s: Session) -> None:
                         cwd=s.work)
     s.lab.wait_port(s.client_ns, 53, "udp", procs=[proxy])
     # The stub answers only once it holds the resolver's certificate.
-    deadline = time.monotonic() + 15
-    while not _ask(s, ["ready.lab.example", "A"]):
-        if time.monotonic() > deadline or not proxy.alive():
-            raise LabError(f"dnscrypt-proxy never answered: {proxy.tail()}")
-        time.sleep(0.3)
+    s.lab.wait_for("an answer through dnscrypt-proxy", lambda: _ask(s, ["ready.lab.example", "A"]),
+                   procs=[proxy, dnsdist])
 
 
 def _ask(s: Session, query: list[str]) -> bool:
