@@ -113,6 +113,18 @@ def test_public_bittorrent_peer_wires_and_utp_are_named_and_no_vpn():
 
 
 @needs_public
+def test_public_kcp_game_sessions_are_named_and_no_vpn():
+    """Genshin Impact's three UDP sessions (miHoYo's KCP: a token after the id, opened by a
+    handshake whose answer names the id) and the KCP test capture's conversation."""
+    game = _verdicts(PUBLIC / "ntop_nDPI/genshin-impact.pcap")
+    kcp = [v for v in game if v.protocol == "kcp"]
+    assert len(kcp) == 3 and not any(v.is_vpn for v in game)
+    assert all(v.confidence == 0.95 and "which names that id" in v.evidence for v in kcp)
+    test = _verdicts(PUBLIC / "ntop_nDPI/kcp.pcap")
+    assert [v.protocol for v in test] == ["kcp"] and "0x0000000a" in test[0].evidence
+
+
+@needs_public
 def test_public_tunnel_files_get_tunnel_labels():
     for name, label in (("ntop_nDPI/vxlan.pcap", "vxlan"), ("zeek_zeek/gre-sample.pcap", "gre"),
                         ("ntop_nDPI/4in4tunnel.pcap", "ipip"), ("the-tcpdump-group_tcpdump/geneve.pcap", "geneve")):

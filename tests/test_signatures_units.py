@@ -543,3 +543,59 @@ def test_batch_view_starts_with_matches_a_direct_comparison():
         assert np.array_equal(v.starts_with(prefix, at=at), want)
     assert v.starts_with(prefix, at=12)[-1].tolist()[:3] == [True, False, False]
     assert v.starts_with(prefix)[-1].tolist()[:3] == [False, True, False]
+
+
+# --- KCP ------------------------------------------------------------------------------------
+
+def kcp_segment(conv: int, cmd: int, sn: int, body: bytes = b"", token: int | None = None) -> bytes:
+    """One KCP segment (ikcp.c, little-endian): id [, miHoYo's token], command, fragment, window,
+    timestamp, sequence number, next expected number, data length, data."""
+    ident = struct.pack("<I", conv) + (b"" if token is None else struct.pack("<I", token))
+    return ident + struct.pack("<BBHIIII", cmd, 0, 128, 1000 + sn, sn, 0, len(body)) + body
+
+
+def kcp_session(conv: int = 0x222AC, token: int | None = None, n: int = 4) -> list[tuple[int, bytes]]:
+    push, ack = 81, 82
+    out = []
+    for sn in range(n):
+        out.append((0, kcp_segment(conv, push, sn, rand(100 + sn, sn), token)))
+        # acks travel several to a datagram
+        out.append((1, kcp_segment(conv, ack, sn, token=token) + kcp_segment(conv, ack, sn, token=token)))
+    return out
+
+
+def test_kcp_conversation_is_named_and_no_vpn():
+    v = one(F(kcp_session(), dport=4000))
+    assert v.protocol == "kcp" and not v.is_vpn and v.confidence == 0.9 and not v.midflow
+    assert "push 4, ack 4" in v.evidence and "0x000222ac both ways" in v.evidence
+    # miHoYo's layout (a token after the id) opened by its handshake: the accept names id and token
+    conv, token = 0x222AC, 0xBA9AC4CD
+    connect = struct.pack(">IIIII", 0xFF, 0, token, 1234567890, 0xFFFFFFFF)
+    accept = struct.pack(">IIIII", 0x145, conv, token, 1234567890, 0x14514545)
+    v = one(F([(0, connect), (1, accept), *kcp_session(conv, token)], dport=22102))
+    assert v.protocol == "kcp" and v.confidence == 0.95 and "token" in v.evidence
+    assert "connect and accept handshake, which names that id" in v.evidence
+    # an accept naming another conversation does not make it certain
+    other = struct.pack(">IIIII", 0x145, conv + 1, token, 1234567890, 0x14514545)
+    assert one(F([(0, connect), (1, other), *kcp_session(conv, token)])).confidence == 0.9
+    # caught mid-way (no segment numbered 0) and beside datagrams of another kind
+    mid = one(F([*kcp_session()[2:], (0, rand(56, 9)), (1, rand(56, 10))]))
+    assert mid.protocol == "kcp" and mid.midflow and "2 other datagrams" in mid.evidence
+
+
+def test_kcp_needs_one_id_both_ways_and_consistent_lengths():
+    session = kcp_session()
+    assert one(F([(0, p) for _, p in session])) is None  # one side only
+    assert one(F(session[:2])) is None  # fewer than three segments
+    # two conversation ids, a length that overruns the datagram or leaves less than a header,
+    # data on an ack, an unknown command: not KCP
+    assert one(F([*session, (0, kcp_segment(0x222AD, 81, 9, rand(50, 1)))])) is None
+    bad_len = [(d, p[:20] + struct.pack("<I", len(p)) + p[24:]) if d == 0 else (d, p) for d, p in session]
+    assert one(F(bad_len)) is None
+    short_tail = [(d, p + rand(10, 2)) if d == 0 else (d, p) for d, p in session]
+    assert one(F(short_tail)) is None
+    assert one(F([(d, kcp_segment(0x222AC, 82, 1, rand(40, 3))) for d in (0, 1, 0, 1)])) is None
+    assert one(F([(d, kcp_segment(0x222AC, 85, 1)) for d in (0, 1, 0, 1)])) is None
+    # the same bytes over TCP are not KCP; a WireGuard session stays WireGuard
+    assert one(F(session, proto=6)) is None
+    assert one(F(wg_session())).protocol == "wireguard"

@@ -23,6 +23,7 @@ from classifier.signatures import (
     esp,
     fortinet,
     ike,
+    kcp,
     l2tp,
     mtproto,
     openconnect,
@@ -41,7 +42,7 @@ from classifier.signatures._base import TCP, UDP, BatchView, Flow, Verdict
 #: Checked in this order; earlier modules have the more specific signatures.
 MODULES: tuple[ModuleType, ...] = (
     wireguard, tailscale, openvpn, ike, esp, l2tp, pptp, softether, tinc, quicktun, openconnect, sstp, fortinet,
-    tunnels, mtproto, dnscrypt, bittorrent,
+    tunnels, mtproto, dnscrypt, bittorrent, kcp,
 )
 
 SIGNATURE_FIELDS = [
