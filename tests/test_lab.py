@@ -272,7 +272,7 @@ def test_requirements_name_executables_gstreamer_elements_and_system_python_modu
     assert missing[-3:] == list(fake)  # after any missing base tool, in order
     if not missing_tools(replace(base, requires=("gst-inspect-1.0",))):  # GStreamer present: a real element
         assert not missing_tools(replace(base, requires=("gst:fakesink",)))
-    assert not missing_tools(replace(base, requires=("py3:json",)))
+    assert "py3:json" not in missing_tools(replace(base, requires=("py3:json",)))  # base tools may be absent
     assert "gst:srtpenc" in all_scenarios()["srtp-call"].requires
     assert "py3:libtorrent" in all_scenarios()["bittorrent-utp"].requires
 
