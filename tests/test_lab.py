@@ -1267,3 +1267,27 @@ def _dns_question(message: bytes) -> tuple[str, int]:
         labels.append(message[off + 1:off + 1 + message[off]].decode("ascii", "replace"))
         off += 1 + message[off]
     return ".".join(labels), int.from_bytes(message[off + 1:off + 3], "big")
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_kcptun_scenario_relays_fetches_over_encrypted_kcp(tmp_path: Path) -> None:
+    """kcptun really carries the HTTP fetches over UDP: one UDP flow to its port, the downloads
+    coming back through it, every datagram random from its first byte (kcp-go's random nonce
+    first, then the encrypted KCP header), and nothing a signature names: the model's job."""
+    from classifier.lab.scenarios.kcptun import KCPTUN_PORT
+
+    _skip_unless_lab(("kcptun",))
+    rows = _capture_ok(tmp_path, 90, "kcptun", "--duration", "3")
+    assert rows["kcptun"].vpn is True
+    datagrams = _udp_payloads(tmp_path / rows["kcptun"].file, KCPTUN_PORT)
+    down = [p for (_, sport, _, _), p in datagrams if sport == KCPTUN_PORT]
+    up = [p for (_, _, _, dport), p in datagrams if dport == KCPTUN_PORT]
+    assert len(up) >= 5 and sum(map(len, down)) > 20_000, (len(up), sum(map(len, down)))
+    # no header repeats: a cleartext KCP datagram would start with its conversation id every time
+    assert len({p[:4] for p in down}) > 0.9 * len(down) and len({p[:4] for p in up}) > 0.9 * len(up)
+    flows = _signature_flows(tmp_path, rows["kcptun"].file)
+    assert [(f["ip_proto"], f["dst_port"]) for f in flows] == [(17, KCPTUN_PORT)]
+    assert flows[0]["vpn_protocol"] is None and flows[0]["tunnel"] is None
+    assert _random_from_first_byte(flows)

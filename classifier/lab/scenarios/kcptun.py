@@ -1,30 +1,25 @@
-"""TCP over KCP (N = 159, 160): kcptun, a port forwarder over a reliable UDP transport.
+"""TCP over KCP (N = 159): kcptun, a port forwarder over a reliable UDP transport.
 
 Why: KCP (ikcp.c) is the reliable transport over UDP that many online games use, and
 kcptun (kcp-go) carries TCP connections over it, most often in front of a proxy in
-censored networks. Encrypted (its default), every datagram is random from its first byte
-(kcp-go puts a random nonce and a checksum before the KCP header and encrypts all of
-it), with the rhythm of a reliable stream: an obfuscated tunnel no signature can name, the
-model's job. In the clear (``--crypt null``, no forward error correction) each datagram
-opens with KCP's segment header, the conversation id repeating and the sequence number
-counting like a tunnel header's, which is what made the model alone take a game's KCP
-session of the public corpus for a tunnel; the ``kcp`` signature names it.
+censored networks. Encrypted (always, here), every datagram is random from its first byte
+(kcp-go puts a random nonce and a checksum before the KCP header and encrypts all of it)
+with the rhythm of a reliable stream: an obfuscated tunnel no signature can name, the
+model's job. (A game's KCP in the clear is the ``kcp`` signature's: its header repeats the
+conversation id and counts like a tunnel header.)
 
-* ``kcptun`` (VPN family, like Shadowsocks: a proxy that carries TCP): the default
-  cipher or one drawn among AES, Salsa20 and AES-128, the default forward error correction
-  (10 data and 3 parity shards) or none, a mode drawn among ``fast``, ``fast2`` and
-  ``normal``;
-* ``kcptun-cleartext`` (no VPN): ``--crypt null`` and no forward error correction, so
-  the wire shows kcp-go's KCP headers; a relay in the clear, as GRE or VXLAN are
-  encapsulation in the clear.
+The cipher (kcptun's default AES, Salsa20, AES-128), the mode (``fast``, ``fast2``,
+``normal``) and forward error correction (the default 10 data and 3 parity shards, or
+none) are drawn with ``--vary``; compression is off.
 
-Configuration: ``kcptun-server`` in the server namespace on UDP 29900 + k relays to a TCP
+Configuration: ``kcptun-server`` in the server namespace on UDP 29900 + n relays to a TCP
 service on the server's address; ``kcptun-client`` in the client namespace listens on
 127.0.0.1:20000 + port, one pair per service port the traffic kind uses (as the
-Shadowsocks scenario's ``ss-tunnel`` forwards), so each service is one UDP flow.
+Shadowsocks scenario's ``ss-tunnel`` forwards), so each service is one UDP flow and the
+first one (the manifest's tunnel) is on 29900.
 
-Both are held out of training (``training=False``): they measure how the shipped model
-treats a tunnel and a transport it never saw (docs/model.md, Results).
+Held out of training (``training=False``): it measures how the shipped model treats a
+fully encrypted UDP tunnel it never saw (docs/model.md, Results).
 """
 
 from __future__ import annotations
@@ -42,20 +37,20 @@ MODES = ("fast", "fast2", "normal")
 FEC = ((10, 3), (0, 0))
 
 
-def kcptun_options(s: Session, cleartext: bool) -> list[str]:
+def kcptun_options(s: Session) -> list[str]:
     """The options both ends share: cipher, mode, forward error correction (drawn when --vary)."""
     rng = s.rng()
     vary = bool(s.profile.seed)
-    crypt = "null" if cleartext else (rng.choice(CIPHERS) if vary else CIPHERS[0])
+    crypt = rng.choice(CIPHERS) if vary else CIPHERS[0]
     mode = rng.choice(MODES) if vary else MODES[0]
-    data, parity = (0, 0) if cleartext else (rng.choice(FEC) if vary else FEC[0])
+    data, parity = rng.choice(FEC) if vary else FEC[0]
     return ["--key", KEY, "--crypt", crypt, "--mode", mode, "--datashard", str(data), "--parityshard", str(parity),
             "--nocomp", "--quiet"]
 
 
-def kcptun_setup(s: Session, cleartext: bool) -> None:
+def kcptun_setup(s: Session) -> None:
     s.extra["http"] = s.http_server(s.server_ns, s.server_ip)
-    s.extra["forward"] = partial(kcptun_forward, s, kcptun_options(s, cleartext), {})
+    s.extra["forward"] = partial(kcptun_forward, s, kcptun_options(s), {})
 
 
 def kcptun_forward(s: Session, options: list[str], pairs: dict[int, tuple], port: int) -> tuple[str, int]:
@@ -83,14 +78,7 @@ def kcptun_traffic(s: Session) -> None:
 register(Scenario(
     name="kcptun", number=159, vpn=True, protocol="kcptun", transport="udp", server_port=KCPTUN_PORT,
     notes="kcptun (kcp-go) encrypted, FEC and mode as drawn; TCP relayed per service port, no inner addresses",
-    requires=("kcptun-server", "kcptun-client"), setup=partial(kcptun_setup, cleartext=False),
+    requires=("kcptun-server", "kcptun-client"), setup=kcptun_setup,
     traffic=kcptun_traffic, kinds=TRAFFIC_KINDS, training=False,
     description="kcptun: TCP over encrypted KCP (reliable UDP), random from the first byte; held out of training.",
-))
-register(Scenario(
-    name="kcptun-cleartext", number=160, vpn=False, protocol="kcp", transport="udp", server_port=KCPTUN_PORT,
-    notes="kcptun --crypt null, no FEC: kcp-go's KCP headers in the clear",
-    requires=("kcptun-server", "kcptun-client"), setup=partial(kcptun_setup, cleartext=True),
-    traffic=kcptun_traffic, kinds=TRAFFIC_KINDS, training=False,
-    description="kcptun in the clear: TCP relayed over KCP segments anyone can read (the kcp signature); held out.",
 ))
