@@ -1291,3 +1291,23 @@ def test_kcptun_scenario_relays_fetches_over_encrypted_kcp(tmp_path: Path) -> No
     assert [(f["ip_proto"], f["dst_port"]) for f in flows] == [(17, KCPTUN_PORT)]
     assert flows[0]["vpn_protocol"] is None and flows[0]["tunnel"] is None
     assert _random_from_first_byte(flows)
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_iodine_scenarios_tunnel_ip_over_dns_and_the_signature_names_them(tmp_path: Path) -> None:
+    """iodine really carries the pings and fetches: over DNS (every datagram a DNS message of one
+    question, long data names) and, in raw mode, behind its 0x10d19e header after a DNS
+    handshake; one UDP flow to port 53 each, which the signature names from the handshake."""
+    _skip_unless_lab(("iodine", "iodine-raw"))
+    rows = _capture_ok(tmp_path, 150, "iodine", "iodine-raw", "--duration", "3")
+    dns = _udp_payloads(tmp_path / rows["iodine"].file, 53)
+    assert len(dns) > 40 and all(int.from_bytes(p[4:6], "big") == 1 for _, p in dns)  # one question each
+    assert sum(p[12] >= 32 for (_, _, _, dport), p in dns if dport == 53) > 10  # data in long names
+    raw = _udp_payloads(tmp_path / rows["iodine-raw"].file, 53)
+    assert sum(p.startswith(b"\x10\xd1\x9e") for _, p in raw) > 10 and raw[0][1][4:6] == b"\x00\x01"
+    flows = _signature_flows(tmp_path, rows["iodine"].file, rows["iodine-raw"].file)
+    assert [(f["ip_proto"], f["dst_port"], f["vpn_protocol"], f["is_vpn"]) for f in flows] == [(17, 53, "iodine", True)] * 2
+    assert all("handshake in DNS" in f["evidence"] for f in flows)
+    assert sum("raw-mode datagram" in f["evidence"] for f in flows) == 1

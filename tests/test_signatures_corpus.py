@@ -125,6 +125,14 @@ def test_public_kcp_game_sessions_are_named_and_no_vpn():
 
 
 @needs_public
+def test_public_iodine_capture_is_named_by_its_handshake():
+    """nDPI calls it plain DNS; its codec checks, downstream pattern and version answer are iodine's."""
+    v = _verdicts(PUBLIC / "ntop_nDPI/dns-tunnel-iodine.pcap")
+    assert [x.protocol for x in v] == ["iodine"] and v[0].is_vpn and v[0].confidence == 0.95
+    assert "upstream codec check" in v[0].evidence and "8-bit names" in v[0].evidence and not v[0].midflow
+
+
+@needs_public
 def test_public_tunnel_files_get_tunnel_labels():
     for name, label in (("ntop_nDPI/vxlan.pcap", "vxlan"), ("zeek_zeek/gre-sample.pcap", "gre"),
                         ("ntop_nDPI/4in4tunnel.pcap", "ipip"), ("the-tcpdump-group_tcpdump/geneve.pcap", "geneve")):

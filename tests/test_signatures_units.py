@@ -599,3 +599,68 @@ def test_kcp_needs_one_id_both_ways_and_consistent_lengths():
     # the same bytes over TCP are not KCP; a WireGuard session stays WireGuard
     assert one(F(session, proto=6)) is None
     assert one(F(wg_session())).protocol == "wireguard"
+
+
+# --- iodine -----------------------------------------------------------------------------------
+
+def dns_raw(labels: list[bytes], answer: bytes = b"", txid: int = 0x1234) -> bytes:
+    """A DNS message of one question whose labels may hold any bytes (iodine's do), type NULL;
+    with ``answer``, a response carrying it as the RDATA of one NULL record."""
+    qname = b"".join(bytes([len(x)]) + x for x in labels) + b"\0"
+    flags, ancount = (0x8400, 1) if answer else (0x0100, 0)
+    msg = struct.pack("!HHHHHH", txid, flags, 1, ancount, 0, 0) + qname + struct.pack("!HH", 10, 1)
+    if answer:
+        msg += struct.pack("!HHHIH", 0xC00C, 10, 1, 0, len(answer)) + answer
+    return msg
+
+
+TOP = [b"t", b"lab", b"example"]
+
+
+def base128_label(seed: int) -> bytes:
+    """A 62-byte upstream data label: iodine's Base128 mixes ASCII letters and digits with 8-bit bytes."""
+    return bytes(b if i % 2 else 0xBC + b % 64 for i, b in enumerate(rand(62, seed)))
+
+
+def test_iodine_raw_mode_header_names_the_flow():
+    raw = [(0, b"\x10\xd1\x9e\x10" + rand(16, 1)), (1, b"\x10\xd1\x9e\x10" + rand(16, 2)),
+           (0, b"\x10\xd1\x9e\x20" + rand(90, 3)), (1, b"\x10\xd1\x9e\x20" + rand(900, 4)), (0, b"\x10\xd1\x9e\x30")]
+    v = one(F(raw, dport=53))
+    assert v.protocol == "iodine" and v.is_vpn and v.confidence == 0.95 and "both ways" in v.evidence and v.midflow
+    assert one(F(raw, dport=4000)).protocol == "iodine"  # any port
+    assert one(F([(0, p) for _, p in raw])).confidence == 0.9  # one way
+    assert one(F(raw[:1], dport=53)) is None  # one datagram
+    assert one(F([(d, p[:3] + b"\x40" + p[4:]) for d, p in raw], dport=53)) is None  # not a raw command
+
+
+def test_iodine_dns_handshake_and_8bit_names():
+    check = b"zryaaA-Aaahhh-Drink-mal-ein-J\xe4germeister-"
+    version = b"vaaaakawg5u"
+    shake = [(0, dns_raw([version, *TOP])), (1, dns_raw([version, *TOP], answer=b"VACK" + rand(5, 1))),
+             (0, dns_raw([check, *TOP])), (1, dns_raw([check, *TOP], answer=check))]
+    v = one(F(shake, dport=53))
+    assert v.protocol == "iodine" and v.confidence == 0.95 and not v.midflow
+    assert "upstream codec check" in v.evidence and "version answer" in v.evidence
+    # the version answer beside long ASCII (Base32) data names: the answer names it (0.9); the
+    # same names with "VACK" answering another name, or the version exchange alone, are nothing
+    base32 = [(0, dns_raw([rand(40, i).hex().encode()[:60], *TOP], txid=i)) for i in range(4)]
+    assert one(F(shake[:2] + base32, dport=53)).confidence == 0.9
+    assert one(F([shake[0], (1, dns_raw([b"www", *TOP], answer=b"VACK")), *base32], dport=53)) is None
+    assert one(F(shake[:2], dport=53)) is None
+    # caught mid-way: queries with Base128 data in their names
+    data = [(d, dns_raw([base128_label(i), *TOP], answer=rand(200, i) if d else b"", txid=i))
+            for i in range(4) for d in (0, 1)]
+    mid = one(F(data, dport=53))
+    assert mid.protocol == "iodine" and mid.midflow and mid.confidence == 0.85 and "4 queries" in mid.evidence
+    assert one(F(data[:4], dport=53)) is None  # two queries are not enough
+
+
+def test_iodine_leaves_ordinary_dns_alone():
+    # long ASCII labels (a CDN's or an anti-virus lookup's hashes, Base32 alike) and short
+    # 8-bit ones (an mDNS instance name in UTF-8) are not iodine's data
+    hashes = [(0, dns_raw([rand(40, i).hex().encode()[:40], b"avqs", b"example"], txid=i)) for i in range(6)]
+    assert one(F(hashes, dport=53)) is None
+    utf8 = [(0, dns_raw(["Jane’s MacBook Pro".encode(), b"_airplay", b"_tcp", b"local"], txid=i)) for i in range(6)]
+    assert one(F(utf8, sport=5353, dport=5353)) is None
+    # the test string over TCP is not iodine (it runs over UDP only)
+    assert one(F([(0, dns_raw([b"zryaaA-Aaahhh-Drink-mal-ein-J\xe4germeister-", *TOP]))], proto=6)) is None

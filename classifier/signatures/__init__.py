@@ -23,6 +23,7 @@ from classifier.signatures import (
     esp,
     fortinet,
     ike,
+    iodine,
     kcp,
     l2tp,
     mtproto,
@@ -41,7 +42,7 @@ from classifier.signatures._base import TCP, UDP, BatchView, Flow, Verdict
 
 #: Checked in this order; earlier modules have the more specific signatures.
 MODULES: tuple[ModuleType, ...] = (
-    wireguard, tailscale, openvpn, ike, esp, l2tp, pptp, softether, tinc, quicktun, openconnect, sstp, fortinet,
+    wireguard, tailscale, openvpn, ike, esp, l2tp, pptp, softether, tinc, quicktun, iodine, openconnect, sstp, fortinet,
     tunnels, mtproto, dnscrypt, bittorrent, kcp,
 )
 
