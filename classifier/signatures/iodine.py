@@ -55,7 +55,8 @@ def candidates(v: BatchView) -> np.ndarray:
     messages whose first label is long (the 8-bit test is ``check``'s)."""
     raw = v.starts_with(RAW_HEADER)
     checks = v.starts_with(UPSTREAM_CHECKS[0], at=CHECK_AT) | v.starts_with(UPSTREAM_CHECKS[1], at=CHECK_AT)
-    long_label = (v.b(DNS_HEADER) >= MIN_DATA_LABEL) & (v.b(DNS_HEADER) < 64) & (v.caps > DNS_HEADER + 1) & v.valid
+    first = v.data[:, :, DNS_HEADER]
+    long_label = (first >= MIN_DATA_LABEL) & (first < 64) & (v.caps > DNS_HEADER + 1) & v.valid
     return v.udp & (v.any_slot(raw | checks) | (long_label.sum(axis=1) >= MIN_DATA_QUERIES))
 
 
@@ -104,4 +105,6 @@ def check(f: Flow) -> Verdict | None:
     # the test strings and the raw header both ways are iodine's alone; a version answer is
     # a 4-letter word in an answer to a name starting "v"; 8-bit names alone, an encoding
     confidence = 0.95 if checks or downstream or len({p.dir for p in raw}) == 2 else 0.9 if version or raw else 0.85
-    return Verdict(NAME, confidence, "iodine ip over dns: " + "; ".join(parts), midflow=not handshake)
+    # the start was seen if the DNS handshake was, or raw mode's login that follows it
+    login = any(p.data[3] & 0xF0 == RAW_COMMANDS[0] for p in raw)
+    return Verdict(NAME, confidence, "iodine ip over dns: " + "; ".join(parts), midflow=not (handshake or login))
