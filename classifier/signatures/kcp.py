@@ -20,8 +20,9 @@ A flow is named when at least three of its datagrams, from both sides, hold such
 header with one conversation id (random bytes share a 32-bit id once in 2^32, and an
 encrypted tunnel's first bytes are a header of its own or random); a handshake whose id
 is the one the segments carry makes it certain. Other datagrams may share the flow (an
-application's own pings beside its KCP conversation); the evidence counts them. The verdict has ``is_vpn`` False: the flow is explained
-and does not go to the model (``pipeline.signature_split``).
+application's own pings beside its KCP conversation); the evidence counts them. The
+verdict has ``is_vpn`` False: the flow is explained and does not go to the model
+(``pipeline.signature_split``).
 
 Not seen: kcptun and other tools that encrypt KCP (kcp-go puts a nonce and a checksum
 before the header and encrypts all of it); those are the model's.
@@ -52,8 +53,6 @@ def candidates(v: BatchView) -> np.ndarray:
     """UDP flows with at least three datagrams whose stored first segment header is well formed in
     one of the two layouts (what ``check`` then reads per flow), or a handshake datagram."""
     hit = np.zeros(v.n, bool)
-    if v.data.ndim != 3 or v.data.shape[2] < HEADER + max(LAYOUTS):
-        return hit
     for token in LAYOUTS:
         hit |= (_segment_slots(v, token).sum(axis=1) >= MIN_SEGMENTS)
     rows, slots = np.nonzero((v.lens == HANDSHAKE_LEN) & (v.caps >= HANDSHAKE_LEN) & v.valid)
