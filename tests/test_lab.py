@@ -1314,3 +1314,28 @@ def test_iodine_scenarios_tunnel_ip_over_dns_and_the_signature_names_them(tmp_pa
     assert [(f["ip_proto"], f["dst_port"], f["vpn_protocol"], f["is_vpn"]) for f in flows] == [(17, 53, "iodine", True)] * 2
     assert all("handshake in DNS" in f["evidence"] for f in flows)
     assert sum("raw-mode datagram" in f["evidence"] for f in flows) == 1
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_ptunnel_scenario_relays_fetches_in_pings_and_the_signature_names_it(tmp_path: Path) -> None:
+    """ptunnel-ng really carries the fetches in ICMP echo: requests from the client, replies from
+    the proxy (not the kernel's: it is told to stay quiet), the HTTP response inside the
+    replies, and one ICMP flow that the signature names by its header."""
+    import dpkt
+
+    _skip_unless_lab(("ptunnel",))
+    rows = _capture_ok(tmp_path, 90, "ptunnel", "--duration", "3")
+    echoes = []
+    for _, buf in _frames(tmp_path / rows["ptunnel"].file):
+        ip = dpkt.ethernet.Ethernet(buf).data
+        if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.icmp.ICMP):
+            echoes.append((ip.data.type, bytes(ip.data.data)))
+    replies = [d for t, d in echoes if t == 0]
+    assert sum(t == 8 for t, _ in echoes) >= 3 and len(replies) >= 5
+    assert all(d[4:8] == b"\xde\xad\xc0\xde" for _, d in echoes)  # after identifier and sequence: the magic
+    assert any(b"HTTP/1." in d for d in replies)  # the proxied response rides in the replies
+    flows = _signature_flows(tmp_path, rows["ptunnel"].file)
+    assert [(f["ip_proto"], f["vpn_protocol"], f["is_vpn"]) for f in flows] == [(1, "ptunnel", True)]
+    assert "client and proxy" in flows[0]["evidence"]

@@ -133,6 +133,14 @@ def test_public_iodine_capture_is_named_by_its_handshake():
 
 
 @needs_public
+def test_public_icmp_tunnel_is_named_by_the_packets_in_its_pings():
+    """nDPI calls it plain ICMP; every echo payload is an IPv4 packet whose length fills it."""
+    v = _verdicts(PUBLIC / "ntop_nDPI/icmp-tunnel.pcap")
+    assert [x.protocol for x in v] == ["icmp-tunnel"] * 2 and all(x.is_vpn for x in v)
+    assert all("16 of 16 packets carry an IPv4 packet" in x.evidence for x in v)
+
+
+@needs_public
 def test_public_tunnel_files_get_tunnel_labels():
     for name, label in (("ntop_nDPI/vxlan.pcap", "vxlan"), ("zeek_zeek/gre-sample.pcap", "gre"),
                         ("ntop_nDPI/4in4tunnel.pcap", "ipip"), ("the-tcpdump-group_tcpdump/geneve.pcap", "geneve")):

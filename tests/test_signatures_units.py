@@ -665,3 +665,58 @@ def test_iodine_leaves_ordinary_dns_alone():
     assert one(F(utf8, sport=5353, dport=5353)) is None
     # the test string over TCP is not iodine (it runs over UDP only)
     assert one(F([(0, dns_raw([b"zryaaA-Aaahhh-Drink-mal-ein-J\xe4germeister-", *TOP]))], proto=6)) is None
+
+
+# --- tunnels in ICMP echo ---------------------------------------------------------------------
+
+def icmp_echo(kind: int, ident: int, seq: int, payload: bytes) -> bytes:
+    """An ICMP echo header (type, code, checksum left 0, identifier, sequence) and its payload."""
+    return struct.pack("!BBHHH", kind, 0, 0, ident, seq) + payload
+
+
+def ptunnel_packet(kind: int, ident: int, seq: int, state: int, data: bytes, magic: int = 0xDEADC0DE) -> bytes:
+    """ptunnel's header after the ICMP one: magic, destination, state, ack, data length, sequence, id."""
+    head = struct.pack("!IIIIIIHH", magic, 0xC612A201, 8080, state, 0, len(data), seq, ident)
+    return icmp_echo(kind, ident, seq, head + data)
+
+
+def test_ptunnel_header_names_the_flow_whatever_the_magic():
+    client, proxy = 0x40000000, 0x80000000
+    start, ack, data = 0, 1, 2
+    session = [(0, ptunnel_packet(8, 0x67D7, 0, client | start, b"")),
+               (1, ptunnel_packet(0, 0x67D7, 1, proxy | ack, b"")),
+               (0, ptunnel_packet(8, 0x67D7, 1, client | data, b"GET /blob HTTP/1.1\r\n\r\n")),
+               *((1, ptunnel_packet(0, 0x67D7, i, proxy | data, rand(1024, i))) for i in range(2, 6))]
+    v = one(F(session, proto=1, sport=None, dport=None))
+    assert v.protocol == "ptunnel" and v.is_vpn and v.confidence == 0.95 and not v.midflow
+    assert "0xdeadc0de (ptunnel-ng's default)" in v.evidence and "client and proxy" in v.evidence
+    # the original ptunnel's magic, and one set with --magic, are named alike
+    other = [(d, p[:8] + struct.pack("!I", 0x12345678) + p[12:]) for d, p in session]
+    assert "0x12345678, the ICMP" in one(F(other, proto=1, sport=None, dport=None)).evidence
+    # caught mid-way, from the client only
+    mid = one(F([(0, p) for d, p in session[2:] if d == 0] * 2, proto=1, sport=None, dport=None))
+    assert mid.protocol == "ptunnel" and mid.midflow and mid.confidence == 0.9
+    # the tunnel id must repeat the ICMP identifier; a state must be one of the five, a length must fit
+    assert one(F([(d, p[:34] + b"\x00\x01" + p[36:]) for d, p in session], proto=1, sport=None, dport=None)) is None
+    assert one(F([(d, p[:20] + struct.pack("!I", 0x40000009) + p[24:]) for d, p in session],
+                 proto=1, sport=None, dport=None)) is None
+    assert one(F([(d, p[:28] + struct.pack("!I", 5000) + p[32:]) for d, p in session],
+                 proto=1, sport=None, dport=None)) is None
+
+
+def test_ip_packets_in_echo_payloads_are_an_icmp_tunnel_and_pings_are_not():
+    inner = bytes.fromhex("4500005400004000400123e90a5f01010a5f0102") + rand(64, 1)
+    tunnel = [(i % 2, icmp_echo(8 if i % 2 == 0 else 0, 0xFEFF, 0, inner)) for i in range(6)]
+    v = one(F(tunnel, proto=1, sport=None, dport=None))
+    assert v.protocol == "icmp-tunnel" and v.is_vpn and "6 of 6 packets carry an IPv4 packet" in v.evidence
+    # ordinary pings: a timestamp and a counting pattern as payload (Linux), or the alphabet (Windows)
+    linux = bytes(8) + bytes(range(0x10, 0x38))
+    pings = [(i % 2, icmp_echo(8 if i % 2 == 0 else 0, 0x1234, i // 2, linux)) for i in range(10)]
+    assert one(F(pings, proto=1, sport=None, dport=None)) is None
+    assert one(F([(0, icmp_echo(8, 1, i, b"abcdefghijklmnopqrstuvwabcdefghi")) for i in range(6)],
+                 proto=1, sport=None, dport=None)) is None
+    # an inner header whose length disagrees with the payload, or too few of them: not a tunnel
+    for length in (900, 40):
+        wrong = inner[:2] + struct.pack("!H", length) + inner[4:]
+        assert one(F([(0, icmp_echo(8, 0xFEFF, 0, wrong))] * 6, proto=1, sport=None, dport=None)) is None
+    assert one(F(tunnel[:2] + pings, proto=1, sport=None, dport=None)) is None

@@ -219,11 +219,12 @@ class Session:
             raise LabError(f"tcpdump wrote no capture for {self.scenario.name}")
 
     # -- traffic ---------------------------------------------------------------------------
-    def http_server(self, ns: str, bind: str, port: int = INNER_HTTP_PORT) -> Proc:
-        """A small HTTP server (Python's http.server) serving one file of ``profile.blob_size`` bytes."""
+    def http_server(self, ns: str, bind: str, port: int = INNER_HTTP_PORT, max_size: int | None = None) -> Proc:
+        """A small HTTP server (Python's http.server) serving one file of ``profile.blob_size`` bytes,
+        at most ``max_size`` (a tunnel too slow for the larger draws within curl's time limit)."""
         root = self.work / f"www-{port}"
         root.mkdir(exist_ok=True)
-        (root / "blob").write_bytes(os.urandom(self.profile.blob_size))
+        (root / "blob").write_bytes(os.urandom(min(self.profile.blob_size, max_size or self.profile.blob_size)))
         proc = self.lab.spawn(ns, [sys.executable, "-m", "http.server", "--bind", bind, str(port)],
                               f"http-{port}", cwd=root)
         self.lab.wait_port(ns, port, procs=[proc])

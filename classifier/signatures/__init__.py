@@ -22,6 +22,7 @@ from classifier.signatures import (
     dnscrypt,
     esp,
     fortinet,
+    icmp_tunnel,
     ike,
     iodine,
     kcp,
@@ -42,7 +43,8 @@ from classifier.signatures._base import TCP, UDP, BatchView, Flow, Verdict
 
 #: Checked in this order; earlier modules have the more specific signatures.
 MODULES: tuple[ModuleType, ...] = (
-    wireguard, tailscale, openvpn, ike, esp, l2tp, pptp, softether, tinc, quicktun, iodine, openconnect, sstp, fortinet,
+    wireguard, tailscale, openvpn, ike, esp, l2tp, pptp, softether, tinc, quicktun, iodine, icmp_tunnel,
+    openconnect, sstp, fortinet,
     tunnels, mtproto, dnscrypt, bittorrent, kcp,
 )
 

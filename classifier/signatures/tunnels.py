@@ -31,7 +31,7 @@ def candidates(v: BatchView) -> np.ndarray:
     return ipx | (v.udp & v.any_slot(vxlan | geneve | gtp | teredo | teredo_oi))
 
 
-def _inner_ip(d: bytes, length: int) -> str | None:
+def inner_ip(d: bytes, length: int) -> str | None:
     """Version of a plausible inner IP packet at the start of ``d``."""
     if len(d) < 20:
         return None
@@ -63,7 +63,7 @@ def check(f: Flow) -> Verdict | None:
         kinds = set()
         pptp = 0
         for p in pk:
-            k = _inner_ip(p.data, p.len)
+            k = inner_ip(p.data, p.len)
             if k is None:
                 return None
             kinds.add(k)
@@ -106,7 +106,7 @@ def _geneve(p: Packet) -> str | None:
     if proto == 0x6558:
         return _ETHERTYPES.get(be16(d, off + 12)) if len(d) >= off + 14 else "Ethernet"
     if proto in (0x0800, 0x86DD):
-        return _inner_ip(d[off:], p.len - off) if len(d) >= off + 20 else _ETHERTYPES[proto]
+        return inner_ip(d[off:], p.len - off) if len(d) >= off + 20 else _ETHERTYPES[proto]
     return None
 
 
@@ -124,7 +124,7 @@ def _gtp(p: Packet) -> str | None:
     if off >= len(d):
         return "(inner not stored)"
     inner = d[off:]
-    kind = _inner_ip(inner, p.len - off) if len(d) >= off + 20 else "(inner not stored)"
+    kind = inner_ip(inner, p.len - off) if len(d) >= off + 20 else "(inner not stored)"
     nxt = inner[9] if kind == "IPv4" else inner[6] if kind == "IPv6" else None
     return f"{kind}/ESP" if nxt == 50 else kind
 
