@@ -44,12 +44,18 @@ MIN_PTUNNEL, MIN_IP = 2, 3
 
 def candidates(v: BatchView) -> np.ndarray:
     """ICMP flows with an echo packet whose bytes 4-5 (identifier) recur at 34-35 (ptunnel's
-    tunnel id) or whose payload opens like an IP header (version 4 or 6)."""
-    icmp = (v.proto == ICMP) | (v.proto == ICMPV6)
-    echo = np.isin(v.data[:, :, 0], (0, 8, 128, 129)) & v.valid
-    ident = (v.be16(4) == v.be16(ICMP_HEADER + 26)) & (v.caps >= ICMP_HEADER + PTUNNEL_HEADER)
-    ip = np.isin(v.data[:, :, ICMP_HEADER] >> 4, (4, 6)) & (v.caps >= ICMP_HEADER + 20)
-    return icmp & v.any_slot(echo & (ident | ip))
+    tunnel id) or whose payload opens like an IP header (version 4 or 6). Only the batch's
+    ICMP rows are read: most batches hold few."""
+    hit = np.zeros(v.n, bool)
+    rows = np.flatnonzero((v.proto == ICMP) | (v.proto == ICMPV6))
+    d, caps = v.data[rows], v.caps[rows]
+    echo = np.isin(d[:, :, 0], (0, 8, 128, 129)) & v.valid[rows]
+    tunnel_id = ICMP_HEADER + 26
+    ident = (d[:, :, 4] == d[:, :, tunnel_id]) & (d[:, :, 5] == d[:, :, tunnel_id + 1]) & \
+        (caps >= ICMP_HEADER + PTUNNEL_HEADER)
+    ip = np.isin(d[:, :, ICMP_HEADER] >> 4, (4, 6)) & (caps >= ICMP_HEADER + 20)
+    hit[rows] = (echo & (ident | ip)).any(axis=1)
+    return hit
 
 
 def _echo(f: Flow) -> list[Packet]:
