@@ -33,12 +33,13 @@ from classifier.signatures._base import BatchView, Flow, Packet, Verdict, be16, 
 from classifier.signatures.tunnels import inner_ip
 
 ICMP, ICMPV6 = 1, 58
-ECHO = {ICMP: (0, 8), ICMPV6: (128, 129)}
+ECHO = {ICMP: (0, 8), ICMPV6: (128, 129)}  # reply, request
 ICMP_HEADER = 8
 PTUNNEL_HEADER = 28
 PTUNNEL_MAGICS = {0xD5200880: "ptunnel's", 0xDEADC0DE: "ptunnel-ng's default"}
 FROM_CLIENT, FROM_PROXY = 0x40000000, 0x80000000
 PTUNNEL_STATES = ("start", "ack", "data", "close", "authenticate")
+START = PTUNNEL_STATES.index("start")
 MIN_PTUNNEL, MIN_IP = 2, 3
 
 
@@ -49,7 +50,7 @@ def candidates(v: BatchView) -> np.ndarray:
     hit = np.zeros(v.n, bool)
     rows = np.flatnonzero((v.proto == ICMP) | (v.proto == ICMPV6))
     d, caps = v.data[rows], v.caps[rows]
-    echo = np.isin(d[:, :, 0], (0, 8, 128, 129)) & v.valid[rows]
+    echo = np.isin(d[:, :, 0], [t for types in ECHO.values() for t in types]) & v.valid[rows]
     tunnel_id = ICMP_HEADER + 26
     ident = (d[:, :, 4] == d[:, :, tunnel_id]) & (d[:, :, 5] == d[:, :, tunnel_id + 1]) & \
         (caps >= ICMP_HEADER + PTUNNEL_HEADER)
@@ -97,13 +98,13 @@ def check(f: Flow) -> Verdict | None:
         (magic,) = magics
         known = PTUNNEL_MAGICS.get(magic)
         sides = {s for _, s, _ in relay}
-        states = sorted({PTUNNEL_STATES[k] for _, _, k in relay}, key=PTUNNEL_STATES.index)
+        kinds = sorted({k for _, _, k in relay})
+        states = [PTUNNEL_STATES[k] for k in kinds]
         evidence = (f"ptunnel tcp over icmp echo: {plural(len(relay), 'packet')} behind a ptunnel header, magic "
                     f"{magic:#010x}" + (f" ({known})" if known else "") + ", the ICMP identifier repeated as the "
                     f"tunnel id, states {'/'.join(states)}, from "
                     + ("client and proxy" if len(sides) == 2 else "client" if FROM_CLIENT in sides else "proxy"))
-        return Verdict("ptunnel", 0.95 if len(sides) == 2 else 0.9, evidence, midflow=PTUNNEL_STATES.index("start")
-                       not in {k for _, _, k in relay})
+        return Verdict("ptunnel", 0.95 if len(sides) == 2 else 0.9, evidence, midflow=START not in kinds)
     found = [k for k in map(_carried_ip, echo) if k]
     if len(found) >= MIN_IP and 2 * len(found) > len(f.packets):
         return Verdict("icmp-tunnel", 0.9, f"ip over icmp echo: {len(found)} of {plural(len(f.packets), 'packet')} "
