@@ -31,7 +31,7 @@ MAX_BLOB = 16 * 1024
 
 
 def setup(s: Session) -> None:
-    """Start the proxy and the forwarder; the forward is what the traffic uses."""
+    """Start the proxy and the forwarder (127.0.0.1:LOCAL_PORT in the client namespace)."""
     # ptunnel-ng answers in bursts of its 64-packet window, which a rate-limited path drops in
     # part; it resends slowly, so over such paths the larger drawn files outlast curl's 5 s
     s.extra["http"] = s.http_server(s.server_ns, s.server_ip, max_size=MAX_BLOB)
@@ -42,7 +42,6 @@ def setup(s: Session) -> None:
     client = s.lab.spawn(s.client_ns, ["ptunnel-ng", "-p", s.server_ip, "-l", str(LOCAL_PORT), *target, *auth,
                                        "-v", "1"], "ptunnel-client")
     s.lab.wait_port(s.client_ns, LOCAL_PORT, procs=[proxy, client])
-    s.extra["forward"] = lambda port: ("127.0.0.1", LOCAL_PORT)
 
 
 def traffic(s: Session) -> None:
