@@ -103,7 +103,7 @@ LAB_PKGS := tcpdump iproute2 iputils-ping procps psmisc wireguard-go wireguard-t
             gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad unbound knot-dnsutils chrony \
             python3-websockets aria2 mktorrent python3-libtorrent transmission-daemon nmap tinc quicktun \
             softether-vpnserver softether-vpnclient softether-vpncmd coturn v2ray trojan chromium \
-            firefox-esr libnss3-tools gpgv debian-archive-keyring dnsdist kcptun iodine ptunnel-ng
+            firefox-esr libnss3-tools gpgv debian-archive-keyring dnsdist kcptun iodine ptunnel-ng dns2tcp
 lab-deps:
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(LAB_PKGS)

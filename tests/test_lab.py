@@ -1339,3 +1339,38 @@ def test_ptunnel_scenario_relays_fetches_in_pings_and_the_signature_names_it(tmp
     flows = _signature_flows(tmp_path, rows["ptunnel"].file)
     assert [(f["ip_proto"], f["vpn_protocol"], f["is_vpn"]) for f in flows] == [(1, "ptunnel", True)]
     assert "client and proxy" in flows[0]["evidence"]
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_dns2tcp_scenario_relays_fetches_over_dns_and_the_signature_names_it(tmp_path: Path) -> None:
+    """dns2tcp really carries the fetches in TXT queries and answers on UDP 53: its session
+    commands in the first queries' names, the HTTP request Base64-encoded in later ones, and one
+    UDP flow that the signature names."""
+    _skip_unless_lab(("dns2tcp",))
+    rows = _capture_ok(tmp_path, 90, "dns2tcp", "--duration", "3")
+    dns = _udp_payloads(tmp_path / rows["dns2tcp"].file, 53)
+    queries = [p for (_, _, _, dport), p in dns if dport == 53]
+    assert len(queries) > 20 and all(int.from_bytes(p[4:6], "big") == 1 for p in queries)
+    assert any(b"\x05=auth" in p for p in queries) and any(b"\x08=connect" in p for p in queries)
+    assert any(b"GET /blob" in _base64_in_first_label(p) for p in queries)  # the request, encoded
+    flows = _signature_flows(tmp_path, rows["dns2tcp"].file)
+    assert [(f["ip_proto"], f["dst_port"], f["vpn_protocol"], f["is_vpn"]) for f in flows] == [(17, 53, "dns2tcp", True)]
+
+
+def _base64_in_first_label(message: bytes) -> bytes:
+    """The bytes a DNS question's first label decodes to as Base64, at whichever of the four
+    alignments decodes (dns2tcp puts a short header before the data)."""
+    import base64
+    import binascii
+
+    label = message[13:13 + message[12]]
+    out = b""
+    for start in range(4):
+        chunk = label[start:start + (len(label) - start) // 4 * 4]
+        try:
+            out += base64.b64decode(chunk, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+    return out

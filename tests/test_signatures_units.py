@@ -720,3 +720,20 @@ def test_ip_packets_in_echo_payloads_are_an_icmp_tunnel_and_pings_are_not():
         wrong = inner[:2] + struct.pack("!H", length) + inner[4:]
         assert one(F([(0, icmp_echo(8, 0xFEFF, 0, wrong))] * 6, proto=1, sport=None, dport=None)) is None
     assert one(F(tunnel[:2] + pings, proto=1, sport=None, dport=None)) is None
+
+
+# --- dns2tcp ----------------------------------------------------------------------------------
+
+def test_dns2tcp_commands_in_query_names():
+    auth = [b"AAAAAJ4KAA", b"=auth", *TOP]
+    connect = [b"VdVF9i9eAGh0dHA", b"=connect", *TOP]
+    data = [(0, dns_raw([b"VdUAAAACCEdFVCAvYmxvYiBIVFRQLzEuMQ0K", *TOP], txid=i)) for i in range(4)]
+    session = [(0, dns_raw(auth)), (1, dns_raw(auth, answer=b"\x20" + rand(32, 1))),
+               (0, dns_raw(connect)), (1, dns_raw(connect, answer=b"\x0bAVdVF9i9eAA")), *data]
+    v = one(F(session, dport=53))
+    assert v.protocol == "dns2tcp" and v.is_vpn and v.confidence == 0.95 and "=auth, =connect" in v.evidence
+    assert one(F(session[:2] + data, dport=53)).confidence == 0.9  # the key exchange alone
+    # data queries alone, a "=" in a first label, and a word that is not one of its commands: nothing
+    assert one(F(data, dport=53)) is None
+    assert one(F([(0, dns_raw([b"=auth", *TOP]))], dport=53)) is None
+    assert one(F([(0, dns_raw([b"AAAAAJ4KAA", b"=login", *TOP]))], dport=53)) is None

@@ -19,6 +19,7 @@ import pyarrow as pa
 from classifier.flows.batch import FlowBatch
 from classifier.signatures import (
     bittorrent,
+    dns2tcp,
     dnscrypt,
     esp,
     fortinet,
@@ -43,7 +44,7 @@ from classifier.signatures._base import TCP, UDP, BatchView, Flow, Verdict
 
 #: Checked in this order; earlier modules have the more specific signatures.
 MODULES: tuple[ModuleType, ...] = (
-    wireguard, tailscale, openvpn, ike, esp, l2tp, pptp, softether, tinc, quicktun, iodine, icmp_tunnel,
+    wireguard, tailscale, openvpn, ike, esp, l2tp, pptp, softether, tinc, quicktun, iodine, dns2tcp, icmp_tunnel,
     openconnect, sstp, fortinet,
     tunnels, mtproto, dnscrypt, bittorrent, kcp,
 )

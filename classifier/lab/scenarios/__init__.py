@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 #: Family modules, imported in this order by ``all_scenarios()``.
 FAMILIES = ("wireguard", "openvpn", "ipsec", "openconnect", "obfuscated", "legacy", "tinc", "quicktun",
             "softether", "crafted", "negatives", "services", "dnscrypt", "browser", "messaging", "datagram", "relay", "encapsulation", "probes",
-            "kcptun", "iodine", "ptunnel")
+            "kcptun", "iodine", "ptunnel", "dns2tcp")
 
 
 #: The Python of Debian's packaged Python modules (python3-websockets, python3-libtorrent),
