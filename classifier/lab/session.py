@@ -249,6 +249,11 @@ class Session:
             raise LabError(f"no successful fetch of {url} through the {self.scenario.name} set-up")
         return ok
 
+    def fetch_blob_loop(self, host: str, port: int) -> int:
+        """HTTP fetches of the blob from ``host:port`` for the capture's duration: the traffic of a
+        relay whose client end listens locally (kcptun, ptunnel, dns2tcp)."""
+        return self.fetch_loop(f"http://{host}:{port}/blob", self.duration, pause=0.4)
+
     def tunnel_traffic(self) -> None:
         """Default traffic through a layer-3 tunnel: pings plus HTTP fetches of a small file."""
         if "inner_http" not in self.extra:

@@ -20,6 +20,8 @@ DNS relay it never saw.
 
 from __future__ import annotations
 
+from functools import partial
+
 from classifier.lab.scenarios import Scenario, register
 from classifier.lab.session import INNER_HTTP_PORT, Session
 
@@ -51,14 +53,10 @@ def setup(s: Session) -> None:
     s.lab.wait_port(s.client_ns, LOCAL_PORT, procs=[server, client])
 
 
-def traffic(s: Session) -> None:
-    """HTTP fetches of the blob through the relay."""
-    s.fetch_loop(f"http://127.0.0.1:{LOCAL_PORT}/blob", s.duration, pause=0.4)
-
-
 register(Scenario(
     name="dns2tcp", number=163, vpn=True, protocol="dns2tcp", transport="udp", server_port=PORT,
     notes="dns2tcp 0.5.2, TXT queries, a key in half the --vary runs; HTTP through the relay",
-    requires=("dns2tcpd", "dns2tcpc"), setup=setup, traffic=traffic, training=False,
+    requires=("dns2tcpd", "dns2tcpc"), setup=setup,
+    traffic=partial(Session.fetch_blob_loop, host="127.0.0.1", port=LOCAL_PORT), training=False,
     description="dns2tcp: TCP relayed in DNS TXT queries and answers on UDP 53; held out of training.",
 ))

@@ -70,9 +70,8 @@ def kcptun_forward(s: Session, options: list[str], pairs: dict[int, tuple], port
 
 
 def kcptun_traffic(s: Session) -> None:
-    """HTTP fetches of the blob through the relay: the default kind."""
-    host, port = s.reach(INNER_HTTP_PORT)
-    s.fetch_loop(f"http://{host}:{port}/blob", s.duration, pause=0.4)
+    """HTTP fetches of the blob through the relay (made on first use): the default kind."""
+    s.fetch_blob_loop(*s.reach(INNER_HTTP_PORT))
 
 
 register(Scenario(

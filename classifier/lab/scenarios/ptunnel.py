@@ -22,6 +22,8 @@ tunnel over ICMP, which it has never seen.
 
 from __future__ import annotations
 
+from functools import partial
+
 from classifier.lab.scenarios import Scenario, register
 from classifier.lab.session import INNER_HTTP_PORT, Session
 
@@ -44,14 +46,10 @@ def setup(s: Session) -> None:
     s.lab.wait_port(s.client_ns, LOCAL_PORT, procs=[proxy, client])
 
 
-def traffic(s: Session) -> None:
-    """HTTP fetches of the blob through the forward."""
-    s.fetch_loop(f"http://127.0.0.1:{LOCAL_PORT}/blob", s.duration, pause=0.4)
-
-
 register(Scenario(
     name="ptunnel", number=162, vpn=True, protocol="ptunnel", transport="icmp", server_port=None,
     notes="ptunnel-ng 1.41, magic 0xdeadc0de, password in half the --vary runs; HTTP through the forward",
-    requires=("ptunnel-ng",), setup=setup, traffic=traffic, training=False,
+    requires=("ptunnel-ng",), setup=setup,
+    traffic=partial(Session.fetch_blob_loop, host="127.0.0.1", port=LOCAL_PORT), training=False,
     description="ptunnel: TCP relayed in ICMP echo requests and replies; held out of training.",
 ))
