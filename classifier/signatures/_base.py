@@ -19,6 +19,9 @@ from classifier.flows.batch import FlowBatch
 
 TCP, UDP = 6, 17
 _SYN = 0x02
+#: A DNS message's fixed header; its question (the first label's length byte) follows. DNS
+#: tunnels (iodine, dns2tcp) and encrypted DNS's certificate lookup are read from there.
+DNS_HEADER = 12
 
 
 @dataclass(slots=True)
@@ -53,6 +56,12 @@ def be16(b: bytes, off: int) -> int:
 
 def be32(b: bytes, off: int) -> int:
     return int.from_bytes(b[off : off + 4], "big")
+
+
+def one_question(m: bytes) -> bool:
+    """``m`` may be a DNS message with exactly one question (QDCOUNT, bytes 4-5, is 1), as every
+    query and answer of a DNS tunnel is."""
+    return len(m) > DNS_HEADER and be16(m, 4) == 1
 
 
 def le64(b: bytes, off: int) -> int:
@@ -134,6 +143,11 @@ class BatchView:
             rows, slots = np.nonzero(m)
             m[rows, slots] = (self.data[rows, slots, at + 1:end] == p[1:]).all(axis=1)
         return m
+
+    def one_question(self) -> np.ndarray:
+        """(n, K) bool: the slot may hold a DNS message with exactly one question (``one_question``):
+        two bytes screen out all but about one in 65,536 random payloads."""
+        return (self.data[:, :, 4] == 0) & (self.data[:, :, 5] == 1) & (self.caps > DNS_HEADER) & self.valid
 
     def any_slot(self, mask: np.ndarray) -> np.ndarray:
         return (mask & self.valid).any(axis=1)

@@ -16,26 +16,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from classifier.signatures._base import UDP, BatchView, Flow, Verdict, be16
+from classifier.signatures._base import DNS_HEADER, UDP, BatchView, Flow, Verdict, one_question
 
 NAME = "dns2tcp"
-DNS_HEADER = 12
 COMMANDS = (b"=auth", b"=connect", b"=resources")
 
 
 def candidates(v: BatchView) -> np.ndarray:
-    """UDP flows with a DNS message whose second label starts with ``=`` (after the first label's
-    length byte at 12 and the label itself), where the stored head reaches it."""
+    """UDP flows with a DNS message of one question whose second label starts with ``=`` (after
+    the first label's length byte at 12 and the label itself), where the stored head reaches it."""
     first = v.data[:, :, DNS_HEADER].astype(np.intp)
     at = DNS_HEADER + 1 + first + 1  # the second label's first byte, after its length byte
-    inside = (first > 0) & (first < 64) & (at < v.caps) & v.valid
+    inside = v.one_question() & (first > 0) & (first < 64) & (at < v.caps)
     mark = np.take_along_axis(v.data, np.minimum(at, v.data.shape[2] - 1)[:, :, None], axis=2)[:, :, 0]
     return v.udp & v.any_slot(inside & (mark == ord("=")))
 
 
 def _command(m: bytes) -> bytes | None:
     """The dns2tcp command a DNS message of one question names in its second label."""
-    if len(m) <= DNS_HEADER or be16(m, 4) != 1:
+    if not one_question(m):
         return None
     first = m[DNS_HEADER]
     if not 0 < first < 64:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from classifier.signatures._base import TCP, UDP, BatchView, Flow, Verdict, plural
+from classifier.signatures._base import DNS_HEADER, TCP, UDP, BatchView, Flow, Verdict, plural
 
 NAME = "dnscrypt"
 RESOLVER_MAGIC = b"r6fnvWj8"
@@ -38,7 +38,6 @@ TCP_PREFIX = 2
 #: The first labels of a certificate lookup's question ("2", "dnscrypt-cert"), after the
 #: 12-byte DNS header.
 CERT_QUESTION = b"\x012\x0ddnscrypt-cert"
-DNS_HEADER = 12
 
 
 def candidates(v: BatchView) -> np.ndarray:

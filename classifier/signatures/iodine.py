@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from classifier.signatures._base import UDP, BatchView, Flow, Verdict, be16, plural
+from classifier.signatures._base import DNS_HEADER, UDP, BatchView, Flow, Verdict, one_question, plural
 
 NAME = "iodine"
 RAW_HEADER = b"\x10\xd1\x9e"
 RAW_COMMANDS = (0x10, 0x20, 0x30)  # login, data, ping (high nibble of byte 3)
-DNS_HEADER = 12
 #: Where the upstream codec checks put their test strings: the question's first label,
 #: after its length byte and the 5-character command prefix.
 CHECK_AT = DNS_HEADER + 1 + 5
@@ -51,21 +50,18 @@ MIN_DATA_QUERIES = 3
 
 
 def candidates(v: BatchView) -> np.ndarray:
-    """UDP flows with a raw-mode header, an upstream codec check at byte 18, or at least three
-    messages whose first label is long (the 8-bit test is ``check``'s)."""
+    """UDP flows with a raw-mode header, or DNS messages of one question with an upstream codec
+    check at byte 18 or, in at least three, a long first label (the 8-bit test is ``check``'s)."""
     raw = v.starts_with(RAW_HEADER)
+    question = v.one_question()
     checks = v.starts_with(UPSTREAM_CHECKS[0], at=CHECK_AT) | v.starts_with(UPSTREAM_CHECKS[1], at=CHECK_AT)
     first = v.data[:, :, DNS_HEADER]
-    long_label = (first >= MIN_DATA_LABEL) & (first < 64) & (v.caps > DNS_HEADER + 1) & v.valid
-    return v.udp & (v.any_slot(raw | checks) | (long_label.sum(axis=1) >= MIN_DATA_QUERIES))
-
-
-def _one_question(m: bytes) -> bool:
-    return len(m) > DNS_HEADER and be16(m, 4) == 1
+    long_label = question & (first >= MIN_DATA_LABEL) & (first < 64)
+    return v.udp & (v.any_slot(raw | (question & checks)) | (long_label.sum(axis=1) >= MIN_DATA_QUERIES))
 
 
 def _is_query(m: bytes) -> bool:
-    return _one_question(m) and not m[2] & 0x80
+    return one_question(m) and not m[2] & 0x80
 
 
 def _eight_bit_label(m: bytes) -> bool:
@@ -81,7 +77,7 @@ def check(f: Flow) -> Verdict | None:
         return None
     raw = [p for p in f.packets if p.data.startswith(RAW_HEADER) and len(p.data) > 3
            and p.data[3] & 0xF0 in RAW_COMMANDS]
-    messages = [p.data for p in f.packets if _one_question(p.data)]
+    messages = [p.data for p in f.packets if one_question(p.data)]
     checks = sum(1 for m in messages if m[CHECK_AT:].startswith(UPSTREAM_CHECKS))
     downstream = sum(1 for m in messages if m[2] & 0x80 and DOWNSTREAM_CHECK in m)
     version = sum(1 for m in messages if m[2] & 0x80 and m[DNS_HEADER + 1:DNS_HEADER + 2] in (b"v", b"V")
