@@ -58,6 +58,12 @@ def be32(b: bytes, off: int) -> int:
     return int.from_bytes(b[off : off + 4], "big")
 
 
+def slots_be16(data: np.ndarray, off: int) -> np.ndarray:
+    """The big-endian 16-bit field at ``off`` of every slot of heads ``data`` (rows, slots, bytes);
+    a module that screens a few rows (ICMP's) passes just those."""
+    return (data[:, :, off].astype(np.int32) << 8) | data[:, :, off + 1]
+
+
 def one_question(m: bytes) -> bool:
     """``m`` may be a DNS message with exactly one question (QDCOUNT, bytes 4-5, is 1), as every
     query and answer of a DNS tunnel is."""
@@ -123,8 +129,7 @@ class BatchView:
         return self.data[:, :, off].astype(np.int32)
 
     def be16(self, off: int) -> np.ndarray:
-        d = self.data
-        return (d[:, :, off].astype(np.int32) << 8) | d[:, :, off + 1]
+        return slots_be16(self.data, off)
 
     def be32(self, off: int) -> np.ndarray:
         d = self.data[:, :, off : off + 4].astype(np.uint32)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from classifier.signatures._base import BatchView, Flow, Packet, Verdict, be16, be32, plural
+from classifier.signatures._base import BatchView, Flow, Packet, Verdict, be16, be32, plural, slots_be16
 from classifier.signatures.tunnels import inner_ip
 
 ICMP, ICMPV6 = 1, 58
@@ -45,8 +45,8 @@ MIN_PTUNNEL, MIN_IP = 2, 3
 
 def candidates(v: BatchView) -> np.ndarray:
     """ICMP flows with an echo packet whose bytes 4-5 (identifier) recur at 34-35 (ptunnel's
-    tunnel id) or whose payload opens like an IP header (version 4 or 6). Only the batch's
-    ICMP rows are read: most batches hold few."""
+    tunnel id) or whose payload opens with an IPv4 or IPv6 header whose length field fills it.
+    Only the batch's ICMP rows are read: most batches hold few."""
     hit = np.zeros(v.n, bool)
     rows = np.flatnonzero((v.proto == ICMP) | (v.proto == ICMPV6))
     d, caps = v.data[rows], v.caps[rows]
@@ -54,7 +54,10 @@ def candidates(v: BatchView) -> np.ndarray:
     tunnel_id = ICMP_HEADER + 26
     ident = (d[:, :, 4] == d[:, :, tunnel_id]) & (d[:, :, 5] == d[:, :, tunnel_id + 1]) & \
         (caps >= ICMP_HEADER + PTUNNEL_HEADER)
-    ip = np.isin(d[:, :, ICMP_HEADER] >> 4, (4, 6)) & (caps >= ICMP_HEADER + 20)
+    version = d[:, :, ICMP_HEADER] >> 4
+    stated = np.where(version == 4, slots_be16(d, ICMP_HEADER + 2), slots_be16(d, ICMP_HEADER + 4) + 40)
+    unfilled = v.lens[rows].astype(np.int64) - ICMP_HEADER - stated
+    ip = np.isin(version, (4, 6)) & (unfilled >= 0) & (unfilled <= 4) & (caps >= ICMP_HEADER + 20)
     hit[rows] = (echo & (ident | ip)).any(axis=1)
     return hit
 
@@ -79,15 +82,6 @@ def _ptunnel(p: Packet) -> tuple[int, int, int] | None:
     return be32(d, ICMP_HEADER), sender, kind
 
 
-def _carried_ip(p: Packet) -> str | None:
-    """The IP version of the packet an echo payload is, when its length field fills the payload
-    (up to 4 bytes of padding)."""
-    d, size = p.data[ICMP_HEADER:], p.len - ICMP_HEADER
-    kind = inner_ip(d, size)
-    stated = be16(d, 2) if kind == "IPv4" else be16(d, 4) + 40 if kind == "IPv6" else -1
-    return kind if 0 <= size - stated <= 4 else None
-
-
 def check(f: Flow) -> Verdict | None:
     echo = _echo(f)
     if not echo:
@@ -105,7 +99,7 @@ def check(f: Flow) -> Verdict | None:
                     f"tunnel id, states {'/'.join(states)}, from "
                     + ("client and proxy" if len(sides) == 2 else "client" if FROM_CLIENT in sides else "proxy"))
         return Verdict("ptunnel", 0.95 if len(sides) == 2 else 0.9, evidence, midflow=START not in kinds)
-    found = [k for k in map(_carried_ip, echo) if k]
+    found = [k for k in (inner_ip(p.data[ICMP_HEADER:], p.len - ICMP_HEADER, fills=True) for p in echo) if k]
     if len(found) >= MIN_IP and 2 * len(found) > len(f.packets):
         return Verdict("icmp-tunnel", 0.9, f"ip over icmp echo: {len(found)} of {plural(len(f.packets), 'packet')} "
                        f"carry an {'/'.join(sorted(set(found)))} packet as their echo payload, its length "

@@ -31,15 +31,21 @@ def candidates(v: BatchView) -> np.ndarray:
     return ipx | (v.udp & v.any_slot(vxlan | geneve | gtp | teredo | teredo_oi))
 
 
-def inner_ip(d: bytes, length: int) -> str | None:
-    """Version of a plausible inner IP packet at the start of ``d``."""
+def inner_ip(d: bytes, length: int, fills: bool = False) -> str | None:
+    """Version of a plausible inner IP packet at the start of ``d`` (``length`` bytes on the wire
+    from there): its length field does not pass the end by more than 4 bytes and, with ``fills``,
+    leaves at most 4 (padding) uncovered, as when the inner packet is the whole payload."""
     if len(d) < 20:
         return None
-    if d[0] >> 4 == 4 and d[0] & 0x0F >= 5 and be16(d, 2) <= length + 4:
-        return "IPv4"
-    if len(d) >= 40 and d[0] >> 4 == 6 and be16(d, 4) + 40 <= length + 4:
-        return "IPv6"
-    return None
+    if d[0] >> 4 == 4 and d[0] & 0x0F >= 5:
+        kind, stated = "IPv4", be16(d, 2)
+    elif len(d) >= 40 and d[0] >> 4 == 6:
+        kind, stated = "IPv6", be16(d, 4) + 40
+    else:
+        return None
+    if stated > length + 4 or (fills and not length - 4 <= stated <= length):
+        return None
+    return kind
 
 
 def _gre_v0(p: Packet) -> str | None:
