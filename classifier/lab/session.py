@@ -224,7 +224,8 @@ class Session:
         at most ``max_size`` (a tunnel too slow for the larger draws within curl's time limit)."""
         root = self.work / f"www-{port}"
         root.mkdir(exist_ok=True)
-        (root / "blob").write_bytes(os.urandom(min(self.profile.blob_size, max_size or self.profile.blob_size)))
+        size = self.profile.blob_size if max_size is None else min(self.profile.blob_size, max_size)
+        (root / "blob").write_bytes(os.urandom(size))
         proc = self.lab.spawn(ns, [sys.executable, "-m", "http.server", "--bind", bind, str(port)],
                               f"http-{port}", cwd=root)
         self.lab.wait_port(ns, port, procs=[proc])
