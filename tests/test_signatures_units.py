@@ -443,13 +443,20 @@ def test_dnscrypt_is_named_and_no_vpn():
 
 
 
-def dns_message(name: str, qtype: int, answer: bytes = b"", pad: int = 0, txid: int = 0x7355) -> bytes:
-    """A DNS query (``answer`` empty) or a response with one TXT record holding ``answer``."""
-    question = b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
+TXT, NULL = 16, 10  # DNS record types
+
+
+def dns_message(name: str | list[bytes], qtype: int, answer: bytes = b"", pad: int = 0, txid: int = 0x7355) -> bytes:
+    """A DNS query of one question (``answer`` empty) or a response with one record holding
+    ``answer`` (a TXT record's one string, other types' raw data). ``name`` is dotted text or
+    the labels as bytes, which may hold any byte (iodine's do)."""
+    labels = [label.encode() for label in name.split(".")] if isinstance(name, str) else name
+    question = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
     question += struct.pack(">HH", qtype, 1)
     if not answer:
         return struct.pack(">HHHHHH", txid, 0x0100, 1, 0, 0, 0) + question + bytes(pad)
-    record = b"\xc0\x0c" + struct.pack(">HHIH", qtype, 1, 3600, len(answer) + 1) + bytes([len(answer)]) + answer
+    rdata = bytes([len(answer)]) + answer if qtype == TXT else answer
+    record = b"\xc0\x0c" + struct.pack(">HHIH", qtype, 1, 3600, len(rdata)) + rdata
     return struct.pack(">HHHHHH", txid, 0x8180, 1, 1, 0, 0) + question + record
 
 
@@ -603,17 +610,6 @@ def test_kcp_needs_one_id_both_ways_and_consistent_lengths():
 
 # --- iodine -----------------------------------------------------------------------------------
 
-def dns_raw(labels: list[bytes], answer: bytes = b"", txid: int = 0x1234) -> bytes:
-    """A DNS message of one question whose labels may hold any bytes (iodine's do), type NULL;
-    with ``answer``, a response carrying it as the RDATA of one NULL record."""
-    qname = b"".join(bytes([len(x)]) + x for x in labels) + b"\0"
-    flags, ancount = (0x8400, 1) if answer else (0x0100, 0)
-    msg = struct.pack("!HHHHHH", txid, flags, 1, ancount, 0, 0) + qname + struct.pack("!HH", 10, 1)
-    if answer:
-        msg += struct.pack("!HHHIH", 0xC00C, 10, 1, 0, len(answer)) + answer
-    return msg
-
-
 TOP = [b"t", b"lab", b"example"]
 
 
@@ -637,19 +633,19 @@ def test_iodine_raw_mode_header_names_the_flow():
 def test_iodine_dns_handshake_and_8bit_names():
     check = b"zryaaA-Aaahhh-Drink-mal-ein-J\xe4germeister-"
     version = b"vaaaakawg5u"
-    shake = [(0, dns_raw([version, *TOP])), (1, dns_raw([version, *TOP], answer=b"VACK" + rand(5, 1))),
-             (0, dns_raw([check, *TOP])), (1, dns_raw([check, *TOP], answer=check))]
+    shake = [(0, dns_message([version, *TOP], NULL)), (1, dns_message([version, *TOP], NULL, answer=b"VACK" + rand(5, 1))),
+             (0, dns_message([check, *TOP], NULL)), (1, dns_message([check, *TOP], NULL, answer=check))]
     v = one(F(shake, dport=53))
     assert v.protocol == "iodine" and v.confidence == 0.95 and not v.midflow
     assert "upstream codec check" in v.evidence and "version answer" in v.evidence
     # the version answer beside long ASCII (Base32) data names: the answer names it (0.9); the
     # same names with "VACK" answering another name, or the version exchange alone, are nothing
-    base32 = [(0, dns_raw([rand(40, i).hex().encode()[:60], *TOP], txid=i)) for i in range(4)]
+    base32 = [(0, dns_message([rand(40, i).hex().encode()[:60], *TOP], NULL, txid=i)) for i in range(4)]
     assert one(F(shake[:2] + base32, dport=53)).confidence == 0.9
-    assert one(F([shake[0], (1, dns_raw([b"www", *TOP], answer=b"VACK")), *base32], dport=53)) is None
+    assert one(F([shake[0], (1, dns_message([b"www", *TOP], NULL, answer=b"VACK")), *base32], dport=53)) is None
     assert one(F(shake[:2], dport=53)) is None
     # caught mid-way: queries with Base128 data in their names
-    data = [(d, dns_raw([base128_label(i), *TOP], answer=rand(200, i) if d else b"", txid=i))
+    data = [(d, dns_message([base128_label(i), *TOP], NULL, answer=rand(200, i) if d else b"", txid=i))
             for i in range(4) for d in (0, 1)]
     mid = one(F(data, dport=53))
     assert mid.protocol == "iodine" and mid.midflow and mid.confidence == 0.85 and "4 queries" in mid.evidence
@@ -659,12 +655,12 @@ def test_iodine_dns_handshake_and_8bit_names():
 def test_iodine_leaves_ordinary_dns_alone():
     # long ASCII labels (a CDN's or an anti-virus lookup's hashes, Base32 alike) and short
     # 8-bit ones (an mDNS instance name in UTF-8) are not iodine's data
-    hashes = [(0, dns_raw([rand(40, i).hex().encode()[:40], b"avqs", b"example"], txid=i)) for i in range(6)]
+    hashes = [(0, dns_message([rand(40, i).hex().encode()[:40], b"avqs", b"example"], NULL, txid=i)) for i in range(6)]
     assert one(F(hashes, dport=53)) is None
-    utf8 = [(0, dns_raw(["Jane’s MacBook Pro".encode(), b"_airplay", b"_tcp", b"local"], txid=i)) for i in range(6)]
+    utf8 = [(0, dns_message(["Jane’s MacBook Pro".encode(), b"_airplay", b"_tcp", b"local"], NULL, txid=i)) for i in range(6)]
     assert one(F(utf8, sport=5353, dport=5353)) is None
     # the test string over TCP is not iodine (it runs over UDP only)
-    assert one(F([(0, dns_raw([b"zryaaA-Aaahhh-Drink-mal-ein-J\xe4germeister-", *TOP]))], proto=6)) is None
+    assert one(F([(0, dns_message([b"zryaaA-Aaahhh-Drink-mal-ein-J\xe4germeister-", *TOP], NULL))], proto=6)) is None
 
 
 # --- tunnels in ICMP echo ---------------------------------------------------------------------
@@ -727,13 +723,13 @@ def test_ip_packets_in_echo_payloads_are_an_icmp_tunnel_and_pings_are_not():
 def test_dns2tcp_commands_in_query_names():
     auth = [b"AAAAAJ4KAA", b"=auth", *TOP]
     connect = [b"VdVF9i9eAGh0dHA", b"=connect", *TOP]
-    data = [(0, dns_raw([b"VdUAAAACCEdFVCAvYmxvYiBIVFRQLzEuMQ0K", *TOP], txid=i)) for i in range(4)]
-    session = [(0, dns_raw(auth)), (1, dns_raw(auth, answer=b"\x20" + rand(32, 1))),
-               (0, dns_raw(connect)), (1, dns_raw(connect, answer=b"\x0bAVdVF9i9eAA")), *data]
+    data = [(0, dns_message([b"VdUAAAACCEdFVCAvYmxvYiBIVFRQLzEuMQ0K", *TOP], NULL, txid=i)) for i in range(4)]
+    session = [(0, dns_message(auth, NULL)), (1, dns_message(auth, NULL, answer=b"\x20" + rand(32, 1))),
+               (0, dns_message(connect, NULL)), (1, dns_message(connect, NULL, answer=b"\x0bAVdVF9i9eAA")), *data]
     v = one(F(session, dport=53))
     assert v.protocol == "dns2tcp" and v.is_vpn and v.confidence == 0.95 and "=auth, =connect" in v.evidence
     assert one(F(session[:2] + data, dport=53)).confidence == 0.9  # the key exchange alone
     # data queries alone, a "=" in a first label, and a word that is not one of its commands: nothing
     assert one(F(data, dport=53)) is None
-    assert one(F([(0, dns_raw([b"=auth", *TOP]))], dport=53)) is None
-    assert one(F([(0, dns_raw([b"AAAAAJ4KAA", b"=login", *TOP]))], dport=53)) is None
+    assert one(F([(0, dns_message([b"=auth", *TOP], NULL))], dport=53)) is None
+    assert one(F([(0, dns_message([b"AAAAAJ4KAA", b"=login", *TOP], NULL))], dport=53)) is None
