@@ -302,6 +302,39 @@ def test_training_selects_every_scenario_but_the_held_out_ones() -> None:
     assert {r["name"] for r in rows if not r["training"]} == held_out
 
 
+def _lab_train_batches(*make_args: str) -> list[tuple[str, list[str], set[int], int]]:
+    """What `make lab-train` would run: (output dir, scenarios, capture indices, seed) per batch."""
+    root = Path(__file__).resolve().parents[1]
+    dry = subprocess.run(["make", "-n", "-C", str(root), "lab-train", "MODEL_LAB=/x", *make_args],
+                         capture_output=True, text=True, check=True).stdout
+    batches = []
+    for line in dry.splitlines():
+        if " lab capture " not in line:
+            continue
+        argv = line.lstrip("-").split()
+        opts = {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i] in ("-o", "--repeat",
+                                                                                   "--first-index", "--seed")}
+        names = argv[argv.index("--keep-going") + 3:argv.index("--repeat")]
+        first = int(opts.get("--first-index", 1))
+        batches.append((opts["-o"], names, set(range(first, first + int(opts["--repeat"]))), int(opts["--seed"])))
+    return batches
+
+
+def test_lab_train_batches_can_run_side_by_side() -> None:
+    """`make -j3 lab-train` runs its batches at once: no two may write the same capture or share a seed."""
+    batches = _lab_train_batches()
+    assert len(batches) == 9 and {b[0] for b in batches} == {"/x/plain", "/x/path"}
+    for out in ("/x/plain", "/x/path"):
+        mine = [b for b in batches if b[0] == out]
+        for i, (_, names_a, idx_a, seed_a) in enumerate(mine):
+            for _, names_b, idx_b, seed_b in mine[i + 1:]:
+                assert seed_a != seed_b
+                assert not (set(names_a) & set(names_b) or "training" in names_a + names_b) or not idx_a & idx_b
+    # Held-out scenarios join a set with the same seeds and indices; no hard-tunnel batch is left empty.
+    extra = _lab_train_batches("LAB_TRAIN=kcptun dnscrypt", "LAB_TRAIN_HARD=")
+    assert len(extra) == 7 and all(b[1] == ["kcptun", "dnscrypt"] for b in extra)
+    assert [(b[0], b[2], b[3]) for b in extra] == [(b[0], b[2], b[3]) for b in batches if b[1] == ["training"]]
+
 def test_a_second_seed_adds_numbered_captures_beside_the_first(tmp_path: Path) -> None:
     """--first-index lets a run with another seed extend a training directory (make lab-train does)."""
     _vpnid("lab", "capture", "gre-crafted", "--repeat", "2", "--seed", "1", "-o", str(tmp_path))
