@@ -506,11 +506,13 @@ def _start_vpnid(*args: str) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _lab_state(pid: int) -> dict[str, list[str]]:
+def _lab_state(pid: int, since: float) -> dict[str, list[str]]:
     """What the lab run in process ``pid`` still holds, found by its run tag in the names.
 
     Scoped to one run so that other lab runs on the machine (a concurrent test suite)
-    are neither blamed nor mistaken for this one.
+    are neither blamed nor mistaken for this one. Process ids come round again after a
+    reboot: a work directory kept from before ``since`` (``--keep-workdir``, or a run killed
+    outright) carries this run's tag but is not its doing.
     """
     tag = run_tag(pid)
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
@@ -530,18 +532,26 @@ def _lab_state(pid: int) -> dict[str, list[str]]:
         "namespaces": [n.split()[0] for n in ns.splitlines() if n.startswith(NS_PREFIX) and f"-{tag}-" in n],
         "links": [line.split(":")[1].strip() for line in links.splitlines() if wg.search(line)],
         "processes": procs,
-        "workdirs": [p for p in glob.glob(WORKDIR_PREFIX + "*") if workdir.match(p + "/")],
+        "workdirs": [p for p in glob.glob(WORKDIR_PREFIX + "*") if workdir.match(p + "/") and _made_since(p, since)],
         "wg_sockets": [p for p in glob.glob("/run/wireguard/*.sock") if wg.search(p)],
     }
 
 
-def _assert_nothing_left(pid: int) -> None:
-    left = {k: v for k, v in _lab_state(pid).items() if v}
+def _made_since(path: str, since: float) -> bool:
+    try:
+        return os.stat(path).st_ctime >= since
+    except FileNotFoundError:  # removed while we looked: not left behind
+        return False
+
+
+def _assert_nothing_left(pid: int, since: float) -> None:
+    left = {k: v for k, v in _lab_state(pid, since).items() if v}
     assert not left, f"left behind: {left}"
 
 
 def _capture_ok(out: Path, timeout: float, *args: str) -> dict:
     """Run ``vpnid lab capture ARGS -o OUT``; assert it succeeded and left nothing behind; manifest rows."""
+    started = time.time()
     run = _start_vpnid("lab", "capture", *args, "-o", str(out))
     try:
         _, err = run.communicate(timeout=timeout)
@@ -550,7 +560,7 @@ def _capture_ok(out: Path, timeout: float, *args: str) -> dict:
             run.kill()
             run.wait()
     assert run.returncode == 0, err[-3000:]
-    _assert_nothing_left(run.pid)
+    _assert_nothing_left(run.pid, started)
     return {r.scenario: r for r in read_manifest_rows(out / "MANIFEST.csv")}
 
 
@@ -1173,12 +1183,13 @@ def test_a_udp_scans_unanswered_ike_probes_are_no_tunnel(tmp_path: Path) -> None
 @pytest.mark.timeout(120)
 def test_interrupted_capture_leaves_nothing_behind(tmp_path: Path) -> None:
     _skip_unless_lab()
+    started = time.time()
     proc = _start_vpnid("lab", "capture", "wireguard", "-o", str(tmp_path), "--duration", "60")
     try:
         deadline = time.monotonic() + 30
         # Wait until the tunnel is up and traffic flows: its namespaces and wireguard-go exist.
         while time.monotonic() < deadline:
-            state = _lab_state(proc.pid)
+            state = _lab_state(proc.pid, started)
             if state["namespaces"] and any("wireguard-go" in p for p in state["processes"]):
                 break
             assert proc.poll() is None, proc.communicate()[1]
@@ -1194,7 +1205,7 @@ def test_interrupted_capture_leaves_nothing_behind(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 130, err
     assert not (tmp_path / "wireguard.pcap").exists()  # no half-finished capture
-    _assert_nothing_left(proc.pid)
+    _assert_nothing_left(proc.pid, started)
 
 
 @pytest.mark.lab
