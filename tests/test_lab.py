@@ -321,7 +321,7 @@ def _lab_train_batches(*make_args: str) -> list[tuple[str, list[str], set[int], 
 
 
 def test_lab_train_batches_can_run_side_by_side() -> None:
-    """`make -j3 lab-train` runs its batches at once: no two may write the same capture or share a seed."""
+    """`make -j9 lab-train` runs its batches at once: no two may write the same capture or share a seed."""
     batches = _lab_train_batches()
     assert len(batches) == 9 and {b[0] for b in batches} == {"/x/plain", "/x/path"}
     for out in ("/x/plain", "/x/path"):
@@ -334,6 +334,7 @@ def test_lab_train_batches_can_run_side_by_side() -> None:
     extra = _lab_train_batches("LAB_TRAIN=kcptun dnscrypt", "LAB_TRAIN_HARD=")
     assert len(extra) == 7 and all(b[1] == ["kcptun", "dnscrypt"] for b in extra)
     assert [(b[0], b[2], b[3]) for b in extra] == [(b[0], b[2], b[3]) for b in batches if b[1] == ["training"]]
+
 
 def test_a_second_seed_adds_numbered_captures_beside_the_first(tmp_path: Path) -> None:
     """--first-index lets a run with another seed extend a training directory (make lab-train does)."""
