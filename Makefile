@@ -68,8 +68,9 @@ model: $(STAMP)
 ## held-out ones (`vpnid lab list` marks them). About half of them cross a drawn network path
 ## (delay, jitter, loss, rate, MTU; docs/lab.md, Network path), since the relative timing
 ## features read the path. A run that fails is reported and skipped (--keep-going), and the
-## next batch still runs (`-`). Each seeded batch is a target of its own, so `make -j3 lab-train`
-## runs three side by side (the manifest is updated under a lock): about 3.5 hours one by one.
+## next batch still runs (`-`). Each seeded batch is a target of its own, so `make -j9 lab-train`
+## runs all nine side by side (the manifest is updated under a lock): about 3.5 hours one by one,
+## an hour with three to five at a time (docs/model.md, Recipe).
 ## LAB_TRAIN names the scenarios (default: `training`, every one not held out), e.g. to add
 ## held-out ones to a set with the same seeds: make lab-train LAB_TRAIN='kcptun dnscrypt' LAB_TRAIN_HARD=
 LAB_TRAIN        ?= training

@@ -311,10 +311,14 @@ def _lab_train_batches(*make_args: str) -> list[tuple[str, list[str], set[int], 
     for line in dry.splitlines():
         if " lab capture " not in line:
             continue
-        argv = line.lstrip("-").split()
-        opts = {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i] in ("-o", "--repeat",
-                                                                                   "--first-index", "--seed")}
-        names = argv[argv.index("--keep-going") + 3:argv.index("--repeat")]
+        args = iter(line.split(" lab capture ", 1)[1].split())
+        opts: dict[str, str] = {}
+        names = []
+        for a in args:
+            if a in ("-o", "--repeat", "--first-index", "--seed", "--path"):
+                opts[a] = next(args)
+            elif not a.startswith("-"):
+                names.append(a)
         first = int(opts.get("--first-index", 1))
         batches.append((opts["-o"], names, set(range(first, first + int(opts["--repeat"]))), int(opts["--seed"])))
     return batches
