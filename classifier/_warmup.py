@@ -1,6 +1,7 @@
 """Compile and cache the numba kernels once (``python -m classifier._warmup``).
 
-The kernels compile on first use (about 20 s) and are cached on disk afterwards;
+The kernels (the engine's and the model's tree kernel) compile on first use (about 20 s)
+and are cached on disk afterwards;
 ``make install`` runs this so that the first real command is fast.
 """
 
@@ -32,7 +33,20 @@ def warm() -> int:
         epb = struct.pack("<II", 6, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
         pcapng = Path(tmp) / "w.pcapng"
         pcapng.write_bytes(shb + idb + epb)
-        return read_flows(pcap, pcapng, log=ErrorLog(quiet=True)).num_rows
+        table = read_flows(pcap, pcapng, log=ErrorLog(quiet=True))
+    _warm_model(table)
+    return table.num_rows
+
+
+def _warm_model(table) -> None:
+    """Score the flows with the shipped model once: that compiles the tree kernel (``model/tree_kernel.py``)."""
+    from classifier.model import ModelError, load_model
+
+    try:
+        model = load_model()
+    except ModelError:  # a checkout without its model file still gets the engine's kernels
+        return
+    model.predict(table)
 
 
 if __name__ == "__main__":

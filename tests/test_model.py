@@ -21,7 +21,15 @@ from classifier.model.data import LabeledFlows, Truth, label_capture_flows, load
 from classifier.model.features import FEATURE_NAMES, feature_matrix, transport_kind
 from classifier.model.io import BUNDLE_FORMAT, TRUSTED_TYPES, card_paths, load_bundle, save_bundle
 from classifier.model.synthetic import flow_row, synthetic_flows
-from classifier.model.train import TrainConfig, apply_calibration, sample_weights, threshold_for_fpr, train
+from classifier.model.train import (
+    TrainConfig,
+    apply_calibration,
+    group_splits,
+    oof_scores,
+    sample_weights,
+    threshold_for_fpr,
+    train,
+)
 from classifier.model.workflow import train_on
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +132,47 @@ def test_mean_probability_ensemble_saves_loads_and_averages_its_members(tmp_path
     again = tmp_path / "again.skops"
     train_on(data, again, config)
     assert again.read_bytes() == path.read_bytes()
+
+
+def test_seed_bag_saves_loads_and_averages_members_that_draw_different_features(tmp_path):
+    """The hgb-bag candidate: five feature-subsampled boosting models, one skops file, their mean log-odds."""
+    data = _labeled(synthetic_flows(18, seed=5))
+    path = tmp_path / "bag.skops"
+    config = TrainConfig(candidates=("hgb-bag",), folds=3, name="bag")
+    train_on(data, path, config)
+    bundle = load_bundle(path)
+    clf = bundle["classifier"]
+    assert bundle["estimator"] == "hgb-bag" and len(clf.estimators_) == 5
+    assert "- estimator: hgb-bag (mean log-odds of five gradient-boosting models" in card_paths(path)[1].read_text()
+    assert [e.max_features for e in clf.estimators_] == [0.2] * 5
+    assert len({e.random_state for e in clf.estimators_}) == 5
+    X = feature_matrix(synthetic_flows(6, seed=3))
+    members = np.array([e.decision_function(X) for e in clf.estimators_])
+    np.testing.assert_allclose(clf.decision_function(X), members.mean(axis=0))
+    assert not np.allclose(members[0], members[1])  # the seeds draw different features
+    # one calibration over the mean score, as for a single model
+    assert bundle["calibration"]["method"] == "isotonic"
+    np.testing.assert_allclose(load_model(path).proba_from_features(X),
+                               apply_calibration(bundle["calibration"], members.mean(axis=0)))
+    again = tmp_path / "again.skops"
+    train_on(data, again, config)
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_folds_fitted_side_by_side_give_the_same_model(tmp_path):
+    """``--jobs 2`` fits the out-of-fold models in two processes; the scores, threshold and file are the same."""
+    data = _labeled(synthetic_flows(18, seed=5))
+    X = feature_matrix(data.table)
+    groups = np.asarray(data.group).astype(str)
+    splits = group_splits(data.label, groups, 3)
+    one = oof_scores("hgb-sub", X, data.label, groups, splits, seed=0)
+    two = oof_scores("hgb-sub", X, data.label, groups, splits, seed=0, jobs=2)
+    assert np.isfinite(one).any()
+    np.testing.assert_array_equal(one, two)
+    a, b = tmp_path / "a.skops", tmp_path / "b.skops"
+    train_on(data, a, FAST)
+    train_on(data, b, FAST, jobs=2)
+    assert a.read_bytes() == b.read_bytes()
 
 
 def test_evidence_names_features_pushing_the_verdict(trained):

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="capture-grouped folds (default 5); 0: one fold per scenario or capture "
                         "(leave one group out)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="fit N cross-validation folds at once, one process each (default 1; the model is "
+                        "the same)")
     p.add_argument("--name", help="model name (default: the output file's stem)")
     p.add_argument("--model-version", default="1", help="model version string for the card (default 1)")
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
@@ -69,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--fpr-target must be in [0, 1)")
     if args.min_tunnel_packets < 0 or args.min_one_way_packets < 0:
         raise UsageError("--min-tunnel-packets and --min-one-way-packets must be >= 0")
+    if args.jobs < 1:
+        raise UsageError("--jobs must be >= 1")
     if args.augment < 0 or args.folds < 0 or args.folds == 1:
         raise UsageError("--augment must be >= 0 and --folds 0 (leave one group out) or >= 2")
     out = Path(args.output)
@@ -80,5 +85,6 @@ def run(args: argparse.Namespace) -> int:
                          name=args.name or out.name.split(".")[0], version=args.model_version)
     log = ErrorLog(quiet=False)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"vpnid train: {m}", file=sys.stderr))
-    train_model(args.inputs, out, config, manifest=args.manifest, augment=args.augment, log=log, say=say)
+    train_model(args.inputs, out, config, manifest=args.manifest, augment=args.augment, log=log, say=say,
+                jobs=args.jobs)
     return log.exit_status

@@ -33,6 +33,7 @@ BUNDLE_FORMAT = "vpnid-model/1"
 TRUSTED_TYPES: tuple[str, ...] = (
     "builtins.NoneType",
     "classifier.model.ensemble.MeanProbability",
+    "classifier.model.ensemble.SeedBag",
     "builtins.bool",
     "builtins.dict",
     "builtins.float",
@@ -201,7 +202,8 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines = [f"# Model card: {card.get('name')} {card.get('version', '')}".rstrip(), ""]
     lines += [card.get("summary", ""), ""]
     lines += ["## Decision", "",
-              f"- estimator: {card.get('estimator')}",
+              f"- estimator: {card.get('estimator')}"
+              + (f" ({card['estimator_description']})" if card.get("estimator_description") else ""),
               f"- calibration: {card.get('calibration')}",
               f"- operating threshold: {_fmt(card.get('threshold'))} "
               f"(chosen for a false-positive rate of at most {card.get('fpr_target')} on out-of-fold non-VPN flows)",

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from classifier.model.ensemble import MeanProbability
+from classifier.model.ensemble import MeanProbability, SeedBag
 from classifier.model.features import (
     FEATURE_DOCS,
     FEATURE_NAMES,
@@ -29,9 +29,21 @@ from classifier.model.features import (
     transport_kind,
 )
 from classifier.model.io import BUNDLE_FORMAT
+from classifier.model.tree_kernel import decision_functions
 
 #: Estimators ``vpnid train`` knows; the first is the default choice when scores tie.
-CANDIDATES = ("rf", "hgb", "logreg", "hgb+rf")
+CANDIDATES = ("rf", "hgb", "logreg", "hgb+rf", "hgb-sub", "hgb-bag")
+
+#: What each candidate is, in a phrase, for model cards and ``--help``.
+ESTIMATOR_DESCRIPTIONS = {
+    "rf": "random forest, 60 trees",
+    "hgb": "gradient boosting, 120 trees of 15 leaves",
+    "logreg": "logistic regression on standardised features",
+    "hgb+rf": "gradient boosting and a random forest, each calibrated, probabilities averaged",
+    "hgb-sub": "gradient boosting that draws a fifth of the features at every split",
+    "hgb-bag": "mean log-odds of five gradient-boosting models, seeds 0-4, each drawing a fifth of "
+               "the features at every split",
+}
 
 
 @dataclass
@@ -81,10 +93,13 @@ def make_estimator(kind: str, seed: int = 0):
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if kind == "hgb":
+    if kind in ("hgb", "hgb-sub"):
+        # hgb-sub draws a fifth of the features at every split: no single feature can carry
+        # the model, which matters for traffic unlike the lab's (see SeedBag)
         return HistGradientBoostingClassifier(
             max_iter=120, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=20, max_bins=64,
-            l2_regularization=1.0, early_stopping=False, random_state=seed)
+            l2_regularization=1.0, early_stopping=False, random_state=seed,
+            max_features=0.2 if kind == "hgb-sub" else 1.0)
     if kind == "rf":
         return Pipeline([
             ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
@@ -100,6 +115,8 @@ def make_estimator(kind: str, seed: int = 0):
         ])
     if kind == "hgb+rf":
         return MeanProbability(("hgb", "rf"), seed)
+    if kind == "hgb-bag":
+        return SeedBag("hgb-sub", 5, seed)
     raise ValueError(f"unknown estimator {kind!r}; choose from {', '.join(CANDIDATES)}")
 
 
@@ -169,8 +186,12 @@ def raw_scores(est, X: np.ndarray) -> np.ndarray:
     own out-of-fold scores and the calibrated probabilities are averaged, so a member whose
     scores crowd near 0 and 1 (boosting) weighs no more than one that spreads them (a forest).
     """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
     if isinstance(est, MeanProbability):
         return np.column_stack([raw_scores(member, X) for member in est.estimators_])
+    if isinstance(est, HistGradientBoostingClassifier):
+        return decision_functions([est], X)[0]  # scikit-learn's scores, row by row (tree_kernel.py)
     if hasattr(est, "decision_function"):
         return np.asarray(est.decision_function(X), float)
     return np.asarray(est.predict_proba(X)[:, 1], float)
@@ -233,16 +254,34 @@ def apply_calibration(calibration: dict[str, Any], scores: np.ndarray) -> np.nda
     return p * (1.0 - 2e-6) + 1e-6 + nudge  # both terms rise with the score; stays inside (0, 1)
 
 
-def oof_scores(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, splits, seed: int) -> np.ndarray:
-    """Out-of-fold raw scores (rows, members); NaN for rows no fold tested."""
-    out: np.ndarray | None = None
-    for tr, te in splits:
+def _fold_scores(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, tr: np.ndarray, te: np.ndarray,
+                 seed: int) -> np.ndarray:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
         est = fit_estimator(kind, X[tr], y[tr], groups[tr], seed)
-        s = raw_scores(est, X[te]).reshape(len(te), -1)
-        if out is None:
-            out = np.full((len(y), s.shape[1]), np.nan)
+        return raw_scores(est, X[te]).reshape(len(te), -1)
+
+
+def oof_scores(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, splits, seed: int,
+               jobs: int = 1) -> np.ndarray:
+    """Out-of-fold raw scores (rows, members); NaN for rows no fold tested.
+
+    ``jobs`` > 1 fits that many folds at once, each in its own process and on one thread:
+    the folds are independent and each fit is deterministic, so the scores are the same.
+    """
+    if jobs > 1 and len(splits) > 1:
+        from joblib import Parallel, delayed
+
+        parts = Parallel(n_jobs=jobs)(delayed(_fold_scores)(kind, X, y, groups, tr, te, seed) for tr, te in splits)
+    else:
+        parts = [_fold_scores(kind, X, y, groups, tr, te, seed) for tr, te in splits]
+    if not parts:
+        return np.full((len(y), 1), np.nan)
+    out = np.full((len(y), parts[0].shape[1]), np.nan)
+    for (_tr, te), s in zip(splits, parts, strict=True):
         out[te] = s
-    return out if out is not None else np.full((len(y), 1), np.nan)
+    return out
 
 
 def threshold_for_fpr(neg_scores: np.ndarray, fpr_target: float, floor: float, cap: float = 1.0) -> float:
@@ -408,7 +447,7 @@ def left_out_of_fitting(X: np.ndarray, y: np.ndarray, packets: np.ndarray | None
 
 def train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarray | None = None,
           config: TrainConfig | None = None, log=None, explain: bool = True,
-          packets: np.ndarray | None = None) -> TrainResult:
+          packets: np.ndarray | None = None, jobs: int = 1) -> TrainResult:
     """Fit the whole recipe on a feature matrix; returns the bundle to save and its card facts.
 
     ``packets`` (each flow's packet count) lets ``config.min_tunnel_packets`` leave short
@@ -416,7 +455,8 @@ def train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarray
     headers are readable; the out-of-fold arrays of the result cover the rows actually used.
 
     ``explain=False`` skips what only a shipped model needs (permutation importance and
-    the protocol guesser), for the many refits of grouped evaluation.
+    the protocol guesser), for the many refits of grouped evaluation. ``jobs`` fits that
+    many out-of-fold models at once (:func:`oof_scores`); the model is the same.
 
     Runs single-threaded: the training sets are small, and OpenMP threads that spin
     while the cores are shared make a fit several times slower, not faster.
@@ -435,11 +475,11 @@ def train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarray
         X, y, groups = X[keep], np.asarray(y)[keep], np.asarray(groups)[keep]
         protocol = None if protocol is None else np.asarray(protocol, object)[keep]
     with threadpool_limits(limits=1):
-        return _train(X, y, groups, protocol, config, log, explain)
+        return _train(X, y, groups, protocol, config, log, explain, jobs)
 
 
 def _train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarray | None,
-           config: TrainConfig | None, log, explain: bool) -> TrainResult:
+           config: TrainConfig | None, log, explain: bool, jobs: int = 1) -> TrainResult:
     config = config or TrainConfig()
     say = log or (lambda msg: None)
     y = np.asarray(y).astype(int)
@@ -456,7 +496,7 @@ def _train(X: np.ndarray, y: np.ndarray, groups: np.ndarray, protocol: np.ndarra
     candidates: dict[str, dict[str, float]] = {}
     calibrated: dict[str, tuple[dict[str, Any], np.ndarray]] = {}
     for kind in config.candidates:
-        s = oof_scores(kind, X, y, groups, splits, config.seed)
+        s = oof_scores(kind, X, y, groups, splits, config.seed, jobs)
         ok = np.isfinite(s).all(axis=1)
         # calibration is monotone in a single score, so ranking by it is ranking by the raw score
         calibration = fit_calibration(s[ok], y[ok], config.calibration)

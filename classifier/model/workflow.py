@@ -16,6 +16,7 @@ from classifier.model.data import LabeledFlows, data_hash, inputs_hash, load_lab
 from classifier.model.features import FEATURE_NAMES, FEATURE_VERSION, feature_matrix
 from classifier.model.io import save_bundle
 from classifier.model.train import (
+    ESTIMATOR_DESCRIPTIONS,
     TrainConfig,
     TrainResult,
     left_out_of_fitting,
@@ -42,6 +43,7 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
                     "from training; the threshold keeps false alarms at the target rate on held-out "
                     "non-VPN captures."),
         "estimator": b["estimator"],
+        "estimator_description": ESTIMATOR_DESCRIPTIONS.get(b["estimator"], ""),
         "calibration": config.calibration,
         "threshold": b["threshold"],
         "fpr_target": config.fpr_target,
@@ -78,16 +80,16 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
 
 def train_model(inputs: Iterable[str], output: str | Path, config: TrainConfig, *, manifest: str | None = None,
                 augment: int = 0, log: ErrorLog | None = None,
-                say: Callable[[str], None] | None = None) -> tuple[TrainResult, dict[str, Any]]:
+                say: Callable[[str], None] | None = None, jobs: int = 1) -> tuple[TrainResult, dict[str, Any]]:
     """Load labeled input, train, write ``output`` and its card; return the result and the card."""
     say = say or (lambda _m: None)
     log = log if log is not None else ErrorLog()
     data = load_labeled(list(inputs), manifest=manifest, augment=augment, seed=config.seed, log=log, say=say)
-    return train_on(data, output, config, augment=augment, say=say)
+    return train_on(data, output, config, augment=augment, say=say, jobs=jobs)
 
 
 def train_on(data: LabeledFlows, output: str | Path, config: TrainConfig, *, augment: int = 0,
-             say: Callable[[str], None] | None = None) -> tuple[TrainResult, dict[str, Any]]:
+             say: Callable[[str], None] | None = None, jobs: int = 1) -> tuple[TrainResult, dict[str, Any]]:
     """Train on already-loaded labeled flows and write the model file and card."""
     say = say or (lambda _m: None)
     s = data.summary()
@@ -96,7 +98,7 @@ def train_on(data: LabeledFlows, output: str | Path, config: TrainConfig, *, aug
     X = feature_matrix(data.table)
     try:
         result = train(X, data.label, data.group, data.protocol, config, log=say,
-                       packets=data.table.column("packets").to_numpy())
+                       packets=data.table.column("packets").to_numpy(), jobs=jobs)
     except ValueError as exc:
         from classifier.errors import UsageError
 
