@@ -109,13 +109,21 @@ def test_training_is_reproducible(tmp_path):
     assert a.stat().st_size < 5 * 1024 * 1024
 
 
+def _trained_ensemble(tmp_path: Path, kind: str) -> tuple[Path, dict]:
+    """Train ``kind`` on small synthetic data; check that training again writes the same file."""
+    data = _labeled(synthetic_flows(18, seed=5))
+    path = tmp_path / f"{kind}.skops"
+    config = TrainConfig(candidates=(kind,), folds=3, name=kind)
+    train_on(data, path, config)
+    again = tmp_path / "again.skops"
+    train_on(data, again, config)
+    assert again.read_bytes() == path.read_bytes()
+    return path, load_bundle(path)
+
+
 def test_mean_probability_ensemble_saves_loads_and_averages_its_members(tmp_path):
     """The hgb+rf candidate: one skops file, P(VPN) the mean of its two members' probabilities."""
-    data = _labeled(synthetic_flows(18, seed=5))
-    path = tmp_path / "vote.skops"
-    config = TrainConfig(candidates=("hgb+rf",), folds=3, name="vote")
-    train_on(data, path, config)
-    bundle = load_bundle(path)
+    path, bundle = _trained_ensemble(tmp_path, "hgb+rf")
     clf = bundle["classifier"]
     assert bundle["estimator"] == "hgb+rf" and [type(e).__name__ for e in clf.estimators_] == \
         ["HistGradientBoostingClassifier", "Pipeline"]
@@ -129,18 +137,11 @@ def test_mean_probability_ensemble_saves_loads_and_averages_its_members(tmp_path
     boost = apply_calibration(cal["members"][0], clf.estimators_[0].decision_function(X))
     forest = apply_calibration(cal["members"][1], members[1])
     np.testing.assert_allclose(load_model(path).proba_from_features(X), (boost + forest) / 2)
-    again = tmp_path / "again.skops"
-    train_on(data, again, config)
-    assert again.read_bytes() == path.read_bytes()
 
 
 def test_seed_bag_saves_loads_and_averages_members_that_draw_different_features(tmp_path):
     """The hgb-bag candidate: five feature-subsampled boosting models, one skops file, their mean log-odds."""
-    data = _labeled(synthetic_flows(18, seed=5))
-    path = tmp_path / "bag.skops"
-    config = TrainConfig(candidates=("hgb-bag",), folds=3, name="bag")
-    train_on(data, path, config)
-    bundle = load_bundle(path)
+    path, bundle = _trained_ensemble(tmp_path, "hgb-bag")
     clf = bundle["classifier"]
     assert bundle["estimator"] == "hgb-bag" and len(clf.estimators_) == 5
     assert "- estimator: hgb-bag (mean log-odds of five gradient-boosting models" in card_paths(path)[1].read_text()
@@ -154,9 +155,6 @@ def test_seed_bag_saves_loads_and_averages_members_that_draw_different_features(
     assert bundle["calibration"]["method"] == "isotonic"
     np.testing.assert_allclose(load_model(path).proba_from_features(X),
                                apply_calibration(bundle["calibration"], members.mean(axis=0)))
-    again = tmp_path / "again.skops"
-    train_on(data, again, config)
-    assert again.read_bytes() == path.read_bytes()
 
 
 def test_folds_fitted_side_by_side_give_the_same_model(tmp_path):
