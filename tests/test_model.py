@@ -19,7 +19,14 @@ from classifier.errors import UsageError
 from classifier.model import ModelError, Prediction, VpnModel, load_model
 from classifier.model.data import LabeledFlows, Truth, label_capture_flows, load_labeled, parse_labels
 from classifier.model.features import FEATURE_NAMES, feature_matrix, transport_kind
-from classifier.model.io import BUNDLE_FORMAT, TRUSTED_TYPES, card_paths, load_bundle, save_bundle
+from classifier.model.io import (
+    BUNDLE_FORMAT,
+    TRUSTED_TYPES,
+    card_markdown,
+    card_paths,
+    load_bundle,
+    save_bundle,
+)
 from classifier.model.synthetic import flow_row, synthetic_flows
 from classifier.model.train import (
     TrainConfig,
@@ -98,6 +105,8 @@ def test_card_beside_model(trained):
     assert typical["up_size_max"]["tcp"] == pytest.approx([model._pos[0, j], model._neg[0, j]])
     assert typical["is_udp"]["udp"] == [1.0, 1.0] and typical["is_udp"]["tcp"] == [0.0, 0.0]
     assert "## Typical values" in mpath.read_text()
+    # rendered again from the saved JSON (keys sorted), the card reads the same, byte for byte
+    assert card_markdown(on_disk) == mpath.read_text()
 
 
 def test_training_is_reproducible(tmp_path):

@@ -198,7 +198,11 @@ def _fmt(v: Any) -> str:
 
 
 def card_markdown(card: dict[str, Any]) -> str:
-    """Human-readable model card (the JSON card is the source of truth)."""
+    """Human-readable model card (the JSON card is the source of truth).
+
+    Tables are sorted by name, so the card reads the same whether it is rendered at training
+    or again from the saved JSON (whose keys are sorted).
+    """
     lines = [f"# Model card: {card.get('name')} {card.get('version', '')}".rstrip(), ""]
     lines += [card.get("summary", ""), ""]
     lines += ["## Decision", "",
@@ -235,14 +239,14 @@ def card_markdown(card: dict[str, Any]) -> str:
     if metrics:
         lines += ["## Metrics (grouped cross-validation by capture, out-of-fold)", ""]
         lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if not isinstance(v, dict | list)]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items()) if not isinstance(v, dict | list)]
         lines.append("")
     cands = card.get("candidates", {})
     if cands:
         lines += ["## Candidates compared", "", "| estimator | pAUC (FPR<=1%) | ROC-AUC | recall at target FPR |",
                   "|---|---|---|---|"]
         lines += [f"| {k} | {_fmt(v.get('pauc'))} | {_fmt(v.get('roc_auc'))} | {_fmt(v.get('recall_at_target'))} |"
-                  for k, v in cands.items()]
+                  for k, v in sorted(cands.items())]
         lines.append("")
     imp = card.get("top_features", [])
     if imp:
@@ -251,13 +255,13 @@ def card_markdown(card: dict[str, Any]) -> str:
         lines.append("")
     typical = card.get("typical_values")
     if typical:
-        kinds = list(next(iter(typical.values())))
+        kinds = sorted(next(iter(typical.values())))
         lines += ["## Typical values", "",
                   "Medians over the training flows of each transport, VPN / non-VPN: what the evidence "
                   "compares a flow's values with (docs/model.md, Evidence).", "",
                   "| feature | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
         lines += [f"| `{name}` | " + " | ".join(f"{v[k][0]:.4g} / {v[k][1]:.4g}" for k in kinds) + " |"
-                  for name, v in typical.items()]
+                  for name, v in sorted(typical.items())]
         lines.append("")
     lines += ["## Features", "", f"{len(card.get('features', []))} features, version {card.get('feature_version')}; "
               "see docs/model.md. Never used: IP addresses, ports, TTL, timestamps, capture names.", ""]
