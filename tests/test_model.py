@@ -159,6 +159,7 @@ def test_seed_bag_saves_loads_and_averages_members_that_draw_different_features(
     X = feature_matrix(synthetic_flows(6, seed=3))
     members = np.array([e.decision_function(X) for e in clf.estimators_])
     np.testing.assert_allclose(clf.decision_function(X), members.mean(axis=0))
+    np.testing.assert_allclose(clf.predict_proba(X)[:, 1], 1 / (1 + np.exp(-members.mean(axis=0))))
     assert not np.allclose(members[0], members[1])  # the seeds draw different features
     # one calibration over the mean score, as for a single model
     assert bundle["calibration"]["method"] == "isotonic"

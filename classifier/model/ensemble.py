@@ -41,11 +41,11 @@ class MeanProbability(ClassifierMixin, BaseEstimator):
 class SeedBag(ClassifierMixin, BaseEstimator):
     """The mean of ``n`` estimators of one kind that differ only in their random seed.
 
-    Why: the shipped kind of gradient boosting, made to draw a fifth of the features at
-    every split (``make_estimator("hgb-sub")``), ranks flows it has never seen kinds of
-    more steadily than boosting over all features, which leans on the few features that
-    separate the lab's traffic best; but one such model's top scores move a lot with its
-    seed, and the operating threshold sits on the top non-VPN scores. The mean of several
+    Why: gradient boosting that draws a fifth of the features at every split
+    (``make_estimator("hgb-sub")``) ranks kinds of traffic it has never seen more steadily
+    than boosting over all features, which leans on the few features that separate the
+    lab's traffic best; but one such model's top scores move a lot with its seed, and the
+    operating threshold sits on the top non-VPN scores. The mean of several
     keeps the gain and drops most of the seed's say (docs/model.md, Recipe). The decision
     function is the mean of the members' log-odds, so calibration sees one score, as it
     does for a single model; each member is fitted with the same sample weights.
@@ -71,7 +71,9 @@ class SeedBag(ClassifierMixin, BaseEstimator):
         return np.mean(decision_functions(self.estimators_, X), axis=0)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+        from scipy.special import expit
+
+        p = expit(self.decision_function(X))
         return np.column_stack([1.0 - p, p])
 
     def predict(self, X: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from classifier.model.tree_kernel import decision_functions
 #: Estimators ``vpnid train`` knows; the first is the default choice when scores tie.
 CANDIDATES = ("rf", "hgb", "logreg", "hgb+rf", "hgb-sub", "hgb-bag")
 
-#: What each candidate is, in a phrase, for model cards and ``--help``.
+#: What each candidate is, in a phrase, for the model card's Decision section.
 ESTIMATOR_DESCRIPTIONS = {
     "rf": "random forest, 60 trees",
     "hgb": "gradient boosting, 120 trees of 15 leaves",
@@ -256,6 +256,7 @@ def apply_calibration(calibration: dict[str, Any], scores: np.ndarray) -> np.nda
 
 def _fold_scores(kind: str, X: np.ndarray, y: np.ndarray, groups: np.ndarray, tr: np.ndarray, te: np.ndarray,
                  seed: int) -> np.ndarray:
+    """One fold's raw scores; one thread even in a joblib worker, which does not inherit ``train``'s limit."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):
