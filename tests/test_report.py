@@ -18,6 +18,7 @@ from classifier.flows.schema import REPORT_SCHEMA
 from classifier.registry import Registry
 from classifier.report import VPN_USE_SCHEMA, ReportBuilder, ReportContext
 from classifier.report.progress import ByteProgress
+from classifier.report.review import REVIEW_SCHEMA
 from classifier.report.terminal import print_summary
 
 DAY = 86400
@@ -60,7 +61,7 @@ def build(tmp_path: Path, table: pa.Table | None = None, **kw) -> tuple[Path, ob
     reg = registry()
     ctx = ReportContext(inputs=["lab/a.pcap", "lab/b.pcap"], registry={**reg.describe(), "path": "reg.csv",
                                                                          "sha256": "ab" * 32},
-                        model="vpnid-default 1.2", model_version="1.2")
+                        model="vpnid-default 1.2", model_version="1.2", review_floor=kw.get("review_floor", 0.5))
     b = ReportBuilder(out, ctx, partition_by=kw.get("partition_by"), anonymizer=kw.get("anonymizer"))
     t = flows() if table is None else table
     # two batches, as the pipeline streams them
@@ -78,17 +79,19 @@ def built(tmp_path_factory):
 def test_all_files_written_with_schema_and_metadata(built):
     out, _ = built
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["flows.parquet", "report.html", "summary.json", "unregistered.parquet", "vpn_use.parquet"]
+    assert names == ["flows.parquet", "for_review.parquet", "report.html", "summary.json", "unregistered.parquet",
+                     "vpn_use.parquet"]
     f = pq.read_table(out / "flows.parquet")
     assert f.schema.remove_metadata() == REPORT_SCHEMA.remove_metadata()
     assert f.num_rows == 11
-    for name in ("flows.parquet", "vpn_use.parquet", "unregistered.parquet"):
+    for name in ("flows.parquet", "vpn_use.parquet", "unregistered.parquet", "for_review.parquet"):
         meta = {k.decode(): v.decode() for k, v in pq.read_schema(out / name).metadata.items()}
         assert meta["vpnid.version"]
         assert meta["vpnid.model"] == "vpnid-default 1.2" and meta["vpnid.model_version"] == "1.2"
         assert meta["vpnid.registry_sha256"] == "ab" * 32 and meta["vpnid.registry"] == "reg.csv"
         assert json.loads(meta["vpnid.inputs"]) == ["lab/a.pcap", "lab/b.pcap"]
     assert pq.read_schema(out / "vpn_use.parquet").remove_metadata() == VPN_USE_SCHEMA.remove_metadata()
+    assert pq.read_schema(out / "for_review.parquet").remove_metadata() == REVIEW_SCHEMA.remove_metadata()
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary files left"
 
 
@@ -147,6 +150,53 @@ def test_summary_json(built):
     assert {r["registration_id"] for r in s["registered_use"]} == {"PTA-1", "PTA-5", "PTA-6"}
     assert s["time_span"] == {"first_seen": "2024-03-01T09:00:00.000Z", "last_seen": "2024-03-02T09:00:10.000Z"}
     assert s["registry"]["sha256"] == "ab" * 32 and s["model"]["version"] == "1.2"
+
+
+def near_misses() -> pa.Table:
+    """flows() plus four flows that are not VPN: three the model scored, one a signature named."""
+    def model(src: str, p_vpn: float, t: int) -> dict:
+        return dict(src_ip=src, dst_ip="198.51.100.7", dst_port=8388, ip_proto=6, t=t, detection="model",
+                    confidence=1.0 - p_vpn, evidence=f"model vpnid-default: P(VPN)={p_vpn:.3f} vs threshold 0.963 "
+                                                     "-> not VPN")
+    extra = [model("203.0.113.5", 0.55, 300), model("203.0.113.6", 0.80, 310), model("203.0.113.7", 0.30, 320),
+             # a signature's confidence is no P(VPN): 1 - 0.3 must not put it on the list
+             dict(src_ip="203.0.113.8", dst_ip="198.51.100.7", t=330, detection="signature", confidence=0.3,
+                  evidence="telegram: mtproto obfuscated2 header")]
+    return pa.concat_tables([flows(), registry().annotate(classified(extra))])
+
+
+def test_flows_close_to_the_threshold_are_listed_for_review_not_as_findings(tmp_path):
+    out, res = build(tmp_path, table=near_misses())
+    review = pq.read_table(out / "for_review.parquet")
+    assert review.schema.remove_metadata() == REVIEW_SCHEMA.remove_metadata()
+    # the model's two "not VPN" verdicts at P(VPN) >= 0.5, highest first; not the 0.30 one, not the signature's
+    assert review.column("src_ip").to_pylist() == ["203.0.113.6", "203.0.113.5"]
+    assert review.column("p_vpn").to_pylist() == pytest.approx([0.80, 0.55])
+    assert review.column("evidence").to_pylist()[0].startswith("model vpnid-default: P(VPN)=0.800")
+    s = res.summary
+    assert s["flows"]["vpn"] == 9 and s["flows"]["total"] == 15, "review rows are not VPN findings"
+    assert (s["for_review"]["floor"], s["for_review"]["flows"]) == (0.5, 2)
+    assert [r["src_ip"] for r in s["for_review"]["top"]] == ["203.0.113.6", "203.0.113.5"]
+    assert "203.0.113.5" not in json.dumps(s["unregistered_findings"])
+    page = (out / "report.html").read_text()
+    section = page[page.index('id="review"'):page.index('id="about"')]
+    assert "2 flows the model scored at P(VPN) of 0.5 or more" in section
+    assert "203.0.113.6" in section and "0.800" in section and "203.0.113.7" not in section
+    from rich.console import Console
+
+    buf = io.StringIO()
+    print_summary(s, console=Console(file=buf, width=160, color_system=None))
+    assert "2 more flows for review" in buf.getvalue()
+    # the floor moves the list; None turns it off
+    _, lower = build(tmp_path / "lower", table=near_misses(), review_floor=0.25)
+    assert lower.for_review.column("src_ip").to_pylist() == ["203.0.113.6", "203.0.113.5", "203.0.113.7"]
+    out_off, off = build(tmp_path / "off", table=near_misses(), review_floor=None)
+    assert off.for_review.num_rows == 0 and off.summary["for_review"]["flows"] == 0
+    assert "turned off" in (out_off / "report.html").read_text()
+    # pseudonymized reports pseudonymize the review list too
+    out_anon, _ = build(tmp_path / "anon", table=near_misses(), anonymizer=Anonymizer(b"k" * 32))
+    text = json.dumps(pq.read_table(out_anon / "for_review.parquet").to_pylist(), default=str)
+    assert pq.read_table(out_anon / "for_review.parquet").num_rows == 2 and "203.0.113." not in text
 
 
 def test_partition_by_date(tmp_path):

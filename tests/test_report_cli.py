@@ -116,8 +116,11 @@ def test_bad_usage(tmp_path, capsys):
     assert main(["report", *inputs()[:1], "--registry", str(SAMPLE), "-o", str(tmp_path / "o"),
                  "--anonymize", "hex:12"]) == 2
     assert main(["report", *inputs()[:1], "--registry", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "o")]) == 1
+    assert main(["report", *inputs()[:1], "--registry", str(SAMPLE), "-o", str(tmp_path / "o"),
+                 "--review-floor", "0"]) == 2
     err = capsys.readouterr().err
     assert "exists and is not a directory" in err and "64 hex digits" in err and "cannot read the registry" in err
+    assert "--review-floor must be above 0 and at most 1, not 0" in err
 
 
 def test_classify_takes_the_registry(tmp_path):

@@ -2,8 +2,8 @@
 
 Captures go through the same pipeline as ``vpnid classify`` (signatures, then the model
 for flows no signature claims, then the registered-IP check), batch by batch; the report
-directory gets flows.parquet, vpn_use.parquet, unregistered.parquet, summary.json and
-report.html (classifier.report), and the terminal a short summary.
+directory gets flows.parquet, vpn_use.parquet, unregistered.parquet, for_review.parquet,
+summary.json and report.html (classifier.report), and the terminal a short summary.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     from classifier.cli.common import add_endpoint_option, add_input_options, add_model_options
+    from classifier.report.review import DEFAULT_FLOOR
 
     p = sub.add_parser(
         "report", help="find unregistered VPN use: Parquet, JSON, HTML and a terminal summary",
         description="Classify the flows of the captures, check VPN flows against the registered-IP list "
                     "and write a report directory: flows.parquet, vpn_use.parquet, unregistered.parquet, "
-                    "summary.json and report.html (see docs/registry.md).")
+                    "for_review.parquet, summary.json and report.html (see docs/registry.md).")
     add_input_options(p)
     p.add_argument("--registry", required=True, metavar="FILE",
                    help="registered-IP list, CSV or Parquet (columns: ip,organization,registration_id,category,"
@@ -28,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="report directory (created if needed)")
     add_model_options(p)
     add_endpoint_option(p)
+    p.add_argument("--review-floor", type=float, default=DEFAULT_FLOOR, metavar="P",
+                   help="list flows the model scored at P(VPN) >= P but under its threshold in for_review.parquet "
+                        f"and the page's review section, apart from the findings (default {DEFAULT_FLOOR:g}; "
+                        "1 lists none)")
     p.add_argument("--partition-by", choices=("date",),
                    help="write flows as a dataset DIR/flows/date=YYYY-MM-DD/ instead of DIR/flows.parquet")
     p.add_argument("--anonymize", metavar="KEY",
@@ -51,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise UsageError("--top must be at least 1")
+    if not 0.0 < args.review_floor <= 1.0:
+        raise UsageError(f"--review-floor must be above 0 and at most 1, not {args.review_floor:g}")
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"-o {out_dir}: exists and is not a directory")
@@ -75,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         inputs=[str(x) for x in args.inputs], registry=registry.describe(),
         model=getattr(model, "label", None) if model is not None else None,
         model_version=getattr(model, "version", None) if model is not None else None,
-        anonymized=anonymizer is not None, top=args.top,
+        anonymized=anonymizer is not None, top=args.top, review_floor=args.review_floor,
     )
     try:
         builder = ReportBuilder(out_dir, context, partition_by=args.partition_by, anonymizer=anonymizer)

@@ -7,7 +7,8 @@ the aggregates, plots and the HTML page, which are written by ``finish()``.
 
 Outputs (all written atomically, Parquet files carrying ``base_metadata``):
 ``flows.parquet`` (or the ``flows/`` dataset), ``vpn_use.parquet``,
-``unregistered.parquet``, ``summary.json`` and ``report.html``.
+``unregistered.parquet``, ``for_review.parquet`` (classifier.report.review), ``summary.json``
+and ``report.html``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pyarrow.compute as pc
 from classifier.flows.schema import REPORT_SCHEMA
 from classifier.output import TableSink, base_metadata, write_text_atomic
 from classifier.report import aggregate as agg
+from classifier.report import review
 from classifier.report.flows_writer import FlowsWriter
 
 
@@ -37,6 +39,7 @@ class ReportContext:
     model_version: str | None = None
     anonymized: bool = False
     top: int = 20
+    review_floor: float | None = review.DEFAULT_FLOOR  # None: no review list
     generated_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     errors: list[str] = field(default_factory=list)
 
@@ -61,6 +64,7 @@ class ReportResult:
     summary: dict[str, Any]
     vpn_use: pa.Table
     unregistered: pa.Table
+    for_review: pa.Table
     files: dict[str, str]
 
 
@@ -79,6 +83,7 @@ class ReportBuilder:
         self._meta = context.metadata()
         self._flows = FlowsWriter(self.out_dir, REPORT_SCHEMA, self._meta, partition_by)
         self._vpn: list[pa.Table] = []
+        self._review: list[pa.Table] = []
         self.flows = 0
         self.bytes = 0
         self.packets = 0
@@ -109,6 +114,9 @@ class ReportBuilder:
         vpn = table.filter(pc.fill_null(table.column("is_vpn"), False))
         if vpn.num_rows:
             self._vpn.append(vpn.select(list(agg.VPN_COLUMNS)))
+        near = review.select_for_review(table, self.context.review_floor)
+        if near.num_rows:
+            self._review.append(near)
 
     def abort(self) -> None:
         self._flows.abort()
@@ -133,20 +141,23 @@ class ReportBuilder:
         vpn = self.vpn_table()
         use = agg.vpn_use(vpn)
         unreg = agg.unregistered_use(vpn)
+        near = review.ranked(self._review)
         files = {
             "flows": str(self._flows.path),
             "vpn_use": str(self.out_dir / "vpn_use.parquet"),
             "unregistered": str(self.out_dir / "unregistered.parquet"),
+            "for_review": str(self.out_dir / "for_review.parquet"),
             "summary": str(self.out_dir / "summary.json"),
             "html": str(self.out_dir / "report.html"),
         }
-        for name, table in (("vpn_use", use), ("unregistered", unreg)):
-            with TableSink(files[name], agg.VPN_USE_SCHEMA, "parquet", self._meta) as sink:
+        for name, table, schema in (("vpn_use", use, agg.VPN_USE_SCHEMA), ("unregistered", unreg, agg.VPN_USE_SCHEMA),
+                                    ("for_review", near, review.REVIEW_SCHEMA)):
+            with TableSink(files[name], schema, "parquet", self._meta) as sink:
                 sink.write(table)
-        summary = build_summary(self, vpn, use, unreg, files, days)
+        summary = build_summary(self, vpn, use, unreg, near, files, days)
         write_text_atomic(files["summary"], json.dumps(summary, indent=2, sort_keys=False) + "\n")
         write_text_atomic(files["html"], render_html(summary, vpn, use, unreg, self.context))
-        return ReportResult(self.out_dir, summary, use, unreg, files)
+        return ReportResult(self.out_dir, summary, use, unreg, near, files)
 
 
 def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:

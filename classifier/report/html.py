@@ -132,6 +132,11 @@ def _server(r: dict[str, Any]) -> str:
     return f"{r['server_ip']}" + (f" {port}/{proto}" if port is not None else f" ({proto})")
 
 
+def _as_server(r: dict[str, Any]) -> dict[str, Any]:
+    """A flow row in the shape ``_server`` reads (responder address, port, IP protocol)."""
+    return {"server_ip": r["dst_ip"], "server_port": r["dst_port"], "ip_proto": r["ip_proto"]}
+
+
 def render_html(summary: dict[str, Any], vpn: pa.Table, use: pa.Table, unreg: pa.Table,
                 context: ReportContext) -> str:
     """The whole page as a string."""
@@ -191,6 +196,20 @@ def render_html(summary: dict[str, Any], vpn: pa.Table, use: pa.Table, unreg: pa
     if unreg.num_rows > MAX_FINDINGS:
         more = (f'<p class="note">Showing the {MAX_FINDINGS} largest of {unreg.num_rows:,} findings; '
                 f"all are in <code>unregistered.parquet</code>.</p>")
+    review = summary.get("for_review") or {"floor": None, "flows": 0, "top": []}
+    review_rows = [
+        f'<tr><td class="addr">{_e(r["src_ip"])}</td><td class="addr">{_e(_server(_as_server(r)))}</td>'
+        f'<td class="when" data-v="{_e(r["p_vpn"])}">{r["p_vpn"]:.3f}</td>{_num(r["packets"])}{_bytes(r["bytes"])}'
+        f'<td class="when">{_e(seen_range(r["first_seen"], r["last_seen"]))}</td>'
+        f'<td class="ev">{_e(r["evidence"])}<div class="ex">{_e(r["capture"])} flow {_e(r["flow_id"])}</div></td></tr>'
+        for r in review["top"]
+    ]
+    if review["floor"] is None:
+        review_note = "The review list was turned off for this report."
+    else:
+        review_note = (f"{review['flows']:,} flows the model scored at P(VPN) of {review['floor']:g} or more but "
+                       f"under its threshold, so they are not findings: proxies and tunnels inside TLS often land "
+                       f"here. Highest first; the {len(review_rows):,} shown, all in <code>for_review.parquet</code>.")
     reg_rows = [
         f"<tr><td>{_e(r['registration_id'])}</td><td>{_e(r['organization'])}</td>{_num(r['flows'])}"
         f"{_bytes(r['bytes'])}{_num(r['clients'])}</tr>"
@@ -249,13 +268,17 @@ strongest flow (a signature verdict before a model one, then by confidence), wit
 <section id="registered"><h2>Registered VPN use</h2>
 {_table([("registration id", False), ("organization", False), ("flows", True), ("bytes", True), ("clients", True)],
         reg_rows, "No VPN flow matched the registry.")}</section>
+<section id="review"><h2>For review: close to the threshold</h2>
+<p class="note">{review_note}</p>
+{_table([("client", False), ("server", False), ("P(VPN)", True), ("packets", True), ("bytes", True),
+         ("seen (UTC)", False), ("evidence and flow", False)], review_rows, "No flow close to the threshold.")}</section>
 <section id="about"><h2>About this report</h2>
 <p class="note">A VPN flow is registered when its source or destination address lies in a registry entry valid at the
 flow's first packet. Tunnels without encryption (GRE, IP-in-IP, ...) are not counted as VPN use.</p>
 <dl class="meta">{meta}</dl>{errors}</section>
 </main>
-<footer>vpnid {_e(summary["version"])} · flows.parquet, vpn_use.parquet, unregistered.parquet and summary.json
-hold the full data behind this page.</footer>
+<footer>vpnid {_e(summary["version"])} · flows.parquet, vpn_use.parquet, unregistered.parquet, for_review.parquet
+and summary.json hold the full data behind this page.</footer>
 <script>{_JS}</script>
 </body></html>
 """

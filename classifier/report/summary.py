@@ -47,7 +47,7 @@ def _by_detection(vpn: pa.Table) -> dict[str, int]:
     return counts
 
 
-def build_summary(builder: ReportBuilder, vpn: pa.Table, use: pa.Table, unreg: pa.Table,
+def build_summary(builder: ReportBuilder, vpn: pa.Table, use: pa.Table, unreg: pa.Table, near: pa.Table,
                   files: dict[str, str], days: list[str]) -> dict[str, Any]:
     ctx = builder.context
     top = ctx.top
@@ -90,6 +90,9 @@ def build_summary(builder: ReportBuilder, vpn: pa.Table, use: pa.Table, unreg: p
         "top_unregistered_servers": _records(servers, top),
         "unregistered_findings": _records(unreg.drop_columns(["registered_flows", "registration_id",
                                                               "organization", "matched_endpoint"]), top),
+        # the model leaned VPN under its threshold: not findings (classifier.report.review)
+        "for_review": {"floor": ctx.review_floor, "flows": near.num_rows,
+                       "top": _records(near, top)},
         "errors": ctx.errors,
         "outputs": {**files, "flows_partitions": days} if days else files,
     }

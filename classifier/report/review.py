@@ -1,0 +1,58 @@
+"""Flows for review: the model leaned toward VPN but stayed under its threshold.
+
+Why a second list: the operating threshold is set so that a compliance finding is almost
+never a false alarm, and real tunnels pay for it. Proxies and tunnels inside TLS
+(Shadowsocks downloads, OpenVPN in stunnel) often score just under it (docs/model.md,
+Limits). The report keeps them out of the findings. It lists them apart, ranked by the
+model's P(VPN), so an analyst can look at them without a rerun at another ``--threshold``.
+
+Which flows: the model scored them (``detection`` = ``model``), did not call them VPN, and
+gave them P(VPN) at or above the review floor (default 0.5: more likely VPN than not, by
+the model's calibration). For such a flow ``confidence`` is that of the "not VPN"
+verdict, so P(VPN) = 1 - ``confidence``. The registry is not checked for them: only VPN
+flows are findings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from classifier.flows.schema import REPORT_SCHEMA
+
+#: Default review floor on P(VPN) (``vpnid report --review-floor``).
+DEFAULT_FLOOR = 0.5
+
+#: Flow columns a review row keeps (no lists, no payload), then ``p_vpn``.
+REVIEW_COLUMNS = (
+    "flow_id", "capture", "src_ip", "dst_ip", "src_port", "dst_port", "ip_proto", "first_seen", "last_seen",
+    "packets", "bytes", "evidence",
+)
+
+REVIEW_SCHEMA = pa.schema([REPORT_SCHEMA.field(c) for c in REVIEW_COLUMNS] + [
+    pa.field("p_vpn", pa.float64(), metadata={"doc": "the model's P(VPN): at least the review floor, under "
+                                                     "its threshold"}),
+])
+
+
+def select_for_review(table: pa.Table, floor: float | None) -> pa.Table:
+    """Rows of a labelled table that go on the review list, as ``REVIEW_SCHEMA`` (unsorted)."""
+    if floor is None or table.num_rows == 0:
+        return REVIEW_SCHEMA.empty_table()
+    scored = pc.equal(pc.fill_null(table.column("detection"), ""), "model")
+    not_vpn = pc.invert(pc.fill_null(table.column("is_vpn"), False))
+    p_vpn = pc.subtract(1.0, pc.fill_null(table.column("confidence"), 1.0))
+    keep = pc.and_(pc.and_(scored, not_vpn), pc.greater_equal(p_vpn, floor))
+    if not pc.any(keep).as_py():
+        return REVIEW_SCHEMA.empty_table()
+    picked = table.filter(keep)
+    return pa.Table.from_arrays([picked.column(c) for c in REVIEW_COLUMNS] + [p_vpn.filter(keep)],
+                                schema=REVIEW_SCHEMA)
+
+
+def ranked(parts: list[pa.Table]) -> pa.Table:
+    """The review rows of every batch, highest P(VPN) first (ties keep the captures' order)."""
+    table = pa.concat_tables(parts) if parts else REVIEW_SCHEMA.empty_table()
+    order = np.argsort(-table.column("p_vpn").to_numpy(), kind="stable")
+    return table.take(pa.array(order, pa.int64()))
