@@ -2,8 +2,9 @@
 
 ``ReportBuilder`` takes the classified (and registry-annotated) tables batch by batch,
 as the pipeline produces them: every flow is streamed to ``flows.parquet`` (memory stays
-bounded by the batch), while only the VPN flows, without list columns, are kept for
-the aggregates, plots and the HTML page, which are written by ``finish()``.
+bounded by the batch), while only the VPN flows and the flows for review, without list
+columns, are kept for the aggregates, plots and the HTML page, which are written by
+``finish()``.
 
 Outputs (all written atomically, Parquet files carrying ``base_metadata``):
 ``flows.parquet`` (or the ``flows/`` dataset), ``vpn_use.parquet``,

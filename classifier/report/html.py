@@ -196,7 +196,7 @@ def render_html(summary: dict[str, Any], vpn: pa.Table, use: pa.Table, unreg: pa
     if unreg.num_rows > MAX_FINDINGS:
         more = (f'<p class="note">Showing the {MAX_FINDINGS} largest of {unreg.num_rows:,} findings; '
                 f"all are in <code>unregistered.parquet</code>.</p>")
-    review = summary.get("for_review") or {"floor": None, "flows": 0, "top": []}
+    review = summary["for_review"]
     review_rows = [
         f'<tr><td class="addr">{_e(r["src_ip"])}</td><td class="addr">{_e(_server(_as_server(r)))}</td>'
         f'<td class="when" data-v="{_e(r["p_vpn"])}">{r["p_vpn"]:.3f}</td>{_num(r["packets"])}{_bytes(r["bytes"])}'

@@ -46,8 +46,8 @@ def print_summary(summary: dict[str, Any], console: Any = None, top: int = 5) ->
             t.add_row(r["client_ip"], r["server_ip"], r["vpn_protocol"], human_count(r["flows"]),
                       human_bytes(r["bytes"]), r["detection"] or "-")
         console.print(t)
-    review = summary.get("for_review") or {}
-    if review.get("flows"):
+    review = summary["for_review"]
+    if review["flows"]:
         console.print(f"{human_count(review['flows'])} more flows for review: the model's P(VPN) "
                       f"{review['floor']:g} or more, under its threshold (not findings)", highlight=False)
     out = summary["outputs"]
