@@ -83,6 +83,12 @@ def test_train_save_load_predict(trained):
         assert f"P(VPN)={p:.3f}" in ev
         assert any(name in ev for name in FEATURE_NAMES)
         assert ("-> VPN" in ev) == (p >= model.threshold)
+    # a probability that prints like the threshold says on which side it fell
+    t = model.threshold
+    X = feature_matrix(test)[:2]
+    near = model.evidence_from_features(X, np.array([np.nextafter(t, 0.0), t]))
+    assert f"P(VPN)={t:.3f}, just under threshold {t:.3f} -> not VPN" in near[0]
+    assert f"P(VPN)={t:.3f}, just over threshold {t:.3f} -> VPN" in near[1]
 
 
 def test_card_beside_model(trained):

@@ -125,8 +125,12 @@ class VpnModel:
             part = np.where(strong[:, j], np.char.add(np.char.add(names[top[:, j]], "="), shown[:, j]), "")
             glue = np.where((joined != "") & (part != ""), ", ", "")
             joined = np.char.add(np.char.add(joined, glue), part)
-        head = np.char.add(np.char.add(f"model {self.name}: P(VPN)=", np.char.mod("%.3f", proba)),
-                           f" vs threshold {self.threshold:.3f} -> ")
+        # P and the threshold, three decimals each; when both print alike (plateaus of the
+        # calibration sit next to the threshold) the words say on which side P fell
+        p_txt, t_txt = np.char.mod("%.3f", proba), f"{self.threshold:.3f}"
+        rel = np.where(p_txt != t_txt, " vs threshold ", np.where(yes, ", just over threshold ",
+                                                                   ", just under threshold "))
+        head = np.char.add(np.char.add(np.char.add(f"model {self.name}: P(VPN)=", p_txt), rel), f"{t_txt} -> ")
         head = np.char.add(head, np.where(yes, "VPN", "not VPN"))
         side = np.where(joined == "", "", np.where(yes, "; VPN-like ", "; non-VPN-like "))
         return np.char.add(np.char.add(head, side), joined).astype(object)
