@@ -79,6 +79,8 @@ def test_summary_line():
 
     line = summary(10, Counter({"openvpn": 2, "wireguard": 3}), Counter({"gre": 1}))
     assert line == "10 flows, 5 VPN (wireguard 3, openvpn 2), tunnels: gre 1"
+    line = summary(10, Counter({"wireguard": 3}), Counter(), review=2)
+    assert line == "10 flows, 3 VPN (wireguard 3); 2 more at P(VPN) >= 0.5 under the threshold (`vpnid report` lists them)"
 
 
 def test_threshold_option_overrides_the_model_threshold(tmp_path):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
+from classifier.report.review import DEFAULT_FLOOR, select_for_review
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from classifier.cli.common import (
@@ -52,14 +54,16 @@ def _load_registry(args: argparse.Namespace, log):
     return Registry.load(args.registry, strict=args.strict_registry, log=log)
 
 
-def summary(total: int, protocols: Counter, tunnels: Counter) -> str:
-    """One line: flows, VPN flows by protocol, plain tunnels."""
+def summary(total: int, protocols: Counter, tunnels: Counter, review: int = 0) -> str:
+    """One line: flows, VPN flows by protocol, plain tunnels, flows near the threshold."""
     vpn = sum(protocols.values())
     line = f"{total} flows, {vpn} VPN"
     if protocols:
         line += " (" + ", ".join(f"{p} {n}" for p, n in sorted(protocols.items(), key=lambda x: (-x[1], x[0]))) + ")"
     if tunnels:
         line += ", tunnels: " + ", ".join(f"{p} {n}" for p, n in sorted(tunnels.items()))
+    if review:
+        line += f"; {review} more at P(VPN) >= {DEFAULT_FLOOR:g} under the threshold (`vpnid report` lists them)"
     return line
 
 
@@ -91,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     schema = REPORT_SCHEMA if registry is not None else CLASSIFY_SCHEMA
     protocols: Counter = Counter()
     tunnels: Counter = Counter()
+    review = 0
     t0 = time.perf_counter()
     sink = open_output(args, schema, meta)
     with sink:
@@ -98,8 +103,9 @@ def run(args: argparse.Namespace) -> int:
             sink.write(table)
             protocols.update(_counts(table, "vpn_protocol", table.column("is_vpn"), "unknown"))
             tunnels.update(_counts(table, "tunnel", pc.invert(table.column("is_vpn")), None))
+            review += select_for_review(table, DEFAULT_FLOOR).num_rows
     elapsed = time.perf_counter() - t0
     if not args.quiet:
-        print(f"vpnid classify: {summary(sink.rows, protocols, tunnels)} in {elapsed:.2f} s -> {args.output}",
+        print(f"vpnid classify: {summary(sink.rows, protocols, tunnels, review)} in {elapsed:.2f} s -> {args.output}",
               file=sys.stderr)
     return log.exit_status
