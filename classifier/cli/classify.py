@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from classifier.report.review import DEFAULT_FLOOR, select_for_review
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     from classifier.cli.common import (
@@ -63,6 +61,8 @@ def summary(total: int, protocols: Counter, tunnels: Counter, review: int = 0) -
     if tunnels:
         line += ", tunnels: " + ", ".join(f"{p} {n}" for p, n in sorted(tunnels.items()))
     if review:
+        from classifier.report.review import DEFAULT_FLOOR
+
         line += f"; {review} more at P(VPN) >= {DEFAULT_FLOOR:g} under the threshold (`vpnid report` lists them)"
     return line
 
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from classifier.flows.schema import CLASSIFY_SCHEMA, REPORT_SCHEMA
     from classifier.output import base_metadata
     from classifier.pipeline import LabelOptions, iter_labeled
+    from classifier.report.review import DEFAULT_FLOOR, select_for_review
 
     config = flow_config(args)
     log = ErrorLog(quiet=False)

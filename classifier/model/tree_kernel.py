@@ -7,7 +7,7 @@ the cache long before its next tree. The shipped model is five such models of 12
 ``classify`` scores tens of thousands of flows or the live sensor relabels its open flows
 every second. Here every tree of every member is walked for one row while that row is in
 cache. The trees' values are added in scikit-learn's order (the baseline, then tree after
-tree), so the scores are the same to the bit; ``tests/test_model.py`` checks that.
+tree), so the scores are the same to the bit; ``tests/test_tree_kernel.py`` checks that.
 
 The trees are read from scikit-learn's own predictor arrays (``_predictors``, one
 ``TreePredictor`` per boosting round): that is private API, so :func:`pack_trees` checks

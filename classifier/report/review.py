@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from classifier.flows.schema import REPORT_SCHEMA
 
@@ -40,14 +39,16 @@ def select_for_review(table: pa.Table, floor: float | None) -> pa.Table:
     """Rows of a labelled table that go on the review list, as ``REVIEW_SCHEMA`` (unsorted)."""
     if floor is None or table.num_rows == 0:
         return REVIEW_SCHEMA.empty_table()
-    scored = pc.equal(pc.fill_null(table.column("detection"), ""), "model")
-    not_vpn = pc.invert(pc.fill_null(table.column("is_vpn"), False))
-    p_vpn = pc.subtract(1.0, pc.fill_null(table.column("confidence"), 1.0))
-    keep = pc.and_(pc.and_(scored, not_vpn), pc.greater_equal(p_vpn, floor))
-    if not pc.any(keep).as_py():
+    # the model's own P(VPN), read back from a labelled row as endpoint context reads it;
+    # imported here: the model package loads scikit-learn, which a report without a model skips
+    from classifier.model.endpoint_context import model_proba
+
+    proba, scored, vpn = model_proba(table)
+    keep = scored & ~vpn & (np.nan_to_num(proba, nan=-1.0) >= floor)
+    if not keep.any():
         return REVIEW_SCHEMA.empty_table()
-    picked = table.filter(keep)
-    return pa.Table.from_arrays([picked.column(c) for c in REVIEW_COLUMNS] + [p_vpn.filter(keep)],
+    picked = table.take(pa.array(np.flatnonzero(keep)))
+    return pa.Table.from_arrays([picked.column(c) for c in REVIEW_COLUMNS] + [pa.array(proba[keep], pa.float64())],
                                 schema=REVIEW_SCHEMA)
 
 
