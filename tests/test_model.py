@@ -324,7 +324,10 @@ def _write_labeled(path: Path, table: pa.Table, label_strings: bool = False) -> 
 
 def test_cli_train_and_evaluate(tmp_path, capsys):
     train_pq, test_pq = tmp_path / "train.parquet", tmp_path / "test.parquet"
-    _write_labeled(train_pq, synthetic_flows(18, seed=21))
+    # trained without Shadowsocks, so the test set holds a protocol the model never saw
+    train_table = synthetic_flows(18, seed=21)
+    shadowsocks = pc.fill_null(pc.equal(train_table.column("protocol"), "shadowsocks"), False)
+    _write_labeled(train_pq, train_table.filter(pc.invert(shadowsocks)))
     _write_labeled(test_pq, synthetic_flows(18, seed=22), label_strings=True)
     model = tmp_path / "m.skops"
     assert main(["train", str(train_pq), "-o", str(model), "--candidates", "logreg", "--folds", "3",
@@ -362,6 +365,17 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     assert "precision" in printed and "FPR" in printed
     per_protocol = next(line for line in printed.splitlines() if line.startswith("holdout found per protocol: "))
     assert all(f"{name} {r['found']}/{r['flows']}" in per_protocol for name, r in h["per_protocol"].items())
+    # protocols the model trained on and the one it never saw, apart; together every VPN flow
+    split = h["by_training"]
+    assert split["trained_on"]["protocols"] == ["openvpn-tcp", "openvpn-udp", "wireguard"]
+    assert split["not_trained_on"]["protocols"] == ["shadowsocks"]
+    assert split["trained_on"]["flows"] + split["not_trained_on"]["flows"] == h["vpn_flows"]
+    assert split["trained_on"]["found"] + split["not_trained_on"]["found"] == h["tp"]
+    assert split["not_trained_on"]["found"] == h["per_protocol"]["shadowsocks"]["found"]
+    other = split["not_trained_on"]
+    assert (f"holdout protocols the model trained on: {split['trained_on']['found']} of "
+            f"{split['trained_on']['flows']} VPN flows found") in printed
+    assert f"others (shadowsocks): {other['found']} of {other['flows']}" in printed
 
     # a set of VPN flows only (a batch of tunnel captures) has no ROC curve: plots, no warning
     vpn_only = tmp_path / "vpn.parquet"
@@ -374,6 +388,24 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
         assert main(["evaluate", str(model), str(vpn_only), "-o", str(tmp_path / "eval1"), "--no-cv", "--no-lopo",
                      "-q"]) == 0
     assert (tmp_path / "eval1" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recall_by_training_names_families():
+    """A set that names a protocol family (``ipsec``) counts as trained on its members (``ipsec-esp``)."""
+    from classifier.model.evaluate import recall_by_training, trained_protocol_names
+
+    trained = ["ipsec-esp", "ipsec-ike", "openvpn", "wireguard"]
+    names = np.array(["ipsec", "ipsec-ike", "openvpn", "proxy", "vmess", "non-vpn", "wire"], object)
+    assert trained_protocol_names(names, trained) == ["ipsec", "ipsec-ike", "openvpn"]
+    y = np.array([1, 1, 1, 1, 1, 0, 1])
+    pred = np.array([True, False, True, False, True, True, False])
+    split = recall_by_training(names, y, pred, trained)
+    assert split["trained_on"] == {"protocols": ["ipsec", "ipsec-ike", "openvpn"], "flows": 3, "found": 2,
+                                   "recall": 2 / 3}
+    assert split["not_trained_on"] == {"protocols": ["proxy", "vmess", "wire"], "flows": 3, "found": 1,
+                                       "recall": 1 / 3}
+    empty = recall_by_training(names[:1], y[:1], pred[:1], trained)["not_trained_on"]
+    assert empty["flows"] == 0 and np.isnan(empty["recall"])
 
 
 def test_cli_bad_input_is_one_clear_message(tmp_path, capsys):

@@ -80,6 +80,12 @@ def summary_lines(report: dict, label: str, threshold: float) -> list[str]:
         if ec.get("applied"):
             lines.append(f"{key} endpoint context: {ec['found']} VPN flows found, {ec['false_alarms']} false alarms "
                          f"(each flow on its own: recall {ec['recall_per_flow']:.4f}  FPR {ec['fpr_per_flow']:.5f})")
+        split = v.get("by_training")
+        if split and split["not_trained_on"]["flows"]:
+            seen, other = split["trained_on"], split["not_trained_on"]
+            lines.append(f"{key} protocols the model trained on: {seen['found']} of {seen['flows']} VPN flows found"
+                         + (f" (recall {seen['recall']:.4f})" if seen["flows"] else "")
+                         + f"; others ({', '.join(other['protocols'])}): {other['found']} of {other['flows']}")
         if v.get("per_protocol"):
             lines.append(f"{key} found per protocol: " + ", ".join(
                 f"{name} {r['found']}/{r['flows']}" for name, r in v["per_protocol"].items()))
