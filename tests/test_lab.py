@@ -289,15 +289,15 @@ def test_lab_list_and_crafted_capture_through_the_cli(tmp_path: Path) -> None:
 
 
 def test_training_selects_every_scenario_but_the_held_out_ones() -> None:
-    """`make lab-train` captures `training`; held-out scenarios (VMess) come only with `all` or by name."""
+    """`make lab-train` captures `training`; held-out scenarios (kcptun) come only with `all` or by name."""
     from classifier.cli.lab import select
 
     every = {s.name for s in select(["all"])}
     training = {s.name for s in select(["training"])}
     held_out = {n for n, s in all_scenarios().items() if not s.training}
-    assert "vmess" in held_out and "trojan" not in held_out and every == set(all_scenarios())
+    assert "kcptun" in held_out and "vmess" not in held_out and every == set(all_scenarios())
     assert training == every - held_out
-    assert {s.name for s in select(["vmess"])} == {"vmess"}
+    assert {s.name for s in select(["kcptun"])} == {"kcptun"}
     rows = [json.loads(line) for line in _vpnid("lab", "list", "--json").stdout.splitlines()]
     assert {r["name"] for r in rows if not r["training"]} == held_out
 

@@ -33,8 +33,7 @@ Through a proxy (``shadowsocks-browser``, ``trojan-browser``, ``vmess-browser``:
 scenarios): Chromium browsing the same pages over HTTPS (nginx on the proxied port
 8443) through the proxy client's SOCKS5 port (``--proxy-server=socks5://127.0.0.1:1080``),
 which is how such proxies are used: a browser's TLS, with its 1.8 KB ClientHello, inside
-the proxy's stream, one proxied connection per browser connection. VMess stays held out
-of training, as ``vmess`` does.
+the proxy's stream, one proxied connection per browser connection.
 """
 
 from __future__ import annotations
@@ -225,6 +224,6 @@ register(Scenario(
     name="vmess-browser", number=149, vpn=True, protocol="vmess", transport="tcp", server_port=VMESS_PORT,
     notes="V2Ray 4 VMess over TCP; headless Chromium browsing HTTPS through its SOCKS5 port",
     requires=("v2ray", "nginx", "openssl", "chromium"),
-    setup=partial(proxied_chromium_setup, start_proxy=start_vmess), traffic=chromium_traffic, training=False,
-    description="VMess carrying a browser: Chromium's HTTPS inside VMess; held out of training as vmess is.",
+    setup=partial(proxied_chromium_setup, start_proxy=start_vmess), traffic=chromium_traffic,
+    description="VMess carrying a browser: Chromium's HTTPS inside VMess.",
 ))
