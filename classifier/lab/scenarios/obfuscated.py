@@ -72,10 +72,11 @@ TROJAN_PASSWORD = "vpnid-lab-not-secret"
 # VMess was held out of training until the model of 2026-12-07: random from its first byte, it
 # is what BitTorrent's encrypted peer wire, Telegram's MTProto and DNSCrypt look like too, and
 # trained on alone it made the model call those VPN. Trained on together with the messaging
-# app's MTProto connections (``mtproto-chat``, ``mtproto-media``), a fully random negative of the
-# same kind, the model finds it and calls no MTProto flow VPN (docs/model.md, Results). Trojan (TLS in TLS) is
-# trained on since the lab's HTTPS speaks TLS 1.3 with browser-weight requests and retried
-# hellos (``https-browser``): against those negatives the nested handshake is what sets it apart.
+# app's MTProto connections (``mtproto-chat``, ``mtproto-media``), a fully random negative of
+# the same kind, the model finds it and calls no MTProto flow VPN (docs/model.md, Results).
+# Trojan (TLS in TLS) is trained on since the lab's HTTPS speaks TLS 1.3 with browser-weight
+# requests and retried hellos (``https-browser``): against those negatives the nested
+# handshake is what sets it apart.
 
 
 #: Where the proxied HTTPS server listens (the server's 443 may be the proxy's own).
