@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from classifier.flows.schema import CLASSIFY_SCHEMA, REPORT_SCHEMA
     from classifier.output import base_metadata
     from classifier.pipeline import LabelOptions, iter_labeled
-    from classifier.report.review import DEFAULT_FLOOR, select_for_review
+    from classifier.report.review import DEFAULT_FLOOR, review_mask
 
     config = flow_config(args)
     log = ErrorLog(quiet=False)
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             sink.write(table)
             protocols.update(_counts(table, "vpn_protocol", table.column("is_vpn"), "unknown"))
             tunnels.update(_counts(table, "tunnel", pc.invert(table.column("is_vpn")), None))
-            review += select_for_review(table, DEFAULT_FLOOR).num_rows
+            review += int(review_mask(table, DEFAULT_FLOOR)[0].sum())
     elapsed = time.perf_counter() - t0
     if not args.quiet:
         print(f"vpnid classify: {summary(sink.rows, protocols, tunnels, review)} in {elapsed:.2f} s -> {args.output}",

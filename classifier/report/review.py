@@ -35,16 +35,21 @@ REVIEW_SCHEMA = pa.schema([REPORT_SCHEMA.field(c) for c in REVIEW_COLUMNS] + [
 ])
 
 
-def select_for_review(table: pa.Table, floor: float | None) -> pa.Table:
-    """Rows of a labelled table that go on the review list, as ``REVIEW_SCHEMA`` (unsorted)."""
+def review_mask(table: pa.Table, floor: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """(rows on the review list, the model's P(VPN) of every row) of a labelled table."""
     if floor is None or table.num_rows == 0:
-        return REVIEW_SCHEMA.empty_table()
+        return np.zeros(table.num_rows, bool), np.full(table.num_rows, np.nan)
     # the model's own P(VPN), read back from a labelled row as endpoint context reads it;
     # imported here: the model package loads scikit-learn, which a report without a model skips
     from classifier.model.endpoint_context import model_proba
 
     proba, scored, vpn = model_proba(table)
-    keep = scored & ~vpn & (np.nan_to_num(proba, nan=-1.0) >= floor)
+    return scored & ~vpn & (np.nan_to_num(proba, nan=-1.0) >= floor), proba
+
+
+def select_for_review(table: pa.Table, floor: float | None) -> pa.Table:
+    """Rows of a labelled table that go on the review list, as ``REVIEW_SCHEMA`` (unsorted)."""
+    keep, proba = review_mask(table, floor)
     if not keep.any():
         return REVIEW_SCHEMA.empty_table()
     picked = table.take(pa.array(np.flatnonzero(keep)))
