@@ -392,19 +392,19 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
 
 def test_recall_by_training_names_families():
     """A set that names a protocol family (``ipsec``) counts as trained on its members (``ipsec-esp``)."""
-    from classifier.model.evaluate import recall_by_training, trained_protocol_names
+    from classifier.model.evaluate import per_protocol_recall, recall_by_training, trained_protocol_names
 
     trained = ["ipsec-esp", "ipsec-ike", "openvpn", "wireguard"]
     names = np.array(["ipsec", "ipsec-ike", "openvpn", "proxy", "vmess", "non-vpn", "wire"], object)
     assert trained_protocol_names(names, trained) == ["ipsec", "ipsec-ike", "openvpn"]
     y = np.array([1, 1, 1, 1, 1, 0, 1])
     pred = np.array([True, False, True, False, True, True, False])
-    split = recall_by_training(names, y, pred, trained)
+    split = recall_by_training(per_protocol_recall(names, y, pred), trained)
     assert split["trained_on"] == {"protocols": ["ipsec", "ipsec-ike", "openvpn"], "flows": 3, "found": 2,
                                    "recall": 2 / 3}
     assert split["not_trained_on"] == {"protocols": ["proxy", "vmess", "wire"], "flows": 3, "found": 1,
                                        "recall": 1 / 3}
-    empty = recall_by_training(names[:1], y[:1], pred[:1], trained)["not_trained_on"]
+    empty = recall_by_training(per_protocol_recall(names[:1], y[:1], pred[:1]), trained)["not_trained_on"]
     assert empty["flows"] == 0 and np.isnan(empty["recall"])
 
 

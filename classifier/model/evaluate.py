@@ -54,23 +54,21 @@ def trained_protocol_names(names: np.ndarray, trained: list[str] | tuple[str, ..
                   if n in known or any(t.startswith(n + "-") for t in known))
 
 
-def recall_by_training(names: np.ndarray, y: np.ndarray, pred: np.ndarray,
+def recall_by_training(per_protocol: dict[str, dict[str, float]],
                        trained: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """Recall on VPN flows of protocols the model trained on, and on the others, apart.
 
-    Why: the goal is about captures the model never saw, and a protocol it never saw is a
-    harder question (an unknown tunnel) than a new capture of one it knows. Mixed in one
-    number, a few held-out protocols with many flows (a proxy opens one per request) hide
-    how it does on either.
+    Summed from ``per_protocol_recall``'s counts. Why: the goal is about captures the model
+    never saw, and a protocol it never saw is a harder question (an unknown tunnel) than a
+    new capture of one it knows. Mixed in one number, a few held-out protocols with many
+    flows (a proxy opens one per request) hide how it does on either.
     """
-    vpn = y == 1
-    seen = trained_protocol_names(names[vpn], trained)
-    mask = np.isin(names.astype(str), seen)
+    seen = set(trained_protocol_names(np.array(list(per_protocol), object), trained))
     out: dict[str, dict[str, Any]] = {}
-    for key, part in (("trained_on", vpn & mask), ("not_trained_on", vpn & ~mask)):
-        n = int(part.sum())
-        out[key] = {"protocols": sorted({str(x) for x in names[part]}), "flows": n, "found": int(pred[part].sum()),
-                    "recall": float(pred[part].mean()) if n else float("nan")}
+    for key, names in (("trained_on", sorted(seen)), ("not_trained_on", sorted(set(per_protocol) - seen))):
+        n = int(sum(per_protocol[p]["flows"] for p in names))
+        found = int(sum(per_protocol[p]["found"] for p in names))
+        out[key] = {"protocols": names, "flows": n, "found": found, "recall": found / n if n else float("nan")}
     return out
 
 
@@ -141,7 +139,7 @@ def _view(y: np.ndarray, proba: np.ndarray, thresholds: np.ndarray, names: np.nd
     m["missed_captures"] = missed_groups(groups[ok], y[ok], pred[ok])
     m["tradeoff"] = tradeoff(y, proba)
     if trained:
-        m["by_training"] = recall_by_training(names[ok], y[ok], pred[ok], trained)
+        m["by_training"] = recall_by_training(m["per_protocol"], trained)
     if packets is not None:
         long_vpn = ok & (y == 1) & (packets >= LONG_FLOW)
         m[f"recall_vpn_flows_{LONG_FLOW}_packets_or_more"] = float(pred[long_vpn].mean()) if long_vpn.any() \
