@@ -143,4 +143,4 @@ def endpoint_stage(tables: Iterable[pa.Table], options: LabelOptions) -> Iterato
         return
     from classifier.model.endpoint_context import with_endpoint_context
 
-    yield from with_endpoint_context(tables, options.registry)
+    yield from with_endpoint_context(tables, options.registry, encrypted=options.signatures)

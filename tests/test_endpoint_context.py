@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from classifier.cli.main import main
 from classifier.model.endpoint_context import (
     DETECTION,
+    ENCRYPTED_PROXY,
     MIN_FLOWS,
     EndpointTally,
     RunningEndpoints,
@@ -24,6 +25,7 @@ from classifier.model.endpoint_context import (
     model_proba,
     with_endpoint_context,
 )
+from classifier.model.features import fully_encrypted_both_ways
 
 REPO = Path(__file__).resolve().parents[1]
 LAB_DIR = REPO / "pcaps"
@@ -37,13 +39,33 @@ def _keys(capture: list[str], port: list[int]) -> dict[str, pa.Array]:
             "dst_port": pa.array(port, pa.uint16()), "ip_proto": pa.array([6] * n, pa.uint8())}
 
 
-def _labelled(capture: list[str], port: list[int], proba: list[float], signature: list[bool]) -> pa.Table:
-    """A labelled table as ``label_batch`` writes it, for a model with threshold ``THR``."""
+#: First-payload statistics (set bits per byte, printable share, TLS record share) of a
+#: random start and of a TLS one.
+RANDOM_HEAD, TLS_HEAD = (4.02, 0.36, 0.0), (3.1, 0.2, 1.0)
+
+
+def _heads(encrypted: list[bool]) -> dict[str, pa.Array]:
+    """The columns ``fully_encrypted_both_ways`` reads: TCP from the SYN, random starts both
+    ways where ``encrypted``, TLS both ways elsewhere."""
+    n = len(encrypted)
+    head = np.where(np.asarray(encrypted, bool)[:, None], RANDOM_HEAD, TLS_HEAD).reshape(n, 3)
+    cols = {"first_tcp_flags": pa.array([0x02] * n, pa.uint8())}
+    for d in ("src2dst", "dst2src"):
+        for j, name in enumerate(("first_payload_bits", "first_payload_printable", "tls_record_frac")):
+            cols[f"{d}_{name}"] = pa.array(head[:, j])
+    return cols
+
+
+def _labelled(capture: list[str], port: list[int], proba: list[float], signature: list[bool],
+              encrypted: list[bool] | None = None) -> pa.Table:
+    """A labelled table as ``label_batch`` writes it, for a model with threshold ``THR`` (every
+    flow TLS both ways unless ``encrypted`` says it is fully encrypted)."""
     p = np.asarray(proba)
     sig = np.asarray(signature, bool)
     vpn = sig | (p >= THR)
     return pa.table({
         **_keys(capture, port),
+        **_heads(encrypted if encrypted is not None else [False] * len(p)),
         "is_vpn": pa.array(vpn),
         "vpn_protocol": pa.array(np.where(sig, "wireguard", np.where(vpn, "shadowsocks", None)).tolist(), pa.string()),
         "confidence": pa.array(np.where(sig, 0.99, np.where(vpn, p, 1 - p))),
@@ -95,24 +117,81 @@ def test_tally_relabels_only_the_lifted_flows() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.floats(0, 1), st.booleans()), min_size=1,
-                max_size=60),
-       st.lists(st.integers(1, 60), max_size=5))
-def test_streaming_two_passes_equal_one_pass_over_the_whole_table(rows, cuts) -> None:
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.floats(0, 1), st.booleans(), st.booleans()),
+                min_size=1, max_size=60),
+       st.lists(st.integers(1, 60), max_size=5), st.booleans())
+def test_streaming_two_passes_equal_one_pass_over_the_whole_table(rows, cuts, encrypted) -> None:
     cap = [f"c{r[0]}" for r in rows]
     port = [r[1] for r in rows]
-    t = _labelled(cap, port, [r[2] for r in rows], [r[3] for r in rows])
+    t = _labelled(cap, port, [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows])
     bounds = sorted({0, len(rows), *[c for c in cuts if c < len(rows)]})
     parts = [t.slice(a, b - a) for a, b in itertools.pairwise(bounds)]
-    streamed = pa.concat_tables(list(with_endpoint_context(parts)))
-    tally = EndpointTally()
+    streamed = pa.concat_tables(list(with_endpoint_context(parts, encrypted=encrypted)))
+    tally = EndpointTally(encrypted=encrypted)
     tally.add(t)
     whole = tally.apply(t)
     assert streamed.equals(whole)
-    # The same rule as evaluate's array form.
+    # The same rules as evaluate's array form.
     proba, scored, _ = model_proba(t)
-    _, lifted = lift_scores(t, proba, scored, THR)
+    _, lifted = lift_scores(t, proba, scored, THR, encrypted=encrypted)
     assert np.array_equal(np.asarray(whole.column("detection").to_pylist()) == DETECTION, lifted)
+    by_fe = np.asarray(whole.column("vpn_protocol").to_pylist(), object) == ENCRYPTED_PROXY
+    assert encrypted or not by_fe.any()
+
+
+def test_fully_encrypted_needs_tcp_from_the_syn_and_random_starts_both_ways() -> None:
+    t = pa.table(_heads([True] * 7)).append_column("ip_proto", pa.array([6] * 6 + [17], pa.uint8()))
+    t = t.set_column(0, "first_tcp_flags", pa.array([0x02, 0x10, None, 0x02, 0x02, 0x02, None], pa.uint8()))
+    bits = t.column("dst2src_first_payload_bits").to_pylist()
+    bits[3] = 3.1  # the server's first payload is not random (a header, text)
+    printable = t.column("src2dst_first_payload_printable").to_pylist()
+    printable[4] = 0.9  # the client's is mostly text
+    tls = t.column("dst2src_tls_record_frac").to_pylist()
+    tls[5] = 1.0  # the server answers with TLS records
+    for name, col in (("dst2src_first_payload_bits", bits), ("src2dst_first_payload_printable", printable),
+                      ("dst2src_tls_record_frac", tls)):
+        t = t.set_column(t.schema.get_field_index(name), name, pa.array(col))
+    # row 0 only: row 1 entered mid-stream (no SYN), row 2 is unknown, row 6 is UDP
+    assert fully_encrypted_both_ways(t).tolist() == [True] + [False] * 6
+    no_payload = t.set_column(t.schema.get_field_index("dst2src_first_payload_bits"), "dst2src_first_payload_bits",
+                              pa.array([None] * 7, pa.float64()))
+    assert not fully_encrypted_both_ways(no_payload).any()
+
+
+def test_an_endpoint_of_fully_encrypted_flows_is_lifted_only_with_the_rule_on() -> None:
+    """Six flows the model leaves under its threshold, five fully encrypted: the rule lifts all six."""
+    t = _labelled(["a"] * 8, [8388] * 6 + [443] * 2, [.8, .7, .6, .5, .4, .3, .2, .2], [False] * 8,
+                  [True] * 5 + [False] + [True] * 2)
+    tally = EndpointTally()
+    tally.add(t)
+    assert tally.apply(t).equals(t)  # off: the model called none of them VPN
+    tally = EndpointTally(encrypted=True)
+    tally.add(t)
+    v = tally.finish()
+    assert v.encrypted.tolist() == [5, 2] and v.lifted.tolist() == [True, False]
+    assert v.by_encryption.tolist() == [True, False]
+    rows = tally.apply(t).to_pylist()
+    assert [r["detection"] for r in rows] == [DETECTION] * 6 + ["model"] * 2
+    assert {r["vpn_protocol"] for r in rows[:6]} == {ENCRYPTED_PROXY}
+    assert rows[0]["confidence"] == pytest.approx(5 / 6)
+    assert rows[5]["evidence"].startswith("endpoint: 5 of 6 flows from this client to this server port fully "
+                                          "encrypted both ways")
+    assert rows[5]["evidence"].endswith("this flow alone: flow 5")
+    # Evaluate's form: a flow the rule alone lifted scores 1 (its P(VPN) does not describe it).
+    proba, scored, _ = model_proba(t)
+    score, lifted = lift_scores(t, proba, scored, THR, encrypted=True)
+    assert lifted.tolist() == [True] * 6 + [False] * 2 and score[:6].tolist() == [1.0] * 6
+    assert not lift_scores(t, proba, scored, THR)[1].any()
+
+
+def test_a_model_majority_keeps_its_own_verdict_when_the_flows_are_also_encrypted() -> None:
+    t = _labelled(["a"] * 6, [8388] * 6, [.99, .98, .97, .96, .5, .2], [False] * 6, [True] * 6)
+    tally = EndpointTally(encrypted=True)
+    tally.add(t)
+    rows = tally.apply(t).to_pylist()
+    assert [r["vpn_protocol"] for r in rows[4:]] == ["shadowsocks"] * 2  # the model's guess
+    assert rows[4]["confidence"] == pytest.approx(0.965)
+    assert rows[4]["evidence"].startswith("endpoint: 4 of 6 flows from this client to this server port called VPN")
 
 
 needs_lab = pytest.mark.skipif(not ((LAB_DIR / "dns.pcap").is_file() and SS.is_file()),
@@ -209,6 +288,17 @@ def test_running_endpoints_judge_each_flow_on_the_flows_ended_before_and_with_it
     assert len(run) == 1
 
 
+def test_running_endpoints_apply_the_fully_encrypted_rule_only_when_asked() -> None:
+    on, off = RunningEndpoints(encrypted=True), RunningEndpoints()
+    got_on, got_off = [], []
+    for i in range(6):
+        flow = _labelled(["eth0"], [8388], [.3], [False], [i != 1])
+        got_on.append(on.apply(flow).column("vpn_protocol")[0].as_py())
+        got_off.append(off.apply(flow).column("vpn_protocol")[0].as_py())
+    # the fifth flow ends with four of five fully encrypted
+    assert got_on == [None] * 4 + [ENCRYPTED_PROXY] * 2 and got_off == [None] * 6
+
+
 def test_running_endpoints_stay_bounded() -> None:
     run = RunningEndpoints(keep=4, max_endpoints=3)
     for port in range(10):
@@ -286,3 +376,81 @@ def test_batch_over_rotated_files_lifts_what_classify_lifts_on_the_whole_capture
     assert not (np.asarray(per_flow.column("detection").to_pylist(), object) == DETECTION).any()
     assert json.loads(pq.read_schema(next((tmp_path / "ds").glob("part-*.parquet"))).metadata[
         b"vpnid.endpoint_context"]) is True
+
+
+#: A threshold the shipped model's scores of the Shadowsocks sample stay under, so any flow
+#: lifted there is lifted by the fully-encrypted rule, not by a model majority.
+HIGH = 0.9999
+
+
+def _encryption_lifted(t: pa.Table) -> np.ndarray:
+    return np.asarray(t.column("vpn_protocol").to_pylist(), object) == ENCRYPTED_PROXY
+
+
+@needs_lab
+def test_classify_lifts_a_fully_encrypted_endpoint_only_with_the_signatures_on(tmp_path) -> None:
+    off, on, alone = tmp_path / "off.parquet", tmp_path / "on.parquet", tmp_path / "alone.parquet"
+    base = ["classify", "--threshold", str(HIGH), str(SS), "-q", "-o"]
+    assert main([*base, str(off), "--no-endpoint-context"]) == 0
+    assert main([*base, str(on)]) == 0
+    assert main([*base, str(alone), "--no-signatures"]) == 0
+    a, b = pq.read_table(off), pq.read_table(on)
+    proba, scored, vpn = model_proba(a)
+    assert not vpn.any()
+    _, want = lift_scores(a, proba, scored, HIGH, encrypted=True)
+    got = np.asarray(b.column("detection").to_pylist(), object) == DETECTION
+    assert want.sum() >= MIN_FLOWS and np.array_equal(got, want) and np.array_equal(_encryption_lifted(b), got)
+    assert all(e.startswith("endpoint: ") and "fully encrypted both ways" in e
+               for e in np.asarray(b.column("evidence").to_pylist(), object)[got])
+    keep = np.flatnonzero(~got)
+    assert b.take(keep).equals(a.take(keep))
+    # The model alone: Telegram's transport would count as well, so the rule stays off.
+    c = pq.read_table(alone)
+    assert not (np.asarray(c.column("detection").to_pylist(), object) == DETECTION).any()
+
+
+@needs_lab
+def test_live_and_batch_lift_the_fully_encrypted_endpoint_classify_lifts(tmp_path) -> None:
+    from test_live import FileCapture
+
+    from classifier.batch import BatchOptions, LabelSpec, run_batch
+    from classifier.batch.split import split_pcap
+    from classifier.batch.verify import compare_tables
+    from classifier.errors import ErrorLog
+    from classifier.live.capture import CaptureOptions
+    from classifier.live.sensor import LiveOptions, Sensor
+    from classifier.model import default_model_path, load_model
+    from classifier.model.io import load_bundle, save_bundle
+    from classifier.pipeline import LabelOptions
+
+    bundle = load_bundle(default_model_path())
+    bundle["threshold"] = HIGH
+    model_path = tmp_path / "model.skops"
+    save_bundle(bundle, model_path)
+    whole = tmp_path / "whole.parquet"
+    assert main(["classify", "--model", str(model_path), str(SS), "-o", str(whole), "-q"]) == 0
+    want = pq.read_table(whole).sort_by("flow_id")
+    assert _encryption_lifted(want).sum() >= MIN_FLOWS
+
+    model = load_model(model_path)
+    opts = LiveOptions(capture=CaptureOptions("test0"), out_dir=tmp_path / "out", alerts=str(tmp_path / "a.jsonl"),
+                       label=LabelOptions(signatures=True, model=model), tick_s=1e9, early=False, stats_s=0,
+                       quiet=True)
+    holder: dict = {}
+    cap = FileCapture(SS, per_read=10_000, on_empty=lambda: holder["sensor"].stop())
+    holder["sensor"] = Sensor(opts, capture=cap)
+    holder["sensor"].run()
+    live = pq.read_table(next((tmp_path / "out").glob("*.parquet")))
+
+    def lifted(t: pa.Table) -> list:
+        return sorted((r["src_port"], r["confidence"]) for r in t.to_pylist() if r["vpn_protocol"] == ENCRYPTED_PROXY)
+
+    assert lifted(live) == lifted(want)
+
+    pieces = split_pcap(SS, tmp_path / "rot", seconds=1)
+    assert len(pieces) >= 2
+    spec = LabelSpec(signatures=True, model_path=str(model_path))
+    run_batch(BatchOptions(inputs=[str(x) for x in pieces], output=str(tmp_path / "ds"), scheduler="inline",
+                           quiet=True, spec=spec), ErrorLog(quiet=True))
+    got = pa.concat_tables([pq.read_table(x) for x in sorted((tmp_path / "ds").glob("part-*.parquet"))])
+    assert not compare_tables(got.sort_by("flow_id"), want)

@@ -419,8 +419,8 @@ class _Job:
         from classifier.model.endpoint_context import RUN_KEY_COLUMNS, EndpointTally
 
         stage = self.manifest.stage_dir
-        tally = EndpointTally(keys=RUN_KEY_COLUMNS)
-        needed = [*RUN_KEY_COLUMNS, "is_vpn", "vpn_protocol", "confidence", "detection"]
+        tally = EndpointTally(keys=RUN_KEY_COLUMNS, encrypted=self.opts.spec.signatures)
+        needed = tally.columns
         candidates: dict[str, np.ndarray] = {}  # per partition: endpoints of its flows the rule could lift
         for name in names:
             parts = [tally.add(pa.Table.from_batches([batch]))

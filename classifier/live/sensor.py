@@ -99,7 +99,7 @@ class Sensor:
         self._period_packets = 0
         self._stopping = False
         self._alerted: set[int] = set()
-        self.endpoints = RunningEndpoints() if opts.label.judges_endpoints else None
+        self.endpoints = RunningEndpoints(encrypted=opts.label.signatures) if opts.label.judges_endpoints else None
         # per table slot: the flow last labelled early there, its payload heads and packets then
         self._checked_fid = np.full(0, -1, np.int64)
         self._checked_heads = np.zeros(0, np.int64)

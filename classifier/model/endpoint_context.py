@@ -18,7 +18,19 @@ flow, the flows of one **endpoint** are judged together:
   are), ``vpn_protocol`` = the protocol the model guessed most often for the endpoint's
   VPN flows, and evidence that says how many of its flows the model called VPN.
 
-The rule reads verdicts, not the threshold: it runs on labelled tables wherever they
+A second rule, for proxies the model does not call: with the signatures on, when an
+endpoint has at least ``MIN_FLOWS`` scored flows and more than half of them are **fully
+encrypted both ways** (TCP from the SYN, each side's first payload random: no TLS, no
+header, not text; ``features.fully_encrypted_both_ways``), its other scored flows are VPN
+too, with ``vpn_protocol`` = ``ENCRYPTED_PROXY``. Shadowsocks carrying plain HTTP is such
+an endpoint: the model leaves its flows under the threshold (their sizes are those of many
+short encrypted exchanges), yet every connection to the proxy is random from its first
+byte. Few other protocols are (Wu et al., USENIX Security 2023), and the common ones are
+named first: Telegram's transport by its signature (so the rule needs the signatures; with
+``--no-signatures`` Telegram's flows would count), BitTorrent's encrypted peer wire by
+having few connections per peer.
+
+The rules read verdicts, not the threshold: it runs on labelled tables wherever they
 are (a batch client that never loads the model included).
 
 The rule only ever adds VPN verdicts, and only where the model already called most of
@@ -46,6 +58,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from classifier.model.features import ENCRYPTED_COLUMNS, fully_encrypted_both_ways
+
 #: Fewest model-scored flows an endpoint needs before its flows are judged together.
 #: Chosen on out-of-fold scores (docs/model.md): from 5, no lab scenario's non-VPN
 #: endpoints but one uTP capture's were lifted; from 3, BitTorrent peers were too.
@@ -59,6 +73,9 @@ RUN_KEY_COLUMNS = KEY_COLUMNS[1:]
 
 DETECTION = "endpoint"
 
+#: ``vpn_protocol`` of the flows the fully-encrypted rule lifts.
+ENCRYPTED_PROXY = "encrypted-proxy"
+
 
 def endpoint_keys(table: pa.Table, keys: tuple[str, ...] = KEY_COLUMNS) -> pa.Array:
     """One string per row naming its endpoint (the ``keys`` columns joined; nulls as empty)."""
@@ -68,12 +85,19 @@ def endpoint_keys(table: pa.Table, keys: tuple[str, ...] = KEY_COLUMNS) -> pa.Ar
 
 @dataclass
 class EndpointVerdict:
-    """Per endpoint code: scored flows, how many the model called VPN, their median P(VPN), lifted or not."""
+    """Per endpoint code: scored flows, how many the model called VPN, how many were fully
+    encrypted both ways, their median P(VPN), lifted or not, and lifted by which rule."""
 
     flows: np.ndarray
     vpn: np.ndarray
+    encrypted: np.ndarray
     median: np.ndarray
     lifted: np.ndarray
+
+    @property
+    def by_encryption(self) -> np.ndarray:
+        """Lifted by the fully-encrypted rule alone (the model did not call a majority)."""
+        return self.lifted & (2 * self.vpn <= self.flows)
 
 
 def passes(flows: np.ndarray | int, vpn: np.ndarray | int, min_flows: int = MIN_FLOWS) -> np.ndarray | bool:
@@ -82,13 +106,19 @@ def passes(flows: np.ndarray | int, vpn: np.ndarray | int, min_flows: int = MIN_
 
 
 def judge(codes: np.ndarray, vpn: np.ndarray, proba: np.ndarray, n_codes: int,
-          min_flows: int = MIN_FLOWS) -> EndpointVerdict:
+          min_flows: int = MIN_FLOWS, encrypted: np.ndarray | None = None) -> EndpointVerdict:
     """Group scored flows into verdicts (``codes[i]``: flow i's endpoint, ``vpn[i]``: the model
-    called it VPN, ``proba[i]``: its P(VPN))."""
+    called it VPN, ``proba[i]``: its P(VPN), ``encrypted[i]``: it is fully encrypted both ways;
+    None: the fully-encrypted rule is off)."""
     codes = np.asarray(codes, np.int64)
     proba = np.asarray(proba, np.float64)
     flows = np.bincount(codes, minlength=n_codes)
-    vpn = np.bincount(codes, weights=np.asarray(vpn, float), minlength=n_codes).astype(np.int64)
+
+    def count(flags: np.ndarray) -> np.ndarray:
+        return np.bincount(codes, weights=np.asarray(flags, float), minlength=n_codes).astype(np.int64)
+
+    vpn = count(vpn)
+    encrypted = count(encrypted) if encrypted is not None else np.zeros(n_codes, np.int64)
     median = np.full(n_codes, np.nan)
     if len(codes):
         order = np.lexsort((proba, codes))
@@ -98,25 +128,29 @@ def judge(codes: np.ndarray, vpn: np.ndarray, proba: np.ndarray, n_codes: int,
         lo = start[has] + (flows[has] - 1) // 2
         hi = start[has] + flows[has] // 2
         median[has] = 0.5 * (sorted_p[lo] + sorted_p[hi])
-    return EndpointVerdict(flows=flows, vpn=vpn, median=median, lifted=passes(flows, vpn, min_flows))
+    lifted = passes(flows, vpn, min_flows) | passes(flows, encrypted, min_flows)
+    return EndpointVerdict(flows=flows, vpn=vpn, encrypted=encrypted, median=median, lifted=lifted)
 
 
 def lift_scores(table: pa.Table, proba: np.ndarray, scored: np.ndarray, threshold: float,
-                min_flows: int = MIN_FLOWS) -> tuple[np.ndarray, np.ndarray]:
-    """(score, lifted) for an in-memory table: ``vpnid evaluate``'s view of the rule.
+                min_flows: int = MIN_FLOWS, encrypted: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(score, lifted) for an in-memory table: ``vpnid evaluate``'s view of the rules.
 
-    ``score`` is ``proba`` with every lifted flow raised to its endpoint's median, so
-    ``score >= threshold`` is the verdict with endpoint context.
+    ``score`` is ``proba`` with every lifted flow raised to its endpoint's median (to 1 when
+    only the fully-encrypted rule lifted it: the model's probability does not describe that
+    verdict), so ``score >= threshold`` is the verdict with endpoint context. ``encrypted``:
+    apply the fully-encrypted rule too (the signatures ran).
     """
     proba = np.asarray(proba, np.float64)
     scored = np.asarray(scored, bool) & np.isfinite(proba)
     codes = pc.dictionary_encode(endpoint_keys(table)).indices.to_numpy(zero_copy_only=False).astype(np.int64)
     n_codes = int(codes.max()) + 1 if len(codes) else 0
     vpn = proba >= threshold
-    v = judge(codes[scored], vpn[scored], proba[scored], n_codes, min_flows)
+    fe = fully_encrypted_both_ways(table)[scored] if encrypted else None
+    v = judge(codes[scored], vpn[scored], proba[scored], n_codes, min_flows, fe)
     lifted = scored & v.lifted[codes] & ~vpn
     score = proba.copy()
-    score[lifted] = v.median[codes[lifted]]
+    score[lifted] = np.where(v.by_encryption[codes[lifted]], 1.0, v.median[codes[lifted]])
     return score, lifted
 
 
@@ -136,18 +170,22 @@ def model_proba(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class EndpointTally:
-    """Pass one over labelled tables: every scored flow's endpoint, verdict and P(VPN).
+    """Pass one over labelled tables: every scored flow's endpoint, verdict and P(VPN)
+    (and, with ``encrypted``, whether it is fully encrypted both ways).
 
-    Memory: a code, a verdict and a probability per scored flow plus one entry per
+    Memory: a code, two flags and a probability per scored flow plus one entry per
     endpoint, not the flows' rows.
     """
 
-    def __init__(self, min_flows: int = MIN_FLOWS, keys: tuple[str, ...] = KEY_COLUMNS) -> None:
+    def __init__(self, min_flows: int = MIN_FLOWS, keys: tuple[str, ...] = KEY_COLUMNS,
+                 encrypted: bool = False) -> None:
         self.min_flows = min_flows
         self.keys = keys
+        self.encrypted = encrypted
         self.ids: dict[str, int] = {}
         self._codes: list[np.ndarray] = []
         self._vpn: list[np.ndarray] = []
+        self._fe: list[np.ndarray] = []
         self._proba: list[np.ndarray] = []
         self._protocols: dict[int, Counter] = {}
         self.verdict: EndpointVerdict | None = None
@@ -163,8 +201,14 @@ class EndpointTally:
         idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         return local[idx] if len(idx) else np.zeros(0, np.int64)
 
+    @property
+    def columns(self) -> list[str]:
+        """The labelled table's columns ``add`` reads (a caller may read only these)."""
+        return [*self.keys, "is_vpn", "vpn_protocol", "confidence", "detection",
+                *(ENCRYPTED_COLUMNS if self.encrypted else ())]
+
     def add(self, table: pa.Table) -> np.ndarray:
-        """Record a labelled table's scored flows; returns the endpoint codes of those the rule
+        """Record a labelled table's scored flows; returns the endpoint codes of those the rules
         could lift (scored, not VPN), so that a caller can skip tables where none is lifted."""
         proba, scored, vpn = model_proba(table)
         if not scored.any():
@@ -172,6 +216,8 @@ class EndpointTally:
         codes = self.codes(table, add=True)
         self._codes.append(codes[scored])
         self._vpn.append(vpn[scored])
+        if self.encrypted:
+            self._fe.append(fully_encrypted_both_ways(table)[scored])
         self._proba.append(proba[scored])
         guesses = pa.table({"code": codes[vpn], "name": pc.fill_null(
             table.column("vpn_protocol").take(pa.array(np.flatnonzero(vpn))), "unknown")})
@@ -184,8 +230,9 @@ class EndpointTally:
             return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
         codes, vpn, proba = cat(self._codes, np.int64), cat(self._vpn, bool), cat(self._proba, np.float64)
-        self._codes, self._vpn, self._proba = [], [], []
-        self.verdict = judge(codes, vpn, proba, len(self.ids), self.min_flows)
+        fe = cat(self._fe, bool) if self.encrypted else None
+        self._codes, self._vpn, self._fe, self._proba = [], [], [], []
+        self.verdict = judge(codes, vpn, proba, len(self.ids), self.min_flows, fe)
         return self.verdict
 
     def apply(self, table: pa.Table, registry: Any = None) -> pa.Table:
@@ -199,21 +246,39 @@ class EndpointTally:
             return table
         rows = np.flatnonzero(lift)
         c = codes[rows]
-        protocol = [self._protocols.get(int(k), Counter({"unknown": 1})).most_common(1)[0][0] for k in c]
-        return relabel(table, rows, v.vpn[c], v.flows[c], v.median[c], protocol, proba[rows], registry)
+        guess = [self._protocols.get(int(k), Counter({"unknown": 1})).most_common(1)[0][0] for k in c]
+        return relabel(table, rows, _pick(v, c), guess, proba[rows], registry)
 
 
-def relabel(table: pa.Table, rows: np.ndarray, vpn: np.ndarray, flows: np.ndarray, median: np.ndarray,
-            protocol: list[str], own: np.ndarray, registry: Any = None) -> pa.Table:
-    """``table`` with ``rows`` called VPN by their endpoint (per row: its endpoint's VPN and scored
-    flows, median P(VPN) and protocol; ``own``: the flow's own P(VPN)), registry columns redone."""
+def _pick(v: EndpointVerdict, codes: np.ndarray) -> EndpointVerdict:
+    """The verdicts of ``codes`` (one per lifted row)."""
+    return EndpointVerdict(flows=v.flows[codes], vpn=v.vpn[codes], encrypted=v.encrypted[codes],
+                           median=v.median[codes], lifted=v.lifted[codes])
+
+
+def relabel(table: pa.Table, rows: np.ndarray, v: EndpointVerdict, guess: list[str], own: np.ndarray,
+            registry: Any = None) -> pa.Table:
+    """``table`` with ``rows`` called VPN by their endpoint (``v``: their endpoints' verdicts, one per
+    row; ``guess``: the protocol the model guessed most for the endpoint; ``own``: the flow's own
+    P(VPN)), registry columns redone.
+
+    A row the model's majority lifted takes the endpoint's median P(VPN) as confidence and the
+    model's guess as protocol; one the fully-encrypted rule alone lifted takes the share of the
+    endpoint's flows that are fully encrypted and ``ENCRYPTED_PROXY``.
+    """
     evidence = table.column("evidence").take(pa.array(rows)).to_pylist()
-    notes = [f"endpoint: {k} of {n} flows from this client to this server port called VPN by the model "
-             f"(median P(VPN) {m:.3f}); this flow alone: " + (e if e else f"P(VPN)={p:.3f}")
-             for k, n, m, p, e in zip(vpn, flows, median, own, evidence, strict=True)]
+    by_fe = v.by_encryption
+    heads = [f"{e} of {n} flows from this client to this server port fully encrypted both ways (TCP, each "
+             "side's first payload random: no TLS, no header, not text; no signature named them)" if fe else
+             f"{k} of {n} flows from this client to this server port called VPN by the model (median P(VPN) {m:.3f})"
+             for fe, e, k, n, m in zip(by_fe, v.encrypted, v.vpn, v.flows, v.median, strict=True)]
+    notes = [f"endpoint: {h}; this flow alone: " + (e if e else f"P(VPN)={p:.3f}")
+             for h, p, e in zip(heads, own, evidence, strict=True)]
+    protocol = np.where(by_fe, ENCRYPTED_PROXY, np.asarray(guess, object)).tolist()
+    confidence = np.where(by_fe, v.encrypted / np.maximum(v.flows, 1), v.median)
     table = _set(table, "is_vpn", rows, [True] * len(rows))
     table = _set(table, "vpn_protocol", rows, protocol)
-    table = _set(table, "confidence", rows, np.asarray(median, float).tolist())
+    table = _set(table, "confidence", rows, np.asarray(confidence, float).tolist())
     table = _set(table, "detection", rows, [DETECTION] * len(rows))
     table = _set(table, "evidence", rows, notes)
     if registry is not None:
@@ -229,10 +294,13 @@ class RunningEndpoints:
     ended before it and with it) passes the rule. Flows written before their endpoint
     passed stay as they were. Memory is bounded: the last ``keep`` verdicts per endpoint
     and at most ``max_endpoints`` endpoints, the least recently seen dropped first.
+    ``encrypted``: apply the fully-encrypted rule too (the signatures ran).
     """
 
-    def __init__(self, min_flows: int = MIN_FLOWS, keep: int = 64, max_endpoints: int = 100_000) -> None:
+    def __init__(self, min_flows: int = MIN_FLOWS, keep: int = 64, max_endpoints: int = 100_000,
+                 encrypted: bool = False) -> None:
         self.min_flows, self.keep, self.max_endpoints = min_flows, keep, max_endpoints
+        self.encrypted = encrypted
         self._seen: OrderedDict[str, tuple[deque, Counter]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -246,9 +314,10 @@ class RunningEndpoints:
             return table
         keys = endpoint_keys(table.take(pa.array(rows))).to_pylist()
         names = table.column("vpn_protocol").take(pa.array(rows)).to_pylist()
-        for key, p, yes, name in zip(keys, proba[rows], vpn[rows], names, strict=True):
+        fe = fully_encrypted_both_ways(table)[rows] if self.encrypted else np.zeros(len(rows), bool)
+        for key, p, yes, enc, name in zip(keys, proba[rows], vpn[rows], fe, names, strict=True):
             rec = self._seen.pop(key, None) or (deque(maxlen=self.keep), Counter())
-            rec[0].append((float(p), bool(yes)))
+            rec[0].append((float(p), bool(yes), bool(enc)))
             if yes:
                 rec[1][name or "unknown"] += 1
             self._seen[key] = rec
@@ -259,17 +328,19 @@ class RunningEndpoints:
         code_of = {k: i for i, k in enumerate(batch_keys)}
         records = [self._seen.get(k, ((), Counter())) for k in batch_keys]
         sizes = [len(r) for r, _ in records]
+        total = sum(sizes)
         v = judge(np.repeat(np.arange(len(batch_keys)), sizes),
-                  np.fromiter((yes for r, _ in records for _, yes in r), bool, sum(sizes)),
-                  np.fromiter((q for r, _ in records for q, _ in r), np.float64, sum(sizes)),
-                  len(batch_keys), self.min_flows)
+                  np.fromiter((yes for r, _ in records for _, yes, _ in r), bool, total),
+                  np.fromiter((q for r, _ in records for q, _, _ in r), np.float64, total),
+                  len(batch_keys), self.min_flows,
+                  np.fromiter((enc for r, _ in records for _, _, enc in r), bool, total) if self.encrypted else None)
         codes = np.fromiter((code_of[k] for k in keys), np.int64, len(keys))
         lift = v.lifted[codes] & ~vpn[rows]
         if not lift.any():
             return table
         c = codes[lift]
-        protocol = [(records[k][1].most_common(1) or [("unknown", 0)])[0][0] for k in c]
-        return relabel(table, rows[lift], v.vpn[c], v.flows[c], v.median[c], protocol, proba[rows[lift]], registry)
+        guess = [(records[k][1].most_common(1) or [("unknown", 0)])[0][0] for k in c]
+        return relabel(table, rows[lift], _pick(v, c), guess, proba[rows[lift]], registry)
 
 
 def _set(table: pa.Table, name: str, rows: np.ndarray, values: list) -> pa.Table:
@@ -283,14 +354,15 @@ def _set(table: pa.Table, name: str, rows: np.ndarray, values: list) -> pa.Table
 
 
 def with_endpoint_context(tables: Iterable[pa.Table], registry: Any = None, min_flows: int = MIN_FLOWS,
-                          spool_dir: str | None = None) -> Iterator[pa.Table]:
+                          spool_dir: str | None = None, encrypted: bool = False) -> Iterator[pa.Table]:
     """Labelled tables in, the same tables with endpoint context out (two passes).
 
     Pass one spools every table to a temporary Parquet file and tallies the scored
     flows; pass two reads the spool back one table at a time and relabels. Nothing is
     yielded before the input is exhausted, and the spool is removed afterwards.
+    ``encrypted``: apply the fully-encrypted rule too (only when the signatures ran).
     """
-    tally = EndpointTally(min_flows)
+    tally = EndpointTally(min_flows, encrypted=encrypted)
     with tempfile.TemporaryDirectory(prefix="vpnid-endpoints-", dir=spool_dir) as tmp:
         path = Path(tmp) / "labelled.parquet"
         writer: pq.ParquetWriter | None = None

@@ -282,7 +282,8 @@ def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo
             from classifier.pipeline import signature_split
 
             claimed, explained = signature_split(*data.signature)
-            score, lifted = lift_scores(data.table, per_flow, ~claimed & ~explained, model.threshold)
+            score, lifted = lift_scores(data.table, per_flow, ~claimed & ~explained, model.threshold,
+                                        encrypted=True)
         pipe = report["pipeline"] = _view(y, score, t, names, groups, _packets(data), trained)
         pipe["found_by_signature"] = int((by_signature & (y == 1)).sum())
         pipe["found_by_model"] = int((~by_signature & ~lifted & (score >= t) & (y == 1)).sum())

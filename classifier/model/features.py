@@ -444,10 +444,45 @@ def _bytes(c: dict[str, np.ndarray], start_seen: np.ndarray) -> dict[str, np.nda
             f[f"{short}_{name}"] = c[f"{d}_{column}"]
     dev = np.abs(f["up_first_bits"] - RANDOM_BITS)
     f["first_bits_dev"] = dev
-    with np.errstate(invalid="ignore"):
-        random_start = (dev <= RANDOM_BAND) & (f["up_first_printable"] <= RANDOM_MAX_PRINTABLE) & (f["up_tls_frac"] == 0)
+    random_start = looks_random(f["up_first_bits"], f["up_first_printable"], f["up_tls_frac"])
     f["fully_encrypted_start"] = np.where(np.isnan(dev) | ~start_seen, np.nan, random_start.astype(float))
     return f
+
+
+def looks_random(bits: np.ndarray, printable: np.ndarray, tls_frac: np.ndarray) -> np.ndarray:
+    """A first payload that looks random: set bits per byte near 4, mostly not printable, no TLS record.
+
+    Unknown values (no payload) are False.
+    """
+    with np.errstate(invalid="ignore"):
+        return (np.abs(bits - RANDOM_BITS) <= RANDOM_BAND) & (printable <= RANDOM_MAX_PRINTABLE) & (tls_frac == 0)
+
+
+#: Flow-table columns :func:`fully_encrypted_both_ways` reads.
+ENCRYPTED_COLUMNS: tuple[str, ...] = (
+    "ip_proto", "first_tcp_flags",
+    *(f"{d}_{s}" for d in ("src2dst", "dst2src")
+      for s in ("first_payload_bits", "first_payload_printable", "tls_record_frac")),
+)
+
+
+def fully_encrypted_both_ways(table: pa.Table) -> np.ndarray:
+    """TCP flows seen from their SYN whose first payload looks random in both directions.
+
+    Why: a fully encrypted proxy (Shadowsocks, VMess, obfs4) is random from its first
+    byte both ways, which almost no other protocol is (after Wu et al., USENIX Security
+    2023); Telegram's transport and BitTorrent's encrypted peer wire are the common
+    exceptions, so the rule that reads this (``endpoint_context``) runs only after the
+    signatures, which name Telegram, and only on endpoints with many flows, which
+    BitTorrent's peers rarely have. The SYN must be seen: a stream metered from the
+    middle starts inside a record and looks random whatever it carries.
+    """
+    c = {name: _col(table, name) for name in ENCRYPTED_COLUMNS}
+    flags = np.nan_to_num(c["first_tcp_flags"]).astype(np.int64)
+    syn = (c["ip_proto"] == 6) & ~np.isnan(c["first_tcp_flags"]) & ((flags & 0x02) > 0)
+    return syn & np.logical_and.reduce([
+        looks_random(c[f"{d}_first_payload_bits"], c[f"{d}_first_payload_printable"], c[f"{d}_tls_record_frac"])
+        for d in ("src2dst", "dst2src")])
 
 
 def _timing(table: pa.Table, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
