@@ -95,18 +95,20 @@ def test_shipped_model_does_not_call_public_cleartext_tunnels_vpn():
 
 
 def test_evaluate_with_signatures_scores_what_classify_says(tmp_path):
-    """`vpnid evaluate --signatures` judges exactly the labels `vpnid classify` gives, flow by flow."""
+    """`vpnid evaluate --signatures` judges exactly the labels `vpnid classify` gives, flow by flow
+    (endpoint context included: the Shadowsocks sample's endpoint is fully encrypted)."""
     import pyarrow.parquet as pq
 
     from classifier.cli.main import main
     from classifier.model.data import load_labeled
-    from classifier.model.evaluate import pipeline_scores
+    from classifier.model.evaluate import pipeline_with_context
 
     samples = REPO / "pcaps"
     data = load_labeled([str(samples)], signatures=True)
     assert data.signature is not None and len(data.signature[0]) == len(data)
     model = load_model()
-    score, by_signature = pipeline_scores(data.signature, model.predict(data.table).proba)
+    score, by_signature, lifted = pipeline_with_context(data.table, data.signature, model.predict(data.table).proba,
+                                                        model.threshold)
     out = tmp_path / "classified.parquet"
     assert main(["classify", "-q", str(samples), "-o", str(out)]) == 0
     classified = pq.read_table(out)
@@ -115,14 +117,15 @@ def test_evaluate_with_signatures_scores_what_classify_says(tmp_path):
                                            classified.column("is_vpn").to_pylist(), strict=True)}
     keys = zip(data.table.column("capture").to_pylist(), data.table.column("flow_id").to_pylist(), strict=True)
     assert [verdict[k] for k in keys] == (score >= model.threshold).tolist()
-    assert by_signature.sum() > 0 and (~by_signature & (score >= model.threshold)).sum() > 0  # both stages find some
+    assert by_signature.sum() > 0 and (~by_signature & ~lifted & (score >= model.threshold)).sum() > 0  # both find some
+    assert lifted.any()
 
     report_dir = tmp_path / "eval"
     assert main(["evaluate", "default", str(samples), "--no-cv", "--no-lopo", "--signatures", "-q",
                  "-o", str(report_dir)]) == 0
     report = json.loads((report_dir / "metrics.json").read_text())
     pipe = report["pipeline"]
-    assert pipe["found_by_signature"] + pipe["found_by_model"] == pipe["tp"]
+    assert pipe["found_by_signature"] + pipe["found_by_model"] + pipe["endpoint_context"]["found"] == pipe["tp"]
     assert pipe["flows"] == report["holdout"]["flows"] == len(data)
 
 
