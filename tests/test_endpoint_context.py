@@ -182,6 +182,11 @@ def test_an_endpoint_of_fully_encrypted_flows_is_lifted_only_with_the_rule_on() 
     score, lifted = lift_scores(t, proba, scored, THR, encrypted=True)
     assert lifted.tolist() == [True] * 6 + [False] * 2 and score[:6].tolist() == [1.0] * 6
     assert not lift_scores(t, proba, scored, THR)[1].any()
+    # A flow or two the model called VPN give the endpoint their protocol.
+    t = _labelled(["a"] * 6, [8388] * 6, [.95, .7, .6, .5, .4, .3], [False] * 6, [True] * 6)
+    tally = EndpointTally(encrypted=True)
+    tally.add(t)
+    assert [r["vpn_protocol"] for r in tally.apply(t).to_pylist()] == ["shadowsocks"] * 6
 
 
 def test_a_model_majority_keeps_its_own_verdict_when_the_flows_are_also_encrypted() -> None:

@@ -22,7 +22,8 @@ A second rule, for proxies the model does not call: with the signatures on, when
 endpoint has at least ``MIN_FLOWS`` scored flows and more than half of them are **fully
 encrypted both ways** (TCP from the SYN, each side's first payload random: no TLS, no
 header, not text; ``features.fully_encrypted_both_ways``), its other scored flows are VPN
-too, with ``vpn_protocol`` = ``ENCRYPTED_PROXY``. Shadowsocks carrying plain HTTP is such
+too, with ``vpn_protocol`` = the model's guess for the endpoint's flows it called VPN, or
+``ENCRYPTED_PROXY`` when it called none. Shadowsocks carrying plain HTTP is such
 an endpoint: the model leaves its flows under the threshold (their sizes are those of many
 short encrypted exchanges), yet every connection to the proxy is random from its first
 byte. Few other protocols are (Wu et al., USENIX Security 2023), and the common ones are
@@ -246,8 +247,13 @@ class EndpointTally:
             return table
         rows = np.flatnonzero(lift)
         c = codes[rows]
-        guess = [self._protocols.get(int(k), Counter({"unknown": 1})).most_common(1)[0][0] for k in c]
+        guess = [_most_common(self._protocols.get(int(k))) for k in c]
         return relabel(table, rows, _pick(v, c), guess, proba[rows], registry)
+
+
+def _most_common(names: Counter | None) -> str | None:
+    """The protocol the model guessed most often for an endpoint's VPN flows (None: it called none)."""
+    return names.most_common(1)[0][0] if names else None
 
 
 def _pick(v: EndpointVerdict, codes: np.ndarray) -> EndpointVerdict:
@@ -256,15 +262,16 @@ def _pick(v: EndpointVerdict, codes: np.ndarray) -> EndpointVerdict:
                            median=v.median[codes], lifted=v.lifted[codes])
 
 
-def relabel(table: pa.Table, rows: np.ndarray, v: EndpointVerdict, guess: list[str], own: np.ndarray,
+def relabel(table: pa.Table, rows: np.ndarray, v: EndpointVerdict, guess: list[str | None], own: np.ndarray,
             registry: Any = None) -> pa.Table:
     """``table`` with ``rows`` called VPN by their endpoint (``v``: their endpoints' verdicts, one per
-    row; ``guess``: the protocol the model guessed most for the endpoint; ``own``: the flow's own
-    P(VPN)), registry columns redone.
+    row; ``guess``: the protocol the model guessed most for the endpoint's VPN flows, None when it
+    called none; ``own``: the flow's own P(VPN)), registry columns redone.
 
-    A row the model's majority lifted takes the endpoint's median P(VPN) as confidence and the
-    model's guess as protocol; one the fully-encrypted rule alone lifted takes the share of the
-    endpoint's flows that are fully encrypted and ``ENCRYPTED_PROXY``.
+    A row the model's majority lifted takes the endpoint's median P(VPN) as confidence; one the
+    fully-encrypted rule alone lifted takes the share of the endpoint's flows that are fully
+    encrypted. Both take the model's guess as protocol, so one endpoint reads as one protocol;
+    without a guess, ``ENCRYPTED_PROXY`` for the fully-encrypted rule.
     """
     evidence = table.column("evidence").take(pa.array(rows)).to_pylist()
     by_fe = v.by_encryption
@@ -274,7 +281,7 @@ def relabel(table: pa.Table, rows: np.ndarray, v: EndpointVerdict, guess: list[s
              for fe, e, k, n, m in zip(by_fe, v.encrypted, v.vpn, v.flows, v.median, strict=True)]
     notes = [f"endpoint: {h}; this flow alone: " + (e if e else f"P(VPN)={p:.3f}")
              for h, p, e in zip(heads, own, evidence, strict=True)]
-    protocol = np.where(by_fe, ENCRYPTED_PROXY, np.asarray(guess, object)).tolist()
+    protocol = [g if g is not None else ENCRYPTED_PROXY if fe else "unknown" for g, fe in zip(guess, by_fe, strict=True)]
     confidence = np.where(by_fe, v.encrypted / np.maximum(v.flows, 1), v.median)
     table = _set(table, "is_vpn", rows, [True] * len(rows))
     table = _set(table, "vpn_protocol", rows, protocol)
@@ -339,7 +346,7 @@ class RunningEndpoints:
         if not lift.any():
             return table
         c = codes[lift]
-        guess = [(records[k][1].most_common(1) or [("unknown", 0)])[0][0] for k in c]
+        guess = [_most_common(records[k][1]) for k in c]
         return relabel(table, rows[lift], _pick(v, c), guess, proba[rows[lift]], registry)
 
 
