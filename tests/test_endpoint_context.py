@@ -313,29 +313,35 @@ def test_running_endpoints_stay_bounded() -> None:
     assert [k.split("\x1f")[3] for k in run._seen] == ["7", "8", "9"]  # the least recently seen went first
 
 
-@needs_lab
-def test_live_sensor_lifts_what_classify_lifts(tmp_path) -> None:
-    """Replayed through the live sensor (every flow ends at stop, together), an endpoint is lifted as offline."""
+def _replay_live(capture: Path, model, signatures: bool, tmp_path: Path) -> pa.Table:
+    """``capture`` through the live sensor (every flow ends at stop, together): its flow file, read back."""
     from test_live import FileCapture
 
     from classifier.live.capture import CaptureOptions
     from classifier.live.sensor import LiveOptions, Sensor
-    from classifier.model import load_model
     from classifier.pipeline import LabelOptions
+
+    opts = LiveOptions(capture=CaptureOptions("test0"), out_dir=tmp_path / "out", alerts=str(tmp_path / "a.jsonl"),
+                       label=LabelOptions(signatures=signatures, model=model), tick_s=1e9, early=False, stats_s=0,
+                       quiet=True)
+    holder: dict = {}
+    cap = FileCapture(capture, per_read=10_000, on_empty=lambda: holder["sensor"].stop())
+    holder["sensor"] = Sensor(opts, capture=cap)
+    holder["sensor"].run()
+    return pq.read_table(next((tmp_path / "out").glob("*.parquet")))
+
+
+@needs_lab
+def test_live_sensor_lifts_what_classify_lifts(tmp_path) -> None:
+    """Replayed through the live sensor (every flow ends at stop, together), an endpoint is lifted as offline."""
+    from classifier.model import load_model
 
     capture, _, _, thr = _majority_endpoint(tmp_path)
     offline = tmp_path / "offline.parquet"
     assert main(["classify", "--no-signatures", "--threshold", str(thr), str(capture), "-o", str(offline), "-q"]) == 0
     model = load_model()
     model.threshold = thr
-    opts = LiveOptions(capture=CaptureOptions("test0"), out_dir=tmp_path / "out", alerts=str(tmp_path / "a.jsonl"),
-                       label=LabelOptions(signatures=False, model=model), tick_s=1e9, early=False, stats_s=0,
-                       quiet=True)
-    holder: dict = {}
-    cap = FileCapture(capture, per_read=10_000, on_empty=lambda: holder["sensor"].stop())
-    holder["sensor"] = Sensor(opts, capture=cap)
-    holder["sensor"].run()
-    live = pq.read_table(next((tmp_path / "out").glob("*.parquet")))
+    live = _replay_live(capture, model, False, tmp_path)
 
     def lifted(t: pa.Table) -> list:
         rows = [r for r in t.to_pylist() if r["detection"] == DETECTION]
@@ -416,17 +422,12 @@ def test_classify_lifts_a_fully_encrypted_endpoint_only_with_the_signatures_on(t
 
 @needs_lab
 def test_live_and_batch_lift_the_fully_encrypted_endpoint_classify_lifts(tmp_path) -> None:
-    from test_live import FileCapture
-
     from classifier.batch import BatchOptions, LabelSpec, run_batch
     from classifier.batch.split import split_pcap
     from classifier.batch.verify import compare_tables
     from classifier.errors import ErrorLog
-    from classifier.live.capture import CaptureOptions
-    from classifier.live.sensor import LiveOptions, Sensor
     from classifier.model import default_model_path, load_model
     from classifier.model.io import load_bundle, save_bundle
-    from classifier.pipeline import LabelOptions
 
     bundle = load_bundle(default_model_path())
     bundle["threshold"] = HIGH
@@ -437,15 +438,7 @@ def test_live_and_batch_lift_the_fully_encrypted_endpoint_classify_lifts(tmp_pat
     want = pq.read_table(whole).sort_by("flow_id")
     assert _encryption_lifted(want).sum() >= MIN_FLOWS
 
-    model = load_model(model_path)
-    opts = LiveOptions(capture=CaptureOptions("test0"), out_dir=tmp_path / "out", alerts=str(tmp_path / "a.jsonl"),
-                       label=LabelOptions(signatures=True, model=model), tick_s=1e9, early=False, stats_s=0,
-                       quiet=True)
-    holder: dict = {}
-    cap = FileCapture(SS, per_read=10_000, on_empty=lambda: holder["sensor"].stop())
-    holder["sensor"] = Sensor(opts, capture=cap)
-    holder["sensor"].run()
-    live = pq.read_table(next((tmp_path / "out").glob("*.parquet")))
+    live = _replay_live(SS, load_model(model_path), True, tmp_path)
 
     def lifted(t: pa.Table) -> list:
         return sorted((r["src_port"], r["confidence"]) for r in t.to_pylist() if r["vpn_protocol"] == ENCRYPTED_PROXY)
