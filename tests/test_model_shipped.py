@@ -101,14 +101,14 @@ def test_evaluate_with_signatures_scores_what_classify_says(tmp_path):
 
     from classifier.cli.main import main
     from classifier.model.data import load_labeled
-    from classifier.model.evaluate import pipeline_with_context
+    from classifier.model.evaluate import pipeline_context, pipeline_scores
 
     samples = REPO / "pcaps"
     data = load_labeled([str(samples)], signatures=True)
     assert data.signature is not None and len(data.signature[0]) == len(data)
     model = load_model()
-    score, by_signature, lifted = pipeline_with_context(data.table, data.signature, model.predict(data.table).proba,
-                                                        model.threshold)
+    per_flow, by_signature = pipeline_scores(data.signature, model.predict(data.table).proba)
+    score, lifted = pipeline_context(data.table, data.signature, per_flow, model.threshold)
     out = tmp_path / "classified.parquet"
     assert main(["classify", "-q", str(samples), "-o", str(out)]) == 0
     classified = pq.read_table(out)

@@ -31,14 +31,16 @@ named first: Telegram's transport by its signature (so the rule needs the signat
 ``--no-signatures`` Telegram's flows would count), BitTorrent's encrypted peer wire by
 having few connections per peer.
 
-The rules read verdicts, not the threshold: it runs on labelled tables wherever they
-are (a batch client that never loads the model included).
+The rules read verdicts and flow columns, not the threshold: they run on labelled tables
+wherever they are (a batch client that never loads the model included).
 
-The rule only ever adds VPN verdicts, and only where the model already called most of
-an endpoint's flows VPN, so a non-VPN flow is lifted only beside a majority of false
-alarms on the same endpoint. docs/model.md (Endpoint context) has what it changed.
+The rules only ever add VPN verdicts: the first only where the model already called most
+of an endpoint's flows VPN, so a non-VPN flow is lifted only beside a majority of false
+alarms on the same endpoint; the second only where most of an endpoint's flows are random
+from their first byte both ways and no signature named them. docs/model.md (Endpoint
+context) has what they changed.
 
-It needs every flow of a capture, so it runs where a whole result exists: ``vpnid
+They need every flow of a capture, so it runs where a whole result exists: ``vpnid
 classify`` and ``vpnid report`` (two passes over a spooled table, memory bounded by the
 endpoints' scores, not the flows' rows), ``vpnid evaluate``, and ``vpnid batch`` over the
 whole dataset before it commits (a run is one capture: its files are stitched as one).

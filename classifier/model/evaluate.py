@@ -254,17 +254,16 @@ def pipeline_scores(signature: tuple[np.ndarray, np.ndarray], proba: np.ndarray)
     return np.where(claimed, 1.0, np.where(explained, 0.0, proba)), claimed
 
 
-def pipeline_with_context(table: pa.Table, signature: tuple[np.ndarray, np.ndarray], proba: np.ndarray,
-                          threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(score, claimed by a signature, lifted by endpoint context) per row: ``classify``'s verdict is
-    ``score >= threshold``, its signature stage, model and both endpoint rules included (the
-    fully-encrypted one too, since the signatures ran; ``endpoint_context.lift_scores``)."""
+def pipeline_context(table: pa.Table, signature: tuple[np.ndarray, np.ndarray], per_flow: np.ndarray,
+                     threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(score, lifted) per row: ``pipeline_scores``' ``per_flow`` with endpoint context, so that
+    ``score >= threshold`` is ``classify``'s verdict. Only the model's flows are judged, by both
+    endpoint rules (the fully-encrypted one too, since the signatures ran;
+    ``endpoint_context.lift_scores``)."""
     from classifier.pipeline import signature_split
 
-    per_flow, claimed = pipeline_scores(signature, proba)
-    _, explained = signature_split(*signature)
-    score, lifted = lift_scores(table, per_flow, ~claimed & ~explained, threshold, encrypted=True)
-    return score, claimed, lifted
+    claimed, explained = signature_split(*signature)
+    return lift_scores(table, per_flow, ~claimed & ~explained, threshold, encrypted=True)
 
 
 def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo: bool = True,
@@ -293,7 +292,7 @@ def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo
         per_flow, by_signature = pipeline_scores(data.signature, p)
         score, lifted = per_flow, np.zeros(len(y), bool)
         if endpoint_context:
-            score, _, lifted = pipeline_with_context(data.table, data.signature, p, model.threshold)
+            score, lifted = pipeline_context(data.table, data.signature, per_flow, model.threshold)
         pipe = report["pipeline"] = _view(y, score, t, names, groups, _packets(data), trained)
         pipe["found_by_signature"] = int((by_signature & (y == 1)).sum())
         pipe["found_by_model"] = int((~by_signature & ~lifted & (score >= t) & (y == 1)).sum())
