@@ -88,14 +88,14 @@ def test_judge_lifts_an_endpoint_the_model_mostly_called_vpn_and_only_with_enoug
 def test_lift_scores_keeps_captures_and_ports_apart_and_ignores_unscored_flows() -> None:
     t = pa.table(_keys(["a"] * 5 + ["b"] * 5 + ["a"] * 2, [443] * 10 + [80] * 2))
     p = np.array([.99, .99, .99, .2, .3, .99, .99, .2, .2, .2, .1, .1])
-    score, lifted = lift_scores(t, p, np.ones(12, bool), THR)
+    score, lifted, by_encryption = lift_scores(t, p, np.ones(12, bool), THR)
     assert np.flatnonzero(lifted).tolist() == [3, 4]
     assert score[[3, 4]].tolist() == [.99, .99] and np.array_equal(score[~lifted], p[~lifted])
+    assert not by_encryption.any()
     # The two high flows a signature decided neither count nor get lifted.
     scored = np.ones(12, bool)
     scored[[0, 1]] = False
-    _, lifted = lift_scores(t, p, scored, THR)
-    assert not lifted.any()
+    assert not lift_scores(t, p, scored, THR).lifted.any()
 
 
 def test_tally_relabels_only_the_lifted_flows() -> None:
@@ -133,10 +133,11 @@ def test_streaming_two_passes_equal_one_pass_over_the_whole_table(rows, cuts, en
     assert streamed.equals(whole)
     # The same rules as evaluate's array form.
     proba, scored, _ = model_proba(t)
-    _, lifted = lift_scores(t, proba, scored, THR, encrypted=encrypted)
-    assert np.array_equal(np.asarray(whole.column("detection").to_pylist()) == DETECTION, lifted)
+    lift = lift_scores(t, proba, scored, THR, encrypted=encrypted)
+    assert np.array_equal(np.asarray(whole.column("detection").to_pylist()) == DETECTION, lift.lifted)
     by_fe = np.asarray(whole.column("vpn_protocol").to_pylist(), object) == ENCRYPTED_PROXY
-    assert encrypted or not by_fe.any()
+    assert encrypted or not lift.by_encryption.any()
+    assert not (by_fe & ~lift.by_encryption).any()  # encrypted-proxy only from that rule
 
 
 def test_fully_encrypted_needs_tcp_from_the_syn_and_random_starts_both_ways() -> None:
@@ -179,9 +180,10 @@ def test_an_endpoint_of_fully_encrypted_flows_is_lifted_only_with_the_rule_on() 
     assert rows[5]["evidence"].endswith("this flow alone: flow 5")
     # Evaluate's form: a flow the rule alone lifted scores 1 (its P(VPN) does not describe it).
     proba, scored, _ = model_proba(t)
-    score, lifted = lift_scores(t, proba, scored, THR, encrypted=True)
+    score, lifted, by_encryption = lift_scores(t, proba, scored, THR, encrypted=True)
     assert lifted.tolist() == [True] * 6 + [False] * 2 and score[:6].tolist() == [1.0] * 6
-    assert not lift_scores(t, proba, scored, THR)[1].any()
+    assert np.array_equal(by_encryption, lifted)
+    assert not lift_scores(t, proba, scored, THR).lifted.any()
     # A flow or two the model called VPN give the endpoint their protocol.
     t = _labelled(["a"] * 6, [8388] * 6, [.95, .7, .6, .5, .4, .3], [False] * 6, [True] * 6)
     tally = EndpointTally(encrypted=True)
@@ -268,7 +270,7 @@ def test_classify_lifts_exactly_what_the_rule_says(tmp_path) -> None:
     assert json.loads(pq.read_metadata(on).metadata[b"vpnid.endpoint_context"]) is True
     assert a.num_rows == b.num_rows == t.num_rows
     proba, scored, _ = model_proba(a)
-    _, want = lift_scores(a, proba, scored, thr)
+    want = lift_scores(a, proba, scored, thr).lifted
     got = np.asarray(b.column("detection").to_pylist(), object) == DETECTION
     assert np.array_equal(got, want) and got.sum() == (p < thr).sum()
     assert set(np.flatnonzero(got)) <= set(mine)
@@ -408,7 +410,7 @@ def test_classify_lifts_a_fully_encrypted_endpoint_only_with_the_signatures_on(t
     a, b = pq.read_table(off), pq.read_table(on)
     proba, scored, vpn = model_proba(a)
     assert not vpn.any()
-    _, want = lift_scores(a, proba, scored, HIGH, encrypted=True)
+    want = lift_scores(a, proba, scored, HIGH, encrypted=True).lifted
     got = np.asarray(b.column("detection").to_pylist(), object) == DETECTION
     assert want.sum() >= MIN_FLOWS and np.array_equal(got, want) and np.array_equal(_encryption_lifted(b), got)
     assert all(e.startswith("endpoint: ") and "fully encrypted both ways" in e

@@ -108,7 +108,7 @@ def test_evaluate_with_signatures_scores_what_classify_says(tmp_path):
     assert data.signature is not None and len(data.signature[0]) == len(data)
     model = load_model()
     per_flow, by_signature = pipeline_scores(data.signature, model.predict(data.table).proba)
-    score, lifted = pipeline_context(data.table, data.signature, per_flow, model.threshold)
+    score, lifted, by_encryption = pipeline_context(data.table, data.signature, per_flow, model.threshold)
     out = tmp_path / "classified.parquet"
     assert main(["classify", "-q", str(samples), "-o", str(out)]) == 0
     classified = pq.read_table(out)
@@ -118,14 +118,17 @@ def test_evaluate_with_signatures_scores_what_classify_says(tmp_path):
     keys = zip(data.table.column("capture").to_pylist(), data.table.column("flow_id").to_pylist(), strict=True)
     assert [verdict[k] for k in keys] == (score >= model.threshold).tolist()
     assert by_signature.sum() > 0 and (~by_signature & ~lifted & (score >= model.threshold)).sum() > 0  # both find some
-    assert lifted.any()
+    assert by_encryption.any() and not (by_encryption & ~lifted).any()
 
     report_dir = tmp_path / "eval"
     assert main(["evaluate", "default", str(samples), "--no-cv", "--no-lopo", "--signatures", "-q",
                  "-o", str(report_dir)]) == 0
     report = json.loads((report_dir / "metrics.json").read_text())
     pipe = report["pipeline"]
-    assert pipe["found_by_signature"] + pipe["found_by_model"] + pipe["endpoint_context"]["found"] == pipe["tp"]
+    ec = pipe["endpoint_context"]
+    assert pipe["found_by_signature"] + pipe["found_by_model"] + ec["found"] == pipe["tp"]
+    assert 0 < ec["found_fully_encrypted"] <= ec["found"]
+    assert report["holdout"]["endpoint_context"]["found_fully_encrypted"] == 0  # the model alone: never
     assert pipe["flows"] == report["holdout"]["flows"] == len(data)
 
 

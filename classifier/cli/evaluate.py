@@ -78,8 +78,11 @@ def summary_lines(report: dict, label: str, threshold: float) -> list[str]:
         v = report.get(key, {})
         ec = v.get("endpoint_context", {})
         if ec.get("applied"):
-            lines.append(f"{key} endpoint context: {ec['found']} VPN flows found, {ec['false_alarms']} false alarms "
-                         f"(each flow on its own: recall {ec['recall_per_flow']:.4f}  FPR {ec['fpr_per_flow']:.5f})")
+            encrypted = (f"; of them by the fully-encrypted rule {ec['found_fully_encrypted']} found, "
+                         f"{ec['false_alarms_fully_encrypted']} false alarms" if key == "pipeline" else "")
+            lines.append(f"{key} endpoint context: {ec['found']} VPN flows found, {ec['false_alarms']} false alarms"
+                         f"{encrypted} (each flow on its own: recall {ec['recall_per_flow']:.4f}  "
+                         f"FPR {ec['fpr_per_flow']:.5f})")
         split = v.get("by_training")
         if split and split["not_trained_on"]["flows"]:
             seen, other = split["trained_on"], split["not_trained_on"]

@@ -54,7 +54,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -135,9 +135,17 @@ def judge(codes: np.ndarray, vpn: np.ndarray, proba: np.ndarray, n_codes: int,
     return EndpointVerdict(flows=flows, vpn=vpn, encrypted=encrypted, median=median, lifted=lifted)
 
 
+class Lift(NamedTuple):
+    """Per row: the score with endpoint context, lifted by either rule, lifted by the fully-encrypted rule alone."""
+
+    score: np.ndarray
+    lifted: np.ndarray
+    by_encryption: np.ndarray
+
+
 def lift_scores(table: pa.Table, proba: np.ndarray, scored: np.ndarray, threshold: float,
-                min_flows: int = MIN_FLOWS, encrypted: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(score, lifted) for an in-memory table: ``vpnid evaluate``'s view of the rules.
+                min_flows: int = MIN_FLOWS, encrypted: bool = False) -> Lift:
+    """``vpnid evaluate``'s view of the rules for an in-memory table.
 
     ``score`` is ``proba`` with every lifted flow raised to its endpoint's median (to 1 when
     only the fully-encrypted rule lifted it: the model's probability does not describe that
@@ -152,9 +160,10 @@ def lift_scores(table: pa.Table, proba: np.ndarray, scored: np.ndarray, threshol
     fe = fully_encrypted_both_ways(table)[scored] if encrypted else None
     v = judge(codes[scored], vpn[scored], proba[scored], n_codes, min_flows, fe)
     lifted = scored & v.lifted[codes] & ~vpn
+    by_encryption = lifted & v.by_encryption[codes]
     score = proba.copy()
-    score[lifted] = np.where(v.by_encryption[codes[lifted]], 1.0, v.median[codes[lifted]])
-    return score, lifted
+    score[lifted] = np.where(by_encryption[lifted], 1.0, v.median[codes[lifted]])
+    return Lift(score, lifted, by_encryption)
 
 
 def model_proba(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from classifier.model.data import LabeledFlows
-from classifier.model.endpoint_context import KEY_COLUMNS, lift_scores
+from classifier.model.endpoint_context import KEY_COLUMNS, Lift, lift_scores
 from classifier.model.features import feature_matrix
 from classifier.model.train import TrainConfig, binary_metrics, group_splits, train
 
@@ -255,8 +255,8 @@ def pipeline_scores(signature: tuple[np.ndarray, np.ndarray], proba: np.ndarray)
 
 
 def pipeline_context(table: pa.Table, signature: tuple[np.ndarray, np.ndarray], per_flow: np.ndarray,
-                     threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(score, lifted) per row: ``pipeline_scores``' ``per_flow`` with endpoint context, so that
+                     threshold: float) -> Lift:
+    """``pipeline_scores``' ``per_flow`` with endpoint context, so that
     ``score >= threshold`` is ``classify``'s verdict. Only the model's flows are judged, by both
     endpoint rules (the fully-encrypted one too, since the signatures ran;
     ``endpoint_context.lift_scores``)."""
@@ -280,24 +280,24 @@ def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo
     p = model.proba_from_features(X)
     t = np.full(len(y), model.threshold)
     endpoint_context = endpoint_context and all(c in data.table.column_names for c in KEY_COLUMNS)
-    alone, lifted = (lift_scores(data.table, p, np.ones(len(y), bool), model.threshold) if endpoint_context
-                     else (p, np.zeros(len(y), bool)))
+    none = np.zeros(len(y), bool)
+    lift = (lift_scores(data.table, p, np.ones(len(y), bool), model.threshold) if endpoint_context
+            else Lift(p, none, none))
     trained = list(model.bundle.get("protocol_classes") or [])
-    report["holdout"] = _view(y, alone, t, names, groups, _packets(data), trained)
-    _note_endpoint(report["holdout"], y, p, lifted, model.threshold, endpoint_context)
-    curves["model as given"] = (y, alone, t)
+    report["holdout"] = _view(y, lift.score, t, names, groups, _packets(data), trained)
+    _note_endpoint(report["holdout"], y, p, lift, model.threshold, endpoint_context)
+    curves["model as given"] = (y, lift.score, t)
     say(f"model as is: recall {report['holdout']['recall']:.4f}, FPR {report['holdout']['fpr']:.5f}, "
         f"precision {report['holdout']['precision']:.4f}")
     if data.signature is not None:
         per_flow, by_signature = pipeline_scores(data.signature, p)
-        score, lifted = per_flow, np.zeros(len(y), bool)
-        if endpoint_context:
-            score, lifted = pipeline_context(data.table, data.signature, per_flow, model.threshold)
-        pipe = report["pipeline"] = _view(y, score, t, names, groups, _packets(data), trained)
+        lift = (pipeline_context(data.table, data.signature, per_flow, model.threshold) if endpoint_context
+                else Lift(per_flow, none, none))
+        pipe = report["pipeline"] = _view(y, lift.score, t, names, groups, _packets(data), trained)
         pipe["found_by_signature"] = int((by_signature & (y == 1)).sum())
-        pipe["found_by_model"] = int((~by_signature & ~lifted & (score >= t) & (y == 1)).sum())
-        _note_endpoint(pipe, y, per_flow, lifted, model.threshold, endpoint_context)
-        curves["signatures + model"] = (y, score, t)
+        pipe["found_by_model"] = int((~by_signature & ~lift.lifted & (lift.score >= t) & (y == 1)).sum())
+        _note_endpoint(pipe, y, per_flow, lift, model.threshold, endpoint_context)
+        curves["signatures + model"] = (y, lift.score, t)
         say(f"signatures + model: recall {pipe['recall']:.4f}, FPR {pipe['fpr']:.5f} ({pipe['found_by_signature']} "
             f"VPN flows found by a signature, {pipe['found_by_model']} by the model, "
             f"{pipe['endpoint_context'].get('found', 0)} by endpoint context)")
@@ -317,16 +317,19 @@ def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo
     return report, curves
 
 
-def _note_endpoint(view: dict[str, Any], y: np.ndarray, per_flow: np.ndarray, lifted: np.ndarray,
+def _note_endpoint(view: dict[str, Any], y: np.ndarray, per_flow: np.ndarray, lift: Lift,
                    threshold: float, on: bool) -> None:
-    """Record in ``view`` what the endpoint context changed: flows it lifted, and recall/FPR without it."""
+    """Record in ``view`` what the endpoint context changed: flows it lifted (all, and those the
+    fully-encrypted rule alone lifted), and recall/FPR without it."""
     if not on:
         view["endpoint_context"] = {"applied": False}
         return
     alone = per_flow >= threshold
     pos, neg = y == 1, y == 0
     view["endpoint_context"] = {
-        "applied": True, "found": int((lifted & pos).sum()), "false_alarms": int((lifted & neg).sum()),
+        "applied": True, "found": int((lift.lifted & pos).sum()), "false_alarms": int((lift.lifted & neg).sum()),
+        "found_fully_encrypted": int((lift.by_encryption & pos).sum()),
+        "false_alarms_fully_encrypted": int((lift.by_encryption & neg).sum()),
         "recall_per_flow": float(alone[pos].mean()) if pos.any() else float("nan"),
         "fpr_per_flow": float(alone[neg].mean()) if neg.any() else float("nan"),
     }
