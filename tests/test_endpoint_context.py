@@ -446,6 +446,8 @@ def test_live_and_batch_lift_the_fully_encrypted_endpoint_classify_lifts(tmp_pat
         return sorted((r["src_port"], r["confidence"]) for r in t.to_pylist() if r["vpn_protocol"] == ENCRYPTED_PROXY)
 
     assert lifted(live) == lifted(want)
+    alerts = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert sum(a["detection"] == DETECTION for a in alerts) == len(lifted(live))
 
     pieces = split_pcap(SS, tmp_path / "rot", seconds=1)
     assert len(pieces) >= 2
