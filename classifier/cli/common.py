@@ -56,7 +56,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 def add_endpoint_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-endpoint-context", action="store_true",
                    help="judge every flow on its own: do not call the rest of an endpoint's flows VPN when the "
-                        "model called most of them VPN (docs/model.md, Endpoint context)")
+                        "model called most of them VPN or, with the signatures on, most of them are fully "
+                        "encrypted both ways (docs/model.md, Endpoint context)")
 
 
 def apply_threshold(model: Any, threshold: float | None) -> Any:
