@@ -89,18 +89,15 @@ def endpoint_keys(table: pa.Table, keys: tuple[str, ...] = KEY_COLUMNS) -> pa.Ar
 @dataclass
 class EndpointVerdict:
     """Per endpoint code: scored flows, how many the model called VPN, how many were fully
-    encrypted both ways, their median P(VPN), lifted or not, and lifted by which rule."""
+    encrypted both ways, their median P(VPN), lifted or not, and lifted by the fully-encrypted
+    rule alone (the model did not call a majority)."""
 
     flows: np.ndarray
     vpn: np.ndarray
     encrypted: np.ndarray
     median: np.ndarray
     lifted: np.ndarray
-
-    @property
-    def by_encryption(self) -> np.ndarray:
-        """Lifted by the fully-encrypted rule alone (the model did not call a majority)."""
-        return self.lifted & (2 * self.vpn <= self.flows)
+    by_encryption: np.ndarray
 
 
 def passes(flows: np.ndarray | int, vpn: np.ndarray | int, min_flows: int = MIN_FLOWS) -> np.ndarray | bool:
@@ -131,8 +128,10 @@ def judge(codes: np.ndarray, vpn: np.ndarray, proba: np.ndarray, n_codes: int,
         lo = start[has] + (flows[has] - 1) // 2
         hi = start[has] + flows[has] // 2
         median[has] = 0.5 * (sorted_p[lo] + sorted_p[hi])
-    lifted = passes(flows, vpn, min_flows) | passes(flows, encrypted, min_flows)
-    return EndpointVerdict(flows=flows, vpn=vpn, encrypted=encrypted, median=median, lifted=lifted)
+    by_model = passes(flows, vpn, min_flows)
+    by_encryption = passes(flows, encrypted, min_flows) & ~by_model
+    return EndpointVerdict(flows=flows, vpn=vpn, encrypted=encrypted, median=median, lifted=by_model | by_encryption,
+                           by_encryption=by_encryption)
 
 
 class Lift(NamedTuple):
@@ -270,7 +269,7 @@ def _most_common(names: Counter | None) -> str | None:
 def _pick(v: EndpointVerdict, codes: np.ndarray) -> EndpointVerdict:
     """The verdicts of ``codes`` (one per lifted row)."""
     return EndpointVerdict(flows=v.flows[codes], vpn=v.vpn[codes], encrypted=v.encrypted[codes],
-                           median=v.median[codes], lifted=v.lifted[codes])
+                           median=v.median[codes], lifted=v.lifted[codes], by_encryption=v.by_encryption[codes])
 
 
 def relabel(table: pa.Table, rows: np.ndarray, v: EndpointVerdict, guess: list[str | None], own: np.ndarray,
