@@ -79,7 +79,7 @@ def summary_lines(report: dict, label: str, threshold: float) -> list[str]:
         ec = v.get("endpoint_context", {})
         if ec.get("applied"):
             encrypted = (f"; of them by the fully-encrypted rule {ec['found_fully_encrypted']} found, "
-                         f"{ec['false_alarms_fully_encrypted']} false alarms" if key == "pipeline" else "")
+                         f"{ec['false_alarms_fully_encrypted']} false alarms" if ec.get("fully_encrypted_rule") else "")
             lines.append(f"{key} endpoint context: {ec['found']} VPN flows found, {ec['false_alarms']} false alarms"
                          f"{encrypted} (each flow on its own: recall {ec['recall_per_flow']:.4f}  "
                          f"FPR {ec['fpr_per_flow']:.5f})")

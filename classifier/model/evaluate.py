@@ -21,6 +21,7 @@ non-VPN scores), so the reported false-positive rate is the one a user would get
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ def per_protocol_recall(names: np.ndarray, y: np.ndarray, pred: np.ndarray) -> d
     return out
 
 
-def trained_protocol_names(names: np.ndarray, trained: list[str] | tuple[str, ...]) -> list[str]:
+def trained_protocol_names(names: Iterable, trained: list[str] | tuple[str, ...]) -> list[str]:
     """The protocol names among ``names`` that a model trained on ``trained`` has seen.
 
     A name counts when the training data used it, or when it names the family of a
@@ -64,7 +65,7 @@ def recall_by_training(per_protocol: dict[str, dict[str, float]],
     new capture of one it knows. Mixed in one number, a few held-out protocols with many
     flows (a proxy opens one per request) hide how it does on either.
     """
-    seen = set(trained_protocol_names(np.array(list(per_protocol), object), trained))
+    seen = set(trained_protocol_names(per_protocol, trained))
     out: dict[str, dict[str, Any]] = {}
     for key, names in (("trained_on", sorted(seen)), ("not_trained_on", sorted(set(per_protocol) - seen))):
         n = int(sum(per_protocol[p]["flows"] for p in names))
@@ -285,7 +286,7 @@ def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo
             else Lift(p, none, none))
     trained = list(model.bundle.get("protocol_classes") or [])
     report["holdout"] = _view(y, lift.score, t, names, groups, _packets(data), trained)
-    _note_endpoint(report["holdout"], y, p, lift, model.threshold, endpoint_context)
+    _note_endpoint(report["holdout"], y, p, lift, model.threshold, endpoint_context, encrypted_rule=False)
     curves["model as given"] = (y, lift.score, t)
     say(f"model as is: recall {report['holdout']['recall']:.4f}, FPR {report['holdout']['fpr']:.5f}, "
         f"precision {report['holdout']['precision']:.4f}")
@@ -296,7 +297,7 @@ def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo
         pipe = report["pipeline"] = _view(y, lift.score, t, names, groups, _packets(data), trained)
         pipe["found_by_signature"] = int((by_signature & (y == 1)).sum())
         pipe["found_by_model"] = int((~by_signature & ~lift.lifted & (lift.score >= t) & (y == 1)).sum())
-        _note_endpoint(pipe, y, per_flow, lift, model.threshold, endpoint_context)
+        _note_endpoint(pipe, y, per_flow, lift, model.threshold, endpoint_context, encrypted_rule=True)
         curves["signatures + model"] = (y, lift.score, t)
         say(f"signatures + model: recall {pipe['recall']:.4f}, FPR {pipe['fpr']:.5f} ({pipe['found_by_signature']} "
             f"VPN flows found by a signature, {pipe['found_by_model']} by the model, "
@@ -318,9 +319,10 @@ def evaluate(model, data: LabeledFlows, *, folds: int = 5, cv: bool = True, lopo
 
 
 def _note_endpoint(view: dict[str, Any], y: np.ndarray, per_flow: np.ndarray, lift: Lift,
-                   threshold: float, on: bool) -> None:
+                   threshold: float, on: bool, encrypted_rule: bool) -> None:
     """Record in ``view`` what the endpoint context changed: flows it lifted (all, and those the
-    fully-encrypted rule alone lifted), and recall/FPR without it."""
+    fully-encrypted rule alone lifted, with whether that rule ran at all: only after the
+    signatures), and recall/FPR without it."""
     if not on:
         view["endpoint_context"] = {"applied": False}
         return
@@ -328,7 +330,7 @@ def _note_endpoint(view: dict[str, Any], y: np.ndarray, per_flow: np.ndarray, li
     pos, neg = y == 1, y == 0
     view["endpoint_context"] = {
         "applied": True, "found": int((lift.lifted & pos).sum()), "false_alarms": int((lift.lifted & neg).sum()),
-        "found_fully_encrypted": int((lift.by_encryption & pos).sum()),
+        "fully_encrypted_rule": encrypted_rule, "found_fully_encrypted": int((lift.by_encryption & pos).sum()),
         "false_alarms_fully_encrypted": int((lift.by_encryption & neg).sum()),
         "recall_per_flow": float(alone[pos].mean()) if pos.any() else float("nan"),
         "fpr_per_flow": float(alone[neg].mean()) if neg.any() else float("nan"),
