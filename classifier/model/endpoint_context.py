@@ -345,12 +345,9 @@ class RunningEndpoints:
         code_of = {k: i for i, k in enumerate(batch_keys)}
         records = [self._seen.get(k, ((), Counter())) for k in batch_keys]
         sizes = [len(r) for r, _ in records]
-        total = sum(sizes)
-        v = judge(np.repeat(np.arange(len(batch_keys)), sizes),
-                  np.fromiter((yes for r, _ in records for _, yes, _ in r), bool, total),
-                  np.fromiter((q for r, _ in records for q, _, _ in r), np.float64, total),
-                  len(batch_keys), self.min_flows,
-                  np.fromiter((enc for r, _ in records for _, _, enc in r), bool, total) if self.encrypted else None)
+        flat = np.array([x for r, _ in records for x in r], np.float64).reshape(-1, 3)  # (P(VPN), VPN, encrypted)
+        v = judge(np.repeat(np.arange(len(batch_keys)), sizes), flat[:, 1] > 0, flat[:, 0], len(batch_keys),
+                  self.min_flows, flat[:, 2] > 0 if self.encrypted else None)
         codes = np.fromiter((code_of[k] for k in keys), np.int64, len(keys))
         lift = v.lifted[codes] & ~vpn[rows]
         if not lift.any():
