@@ -293,6 +293,30 @@ def test_stats_count_what_was_read(tmp_path):
     assert stats.ok
 
 
+@pytest.mark.parametrize(("snaplen", "cut", "warned"), [
+    (14 + 20 + 8 + 64, 0, False),  # every UDP payload keeps its first 64 bytes: nothing to say
+    (14 + 20 + 8 + 63, 2, True),  # the two long payloads lose their 64th byte
+    (96, 2, True),  # a classic headers-only snap length: 54 payload bytes kept
+])
+def test_stats_and_warning_for_payloads_cut_by_the_snap_length(tmp_path, capsys, snaplen, cut, warned):
+    frames = [(T0, Ether(**MAC) / udp(0, size=200)), (T0 + 1, Ether(**MAC) / udp(0, size=1000)),
+              (T0 + 2, Ether(**MAC) / udp(0, size=30)),  # short: whole even at 96 bytes
+              (T0 + 3, Ether(**MAC) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000, dport=53))]  # no payload
+    path = tmp_path / "snap.pcap"
+    path.write_bytes(pcap_bytes(frames, snaplen=snaplen))
+    stats = InputStats(str(path))
+    log = ErrorLog()
+    list(iter_packet_batches(path, log, stats))
+    assert stats.payload_packets == 3
+    assert stats.payload_cut == cut
+    err = capsys.readouterr().err
+    assert ("warning" in err and str(path) in err and f"{cut / 3:.0%} of the 3 packets" in err
+            and "snapshot length" in err) == warned
+    assert log.exit_status == 0  # a warning: the flows are still whole
+    flows = read_flows(path, log=ErrorLog(quiet=True)).to_pylist()
+    assert [f["src2dst_payload_bytes"] for f in flows] == [1230]  # sizes come from the wire lengths
+
+
 def test_input_paths_may_be_pathlike(tmp_path):
     p = tmp_path / "p.pcap"
     p.write_bytes(pcap_bytes([(T0, Ether(**MAC) / udp(0))]))

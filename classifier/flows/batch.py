@@ -14,12 +14,13 @@ import numpy as np
 import pyarrow as pa
 
 from classifier.flows.schema import FLOW_SCHEMA
+from classifier.packets.batch import PAYLOAD_HEAD_BYTES
 
 #: Payload-carrying packets kept per direction (so at most 2x this per flow).
 HEAD_PACKETS_PER_DIR = 8
 HEAD_PACKETS = 2 * HEAD_PACKETS_PER_DIR
 #: Leading payload bytes kept per packet.
-HEAD_BYTES = 64
+HEAD_BYTES = PAYLOAD_HEAD_BYTES
 
 
 @dataclass

@@ -11,6 +11,11 @@ from typing import ClassVar
 
 import numpy as np
 
+#: Leading payload bytes of a packet that the flow engine reads (its payload heads,
+#: ``classifier.flows.batch.HEAD_BYTES``). A capture whose snapshot length keeps fewer
+#: leaves the payload statistics of its flows incomplete.
+PAYLOAD_HEAD_BYTES = 64
+
 
 class PacketStatus:
     """Per-packet decode status (``PacketBatch.status``)."""

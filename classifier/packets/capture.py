@@ -26,7 +26,7 @@ import numpy as np
 from classifier.errors import ErrorLog
 from classifier.packets import _scan, linktypes
 from classifier.packets._decode import decode
-from classifier.packets.batch import COLUMNS, PacketBatch, PacketStatus
+from classifier.packets.batch import COLUMNS, PAYLOAD_HEAD_BYTES, PacketBatch, PacketStatus
 
 CHUNK_BYTES = 32 << 20
 _READ_STEP = 1 << 18
@@ -53,6 +53,10 @@ class InputStats:
     not_ip: int = 0
     truncated: int = 0
     malformed: int = 0
+    #: decoded packets that carry payload, and those of them whose snapshot length cut
+    #: the payload before its first PAYLOAD_HEAD_BYTES bytes (or before its end, if shorter)
+    payload_packets: int = 0
+    payload_cut: int = 0
     linktypes: set[int] = field(default_factory=set)
     ok: bool = True
 
@@ -173,6 +177,7 @@ def iter_packet_batches(
         for batch in reader:
             _count(batch, stats, name, log)
             yield batch
+        _warn_cut_payloads(stats, name, log)
         if src.error is not None and stats.ok:  # the damage fell on a record boundary
             log.add(name, src.base + src.end, f"compressed data is cut or corrupt: {src.error}")
             stats.ok = False
@@ -199,6 +204,10 @@ def _count(batch: PacketBatch, stats: InputStats, name: str, log: ErrorLog) -> N
     counts = np.bincount(st, minlength=6)
     stats.not_ip += int(counts[PacketStatus.NOT_IP])
     stats.truncated += int(counts[PacketStatus.TRUNCATED])
+    carries = (st == PacketStatus.OK) & (batch.cols["payload_len"] > 0)
+    stats.payload_packets += int(np.count_nonzero(carries))
+    head = np.minimum(batch.cols["payload_len"], PAYLOAD_HEAD_BYTES)
+    stats.payload_cut += int(np.count_nonzero(carries & (batch.cols["payload_cap"] < head)))
     bad = np.flatnonzero((st == PacketStatus.BAD_IP) | (st == PacketStatus.BAD_L4) | (st == PacketStatus.BAD_LINK))
     stats.malformed += len(bad)
     for i in bad[:50]:
@@ -206,6 +215,26 @@ def _count(batch: PacketBatch, stats: InputStats, name: str, log: ErrorLog) -> N
                 fatal=False)
     if len(bad) > 50:
         log.add(name, None, f"{len(bad) - 50} more malformed packets in this chunk skipped", fatal=False)
+
+
+#: Share of payload-carrying packets cut short of their heads above which a capture is
+#: reported as headers-only.
+CUT_PAYLOAD_WARN_SHARE = 0.1
+
+
+def _warn_cut_payloads(stats: InputStats, name: str, log: ErrorLog) -> None:
+    """Say so when the snapshot length kept too little payload for the flows' payload statistics.
+
+    Why a warning and not an error: flows, sizes and timing are whole; only the statistics
+    read from the first payload bytes (randomness, TLS records, tunnel framing) are
+    partial, and the model finds fewer tunnels when they are (docs/model.md,
+    Headers-only captures).
+    """
+    if stats.payload_packets and stats.payload_cut > CUT_PAYLOAD_WARN_SHARE * stats.payload_packets:
+        log.warn(name, f"{stats.payload_cut / stats.payload_packets:.0%} of the {stats.payload_packets} packets "
+                       f"carrying payload lost part of their first {PAYLOAD_HEAD_BYTES} payload bytes to the capture's "
+                       "snapshot length: payload statistics are partial and the model "
+                       "finds fewer tunnels (docs/model.md, Headers-only captures)")
 
 
 def _decode(src: _Source, n: int, scanned: dict[str, np.ndarray]) -> PacketBatch:
