@@ -45,7 +45,11 @@ class ErrorLog:
     max_per_file: int = 20
     problems: list[InputProblem] = field(default_factory=list)
     quiet: bool = False
+    #: warnings of one kind printed per run; the rest are counted (a directory of 200
+    #: headers-only captures would otherwise print 200 lines above the summary)
+    max_per_kind: int = 5
     _counts: dict[str, int] = field(default_factory=dict)
+    _kinds: dict[str, int] = field(default_factory=dict)
 
     def add(self, path: str, offset: int | None, message: str, *, fatal: bool = True) -> None:
         problem = InputProblem(str(path), offset, message, fatal)
@@ -59,8 +63,18 @@ class ErrorLog:
         elif n == self.max_per_file + 1:
             print(f"vpnid: error: {problem.path}: more problems, not shown", file=sys.stderr)
 
-    def warn(self, path: str, message: str) -> None:
-        """A warning does not change the exit status (e.g. a skipped unknown link type)."""
+    def warn(self, path: str, message: str, kind: str | None = None) -> None:
+        """A warning does not change the exit status (e.g. a skipped unknown link type).
+
+        Warnings given a ``kind`` print ``max_per_kind`` times per run, then once more to say
+        that further inputs had the same problem.
+        """
+        if kind is not None:
+            n = self._kinds[kind] = self._kinds.get(kind, 0) + 1
+            if n > self.max_per_kind:
+                if n == self.max_per_kind + 1 and not self.quiet:
+                    print(f"vpnid: warning: more inputs with {kind}, not shown", file=sys.stderr)
+                return
         if not self.quiet:
             print(f"vpnid: warning: {path}: {message}", file=sys.stderr)
 

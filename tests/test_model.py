@@ -419,6 +419,52 @@ def test_cli_bad_input_is_one_clear_message(tmp_path, capsys):
     assert "no such model file" in capsys.readouterr().err
 
 
+def test_snaplen_option_is_checked_and_needs_captures(tmp_path, capsys):
+    table = tmp_path / "flows.parquet"
+    pq.write_table(synthetic_flows(3, seed=1), table)
+    for bad in ("20", "64,x", ""):
+        with pytest.raises(SystemExit) as exit_:
+            main(["train", str(table), "--snaplen", bad, "-o", str(tmp_path / "m.skops")])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "--snaplen" in err and "Traceback" not in err
+    with pytest.raises(UsageError, match="snapshot length"):
+        load_labeled([str(table)], snaplens=(64,))
+
+
+def test_snaplen_training_cuts_every_copy_and_says_so_in_the_card(tmp_path):
+    """Each capture and copy is cut to a snapshot length drawn from the list; the augmentation draws do not move."""
+    from classifier.model.workflow import train_model
+
+    pcaps = Path(__file__).resolve().parents[1] / "pcaps"
+    caps = [str(pcaps / n) for n in ("openvpn-udp.pcap", "wireguard.pcap", "dns.pcap", "https.pcap")]
+    whole = load_labeled(caps, augment=2, seed=3)
+    cut = load_labeled(caps, augment=2, seed=3, snaplens=(64, 96))
+    assert [r["snaplen"] for r in cut.inputs] and {r["snaplen"] for r in cut.inputs} <= {64, 96}
+    assert "snaplen" not in whole.inputs[0]
+    copies = [v for v in cut.variant if v != "original"]
+    assert copies and all(" snaplen=64" in v or " snaplen=96" in v for v in copies)
+    assert [v.split(" snaplen=")[0] for v in cut.variant] == list(whole.variant)  # the same augmentation draws
+    assert (cut.table.column("truncated_packets").to_numpy() > 0).any()
+    assert not (whole.table.column("truncated_packets").to_numpy() > 0).any()
+    out = tmp_path / "h.skops"
+    _, card = train_model(caps, out, FAST, augment=1, snaplens=(64,))
+    assert "64 bytes per frame" in card["training_data"]["snaplen"]
+    assert "Headers-only" in (tmp_path / "h.card.md").read_text()
+
+
+def test_shipped_models_by_name(tmp_path, monkeypatch):
+    from classifier.model.model import model_path, shipped_model_path
+
+    assert model_path(None) == shipped_model_path("default")
+    assert model_path("headers-only") == shipped_model_path("headers-only")
+    assert shipped_model_path("headers-only").name == "vpnid-headers-only.skops"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").write_bytes(b"")  # a file of that name is the user's, not the shipped model
+    assert model_path("default") == Path("default")
+    assert model_path("mine.skops") == Path("mine.skops")
+
+
 def test_captures_need_a_manifest(tmp_path):
     cap = tmp_path / "x.pcap"
     cap.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\0" * 20)
@@ -579,6 +625,46 @@ def test_coarse_clock_augmentation_rounds_every_timestamp():
     exact = pa.compute.list_flatten(full.column("first_iats_ms")).to_numpy()
     assert ((gaps == 0).sum() > (exact == 0).sum()) and np.allclose(gaps % 10, 0)
     assert "tick=10ms" in aug.describe() and "tick" not in Augmentation(0, 0, 1, 0, 1).describe()
+
+
+def _cut_pcap(src: Path, dst: Path, snaplen: int) -> None:
+    """Rewrite a little-endian classic pcap as if captured with ``snaplen``: records cut, wire lengths kept."""
+    import struct
+
+    data = src.read_bytes()
+    assert data[:4] == b"\xd4\xc3\xb2\xa1"
+    out, off = [data[:16] + struct.pack("<I", snaplen) + data[20:24]], 24
+    while off < len(data):
+        sec, frac, cap, wire = struct.unpack_from("<IIII", data, off)
+        keep = min(cap, snaplen)
+        out.append(struct.pack("<IIII", sec, frac, keep, wire) + data[off + 16:off + 16 + keep])
+        off += 16 + cap
+    dst.write_bytes(b"".join(out))
+
+
+@pytest.mark.parametrize("name", ["openvpn-tcp443.pcap", "wireguard.pcap", "https.pcap"])
+@pytest.mark.parametrize("snaplen", [64, 96])
+def test_snaplen_augmentation_is_the_capture_cut_to_that_snaplen(tmp_path, name, snaplen):
+    """A copy with a snapshot length has the flows and features of the same capture really cut to it."""
+    from classifier.errors import ErrorLog
+    from classifier.model.data import Augmentation, _count_packets, _PacketTransform, meter_capture
+    from classifier.model.features import feature_matrix
+
+    cap = Path(__file__).resolve().parents[1] / "pcaps" / name
+    cut = tmp_path / name
+    _cut_pcap(cap, cut, snaplen)
+    log = ErrorLog()
+    aug = Augmentation(loss=0.0, jitter=0.0, slowdown=1.0, start=0.0, stop=1.0, snaplen=snaplen)
+    copy = meter_capture(str(cap), log, _PacketTransform(aug, _count_packets(str(cap), log), np.random.default_rng(0)))
+    real = meter_capture(str(cut), log)
+    assert not log.problems
+    assert copy.drop(["capture"]).equals(real.drop(["capture"]))
+    full = feature_matrix(meter_capture(str(cap), log))
+    cut_features = feature_matrix(copy)
+    np.testing.assert_array_equal(cut_features, feature_matrix(real))
+    assert (copy.column("truncated_packets").to_numpy() > 0).any()
+    assert not np.array_equal(cut_features, full, equal_nan=True)  # the payload statistics did change
+    assert f"snaplen={snaplen}" in aug.describe() and "snaplen" not in Augmentation(0, 0, 1, 0, 1).describe()
 
 
 def test_concat_keeps_the_input_records_of_empty_parts():

@@ -46,7 +46,9 @@ def flow_config(args: argparse.Namespace) -> FlowConfig:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="FILE", help="model file (default: the shipped model, when present)")
+    p.add_argument("--model", metavar="FILE", help="model file, or a shipped model by name: 'default' or "
+                                                 "'headers-only', for captures cut to a short snapshot length "
+                                                 "(default: the shipped default model, when present)")
     p.add_argument("--no-model", action="store_true", help="signatures only")
     p.add_argument("--threshold", type=float, metavar="P",
                    help="call a flow VPN when the model's P(VPN) >= P (default: the model's own threshold, "
@@ -58,6 +60,29 @@ def add_endpoint_option(p: argparse.ArgumentParser) -> None:
                    help="judge every flow on its own: do not call the rest of an endpoint's flows VPN when the "
                         "model called most of them VPN or, with the signatures on, most of them are fully "
                         "encrypted both ways (docs/model.md, Endpoint context)")
+
+
+#: Smallest snapshot length ``--snaplen`` accepts: Ethernet, IPv4 and TCP headers without options.
+MIN_SNAPLEN = 54
+
+
+def snaplen_list(text: str) -> tuple[int, ...]:
+    """``--snaplen``: one or more comma-separated snapshot lengths, each at least MIN_SNAPLEN bytes."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not values or min(values) < MIN_SNAPLEN:
+        raise argparse.ArgumentTypeError(f"each snapshot length must be at least {MIN_SNAPLEN} bytes "
+                                         f"(the headers a flow needs): {text!r}")
+    return values
+
+
+def add_snaplen_option(p: argparse.ArgumentParser, what: str) -> None:
+    """``--snaplen N[,N...]`` for ``train`` and ``evaluate``: captures read as headers-only captures."""
+    p.add_argument("--snaplen", metavar="N[,N...]", type=snaplen_list, default=(),
+                   help=f"{what} (bytes per frame, each at least {MIN_SNAPLEN}; one drawn per capture and copy; "
+                        "docs/model.md, Headers-only captures); default: whole frames")
 
 
 def apply_threshold(model: Any, threshold: float | None) -> Any:

@@ -8,14 +8,15 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from classifier.cli.common import add_endpoint_option
+    from classifier.cli.common import add_endpoint_option, add_snaplen_option
 
     p = sub.add_parser(
         "evaluate", help="measure a model: held-out metrics, capture-grouped CV, leave-one-protocol-out",
         description="Score MODEL on labeled input (as for `vpnid train`) and retrain its recipe with "
                     "cross-validation grouped by capture and with each VPN protocol left out in turn. "
                     "Writes metrics.json, roc.png, confusion.png and protocol_recall.png.")
-    p.add_argument("model", metavar="MODEL", help="model file (.skops); 'default' for the shipped model")
+    p.add_argument("model", metavar="MODEL", help="model file (.skops), or a shipped model by name: 'default' or "
+                                                  "'headers-only'")
     p.add_argument("inputs", nargs="+", metavar="LABELED",
                    help="flow Parquet files, capture files or directories, or manifest CSV files (all the captures "
                         "they list)")
@@ -29,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--augment", type=int, default=0, metavar="N",
                    help="augmented copies per capture, as for `vpnid train` (default 0); copies stay in "
                         "their capture's fold")
+    add_snaplen_option(p, "score the captures as if captured with these snapshot lengths, as headers-only "
+                          "captures are")
     p.add_argument("--no-cv", action="store_true", help="skip grouped cross-validation")
     p.add_argument("--no-lopo", action="store_true", help="skip leave-one-protocol-out")
     p.add_argument("--signatures", action="store_true",
@@ -47,11 +50,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.folds < 0 or args.folds == 1 or args.augment < 0:
         raise UsageError("--folds must be 0 (leave one group out) or >= 2, and --augment >= 0")
-    model = load_model(None if args.model == "default" else args.model)
+    model = load_model(args.model)
     log = ErrorLog(quiet=False)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"vpnid evaluate: {m}", file=sys.stderr))
     data = load_labeled(args.inputs, manifest=args.manifest, augment=args.augment, log=log, say=say,
-                        signatures=args.signatures)
+                        signatures=args.signatures, snaplens=args.snaplen)
     say(f"{len(data)} labeled flows ({int(data.label.sum())} VPN) "
         f"from {data.capture_count()} captures in {len(set(data.group))} groups")
     report, curves = evaluate(model, data, folds=args.folds, cv=not args.no_cv, lopo=not args.no_lopo,

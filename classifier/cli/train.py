@@ -7,6 +7,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from classifier.cli.common import add_snaplen_option
     from classifier.model.train import CANDIDATES
 
     p = sub.add_parser(
@@ -24,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                      "MANIFEST.csv beside them)")
     p.add_argument("--augment", type=int, default=0, metavar="N",
                    help="augmented copies per capture: packet loss, jitter, flows cut mid-way (default 0)")
+    add_snaplen_option(p, "meter every capture and copy as if captured with a snapshot length drawn from these, "
+                          "to train a model for headers-only captures")
     p.add_argument("--candidates", default="rf,hgb", metavar="LIST",
                    help=f"estimators to compare, best kept, ties to the first (from {','.join(CANDIDATES)}; "
                         "default rf,hgb)")
@@ -86,5 +89,5 @@ def run(args: argparse.Namespace) -> int:
     log = ErrorLog(quiet=False)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"vpnid train: {m}", file=sys.stderr))
     train_model(args.inputs, out, config, manifest=args.manifest, augment=args.augment, log=log, say=say,
-                jobs=args.jobs)
+                jobs=args.jobs, snaplens=args.snaplen)
     return log.exit_status

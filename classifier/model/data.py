@@ -33,7 +33,7 @@ import hashlib
 import io
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -390,6 +390,11 @@ class Augmentation:
     #: of packets at once, write them. Relative timing reads gaps, and a clock that
     #: makes many of them 0 must not look like a new kind of traffic.
     tick_ns: int = 0
+    #: Snapshot length of the copy, bytes per frame (0: as captured): every frame cut to it,
+    #: its headers kept, as a headers-only capture (``tcpdump -s 96``) keeps them. The
+    #: payload statistics then read a few payload bytes or none, and a model that has
+    #: seen no such flow reads partial statistics as a new kind of traffic.
+    snaplen: int = 0
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> Augmentation:
@@ -407,7 +412,8 @@ class Augmentation:
         text = (f"loss={self.loss:g} jitter={self.jitter:g} slowdown={self.slowdown:.1f} "
                 f"window={self.start:.2f}-{self.stop:.2f}")
         text += f" one-way={'low->high' if self.one_way == 1 else 'high->low'}" if self.one_way else ""
-        return text + (f" tick={self.tick_ns / 1e6:g}ms" if self.tick_ns else "")
+        text += f" tick={self.tick_ns / 1e6:g}ms" if self.tick_ns else ""
+        return text + (f" snaplen={self.snaplen}" if self.snaplen else "")
 
 
 def lower_endpoint_sends(cols: dict[str, np.ndarray]) -> np.ndarray:
@@ -461,7 +467,36 @@ class _PacketTransform:
         idx = np.flatnonzero(keep)
         cols = {k: v[idx] for k, v in batch.cols.items()}
         cols["ts"] = new_ts[idx]
+        if self.aug.snaplen:
+            cut_frames(cols, self.aug.snaplen)
         return PacketBatch(batch.buf, cols, len(idx))
+
+
+class _CutFrames:
+    """Cuts every frame of a capture's packet batches to one snapshot length (``cut_frames``), nothing else."""
+
+    def __init__(self, snaplen: int) -> None:
+        self.snaplen = snaplen
+
+    def __call__(self, batch):
+        from classifier.packets.batch import PacketBatch
+
+        cols = dict(batch.cols)
+        cut_frames(cols, self.snaplen)
+        return PacketBatch(batch.buf, cols, batch.n)
+
+
+def cut_frames(cols: dict[str, np.ndarray], snaplen: int) -> None:
+    """Cut every frame of decoded packet columns to ``snaplen`` bytes, in place, headers kept.
+
+    What a capture made with that snapshot length would hold: the payload bytes present
+    are those inside the first ``snaplen`` bytes of the frame (none when the headers fill
+    them); wire lengths, and so every size, stay as they were.
+    """
+    frame = np.minimum(cols["cap_len"], snaplen)
+    room = cols["data_off"] + frame - cols["payload_off"]
+    cols["payload_cap"] = np.clip(room, 0, cols["payload_cap"]).astype(cols["payload_cap"].dtype)
+    cols["cap_len"] = frame.astype(cols["cap_len"].dtype)
 
 
 def meter_capture(path: str, log: ErrorLog, transform: Callable | None = None, config=None) -> pa.Table:
@@ -508,12 +543,20 @@ def _count_packets(path: str, log: ErrorLog) -> int:
     return sum(b.n for b in iter_packet_batches(path, log, InputStats(path)))
 
 
+def _draw_snaplen(rng: np.random.Generator, snaplens: tuple[int, ...]) -> int:
+    """One copy's snapshot length: one of ``snaplens``, or 0 (whole frames) when there are none."""
+    return int(rng.choice(snaplens)) if snaplens else 0
+
+
 def load_captures(paths: list[str], truth: dict[str, Truth], augment: int = 0, seed: int = 0,
                   log: ErrorLog | None = None, config=None, say: Callable[[str], None] | None = None,
-                  signatures: bool = False) -> LabeledFlows:
+                  signatures: bool = False, snaplens: tuple[int, ...] = ()) -> LabeledFlows:
     """Meter captures, label their flows by the manifest, and add ``augment`` augmented copies each.
 
     ``signatures`` also keeps what the signature stage says of every row (``LabeledFlows.signature``).
+    ``snaplens``: every capture and every copy is metered as if captured with a snapshot
+    length drawn from these (a headers-only capture; docs/model.md, Headers-only captures),
+    from a generator of its own, so the augmentation draws stay those without it.
     """
     log = log if log is not None else ErrorLog()
     say = say or (lambda _m: None)
@@ -525,12 +568,15 @@ def load_captures(paths: list[str], truth: dict[str, Truth], augment: int = 0, s
         if t.vpn is None:
             say(f"{path}: skipped (manifest marks it as mixed)")
             continue
-        rng = np.random.default_rng([seed, int(hashlib.sha256(Path(path).name.encode()).hexdigest()[:8], 16)])
-        variants: list[tuple[str, Callable | None]] = [("original", None)]
+        name_key = int(hashlib.sha256(Path(path).name.encode()).hexdigest()[:8], 16)
+        rng = np.random.default_rng([seed, name_key])
+        cut_rng = np.random.default_rng([seed, name_key, 1])
+        first = _draw_snaplen(cut_rng, snaplens)
+        variants: list[tuple[str, Callable | None]] = [("original", _CutFrames(first) if first else None)]
         if augment:
             total = _count_packets(path, log)
             for k in range(augment):
-                aug = Augmentation.draw(rng)
+                aug = replace(Augmentation.draw(rng), snaplen=_draw_snaplen(cut_rng, snaplens))
                 variants.append((f"augmented-{k} {aug.describe()}", _PacketTransform(aug, total, rng)))
         vpn_rows = 0
         for variant, transform in variants:
@@ -550,7 +596,8 @@ def load_captures(paths: list[str], truth: dict[str, Truth], augment: int = 0, s
                 orig_flows = len(idx)
         parts[-1].inputs.append({"path": path, "kind": "capture", "sha256": sha256_file(path),
                                  "vpn": t.vpn, "protocol": t.protocol, "flows": orig_flows,
-                                 "vpn_flows": vpn_rows, "augmented_copies": augment})
+                                 "vpn_flows": vpn_rows, "augmented_copies": augment,
+                                 **({"snaplen": first} if snaplens else {})})
     return LabeledFlows.concat(parts) if parts else LabeledFlows.concat([])
 
 
@@ -566,7 +613,7 @@ def _is_parquet(path: Path) -> bool:
 
 def load_labeled(inputs: Iterable[str], manifest: str | None = None, augment: int = 0, seed: int = 0,
                  log: ErrorLog | None = None, config=None, say: Callable[[str], None] | None = None,
-                 signatures: bool = False) -> LabeledFlows:
+                 signatures: bool = False, snaplens: tuple[int, ...] = ()) -> LabeledFlows:
     """Everything ``vpnid train`` / ``vpnid evaluate`` accept as labeled input, as one LabeledFlows.
 
     Inputs: flow Parquet files with labels; MANIFEST.csv files (all their captures);
@@ -574,7 +621,8 @@ def load_labeled(inputs: Iterable[str], manifest: str | None = None, augment: in
     capture files (labeled by ``manifest`` or a MANIFEST.csv beside them).
 
     ``signatures`` keeps the signature stage's verdict of every row as well; it needs
-    captures, since a flow table in Parquet keeps no payload heads.
+    captures, since a flow table in Parquet keeps no payload heads. So does ``snaplens``
+    (``load_captures``): a flow table's payload statistics are computed already.
     """
     from classifier.flows.api import expand_inputs
 
@@ -590,6 +638,9 @@ def load_labeled(inputs: Iterable[str], manifest: str | None = None, augment: in
             if signatures:
                 raise UsageError(f"{item}: a flow table keeps no payload heads, so signatures cannot be "
                                  "scored on it; give the captures and their manifest")
+            if snaplens:
+                raise UsageError(f"{item}: a flow table's payload statistics are computed already, so it cannot "
+                                 "be cut to a snapshot length; give the captures and their manifest")
             parts.append(load_parquet(str(p)))
             continue
         if p.is_file() and p.suffix.lower() == ".csv":
@@ -615,7 +666,7 @@ def load_labeled(inputs: Iterable[str], manifest: str | None = None, augment: in
     seen: set[str] = set()
     unique = [c for c in captures if not (str(Path(c).resolve()) in seen or seen.add(str(Path(c).resolve())))]
     if unique:
-        parts.append(load_captures(unique, truth, augment, seed, log, config, say, signatures))
+        parts.append(load_captures(unique, truth, augment, seed, log, config, say, signatures, snaplens))
     if not parts:
         raise UsageError("no labeled input: give flow Parquet files with a label column, or captures and a manifest")
     out = LabeledFlows.concat(parts)

@@ -224,6 +224,7 @@ def card_markdown(card: dict[str, Any]) -> str:
               f"minimum ({minima}), {data.get('vpn_flows_left_out_cleartext', 0)} cleartext tunnels "
               "(readable inner headers)",
               f"- augmentation: {data.get('augmentation')}",
+              *([f"- snapshot length: {data['snaplen']}"] if data.get("snaplen") else []),
               f"- sha256 of features and labels: `{data.get('sha256')}`",
               f"- sha256 of the input files (names and contents): `{data.get('inputs_sha256')}`", ""]
     if data.get("protocols"):

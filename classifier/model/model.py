@@ -153,13 +153,33 @@ def _one_thread():
     return threadpool_limits(limits=1)
 
 
+#: Models shipped in ``models/``, by the short name ``--model`` accepts: ``vpnid-NAME.skops``.
+SHIPPED_MODELS = ("default", "headers-only")
+
+
 def default_model_path() -> Path:
     """``models/vpnid-default.skops`` of the source tree (the shipped model)."""
-    return Path(__file__).resolve().parents[2] / "models" / "vpnid-default.skops"
+    return shipped_model_path("default")
+
+
+def shipped_model_path(name: str) -> Path:
+    """``models/vpnid-NAME.skops`` of the source tree: ``default`` or ``headers-only`` (docs/model.md)."""
+    return Path(__file__).resolve().parents[2] / "models" / f"vpnid-{name}.skops"
+
+
+def model_path(path: str | Path | None) -> Path:
+    """A model file from ``--model``: a path, or a shipped model's short name when no such file exists."""
+    if path is None:
+        return default_model_path()
+    p = Path(path)
+    if str(path) in SHIPPED_MODELS and not p.exists():
+        return shipped_model_path(str(path))
+    return p
 
 
 def load_model(path: str | Path | None = None) -> VpnModel:
-    """Load a model file (default: the shipped one); refuses untrusted or incompatible files."""
-    p = Path(path) if path is not None else default_model_path()
+    """Load a model file or shipped model by name (default: the shipped default); refuses untrusted or
+    incompatible files."""
+    p = model_path(path)
     bundle = load_bundle(p)
     return VpnModel(bundle, p, load_card(p))

@@ -233,8 +233,9 @@ def _warn_cut_payloads(stats: InputStats, name: str, log: ErrorLog) -> None:
     if stats.payload_packets and stats.payload_cut > CUT_PAYLOAD_WARN_SHARE * stats.payload_packets:
         log.warn(name, f"{stats.payload_cut / stats.payload_packets:.0%} of the {stats.payload_packets} packets "
                        f"carrying payload lost part of their first {PAYLOAD_HEAD_BYTES} payload bytes to the capture's "
-                       "snapshot length: payload statistics are partial and the model "
-                       "finds fewer tunnels (docs/model.md, Headers-only captures)")
+                       "snapshot length: payload statistics are partial, signatures and the default model find "
+                       "fewer tunnels; for headers-only captures use --model headers-only "
+                       "(docs/model.md, Headers-only captures)", kind="payloads cut by the snapshot length")
 
 
 def _decode(src: _Source, n: int, scanned: dict[str, np.ndarray]) -> PacketBatch:
