@@ -317,6 +317,20 @@ def test_stats_and_warning_for_payloads_cut_by_the_snap_length(tmp_path, capsys,
     assert [f["src2dst_payload_bytes"] for f in flows] == [1230]  # sizes come from the wire lengths
 
 
+def test_cut_payload_warnings_print_five_times_per_run(tmp_path, capsys):
+    frames = [(T0 + i, Ether(**MAC) / udp(0, size=300)) for i in range(3)]
+    for k in range(7):
+        (tmp_path / f"cut{k}.pcap").write_bytes(pcap_bytes(frames, snaplen=80))
+    log = ErrorLog()
+    table = read_flows(tmp_path, log=log)
+    assert table.num_rows == 7
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln for ln in lines if "snapshot length:" in ln] == lines[:5]
+    assert "cut0.pcap" in lines[0] and "cut4.pcap" in lines[4]
+    assert lines[5:] == ["vpnid: warning: more inputs with payloads cut by the snapshot length, not shown"]
+    assert log.exit_status == 0
+
+
 def test_input_paths_may_be_pathlike(tmp_path):
     p = tmp_path / "p.pcap"
     p.write_bytes(pcap_bytes([(T0, Ether(**MAC) / udp(0))]))
