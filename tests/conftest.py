@@ -57,6 +57,19 @@ def pcap_bytes(
     return b"".join(out)
 
 
+def cut_pcap(src: Path, dst: Path, snaplen: int) -> None:
+    """Rewrite a little-endian classic pcap as if captured with ``snaplen``: records cut, wire lengths kept."""
+    data = src.read_bytes()
+    assert data[:4] == b"\xd4\xc3\xb2\xa1"
+    out, off = [data[:16] + struct.pack("<I", snaplen) + data[20:24]], 24
+    while off < len(data):
+        sec, frac, cap, wire = struct.unpack_from("<IIII", data, off)
+        keep = min(cap, snaplen)
+        out.append(struct.pack("<IIII", sec, frac, keep, wire) + data[off + 16:off + 16 + keep])
+        off += 16 + cap
+    dst.write_bytes(b"".join(out))
+
+
 def write_pcap(path: str | Path, frames: Sequence[tuple[int, object]], linktype: int = 1, **kw: object) -> Path:
     """Write ``pcap_bytes(frames, linktype, **kw)`` to ``path`` and return it."""
     path = Path(path)

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import cut_pcap
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,7 +50,7 @@ def _heads(encrypted: list[bool]) -> dict[str, pa.Array]:
     ways where ``encrypted``, TLS both ways elsewhere."""
     n = len(encrypted)
     head = np.where(np.asarray(encrypted, bool)[:, None], RANDOM_HEAD, TLS_HEAD).reshape(n, 3)
-    cols = {"first_tcp_flags": pa.array([0x02] * n, pa.uint8())}
+    cols = {"first_tcp_flags": pa.array([0x02] * n, pa.uint8()), "truncated_packets": pa.array([0] * n, pa.int64())}
     for d in ("src2dst", "dst2src"):
         for j, name in enumerate(("first_payload_bits", "first_payload_printable", "tls_record_frac")):
             cols[f"{d}_{name}"] = pa.array(head[:, j])
@@ -157,6 +158,9 @@ def test_fully_encrypted_needs_tcp_from_the_syn_and_random_starts_both_ways() ->
     no_payload = t.set_column(t.schema.get_field_index("dst2src_first_payload_bits"), "dst2src_first_payload_bits",
                               pa.array([None] * 7, pa.float64()))
     assert not fully_encrypted_both_ways(no_payload).any()
+    # a snapshot length cut some of row 0's packets: the Telegram signature could not read its start
+    cut = t.set_column(t.schema.get_field_index("truncated_packets"), "truncated_packets", pa.array([3] + [0] * 6))
+    assert not fully_encrypted_both_ways(cut).any()
 
 
 def test_an_endpoint_of_fully_encrypted_flows_is_lifted_only_with_the_rule_on() -> None:
@@ -420,6 +424,13 @@ def test_classify_lifts_a_fully_encrypted_endpoint_only_with_the_signatures_on(t
     # The model alone: Telegram's transport would count as well, so the rule stays off.
     c = pq.read_table(alone)
     assert not (np.asarray(c.column("detection").to_pylist(), object) == DETECTION).any()
+    # Cut to 96 bytes a frame, the same capture hides the starts the Telegram signature reads: off too.
+    cut, cut_out = tmp_path / "cut.pcap", tmp_path / "cut.parquet"
+    cut_pcap(SS, cut, 96)
+    assert main(["classify", "--threshold", str(HIGH), str(cut), "-q", "-o", str(cut_out)]) == 0
+    d = pq.read_table(cut_out)
+    assert d.num_rows == a.num_rows and (d.column("truncated_packets").to_numpy() > 0).all()
+    assert not _encryption_lifted(d).any()
 
 
 @needs_lab

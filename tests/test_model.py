@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from conftest import cut_pcap
 
 from classifier.cli.main import main
 from classifier.errors import UsageError
@@ -627,21 +628,6 @@ def test_coarse_clock_augmentation_rounds_every_timestamp():
     assert "tick=10ms" in aug.describe() and "tick" not in Augmentation(0, 0, 1, 0, 1).describe()
 
 
-def _cut_pcap(src: Path, dst: Path, snaplen: int) -> None:
-    """Rewrite a little-endian classic pcap as if captured with ``snaplen``: records cut, wire lengths kept."""
-    import struct
-
-    data = src.read_bytes()
-    assert data[:4] == b"\xd4\xc3\xb2\xa1"
-    out, off = [data[:16] + struct.pack("<I", snaplen) + data[20:24]], 24
-    while off < len(data):
-        sec, frac, cap, wire = struct.unpack_from("<IIII", data, off)
-        keep = min(cap, snaplen)
-        out.append(struct.pack("<IIII", sec, frac, keep, wire) + data[off + 16:off + 16 + keep])
-        off += 16 + cap
-    dst.write_bytes(b"".join(out))
-
-
 @pytest.mark.parametrize("name", ["openvpn-tcp443.pcap", "wireguard.pcap", "https.pcap"])
 @pytest.mark.parametrize("snaplen", [64, 96])
 def test_snaplen_augmentation_is_the_capture_cut_to_that_snaplen(tmp_path, name, snaplen):
@@ -652,7 +638,7 @@ def test_snaplen_augmentation_is_the_capture_cut_to_that_snaplen(tmp_path, name,
 
     cap = Path(__file__).resolve().parents[1] / "pcaps" / name
     cut = tmp_path / name
-    _cut_pcap(cap, cut, snaplen)
+    cut_pcap(cap, cut, snaplen)
     log = ErrorLog()
     aug = Augmentation(loss=0.0, jitter=0.0, slowdown=1.0, start=0.0, stop=1.0, snaplen=snaplen)
     copy = meter_capture(str(cap), log, _PacketTransform(aug, _count_packets(str(cap), log), np.random.default_rng(0)))

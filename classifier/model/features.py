@@ -460,7 +460,7 @@ def looks_random(bits: np.ndarray, printable: np.ndarray, tls_frac: np.ndarray) 
 
 #: Flow-table columns :func:`fully_encrypted_both_ways` reads.
 ENCRYPTED_COLUMNS: tuple[str, ...] = (
-    "ip_proto", "first_tcp_flags",
+    "ip_proto", "first_tcp_flags", "truncated_packets",
     *(f"{d}_{s}" for d in ("src2dst", "dst2src")
       for s in ("first_payload_bits", "first_payload_printable", "tls_record_frac")),
 )
@@ -475,12 +475,16 @@ def fully_encrypted_both_ways(table: pa.Table) -> np.ndarray:
     exceptions, so the rule that reads this (``endpoint_context``) runs only after the
     signatures, which name Telegram, and only on endpoints with many flows, which
     BitTorrent's peers rarely have. The SYN must be seen: a stream metered from the
-    middle starts inside a record and looks random whatever it carries.
+    middle starts inside a record and looks random whatever it carries. And no packet
+    may have been cut by the capture's snapshot length: the Telegram signature reads
+    the first 64 payload bytes, and a headers-only capture (docs/model.md, Headers-only
+    captures) hides them from it while a few random bytes still look random.
     """
     c = {name: _col(table, name) for name in ENCRYPTED_COLUMNS}
     flags = np.nan_to_num(c["first_tcp_flags"]).astype(np.int64)
     syn = (c["ip_proto"] == 6) & ~np.isnan(c["first_tcp_flags"]) & ((flags & 0x02) > 0)
-    return syn & np.logical_and.reduce([
+    whole = np.nan_to_num(c["truncated_packets"]) == 0
+    return syn & whole & np.logical_and.reduce([
         looks_random(c[f"{d}_first_payload_bits"], c[f"{d}_first_payload_printable"], c[f"{d}_tls_record_frac"])
         for d in ("src2dst", "dst2src")])
 
