@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= out/report
 
-.PHONY: all venv install run test lint bench bench-registry model lab-train lab-train-plain lab-train-path \
+.PHONY: all venv install run test lint bench bench-registry model model-headers-only lab-train lab-train-plain lab-train-path \
         lab-batch-plain-1 lab-batch-plain-2 lab-batch-plain-3 lab-batch-path-1 lab-batch-path-2 lab-batch-path-3 \
         lab-batch-path-4 lab-batch-path-5 lab-batch-path-6 lab-deps ci-deps clean
 
@@ -67,6 +67,19 @@ model: $(STAMP)
 	  --min-one-way-packets $(MODEL_MIN_ONE_WAY) --fpr-target $(MODEL_FPR) \
 	  --candidates $(MODEL_CANDIDATES) --folds 0 --seed 0 --jobs $(MODEL_JOBS) --name vpnid-default \
 	  -o models/vpnid-default.skops
+
+## The shipped model for headers-only captures (docs/model.md, Headers-only captures): the same
+## captures and recipe, each capture cut to a snapshot length drawn from these, and no augmented
+## copies (without their payload, augmented copies of calls look like tunnels and raised the
+## threshold over most tunnels); ten scenario-grouped folds set its threshold (2 minutes)
+MODEL_SNAPLENS   ?= 60,64,68,80,96,128
+model-headers-only: $(STAMP)
+	@for d in $(filter $(MODEL_LAB)/%,$(MODEL_DATA)); do test -f $$d/MANIFEST.csv || { \
+	  echo "make model-headers-only: no training captures in $$d (no MANIFEST.csv): see make model"; exit 2; }; done
+	$(BIN)/vpnid train $(MODEL_DATA) --augment 0 --snaplen $(MODEL_SNAPLENS) \
+	  --min-tunnel-packets $(MODEL_MIN_PACKETS) --min-one-way-packets $(MODEL_MIN_ONE_WAY) --fpr-target $(MODEL_FPR) \
+	  --candidates $(MODEL_CANDIDATES) --folds 10 --seed 0 --jobs $(MODEL_JOBS) --name vpnid-headers-only \
+	  -o models/vpnid-headers-only.skops
 
 ## The model's training captures (docs/model.md, Training data): every lab scenario but the
 ## held-out ones (`vpnid lab list` marks them). About half of them cross a drawn network path
