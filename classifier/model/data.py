@@ -391,9 +391,10 @@ class Augmentation:
     #: makes many of them 0 must not look like a new kind of traffic.
     tick_ns: int = 0
     #: Snapshot length of the copy, bytes per frame (0: as captured): every frame cut to it,
-    #: its headers kept, as a headers-only capture (``tcpdump -s 96``) keeps them. The
-    #: payload statistics then read a few payload bytes or none, and a model that has
-    #: seen no such flow reads partial statistics as a new kind of traffic.
+    #: its headers kept, as a headers-only capture (``tcpdump -s 96``) keeps them. Never
+    #: drawn: ``load_captures(snaplens=...)`` (``vpnid train --snaplen``) sets it, for a
+    #: model of headers-only captures. Mixed into the default model's copies, cut calls
+    #: became its top out-of-fold non-VPN scores (docs/model.md, Headers-only captures).
     snaplen: int = 0
 
     @classmethod
