@@ -295,12 +295,13 @@ def test_stats_count_what_was_read(tmp_path):
 
 @pytest.mark.parametrize(("snaplen", "cut", "warned"), [
     (14 + 20 + 8 + 64, 0, False),  # every UDP payload keeps its first 64 bytes: nothing to say
-    (14 + 20 + 8 + 63, 2, True),  # the two long payloads lose their 64th byte
-    (96, 2, True),  # a classic headers-only snap length: 54 payload bytes kept
+    (14 + 20 + 8 + 48, 0, False),  # 48 kept: only the tail of the heads is gone
+    (14 + 20 + 8 + 47, 2, True),  # the two long payloads keep 47 bytes
+    (64, 2, True),  # a classic headers-only snap length: 22 payload bytes kept
 ])
 def test_stats_and_warning_for_payloads_cut_by_the_snap_length(tmp_path, capsys, snaplen, cut, warned):
     frames = [(T0, Ether(**MAC) / udp(0, size=200)), (T0 + 1, Ether(**MAC) / udp(0, size=1000)),
-              (T0 + 2, Ether(**MAC) / udp(0, size=30)),  # short: whole even at 96 bytes
+              (T0 + 2, Ether(**MAC) / udp(0, size=20)),  # short: whole even at 64 bytes
               (T0 + 3, Ether(**MAC) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000, dport=53))]  # no payload
     path = tmp_path / "snap.pcap"
     path.write_bytes(pcap_bytes(frames, snaplen=snaplen))
@@ -314,18 +315,18 @@ def test_stats_and_warning_for_payloads_cut_by_the_snap_length(tmp_path, capsys,
             and "snapshot length" in err) == warned
     assert log.exit_status == 0  # a warning: the flows are still whole
     flows = read_flows(path, log=ErrorLog(quiet=True)).to_pylist()
-    assert [f["src2dst_payload_bytes"] for f in flows] == [1230]  # sizes come from the wire lengths
+    assert [f["src2dst_payload_bytes"] for f in flows] == [1220]  # sizes come from the wire lengths
 
 
 def test_cut_payload_warnings_print_five_times_per_run(tmp_path, capsys):
     frames = [(T0 + i, Ether(**MAC) / udp(0, size=300)) for i in range(3)]
     for k in range(7):
-        (tmp_path / f"cut{k}.pcap").write_bytes(pcap_bytes(frames, snaplen=80))
+        (tmp_path / f"cut{k}.pcap").write_bytes(pcap_bytes(frames, snaplen=64))
     log = ErrorLog()
     table = read_flows(tmp_path, log=log)
     assert table.num_rows == 7
     lines = capsys.readouterr().err.splitlines()
-    assert [ln for ln in lines if "snapshot length:" in ln] == lines[:5]
+    assert [ln for ln in lines if "snapshot length cut them" in ln] == lines[:5]
     assert "cut0.pcap" in lines[0] and "cut4.pcap" in lines[4]
     assert lines[5:] == ["vpnid: warning: more inputs with payloads cut by the snapshot length, not shown"]
     assert log.exit_status == 0

@@ -53,8 +53,8 @@ class InputStats:
     not_ip: int = 0
     truncated: int = 0
     malformed: int = 0
-    #: decoded packets that carry payload, and those of them whose snapshot length cut
-    #: the payload before its first PAYLOAD_HEAD_BYTES bytes (or before its end, if shorter)
+    #: decoded packets that carry payload, and those of them whose snapshot length kept
+    #: fewer than CUT_HEAD_BYTES of their payload (fewer than all of it, if shorter)
     payload_packets: int = 0
     payload_cut: int = 0
     linktypes: set[int] = field(default_factory=set)
@@ -206,7 +206,7 @@ def _count(batch: PacketBatch, stats: InputStats, name: str, log: ErrorLog) -> N
     stats.truncated += int(counts[PacketStatus.TRUNCATED])
     carries = (st == PacketStatus.OK) & (batch.cols["payload_len"] > 0)
     stats.payload_packets += int(np.count_nonzero(carries))
-    head = np.minimum(batch.cols["payload_len"], PAYLOAD_HEAD_BYTES)
+    head = np.minimum(batch.cols["payload_len"], CUT_HEAD_BYTES)
     stats.payload_cut += int(np.count_nonzero(carries & (batch.cols["payload_cap"] < head)))
     bad = np.flatnonzero((st == PacketStatus.BAD_IP) | (st == PacketStatus.BAD_L4) | (st == PacketStatus.BAD_LINK))
     stats.malformed += len(bad)
@@ -217,8 +217,12 @@ def _count(batch: PacketBatch, stats: InputStats, name: str, log: ErrorLog) -> N
         log.add(name, None, f"{len(bad) - 50} more malformed packets in this chunk skipped", fatal=False)
 
 
-#: Share of payload-carrying packets cut short of their heads above which a capture is
-#: reported as headers-only.
+#: Payload bytes a packet must keep not to count as cut: three quarters of the heads the
+#: flow engine reads (PAYLOAD_HEAD_BYTES). Tunnel framing reads the first 32 and most
+#: signatures the first 40; a cut beyond 48 takes only the tail of the byte statistics, as
+#: a 128-byte snapshot length does to an IPv4 TCP segment with timestamps (62 bytes kept).
+CUT_HEAD_BYTES = 3 * PAYLOAD_HEAD_BYTES // 4
+#: Share of payload-carrying packets cut short above which a capture is reported as headers-only.
 CUT_PAYLOAD_WARN_SHARE = 0.1
 
 
@@ -232,8 +236,8 @@ def _warn_cut_payloads(stats: InputStats, name: str, log: ErrorLog) -> None:
     """
     if stats.payload_packets and stats.payload_cut > CUT_PAYLOAD_WARN_SHARE * stats.payload_packets:
         log.warn(name, f"{stats.payload_cut / stats.payload_packets:.0%} of the {stats.payload_packets} packets "
-                       f"carrying payload lost part of their first {PAYLOAD_HEAD_BYTES} payload bytes to the capture's "
-                       "snapshot length: payload statistics are partial, signatures and the default model find "
+                       f"carrying payload kept fewer than {CUT_HEAD_BYTES} of their first {PAYLOAD_HEAD_BYTES} "
+                       "payload bytes (the capture's snapshot length cut them): payload statistics are partial, signatures and the default model find "
                        "fewer tunnels; for headers-only captures use --model headers-only "
                        "(docs/model.md, Headers-only captures)", kind="payloads cut by the snapshot length")
 
