@@ -157,6 +157,17 @@ def test_cli_batch_with_registry(pieces, tmp_path: Path, capsys) -> None:
     assert table.column_names == CLASSIFY_SCHEMA.names + [f.name for f in REGISTRY_FIELDS]
 
 
+def test_cli_batch_takes_a_shipped_model_by_name(pieces, tmp_path: Path) -> None:
+    from classifier.model.model import shipped_model_path
+
+    out = tmp_path / "ds"
+    assert main(["batch", str(pieces[0]), "-o", str(out), "--scheduler", "inline", "--model", "headers-only"]) == 0
+    settings = json.loads((out / "_manifest.json").read_text())["settings"]
+    assert settings["model"]["path"] == str(shipped_model_path("headers-only").resolve())
+    assert main(["batch", str(pieces[0]), "-o", str(tmp_path / "o2"), "--scheduler", "inline",
+                 "--model", "no-such-model"]) == 2
+
+
 def test_cli_reports_bad_input_with_file_and_offset(tmp_path: Path, capsys, pieces) -> None:
     bad = tmp_path / "broken.pcap"
     bad.write_bytes(b"this is not a capture at all")

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="'local' (default): a process pool on this machine; or a Dask scheduler address")
     p.add_argument("--workers", type=int, metavar="N",
                    help="local: pool size (default: CPU count); cluster: wait for N workers")
-    p.add_argument("--model", metavar="FILE", help="model file (default: the shipped model, if present)")
+    p.add_argument("--model", metavar="FILE", help="model file, or a shipped model by name: 'default' or "
+                                                 "'headers-only' (default: the shipped default model, if present)")
     p.add_argument("--no-model", action="store_true", help="signatures only")
     p.add_argument("--no-signatures", action="store_true", help="model only")
     p.add_argument("--no-endpoint-context", action="store_true",
@@ -47,9 +48,12 @@ def run(args: argparse.Namespace) -> int:
     if args.model and args.no_model:
         raise UsageError("--model and --no-model exclude each other")
     if args.model:
-        if not Path(args.model).is_file():
+        from classifier.model.model import model_path as resolve_model
+
+        chosen = resolve_model(args.model)
+        if not chosen.is_file():
             raise UsageError(f"--model {args.model}: no such file")
-        model_path = str(Path(args.model).resolve())
+        model_path = str(chosen.resolve())
     elif not args.no_model:
         from classifier.model import default_model_path
 
