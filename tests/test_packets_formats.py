@@ -332,6 +332,26 @@ def test_cut_payload_warnings_print_five_times_per_run(tmp_path, capsys):
     assert log.exit_status == 0
 
 
+def test_transport_headers_cut_by_the_snap_length_are_reported(tmp_path, capsys):
+    """At 64 bytes a frame, TCP over IPv6 (14 + 40 + 20 bytes of headers) keeps no whole TCP header:
+    those packets belong to no flow, and the reader says how many."""
+    from scapy.layers.inet6 import IPv6
+
+    v6 = [(T0 + i, Ether(**MAC) / IPv6(src="2001:db8::1", dst="2001:db8::2") / TCP(sport=1, dport=2, flags="A")
+           / Raw(b"x" * 100)) for i in range(4)]
+    v4 = [(T0 + 10 + i, Ether(**MAC) / udp(0, size=10)) for i in range(4)]
+    path = tmp_path / "v6.pcap"
+    path.write_bytes(pcap_bytes(v6 + v4, snaplen=64))
+    stats = InputStats(str(path))
+    log = ErrorLog()
+    list(iter_packet_batches(path, log, stats))
+    assert stats.truncated == 4
+    err = capsys.readouterr().err
+    assert "4 of the 8 packets lost part of their transport headers" in err and str(path) in err
+    assert read_flows(path, log=ErrorLog(quiet=True)).num_rows == 1  # only the UDP flow
+    assert log.exit_status == 0
+
+
 def test_input_paths_may_be_pathlike(tmp_path):
     p = tmp_path / "p.pcap"
     p.write_bytes(pcap_bytes([(T0, Ether(**MAC) / udp(0))]))

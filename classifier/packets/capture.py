@@ -177,7 +177,7 @@ def iter_packet_batches(
         for batch in reader:
             _count(batch, stats, name, log)
             yield batch
-        _warn_cut_payloads(stats, name, log)
+        _warn_cut_by_snaplen(stats, name, log)
         if src.error is not None and stats.ok:  # the damage fell on a record boundary
             log.add(name, src.base + src.end, f"compressed data is cut or corrupt: {src.error}")
             stats.ok = False
@@ -224,22 +224,31 @@ def _count(batch: PacketBatch, stats: InputStats, name: str, log: ErrorLog) -> N
 CUT_HEAD_BYTES = 3 * PAYLOAD_HEAD_BYTES // 4
 #: Share of payload-carrying packets cut short above which a capture is reported as headers-only.
 CUT_PAYLOAD_WARN_SHARE = 0.1
+#: Share of packets whose transport headers were cut (no flow) above which a capture is
+#: reported: lower, since those packets are lost to every stage, not only to the byte statistics.
+CUT_HEADERS_WARN_SHARE = 0.01
 
 
-def _warn_cut_payloads(stats: InputStats, name: str, log: ErrorLog) -> None:
-    """Say so when the snapshot length kept too little payload for the flows' payload statistics.
+def _warn_cut_by_snaplen(stats: InputStats, name: str, log: ErrorLog) -> None:
+    """Say so when the snapshot length kept too little of the packets for what reads them.
 
-    Why a warning and not an error: flows, sizes and timing are whole; only the statistics
-    read from the first payload bytes (randomness, TLS records, tunnel framing) are
-    partial, and the model finds fewer tunnels when they are (docs/model.md,
-    Headers-only captures).
+    Why warnings and not errors: a capture made so is what its maker asked for. Cut
+    payloads leave flows, sizes and timing whole and only the statistics read from the
+    first payload bytes (randomness, TLS records, tunnel framing) partial, so the default
+    model finds fewer tunnels (docs/model.md, Headers-only captures). Cut transport headers
+    (IPv6 TCP needs 74 bytes a frame, IPv4 TCP 54) leave a packet with no flow at all.
     """
     if stats.payload_packets and stats.payload_cut > CUT_PAYLOAD_WARN_SHARE * stats.payload_packets:
         log.warn(name, f"{stats.payload_cut / stats.payload_packets:.0%} of the {stats.payload_packets} packets "
                        f"carrying payload kept fewer than {CUT_HEAD_BYTES} of their first {PAYLOAD_HEAD_BYTES} "
-                       "payload bytes (the capture's snapshot length cut them): payload statistics are partial, signatures and the default model find "
-                       "fewer tunnels; for headers-only captures use --model headers-only "
-                       "(docs/model.md, Headers-only captures)", kind="payloads cut by the snapshot length")
+                       "payload bytes (the capture's snapshot length cut them): payload statistics are partial, "
+                       "signatures and the default model find fewer tunnels; for headers-only captures use "
+                       "--model headers-only (docs/model.md, Headers-only captures)",
+                 kind="payloads cut by the snapshot length")
+    if stats.packets and stats.truncated > CUT_HEADERS_WARN_SHARE * stats.packets:
+        log.warn(name, f"{stats.truncated} of the {stats.packets} packets lost part of their transport headers to "
+                       "the capture's snapshot length and belong to no flow (TCP over IPv6 needs 74 bytes a frame, "
+                       "over IPv4 54)", kind="transport headers cut by the snapshot length")
 
 
 def _decode(src: _Source, n: int, scanned: dict[str, np.ndarray]) -> PacketBatch:
