@@ -359,3 +359,18 @@ def test_sensor_keeps_what_it_captured_when_the_interface_goes_away(tmp_path: Pa
     table = pq.read_table(next((tmp_path / "out").glob("*.parquet")))
     assert table.column("packets").to_pylist() == expect.column("packets").to_pylist()
     assert table.column("end_reason").to_pylist() == ["eof"] and expect.num_rows == 1
+
+
+@pytest.mark.parametrize(("snaplen", "model", "warned"), [
+    (64, "default", True), (113, "default", True), (114, "default", False), (262144, "default", False),
+    (64, "headers-only", False), (64, None, False),
+])
+def test_a_short_snaplen_with_a_whole_frame_model_is_warned_about(capsys, snaplen, model, warned):
+    """Live frames do not pass the file reader's count of cut payloads: the sensor judges --snaplen itself."""
+    from classifier.cli.live import _warn_short_snaplen
+    from classifier.errors import ErrorLog
+    from classifier.model import load_model
+
+    _warn_short_snaplen(snaplen, load_model(model) if model else None, ErrorLog())
+    err = capsys.readouterr().err
+    assert (f"--snaplen {snaplen}" in err and "--model headers-only" in err) == warned

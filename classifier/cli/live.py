@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import argparse
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from classifier.errors import ErrorLog
+    from classifier.model import VpnModel
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -66,6 +71,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _warn_short_snaplen(snaplen: int, model: VpnModel | None, notes: ErrorLog) -> None:
+    """``--snaplen`` too short for the payload statistics, with a model trained on whole frames: say so.
+
+    A live capture does not go through the file reader's count of cut payloads, so the
+    sensor judges the snapshot length it was given: an IPv4 TCP segment with timestamps
+    (14 + 20 + 32 bytes of headers) must keep CUT_HEAD_BYTES of payload.
+    """
+    from classifier.packets.capture import CUT_HEAD_BYTES
+
+    short = snaplen < 14 + 20 + 32 + CUT_HEAD_BYTES
+    whole_frames = model is not None and not ((model.card or {}).get("training_data") or {}).get("snaplen")
+    if short and whole_frames:
+        notes.warn(f"--snaplen {snaplen}", f"TCP segments keep fewer than {CUT_HEAD_BYTES} payload bytes: payload "
+                                           "statistics are partial, signatures and this model find fewer tunnels; "
+                                           "use --model headers-only (docs/model.md, Headers-only captures)")
+
+
 def run(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
@@ -91,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
         registry = Registry.load(args.registry, log=notes)
     model = load_model_option(args.model, args.no_model, notes.warn)
+    _warn_short_snaplen(args.snaplen, model, notes)
     label = LabelOptions(signatures=True, model=model, registry=registry,
                          endpoint_context=not args.no_endpoint_context)
     capture = CaptureOptions(interface=args.interface, bpf=args.bpf, snaplen=args.snaplen,
