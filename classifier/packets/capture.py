@@ -242,8 +242,8 @@ def _warn_cut_by_snaplen(stats: InputStats, name: str, log: ErrorLog) -> None:
         log.warn(name, f"{stats.payload_cut / stats.payload_packets:.0%} of the {stats.payload_packets} packets "
                        f"carrying payload kept fewer than {CUT_HEAD_BYTES} of their first {PAYLOAD_HEAD_BYTES} "
                        "payload bytes (the capture's snapshot length cut them): payload statistics are partial, "
-                       "signatures and the default model find fewer tunnels; for headers-only captures use "
-                       "--model headers-only (docs/model.md, Headers-only captures)",
+                       "signatures see less and the default model finds fewer tunnels; --model headers-only is "
+                       "trained for such captures (docs/model.md, Headers-only captures)",
                  kind="payloads cut by the snapshot length")
     if stats.packets and stats.truncated > CUT_HEADERS_WARN_SHARE * stats.packets:
         log.warn(name, f"{stats.truncated} of the {stats.packets} packets lost part of their transport headers to "
