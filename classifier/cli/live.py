@@ -80,7 +80,8 @@ def _warn_short_snaplen(snaplen: int, model: VpnModel | None, notes: ErrorLog) -
     """
     from classifier.packets.capture import CUT_HEAD_BYTES
 
-    short = snaplen < 14 + 20 + 32 + CUT_HEAD_BYTES
+    ethernet_ipv4_tcp_timestamps = 14 + 20 + 32
+    short = snaplen < ethernet_ipv4_tcp_timestamps + CUT_HEAD_BYTES
     whole_frames = model is not None and not ((model.card or {}).get("training_data") or {}).get("snaplen")
     if short and whole_frames:
         notes.warn(f"--snaplen {snaplen}", f"TCP segments keep fewer than {CUT_HEAD_BYTES} payload bytes: payload "

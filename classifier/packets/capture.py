@@ -224,7 +224,7 @@ def _count(batch: PacketBatch, stats: InputStats, name: str, log: ErrorLog) -> N
 CUT_HEAD_BYTES = 3 * PAYLOAD_HEAD_BYTES // 4
 #: Share of payload-carrying packets cut short above which a capture is reported as headers-only.
 CUT_PAYLOAD_WARN_SHARE = 0.1
-#: Share of packets whose transport headers were cut (no flow) above which a capture is
+#: Share of packets whose IP or transport headers were cut (no flow) above which a capture is
 #: reported: lower, since those packets are lost to every stage, not only to the byte statistics.
 CUT_HEADERS_WARN_SHARE = 0.01
 
@@ -235,8 +235,8 @@ def _warn_cut_by_snaplen(stats: InputStats, name: str, log: ErrorLog) -> None:
     Why warnings and not errors: a capture made so is what its maker asked for. Cut
     payloads leave flows, sizes and timing whole and only the statistics read from the
     first payload bytes (randomness, TLS records, tunnel framing) partial, so the default
-    model finds fewer tunnels (docs/model.md, Headers-only captures). Cut transport headers
-    (IPv6 TCP needs 74 bytes a frame, IPv4 TCP 54) leave a packet with no flow at all.
+    model finds fewer tunnels (docs/model.md, Headers-only captures). Cut IP or transport
+    headers (IPv6 TCP needs 74 bytes a frame, IPv4 TCP 54) leave a packet with no flow at all.
     """
     if stats.payload_packets and stats.payload_cut > CUT_PAYLOAD_WARN_SHARE * stats.payload_packets:
         log.warn(name, f"{stats.payload_cut / stats.payload_packets:.0%} of the {stats.payload_packets} packets "
@@ -246,9 +246,9 @@ def _warn_cut_by_snaplen(stats: InputStats, name: str, log: ErrorLog) -> None:
                        "trained for such captures (docs/model.md, Headers-only captures)",
                  kind="payloads cut by the snapshot length")
     if stats.packets and stats.truncated > CUT_HEADERS_WARN_SHARE * stats.packets:
-        log.warn(name, f"{stats.truncated} of the {stats.packets} packets lost part of their transport headers to "
+        log.warn(name, f"{stats.truncated} of the {stats.packets} packets lost part of the headers a flow needs to "
                        "the capture's snapshot length and belong to no flow (TCP over IPv6 needs 74 bytes a frame, "
-                       "over IPv4 54)", kind="transport headers cut by the snapshot length")
+                       "over IPv4 54)", kind="headers cut by the snapshot length")
 
 
 def _decode(src: _Source, n: int, scanned: dict[str, np.ndarray]) -> PacketBatch:
