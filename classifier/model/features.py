@@ -319,8 +319,7 @@ def feature_matrix(table: pa.Table) -> np.ndarray:
     f["ack_frac"] = _div(c["tcp_ack"], pk)
     f["psh_frac"] = _div(c["tcp_psh"], pk)
     f["urg_ecn_frac"] = _div(c["tcp_urg"] + c["tcp_ece"] + c["tcp_cwr"], pk)
-    flags = c["first_tcp_flags"]
-    f["starts_with_syn"] = np.where(np.isnan(flags), 0.0, (np.nan_to_num(flags).astype(np.int64) & 0x02) > 0)
+    f["starts_with_syn"] = starts_with_syn(c["first_tcp_flags"]).astype(float)
     f.update(_early(table, extra))
     f.update(_bursts(table, payload))
     f.update(_rhythm(table, c))
@@ -449,6 +448,15 @@ def _bytes(c: dict[str, np.ndarray], start_seen: np.ndarray) -> dict[str, np.nda
     return f
 
 
+def starts_with_syn(first_tcp_flags: np.ndarray) -> np.ndarray:
+    """Flows whose first packet is a TCP SYN, from ``first_tcp_flags`` (NaN: not TCP, or unknown).
+
+    Why it matters: only then was the flow's start seen, and its first payload is the
+    protocol's first message rather than the middle of a stream.
+    """
+    return (np.nan_to_num(first_tcp_flags).astype(np.int64) & 0x02) > 0
+
+
 def looks_random(bits: np.ndarray, printable: np.ndarray, tls_frac: np.ndarray) -> np.ndarray:
     """A first payload that looks random: set bits per byte near 4, mostly not printable, no TLS record.
 
@@ -481,8 +489,7 @@ def fully_encrypted_both_ways(table: pa.Table) -> np.ndarray:
     captures) hides them from it while a few random bytes still look random.
     """
     c = {name: _col(table, name) for name in ENCRYPTED_COLUMNS}
-    flags = np.nan_to_num(c["first_tcp_flags"]).astype(np.int64)
-    syn = (c["ip_proto"] == 6) & ~np.isnan(c["first_tcp_flags"]) & ((flags & 0x02) > 0)
+    syn = (c["ip_proto"] == 6) & starts_with_syn(c["first_tcp_flags"])
     whole = np.nan_to_num(c["truncated_packets"]) == 0
     return syn & whole & np.logical_and.reduce([
         looks_random(c[f"{d}_first_payload_bits"], c[f"{d}_first_payload_printable"], c[f"{d}_tls_record_frac"])
