@@ -42,6 +42,7 @@ from classifier.lab.manifest import (
 )
 from classifier.lab.netns import NS_PREFIX, LabError, Proc, run_tag
 from classifier.lab.runner import (
+    OFFLOADS_NOTE,
     capture_notes,
     check_environment,
     count_pcap,
@@ -452,6 +453,33 @@ def test_traffic_option_is_checked(tmp_path: Path) -> None:
         parse_kinds("bulk,nope")
     res = _vpnid("lab", "capture", "wireguard", "--traffic", "nope", "-o", str(tmp_path), check=False)
     assert res.returncode == 2 and "unknown kind nope" in res.stderr
+
+
+def test_offloads_need_the_plain_link_and_say_so_in_the_notes(tmp_path: Path) -> None:
+    res = _vpnid("lab", "capture", "http", "--offloads", "--path", "delay=10", "-o", str(tmp_path), check=False)
+    assert res.returncode == 2 and "--offloads needs the plain veth pair" in res.stderr
+    http = all_scenarios()["http"]
+    assert capture_notes(http, TrafficProfile(), offloads=True) == f"{http.notes}; {OFFLOADS_NOTE}"
+    assert capture_notes(http, TrafficProfile()) == http.notes
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(120)
+def test_a_capture_with_offloads_holds_a_hosts_super_packets(tmp_path: Path) -> None:
+    """``--offloads``: TCP data in packets larger than the link's MTU, as a capture made on a host
+    shows it; the same scenario without it stays within the MTU."""
+    import dpkt
+
+    _skip_unless_lab((*LAB_SCENARIOS, "http-bulk"))
+    largest = {}
+    for option in ("--offloads", "--no-vary"):
+        out = tmp_path / option.strip("-")
+        rows = _capture_ok(out, 100, "http-bulk", "--duration", "2", option)
+        assert rows["http-bulk"].notes.endswith(OFFLOADS_NOTE) == (option == "--offloads")
+        sizes = [dpkt.ethernet.Ethernet(buf).data.len for _ts, buf in _frames(out / rows["http-bulk"].file)
+                 if dpkt.ethernet.Ethernet(buf).type == dpkt.ethernet.ETH_TYPE_IP]
+        largest[option] = max(sizes)
+    assert largest["--no-vary"] <= 1500 < 8000 < largest["--offloads"] <= 65535, largest
 
 
 def test_concurrent_manifest_updates_lose_no_rows(tmp_path: Path) -> None:

@@ -55,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cap.add_argument("--tap", choices=TAPS, default="server",
                      help="capture on the server's veth (default) or the client's: over a --path, the end "
                           "of the path the capture sees it from")
+    cap.add_argument("--offloads", action="store_true",
+                     help="keep the hosts' TCP segmentation offloads on: the capture holds the coalesced "
+                          "super-packets (up to 64 KB) that a capture made on an end host holds, instead of "
+                          "wire-sized frames; plain veth pair only (not with --path)")
     cap.add_argument("--keep-going", action="store_true",
                      help="continue with the next scenario when one fails (exit status 1 at the end)")
     cap.add_argument("--keep-workdir", action="store_true",
@@ -185,6 +189,9 @@ def run_capture(args: argparse.Namespace) -> int:
         raise UsageError("--first-index must be at least 1, and the last capture's number at most 99")
     requested = parse_kinds(args.traffic)
     fixed_path, path_rng = parse_path(args.path, args.seed)
+    if args.offloads and args.path is not None:
+        raise UsageError("--offloads needs the plain veth pair: a --path's delay line forwards frames of at "
+                         "most the MTU")
     scenarios = select(args.scenarios)
     check_environment(scenarios)
     vary = args.vary if args.vary is not None else args.repeat > 1
@@ -202,7 +209,8 @@ def run_capture(args: argparse.Namespace) -> int:
                 profile = choose_profile(scn, requested, vary, rng, plan[k - 1])
                 path = PathConditions.draw(path_rng) if path_rng is not None else fixed_path
                 row = run_scenario(scn, out, args.duration, file_name=name, keep_workdir=args.keep_workdir,
-                                   profile=profile, path=path, tap=args.tap)
+                                   profile=profile, path=path, tap=args.tap,
+                                   offloads=args.offloads)
             except VpnidError as exc:
                 if not args.keep_going:
                     raise

@@ -164,11 +164,21 @@ class Lab:
     that is more than an MTU, the pair becomes two pairs through a third namespace
     (``path_ns``) where a delay line (lab/delayline.py) bridges them with that path's delay,
     loss and rate; the hosts see one Ethernet segment either way.
+
+    Segmentation offloads are off, so frames are at most the MTU as on a wire; with
+    ``offloads`` they stay on and the capture holds what a capture on an end host holds:
+    TCP segments coalesced into super-packets of up to 64 KB (a host's NIC segments what it
+    sends after the tap, and merges what it receives before it). Only the plain veth pair
+    can carry them: the delay line forwards frames of at most the MTU.
     """
 
-    def __init__(self, n: int, keep_workdir: bool = False, path: PathConditions | None = None) -> None:
+    def __init__(self, n: int, keep_workdir: bool = False, path: PathConditions | None = None,
+                 offloads: bool = False) -> None:
         if not 1 <= n <= 254:
             raise LabError(f"scenario number {n} outside 1..254")
+        if offloads and path is not None and not path.ideal:
+            raise LabError("segmentation offloads need the plain veth pair: the delay line of a path "
+                           "forwards frames of at most the MTU")
         self.n = n
         #: Names what this process creates (namespaces, work directory, interfaces), so
         #: concurrent runs never collide and each run's leftovers can be told apart.
@@ -176,6 +186,7 @@ class Lab:
         self.server = f"{NS_PREFIX}{n}-{self.tag}-s"
         self.client = f"{NS_PREFIX}{n}-{self.tag}-c"
         self.path = path or PathConditions()
+        self.offloads = offloads
         self.path_ns = f"{NS_PREFIX}{n}-{self.tag}-p"
         self.procs: list[Proc] = []
         self.cleanups: list[Callable[[], object]] = []
@@ -236,14 +247,20 @@ class Lab:
             self.wait_for("the delay line to forward", lambda: "forwarding" in line.tail(3), 10, [line])
 
     def _link_up(self, ns: str, dev: str) -> None:
-        """Bring ``dev`` up without segmentation offloads.
+        """Bring ``dev`` up without segmentation offloads (unless the lab keeps them).
 
         The capture then holds wire-sized packets (at most the MTU), as on a real link, instead
         of 64 KB super-segments. UDP segmentation is a flag of its own: without it, QUIC stacks
-        that batch datagrams (UDP_SEGMENT) showed up as 65,000-byte datagrams.
+        that batch datagrams (UDP_SEGMENT) showed up as 65,000-byte datagrams. With
+        ``offloads`` the TCP ones stay on (a host capture's super-packets) and UDP
+        segmentation is still cleared: only some QUIC stacks batch datagrams, and a capture of
+        tunnels made on a host should differ from a wire's in what every host does.
         """
-        self.exec_host(ns, ["ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off",
-                            "tx-udp-segmentation", "off"])
+        if self.offloads:
+            self.exec_host(ns, ["ethtool", "-K", dev, "tx-udp-segmentation", "off"])
+        else:
+            self.exec_host(ns, ["ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off",
+                                "tx-udp-segmentation", "off"])
         self.exec_host(ns, ["ip", "link", "set", dev, "up"])
 
     def close(self) -> None:

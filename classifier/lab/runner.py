@@ -92,17 +92,24 @@ def effective_profile(scenario: Scenario, profile: TrafficProfile | None) -> Tra
     return profile
 
 
+#: The manifest's words for a capture made with the hosts' segmentation offloads on.
+OFFLOADS_NOTE = "segmentation offloads on (TCP super-packets, as captured on a host)"
+
+
 def capture_notes(scenario: Scenario, profile: TrafficProfile, path: PathConditions | None = None,
-                  tap: str = "server") -> str:
+                  tap: str = "server", offloads: bool = False) -> str:
     """Manifest notes of one capture: the scenario's, plus the inner traffic when it is not the
     default (so the committed samples' rows equal the registry's notes), plus the network path
-    when it is not the plain veth pair, plus the tap when it is not the server's."""
+    when it is not the plain veth pair, plus the tap when it is not the server's, plus the
+    offloads when they were kept."""
     parts = [_traffic_notes(scenario, profile)]
     if not scenario.crafted:  # crafted captures have no link and no tap
         if path is not None and path != PathConditions():
             parts.append(path.describe())
         if tap == "client":
             parts.append("captured at the client")
+        if offloads:
+            parts.append(OFFLOADS_NOTE)
     return "; ".join(part for part in parts if part)
 
 
@@ -117,7 +124,7 @@ def _traffic_notes(scenario: Scenario, profile: TrafficProfile) -> str:
 def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float = DEFAULT_DURATION,
                  file_name: str | None = None, keep_workdir: bool = False,
                  profile: TrafficProfile | None = None, path: PathConditions | None = None,
-                 tap: str = "server") -> ManifestRow:
+                 tap: str = "server", offloads: bool = False) -> ManifestRow:
     """Make one capture of ``scenario`` into ``outdir``; return its manifest row.
 
     The capture appears in ``outdir`` only when the run succeeded (written atomically);
@@ -128,12 +135,13 @@ def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float 
     from the default, the manifest notes say which kind and parameters were used. ``path``
     puts a network path (delay, loss, rate, MTU; lab/delayline.py) between the two hosts;
     crafted scenarios have no hosts and ignore it. ``tap`` is the host whose veth is captured
-    (``TAPS``): over a path, the end it is seen from.
+    (``TAPS``): over a path, the end it is seen from. ``offloads`` keeps the hosts' TCP
+    segmentation offloads on (``Lab``), so the capture holds a host capture's super-packets.
     """
     if tap not in TAPS:
         raise LabError(f"unknown tap {tap!r}; known: {', '.join(TAPS)}")
     profile = effective_profile(scenario, profile)
-    notes = capture_notes(scenario, profile, path, tap)
+    notes = capture_notes(scenario, profile, path, tap, offloads)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     name = file_name or f"{scenario.name}.pcap"
@@ -142,7 +150,7 @@ def run_scenario(scenario: Scenario, outdir: str | os.PathLike, duration: float 
         with atomic_path(target) as tmp:
             scenario.craft(tmp, scenario.number, duration, profile.seed)  # type: ignore[misc]
     else:
-        with Lab(scenario.number, keep_workdir=keep_workdir, path=path) as lab:
+        with Lab(scenario.number, keep_workdir=keep_workdir, path=path, offloads=offloads) as lab:
             session = Session(lab, scenario, duration, lab.workdir / "capture.pcap",
                               profile=profile, tap=tap)
             if not scenario.midflow:

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from classifier.errors import ErrorLog, UsageError
 from classifier.flows.schema import FLOW_SCHEMA
+from classifier.model.coalesce import coalesce_segments
 
 #: Ports of incidental traffic in public captures marked as VPN (DNS, DHCP, NTP, NetBIOS, SSDP, LLMNR, mDNS).
 INCIDENTAL_PORTS = frozenset({53, 67, 68, 123, 137, 138, 139, 1900, 5353, 5355})
@@ -396,6 +397,12 @@ class Augmentation:
     #: model of headers-only captures. Mixed into the default model's copies, cut calls
     #: became its top out-of-fold non-VPN scores (docs/model.md, Headers-only captures).
     snaplen: int = 0
+    #: TCP segments of the copy merged as a capture made on an end host shows them (segmentation
+    #: and receive offloads, ``coalesce.py``), when they came at most this far apart, ns (0: as
+    #: captured). Never drawn: ``load_captures(coalesce_ns=...)`` (``vpnid evaluate
+    #: --host-capture``) sets it. Drawn for one copy in four, it cost the default model flows
+    #: on host captures and on the wire alike (docs/model.md, Captures made on a host).
+    coalesce_ns: int = 0
 
     @classmethod
     def draw(cls, rng: np.random.Generator) -> Augmentation:
@@ -414,6 +421,7 @@ class Augmentation:
                 f"window={self.start:.2f}-{self.stop:.2f}")
         text += f" one-way={'low->high' if self.one_way == 1 else 'high->low'}" if self.one_way else ""
         text += f" tick={self.tick_ns / 1e6:g}ms" if self.tick_ns else ""
+        text += f" coalesced={self.coalesce_ns / 1e3:g}us" if self.coalesce_ns else ""
         return text + (f" snaplen={self.snaplen}" if self.snaplen else "")
 
 
@@ -468,23 +476,39 @@ class _PacketTransform:
         idx = np.flatnonzero(keep)
         cols = {k: v[idx] for k, v in batch.cols.items()}
         cols["ts"] = new_ts[idx]
-        if self.aug.snaplen:
-            cut_frames(cols, self.aug.snaplen)
-        return PacketBatch(batch.buf, cols, len(idx))
+        cols = _as_captured(cols, self.aug.snaplen, self.aug.coalesce_ns)
+        return PacketBatch(batch.buf, cols, len(cols["ts"]))
 
 
-class _CutFrames:
-    """Cuts every frame of a capture's packet batches to one snapshot length (``cut_frames``), nothing else."""
+class _CaptureAs:
+    """A capture's packet batches as another capture point would have recorded them, nothing else.
 
-    def __init__(self, snaplen: int) -> None:
-        self.snaplen = snaplen
+    ``coalesce_ns``: TCP segments merged as on a host (``coalesce_segments``); ``snaplen``:
+    every frame cut to that snapshot length (``cut_frames``). 0 leaves either as captured.
+    """
+
+    def __init__(self, snaplen: int = 0, coalesce_ns: int = 0) -> None:
+        self.snaplen, self.coalesce_ns = snaplen, coalesce_ns
 
     def __call__(self, batch):
         from classifier.packets.batch import PacketBatch
 
-        cols = dict(batch.cols)
-        cut_frames(cols, self.snaplen)
-        return PacketBatch(batch.buf, cols, batch.n)
+        # coalescing changes columns in place: the batch's own stay as read
+        cols = {k: v.copy() for k, v in batch.cols.items()} if self.coalesce_ns else dict(batch.cols)
+        cols = _as_captured(cols, self.snaplen, self.coalesce_ns)
+        return PacketBatch(batch.buf, cols, len(cols["ts"]))
+
+
+def _as_captured(cols: dict[str, np.ndarray], snaplen: int, coalesce_ns: int) -> dict[str, np.ndarray]:
+    """Decoded columns (the caller's to change) as a host (``coalesce_ns``) and a snapshot length
+    (``snaplen``) would have captured them; 0 leaves either as it was. Merging comes first: a
+    host cuts its super-packets to its snapshot length."""
+    if coalesce_ns:
+        rows = coalesce_segments(cols, coalesce_ns)
+        cols = {k: v[rows] for k, v in cols.items()}
+    if snaplen:
+        cut_frames(cols, snaplen)
+    return cols
 
 
 def cut_frames(cols: dict[str, np.ndarray], snaplen: int) -> None:
@@ -551,13 +575,16 @@ def _draw_snaplen(rng: np.random.Generator, snaplens: tuple[int, ...]) -> int:
 
 def load_captures(paths: list[str], truth: dict[str, Truth], augment: int = 0, seed: int = 0,
                   log: ErrorLog | None = None, config=None, say: Callable[[str], None] | None = None,
-                  signatures: bool = False, snaplens: tuple[int, ...] = ()) -> LabeledFlows:
+                  signatures: bool = False, snaplens: tuple[int, ...] = (), coalesce_ns: int = 0) -> LabeledFlows:
     """Meter captures, label their flows by the manifest, and add ``augment`` augmented copies each.
 
     ``signatures`` also keeps what the signature stage says of every row (``LabeledFlows.signature``).
     ``snaplens``: every capture and every copy is metered as if captured with a snapshot
     length drawn from these (a headers-only capture; docs/model.md, Headers-only captures),
     from a generator of its own, so the augmentation draws stay those without it.
+    ``coalesce_ns``: every capture and copy metered as if captured on one of its hosts, TCP
+    segments that came at most this far apart merged (``coalesce.py``; ``vpnid evaluate
+    --host-capture``).
     """
     log = log if log is not None else ErrorLog()
     say = say or (lambda _m: None)
@@ -573,11 +600,14 @@ def load_captures(paths: list[str], truth: dict[str, Truth], augment: int = 0, s
         rng = np.random.default_rng([seed, name_key])
         cut_rng = np.random.default_rng([seed, name_key, 1])
         first = _draw_snaplen(cut_rng, snaplens)
-        variants: list[tuple[str, Callable | None]] = [("original", _CutFrames(first) if first else None)]
+        as_captured = _CaptureAs(first, coalesce_ns) if first or coalesce_ns else None
+        variants: list[tuple[str, Callable | None]] = [("original", as_captured)]
         if augment:
             total = _count_packets(path, log)
             for k in range(augment):
                 aug = replace(Augmentation.draw(rng), snaplen=_draw_snaplen(cut_rng, snaplens))
+                if coalesce_ns:
+                    aug = replace(aug, coalesce_ns=coalesce_ns)
                 variants.append((f"augmented-{k} {aug.describe()}", _PacketTransform(aug, total, rng)))
         vpn_rows = 0
         for variant, transform in variants:
@@ -598,7 +628,8 @@ def load_captures(paths: list[str], truth: dict[str, Truth], augment: int = 0, s
         parts[-1].inputs.append({"path": path, "kind": "capture", "sha256": sha256_file(path),
                                  "vpn": t.vpn, "protocol": t.protocol, "flows": orig_flows,
                                  "vpn_flows": vpn_rows, "augmented_copies": augment,
-                                 **({"snaplen": first} if snaplens else {})})
+                                 **({"snaplen": first} if snaplens else {}),
+                                 **({"coalesce_ns": coalesce_ns} if coalesce_ns else {})})
     return LabeledFlows.concat(parts) if parts else LabeledFlows.concat([])
 
 
@@ -614,7 +645,7 @@ def _is_parquet(path: Path) -> bool:
 
 def load_labeled(inputs: Iterable[str], manifest: str | None = None, augment: int = 0, seed: int = 0,
                  log: ErrorLog | None = None, config=None, say: Callable[[str], None] | None = None,
-                 signatures: bool = False, snaplens: tuple[int, ...] = ()) -> LabeledFlows:
+                 signatures: bool = False, snaplens: tuple[int, ...] = (), coalesce_ns: int = 0) -> LabeledFlows:
     """Everything ``vpnid train`` / ``vpnid evaluate`` accept as labeled input, as one LabeledFlows.
 
     Inputs: flow Parquet files with labels; MANIFEST.csv files (all their captures);
@@ -623,7 +654,8 @@ def load_labeled(inputs: Iterable[str], manifest: str | None = None, augment: in
 
     ``signatures`` keeps the signature stage's verdict of every row as well; it needs
     captures, since a flow table in Parquet keeps no payload heads. So does ``snaplens``
-    (``load_captures``): a flow table's payload statistics are computed already.
+    (``load_captures``): a flow table's payload statistics are computed already, and so does
+    ``coalesce_ns``: its packets are counted already.
     """
     from classifier.flows.api import expand_inputs
 
@@ -642,6 +674,9 @@ def load_labeled(inputs: Iterable[str], manifest: str | None = None, augment: in
             if snaplens:
                 raise UsageError(f"{item}: a flow table's payload statistics are computed already, so it cannot "
                                  "be cut to a snapshot length; give the captures and their manifest")
+            if coalesce_ns:
+                raise UsageError(f"{item}: a flow table's packets are counted already, so it cannot be read as "
+                                 "a host's capture; give the captures and their manifest")
             parts.append(load_parquet(str(p)))
             continue
         if p.is_file() and p.suffix.lower() == ".csv":
@@ -667,7 +702,8 @@ def load_labeled(inputs: Iterable[str], manifest: str | None = None, augment: in
     seen: set[str] = set()
     unique = [c for c in captures if not (str(Path(c).resolve()) in seen or seen.add(str(Path(c).resolve())))]
     if unique:
-        parts.append(load_captures(unique, truth, augment, seed, log, config, say, signatures, snaplens))
+        parts.append(load_captures(unique, truth, augment, seed, log, config, say, signatures, snaplens,
+                                   coalesce_ns))
     if not parts:
         raise UsageError("no labeled input: give flow Parquet files with a label column, or captures and a manifest")
     out = LabeledFlows.concat(parts)
