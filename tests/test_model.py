@@ -460,6 +460,8 @@ def test_shipped_models_by_name(tmp_path, monkeypatch):
     assert model_path(None) == shipped_model_path("default")
     assert model_path("headers-only") == shipped_model_path("headers-only")
     assert shipped_model_path("headers-only").name == "vpnid-headers-only.skops"
+    assert model_path("host-capture") == shipped_model_path("host-capture")
+    assert shipped_model_path("host-capture").name == "vpnid-host-capture.skops"
     monkeypatch.chdir(tmp_path)
     (tmp_path / "default").write_bytes(b"")  # a file of that name is the user's, not the shipped model
     assert model_path("default") == Path("default")

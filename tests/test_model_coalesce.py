@@ -7,6 +7,7 @@ bytes) into a new capture, and the flows of the two must be the same.
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -195,3 +196,17 @@ def test_evaluate_reads_captures_as_a_hosts_and_refuses_flow_tables(tmp_path, ca
     out = tmp_path / "ev"
     assert main(["evaluate", "default", *caps, "--host-capture", "--no-cv", "--no-lopo", "-q", "-o", str(out)]) == 0
     assert (out / "metrics.json").is_file() and "recall" in capsys.readouterr().out
+
+
+def test_training_for_host_captures_merges_every_capture_and_says_so_in_the_card(tmp_path):
+    """``vpnid train --host-capture``: every capture read as a host's, recorded in the card."""
+    from classifier.cli.main import main
+
+    caps = [str(PCAPS / n) for n in ("openvpn-tcp443.pcap", "shadowsocks.pcap", "https.pcap", "http.pcap",
+                                     "ssh.pcap", "wireguard.pcap")]
+    out = tmp_path / "host.skops"
+    assert main(["train", *caps, "--host-capture", "--candidates", "hgb", "--folds", "2", "-q", "-o", str(out)]) == 0
+    card = json.loads((tmp_path / "host.card.json").read_text())
+    assert "merged into super-packets" in card["training_data"]["host_capture"]
+    assert all(i["coalesce_ns"] == DEFAULT_GAP_NS for i in card["training_data"]["inputs"])
+    assert "- host capture: every capture" in (tmp_path / "host.card.md").read_text()

@@ -75,6 +75,40 @@ def test_headers_only_model_reads_the_samples_cut_to_64_bytes():
     assert found["headers-only"] >= found["default"] + 0.25 * vpn.sum()
 
 
+def test_host_capture_model_loads_with_card():
+    path = shipped_model_path("host-capture")
+    assert path == REPO / "models" / "vpnid-host-capture.skops"
+    assert path.stat().st_size < 5 * 1024 * 1024
+    model = load_model("host-capture")
+    assert model.name == "vpnid-host-capture" and 0.5 <= model.threshold <= 1.0
+    jpath, mpath = card_paths(path)
+    card = json.loads(jpath.read_text())
+    assert card["threshold"] == pytest.approx(model.threshold)
+    assert card["features"] == list(FEATURE_NAMES)
+    assert "merged into super-packets" in card["training_data"]["host_capture"]
+    assert card["training_data"]["augmentation"] == "none"  # docs/model.md, Captures made on a host
+    assert {i["coalesce_ns"] for i in card["training_data"]["inputs"]} == {100_000}
+    assert "- host capture: every capture" in mpath.read_text()
+
+
+def test_host_capture_model_reads_the_samples_as_a_host_captured_them():
+    """The sample captures with their TCP segments merged as a host's offloads show them: the
+    host-capture model finds most tunnels and no false alarm. Both models trained on these
+    samples, so this guards the shipped file, not its accuracy (docs/model.md, Captures made on
+    a host)."""
+    from classifier.errors import ErrorLog
+    from classifier.model.coalesce import DEFAULT_GAP_NS
+    from classifier.model.data import load_labeled
+
+    data = load_labeled([str(REPO / "pcaps")], log=ErrorLog(quiet=True), coalesce_ns=DEFAULT_GAP_NS)
+    vpn, neg = data.label == 1, data.label == 0
+    assert vpn.sum() >= 30 and neg.sum() >= 50
+    model = load_model("host-capture")
+    called = model.predict(data.table).proba >= model.threshold
+    assert not (called & neg).any()
+    assert (called & vpn).sum() >= 0.8 * vpn.sum()
+
+
 def test_shipped_model_scores_sample_flows():
     pytest.importorskip("classifier.flows.api")
     from classifier.flows.api import read_flows

@@ -332,6 +332,34 @@ def test_cut_payload_warnings_print_five_times_per_run(tmp_path, capsys):
     assert log.exit_status == 0
 
 
+@pytest.mark.parametrize(("big", "v6", "warned"), [
+    (12, False, True),  # a host's capture: a dozen TCP super-packets among a hundred segments
+    (9, False, False),  # too few to say
+    (12, True, True),  # IPv6 counts as over IPv4: 1500 + 20 bytes of header is a full frame
+])
+def test_tcp_segments_merged_by_a_host_are_reported(tmp_path, capsys, big, v6, warned):
+    """TCP packets longer than a 1500-byte MTU: a capture made on a host (offloads), and a model for it."""
+    from scapy.layers.inet6 import IPv6
+
+    def seg(i: int, size: int):
+        ip = IPv6(src="2001:db8::1", dst="2001:db8::2") if v6 else IP(src="10.0.0.1", dst="10.0.0.2")
+        return T0 + i, Ether(**MAC) / ip / TCP(sport=40000, dport=443, flags="A") / Raw(b"x" * size)
+
+    header = 40 + 20 if v6 else 20 + 20
+    full = 1500 + (20 if v6 else 0) - header  # a full frame's payload: not merged
+    frames = [seg(i, 8000 if i < big else full) for i in range(100)]
+    path = tmp_path / "host.pcap"
+    path.write_bytes(pcap_bytes(frames))
+    stats = InputStats(str(path))
+    log = ErrorLog()
+    list(iter_packet_batches(path, log, stats))
+    assert (stats.tcp_payload_packets, stats.tcp_merged) == (100, big)
+    err = capsys.readouterr().err
+    assert (f"{big} of the 100 TCP packets carrying payload are longer than a 1500-byte MTU" in err
+            and "--model host-capture" in err and str(path) in err) == warned
+    assert log.exit_status == 0
+
+
 def test_transport_headers_cut_by_the_snap_length_are_reported(tmp_path, capsys):
     """At 64 bytes a frame, TCP over IPv6 (14 + 40 + 20 bytes of headers) keeps no whole TCP header:
     those packets belong to no flow, and the reader says how many."""

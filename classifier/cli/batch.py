@@ -20,8 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="'local' (default): a process pool on this machine; or a Dask scheduler address")
     p.add_argument("--workers", type=int, metavar="N",
                    help="local: pool size (default: CPU count); cluster: wait for N workers")
-    p.add_argument("--model", metavar="FILE", help="model file, or a shipped model by name: 'default' or "
-                                                 "'headers-only' (default: the shipped default model, if present)")
+    p.add_argument("--model", metavar="FILE", help="model file, or a shipped model by name: 'default', "
+                                                 "'headers-only' or 'host-capture' (default: the shipped default "
+                                                 "model, if present)")
     p.add_argument("--no-model", action="store_true", help="signatures only")
     p.add_argument("--no-signatures", action="store_true", help="model only")
     p.add_argument("--no-endpoint-context", action="store_true",

@@ -46,9 +46,10 @@ def flow_config(args: argparse.Namespace) -> FlowConfig:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="FILE", help="model file, or a shipped model by name: 'default' or "
-                                                 "'headers-only', for captures cut to a short snapshot length "
-                                                 "(default: the shipped default model, when present)")
+    p.add_argument("--model", metavar="FILE", help="model file, or a shipped model by name: 'default', "
+                                                 "'headers-only' (captures cut to a short snapshot length) or "
+                                                 "'host-capture' (captures made on one of the connection's "
+                                                 "hosts; default: the shipped default model, when present)")
     p.add_argument("--no-model", action="store_true", help="signatures only")
     p.add_argument("--threshold", type=float, metavar="P",
                    help="call a flow VPN when the model's P(VPN) >= P (default: the model's own threshold, "

@@ -15,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Score MODEL on labeled input (as for `vpnid train`) and retrain its recipe with "
                     "cross-validation grouped by capture and with each VPN protocol left out in turn. "
                     "Writes metrics.json, roc.png, confusion.png and protocol_recall.png.")
-    p.add_argument("model", metavar="MODEL", help="model file (.skops), or a shipped model by name: 'default' or "
-                                                  "'headers-only'")
+    p.add_argument("model", metavar="MODEL", help="model file (.skops), or a shipped model by name: 'default', "
+                                                  "'headers-only' or 'host-capture'")
     p.add_argument("inputs", nargs="+", metavar="LABELED",
                    help="flow Parquet files, capture files or directories, or manifest CSV files (all the captures "
                         "they list)")

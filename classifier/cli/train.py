@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="augmented copies per capture: packet loss, jitter, flows cut mid-way (default 0)")
     add_snaplen_option(p, "meter every capture and copy as if captured with a snapshot length drawn from these, "
                           "to train a model for headers-only captures")
+    p.add_argument("--host-capture", action="store_true",
+                   help="meter every capture and copy as if made on one of its hosts (TCP segments merged into "
+                        "the super-packets of segmentation and receive offloads), to train a model for such "
+                        "captures (docs/model.md, Captures made on a host)")
     p.add_argument("--candidates", default="rf,hgb", metavar="LIST",
                    help=f"estimators to compare, best kept, ties to the first (from {','.join(CANDIDATES)}; "
                         "default rf,hgb)")
@@ -63,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from classifier.errors import ErrorLog, UsageError
+    from classifier.model.coalesce import DEFAULT_GAP_NS
     from classifier.model.train import CANDIDATES, TrainConfig
     from classifier.model.workflow import train_model
 
@@ -89,5 +94,5 @@ def run(args: argparse.Namespace) -> int:
     log = ErrorLog(quiet=False)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"vpnid train: {m}", file=sys.stderr))
     train_model(args.inputs, out, config, manifest=args.manifest, augment=args.augment, log=log, say=say,
-                jobs=args.jobs, snaplens=args.snaplen)
+                jobs=args.jobs, snaplens=args.snaplen, coalesce_ns=DEFAULT_GAP_NS if args.host_capture else 0)
     return log.exit_status

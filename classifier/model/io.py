@@ -225,6 +225,7 @@ def card_markdown(card: dict[str, Any]) -> str:
               "(readable inner headers)",
               f"- augmentation: {data.get('augmentation')}",
               *([f"- snapshot length: {data['snaplen']}"] if data.get("snaplen") else []),
+              *([f"- host capture: {data['host_capture']}"] if data.get("host_capture") else []),
               f"- sha256 of features and labels: `{data.get('sha256')}`",
               f"- sha256 of the input files (names and contents): `{data.get('inputs_sha256')}`", ""]
     if data.get("protocols"):

@@ -154,7 +154,7 @@ def _one_thread():
 
 
 #: Models shipped in ``models/``, by the short name ``--model`` accepts: ``vpnid-NAME.skops``.
-SHIPPED_MODELS = ("default", "headers-only")
+SHIPPED_MODELS = ("default", "headers-only", "host-capture")
 
 
 def default_model_path() -> Path:
@@ -163,7 +163,7 @@ def default_model_path() -> Path:
 
 
 def shipped_model_path(name: str) -> Path:
-    """``models/vpnid-NAME.skops`` of the source tree: ``default`` or ``headers-only`` (docs/model.md)."""
+    """``models/vpnid-NAME.skops`` of the source tree: a name of ``SHIPPED_MODELS`` (docs/model.md)."""
     return Path(__file__).resolve().parents[2] / "models" / f"vpnid-{name}.skops"
 
 

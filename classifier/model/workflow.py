@@ -28,7 +28,7 @@ from classifier.model.train import (
 
 
 def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: TrainConfig,
-               augment: int, snaplens: tuple[int, ...] = ()) -> dict[str, Any]:
+               augment: int, snaplens: tuple[int, ...] = (), coalesce_ns: int = 0) -> dict[str, Any]:
     """The model card: what the model is, what it saw, how well it did on captures it did not see."""
     b = result.bundle
     summary = data.summary()
@@ -66,6 +66,10 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
             **({"snaplen": f"every capture and copy cut to a snapshot length drawn from {', '.join(map(str, snaplens))} "
                            "bytes per frame: a model for headers-only captures (docs/model.md, Headers-only captures)"}
                if snaplens else {}),
+            **({"host_capture": f"every capture and copy read as if made on one of its hosts: TCP segments at most "
+                                f"{coalesce_ns / 1e3:g} us apart merged into super-packets of up to 64 KB, as "
+                                "segmentation and receive offloads show them (docs/model.md, Captures made on a host)"}
+               if coalesce_ns else {}),
             "sha256": data_hash(X, data.label),
             "inputs_sha256": inputs_hash(data.inputs),
             "vpn_flows_left_out_short": int(short.sum()),
@@ -84,18 +88,19 @@ def build_card(result: TrainResult, data: LabeledFlows, X: np.ndarray, config: T
 def train_model(inputs: Iterable[str], output: str | Path, config: TrainConfig, *, manifest: str | None = None,
                 augment: int = 0, log: ErrorLog | None = None,
                 say: Callable[[str], None] | None = None, jobs: int = 1,
-                snaplens: tuple[int, ...] = ()) -> tuple[TrainResult, dict[str, Any]]:
+                snaplens: tuple[int, ...] = (), coalesce_ns: int = 0) -> tuple[TrainResult, dict[str, Any]]:
     """Load labeled input, train, write ``output`` and its card; return the result and the card."""
     say = say or (lambda _m: None)
     log = log if log is not None else ErrorLog()
     data = load_labeled(list(inputs), manifest=manifest, augment=augment, seed=config.seed, log=log, say=say,
-                        snaplens=snaplens)
-    return train_on(data, output, config, augment=augment, say=say, jobs=jobs, snaplens=snaplens)
+                        snaplens=snaplens, coalesce_ns=coalesce_ns)
+    return train_on(data, output, config, augment=augment, say=say, jobs=jobs, snaplens=snaplens,
+                    coalesce_ns=coalesce_ns)
 
 
 def train_on(data: LabeledFlows, output: str | Path, config: TrainConfig, *, augment: int = 0,
              say: Callable[[str], None] | None = None, jobs: int = 1,
-             snaplens: tuple[int, ...] = ()) -> tuple[TrainResult, dict[str, Any]]:
+             snaplens: tuple[int, ...] = (), coalesce_ns: int = 0) -> tuple[TrainResult, dict[str, Any]]:
     """Train on already-loaded labeled flows and write the model file and card."""
     say = say or (lambda _m: None)
     s = data.summary()
@@ -109,7 +114,7 @@ def train_on(data: LabeledFlows, output: str | Path, config: TrainConfig, *, aug
         from classifier.errors import UsageError
 
         raise UsageError(f"cannot train: {exc}") from None
-    card = build_card(result, data, X, config, augment, snaplens)
+    card = build_card(result, data, X, config, augment, snaplens, coalesce_ns)
     save_bundle(result.bundle, output, card)
     size = Path(output).stat().st_size
     say(f"wrote {output} ({size / 1024:.0f} KiB), threshold {result.bundle['threshold']:.4f}, "

@@ -57,6 +57,10 @@ class InputStats:
     #: fewer than CUT_HEAD_BYTES of their payload (fewer than all of it, if shorter)
     payload_packets: int = 0
     payload_cut: int = 0
+    #: decoded TCP packets that carry payload, and those of them longer than a 1500-byte
+    #: MTU carries: segments merged by a host's offloads (or a jumbo-frame link)
+    tcp_payload_packets: int = 0
+    tcp_merged: int = 0
     linktypes: set[int] = field(default_factory=set)
     ok: bool = True
 
@@ -178,6 +182,7 @@ def iter_packet_batches(
             _count(batch, stats, name, log)
             yield batch
         _warn_cut_by_snaplen(stats, name, log)
+        _warn_merged_by_a_host(stats, name, log)
         if src.error is not None and stats.ok:  # the damage fell on a record boundary
             log.add(name, src.base + src.end, f"compressed data is cut or corrupt: {src.error}")
             stats.ok = False
@@ -208,6 +213,10 @@ def _count(batch: PacketBatch, stats: InputStats, name: str, log: ErrorLog) -> N
     stats.payload_packets += int(np.count_nonzero(carries))
     head = np.minimum(batch.cols["payload_len"], CUT_HEAD_BYTES)
     stats.payload_cut += int(np.count_nonzero(carries & (batch.cols["payload_cap"] < head)))
+    tcp = carries & (batch.cols["ip_proto"] == 6)
+    stats.tcp_payload_packets += int(np.count_nonzero(tcp))
+    over_ipv4 = batch.cols["ip_len"] - np.where(batch.cols["ip_ver"] == 6, IPV6_EXTRA_HEADER, 0)
+    stats.tcp_merged += int(np.count_nonzero(tcp & (over_ipv4 > WIRE_MTU)))
     bad = np.flatnonzero((st == PacketStatus.BAD_IP) | (st == PacketStatus.BAD_L4) | (st == PacketStatus.BAD_LINK))
     stats.malformed += len(bad)
     for i in bad[:50]:
@@ -227,6 +236,34 @@ CUT_PAYLOAD_WARN_SHARE = 0.1
 #: Share of packets whose IP or transport headers were cut (no flow) above which a capture is
 #: reported: lower, since those packets are lost to every stage, not only to the byte statistics.
 CUT_HEADERS_WARN_SHARE = 0.01
+
+
+#: Largest IP datagram an Ethernet link without jumbo frames carries; IPv6's fixed header is
+#: IPV6_EXTRA_HEADER bytes longer than IPv4's, and counts as over IPv4 (as the features do).
+WIRE_MTU = 1500
+IPV6_EXTRA_HEADER = 20
+#: Share of TCP packets carrying payload that are longer than WIRE_MTU above which a capture
+#: is reported as made on a host, and the fewest such packets that count.
+MERGED_WARN_SHARE = 0.01
+MERGED_WARN_MIN = 10
+
+
+def _warn_merged_by_a_host(stats: InputStats, name: str, log: ErrorLog) -> None:
+    """Say so when TCP segments come merged as a capture made on one of the hosts shows them.
+
+    A host's NIC cuts what the host sends after the capture saw it and merges what it receives
+    before (segmentation and receive offloads), so bulk data shows as packets of up to 64 KB.
+    Sizes, counts and gaps are then not the wire's, and the default model, trained on the
+    wire's, finds fewer tunnels (docs/model.md, Captures made on a host).
+    """
+    merged, of = stats.tcp_merged, stats.tcp_payload_packets
+    if merged >= MERGED_WARN_MIN and merged > MERGED_WARN_SHARE * of:
+        log.warn(name, f"{merged} of the {of} TCP packets carrying payload are longer than a {WIRE_MTU}-byte MTU "
+                       "allows: the capture was made on one of the hosts, whose offloads merge TCP segments into "
+                       "packets of up to 64 KB (or on a link with jumbo frames); sizes and counts are not the "
+                       "wire's and the default model finds fewer tunnels; --model host-capture is trained for "
+                       "captures made on a host (docs/model.md, Captures made on a host)",
+                 kind="TCP segments merged by a host")
 
 
 def _warn_cut_by_snaplen(stats: InputStats, name: str, log: ErrorLog) -> None:
