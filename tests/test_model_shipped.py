@@ -37,20 +37,26 @@ def test_shipped_model_loads_with_card():
     assert mpath.read_text().startswith("# Model card: vpnid-default")
 
 
-def test_headers_only_model_loads_with_card():
-    path = shipped_model_path("headers-only")
-    assert path == REPO / "models" / "vpnid-headers-only.skops"
+def _shipped_card(name: str) -> tuple[dict, str]:
+    """A shipped model by name: its file, size, threshold and features agree with its card; (card, card text)."""
+    path = shipped_model_path(name)
+    assert path == REPO / "models" / f"vpnid-{name}.skops"
     assert path.stat().st_size < 5 * 1024 * 1024
-    model = load_model("headers-only")
-    assert model.name == "vpnid-headers-only" and 0.5 <= model.threshold <= 1.0
+    model = load_model(name)
+    assert model.name == f"vpnid-{name}" and 0.5 <= model.threshold <= 1.0
     jpath, mpath = card_paths(path)
     card = json.loads(jpath.read_text())
     assert card["threshold"] == pytest.approx(model.threshold)
     assert card["features"] == list(FEATURE_NAMES)
+    return card, mpath.read_text()
+
+
+def test_headers_only_model_loads_with_card():
+    card, text = _shipped_card("headers-only")
     assert "60, 64, 68, 80, 96, 128 bytes per frame" in card["training_data"]["snaplen"]
     assert card["training_data"]["augmentation"] == "none"  # docs/model.md, Headers-only captures
     assert {i["snaplen"] for i in card["training_data"]["inputs"]} == {60, 64, 68, 80, 96, 128}
-    assert "- snapshot length: every capture" in mpath.read_text()
+    assert "- snapshot length: every capture" in text
 
 
 def test_headers_only_model_reads_the_samples_cut_to_64_bytes():
@@ -76,19 +82,11 @@ def test_headers_only_model_reads_the_samples_cut_to_64_bytes():
 
 
 def test_host_capture_model_loads_with_card():
-    path = shipped_model_path("host-capture")
-    assert path == REPO / "models" / "vpnid-host-capture.skops"
-    assert path.stat().st_size < 5 * 1024 * 1024
-    model = load_model("host-capture")
-    assert model.name == "vpnid-host-capture" and 0.5 <= model.threshold <= 1.0
-    jpath, mpath = card_paths(path)
-    card = json.loads(jpath.read_text())
-    assert card["threshold"] == pytest.approx(model.threshold)
-    assert card["features"] == list(FEATURE_NAMES)
+    card, text = _shipped_card("host-capture")
     assert "merged into super-packets" in card["training_data"]["host_capture"]
     assert card["training_data"]["augmentation"] == "none"  # docs/model.md, Captures made on a host
     assert {i["coalesce_ns"] for i in card["training_data"]["inputs"]} == {100_000}
-    assert "- host capture: every capture" in mpath.read_text()
+    assert "- host capture: every capture" in text
 
 
 def test_host_capture_model_reads_the_samples_as_a_host_captured_them():
