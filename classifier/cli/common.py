@@ -86,6 +86,20 @@ def add_snaplen_option(p: argparse.ArgumentParser, what: str) -> None:
                         "docs/model.md, Headers-only captures); default: whole frames")
 
 
+def add_host_capture_option(p: argparse.ArgumentParser, what: str) -> None:
+    """``--host-capture`` for ``train`` and ``evaluate``: captures read as made on one of their hosts."""
+    p.add_argument("--host-capture", action="store_true",
+                   help=f"{what}: TCP segments merged into the super-packets of up to 64 KB that a host's "
+                        "segmentation and receive offloads show (docs/model.md, Captures made on a host)")
+
+
+def host_capture_ns(args: argparse.Namespace) -> int:
+    """The merge window ``--host-capture`` asks for, ns (0: captures read as they are)."""
+    from classifier.model.coalesce import DEFAULT_GAP_NS
+
+    return DEFAULT_GAP_NS if args.host_capture else 0
+
+
 def apply_threshold(model: Any, threshold: float | None) -> Any:
     """Override the model's operating threshold (``--threshold``), checking its range."""
     from classifier.errors import UsageError

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from classifier.cli.common import add_endpoint_option, add_snaplen_option
+    from classifier.cli.common import add_endpoint_option, add_host_capture_option, add_snaplen_option
 
     p = sub.add_parser(
         "evaluate", help="measure a model: held-out metrics, capture-grouped CV, leave-one-protocol-out",
@@ -32,10 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "their capture's fold")
     add_snaplen_option(p, "score the captures as if captured with these snapshot lengths, as headers-only "
                           "captures are")
-    p.add_argument("--host-capture", action="store_true",
-                   help="score the captures as if made on one of their hosts: TCP segments merged into the "
-                        "super-packets that segmentation and receive offloads show a host's capture "
-                        "(docs/model.md, Captures made on a host)")
+    add_host_capture_option(p, "score the captures as if made on one of their hosts")
     p.add_argument("--no-cv", action="store_true", help="skip grouped cross-validation")
     p.add_argument("--no-lopo", action="store_true", help="skip leave-one-protocol-out")
     p.add_argument("--signatures", action="store_true",
@@ -47,9 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from classifier.cli.common import host_capture_ns
     from classifier.errors import ErrorLog, UsageError
     from classifier.model import load_model
-    from classifier.model.coalesce import DEFAULT_GAP_NS
     from classifier.model.data import load_labeled
     from classifier.model.evaluate import evaluate, write_report
 
@@ -60,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda m: None) if args.quiet else (lambda m: print(f"vpnid evaluate: {m}", file=sys.stderr))
     data = load_labeled(args.inputs, manifest=args.manifest, augment=args.augment, log=log, say=say,
                         signatures=args.signatures, snaplens=args.snaplen,
-                        coalesce_ns=DEFAULT_GAP_NS if args.host_capture else 0)
+                        coalesce_ns=host_capture_ns(args))
     say(f"{len(data)} labeled flows ({int(data.label.sum())} VPN) "
         f"from {data.capture_count()} captures in {len(set(data.group))} groups")
     report, curves = evaluate(model, data, folds=args.folds, cv=not args.no_cv, lopo=not args.no_lopo,

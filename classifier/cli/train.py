@@ -7,7 +7,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from classifier.cli.common import add_snaplen_option
+    from classifier.cli.common import add_host_capture_option, add_snaplen_option
     from classifier.model.train import CANDIDATES
 
     p = sub.add_parser(
@@ -27,10 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="augmented copies per capture: packet loss, jitter, flows cut mid-way (default 0)")
     add_snaplen_option(p, "meter every capture and copy as if captured with a snapshot length drawn from these, "
                           "to train a model for headers-only captures")
-    p.add_argument("--host-capture", action="store_true",
-                   help="meter every capture and copy as if made on one of its hosts (TCP segments merged into "
-                        "the super-packets of segmentation and receive offloads), to train a model for such "
-                        "captures (docs/model.md, Captures made on a host)")
+    add_host_capture_option(p, "meter every capture and copy as if made on one of its hosts, to train a model for "
+                               "such captures")
     p.add_argument("--candidates", default="rf,hgb", metavar="LIST",
                    help=f"estimators to compare, best kept, ties to the first (from {','.join(CANDIDATES)}; "
                         "default rf,hgb)")
@@ -66,8 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from classifier.cli.common import host_capture_ns
     from classifier.errors import ErrorLog, UsageError
-    from classifier.model.coalesce import DEFAULT_GAP_NS
     from classifier.model.train import CANDIDATES, TrainConfig
     from classifier.model.workflow import train_model
 
@@ -94,5 +92,5 @@ def run(args: argparse.Namespace) -> int:
     log = ErrorLog(quiet=False)
     say = (lambda m: None) if args.quiet else (lambda m: print(f"vpnid train: {m}", file=sys.stderr))
     train_model(args.inputs, out, config, manifest=args.manifest, augment=args.augment, log=log, say=say,
-                jobs=args.jobs, snaplens=args.snaplen, coalesce_ns=DEFAULT_GAP_NS if args.host_capture else 0)
+                jobs=args.jobs, snaplens=args.snaplen, coalesce_ns=host_capture_ns(args))
     return log.exit_status

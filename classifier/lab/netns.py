@@ -253,8 +253,8 @@ class Lab:
         of 64 KB super-segments. UDP segmentation is a flag of its own: without it, QUIC stacks
         that batch datagrams (UDP_SEGMENT) showed up as 65,000-byte datagrams. With
         ``offloads`` the TCP ones stay on (a host capture's super-packets) and UDP
-        segmentation is still cleared: only some QUIC stacks batch datagrams, and a capture of
-        tunnels made on a host should differ from a wire's in what every host does.
+        segmentation is still cleared: every host merges TCP, only some applications ask
+        for UDP batches.
         """
         if self.offloads:
             self.exec_host(ns, ["ethtool", "-K", dev, "tx-udp-segmentation", "off"])
