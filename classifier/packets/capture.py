@@ -215,8 +215,10 @@ def _count(batch: PacketBatch, stats: InputStats, name: str, log: ErrorLog) -> N
     stats.payload_cut += int(np.count_nonzero(carries & (batch.cols["payload_cap"] < head)))
     tcp = carries & (batch.cols["ip_proto"] == 6)
     stats.tcp_payload_packets += int(np.count_nonzero(tcp))
-    over_ipv4 = batch.cols["ip_len"] - np.where(batch.cols["ip_ver"] == 6, IPV6_EXTRA_HEADER, 0)
-    stats.tcp_merged += int(np.count_nonzero(tcp & (over_ipv4 > WIRE_MTU)))
+    ip_len = batch.cols["ip_len"]
+    long = np.flatnonzero(tcp & (ip_len > WIRE_MTU))  # few: only these need the IPv6 header's allowance
+    over_ipv4 = ip_len[long] - IPV6_EXTRA_HEADER * (batch.cols["ip_ver"][long] == 6)
+    stats.tcp_merged += int(np.count_nonzero(over_ipv4 > WIRE_MTU))
     bad = np.flatnonzero((st == PacketStatus.BAD_IP) | (st == PacketStatus.BAD_L4) | (st == PacketStatus.BAD_LINK))
     stats.malformed += len(bad)
     for i in bad[:50]:
