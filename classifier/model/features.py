@@ -45,16 +45,11 @@ import pyarrow.compute as pc
 
 from classifier.flows.schema import BURSTS, FIRST_PACKETS, HEAD_STAT_COLUMNS, HEAD_STAT_DOCS
 from classifier.flows.state import N_HIST, PAYLOAD_HIST_EDGES
+from classifier.packets.batch import IPV6_EXTRA_HEADER
 
 #: Bump when a feature's definition changes: a model trained on another version is refused.
 FEATURE_VERSION = 13
 
-#: How many bytes longer IPv6's fixed header is than IPv4's (40 against 20, no options):
-#: sizes are IP bytes, so the same tunnel over IPv6 would show every packet 20 bytes
-#: larger. The features count sizes as over IPv4 (``ip_version`` is read for that alone),
-#: so a model trained on the lab's IPv4 captures scores a tunnel over IPv6 the same (before
-#: feature version 12 it missed over IPv6 flows it found over IPv4; docs/model.md).
-IPV6_EXTRA_HEADER = 20
 
 #: How random the payload looks (``classifier/flows/head_stats.py``): fully encrypted
 #: proxies and tunnels start with random bytes; most other protocols start with a header.

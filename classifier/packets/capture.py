@@ -26,7 +26,7 @@ import numpy as np
 from classifier.errors import ErrorLog
 from classifier.packets import _scan, linktypes
 from classifier.packets._decode import decode
-from classifier.packets.batch import COLUMNS, PAYLOAD_HEAD_BYTES, PacketBatch, PacketStatus
+from classifier.packets.batch import COLUMNS, IPV6_EXTRA_HEADER, PAYLOAD_HEAD_BYTES, PacketBatch, PacketStatus
 
 CHUNK_BYTES = 32 << 20
 _READ_STEP = 1 << 18
@@ -240,10 +240,9 @@ CUT_PAYLOAD_WARN_SHARE = 0.1
 CUT_HEADERS_WARN_SHARE = 0.01
 
 
-#: Largest IP datagram an Ethernet link without jumbo frames carries; IPv6's fixed header is
-#: IPV6_EXTRA_HEADER bytes longer than IPv4's, and counts as over IPv4 (as the features do).
+#: Largest IP datagram an Ethernet link without jumbo frames carries (an IPv6 packet counts
+#: as over IPv4: ``IPV6_EXTRA_HEADER``, as the features count it).
 WIRE_MTU = 1500
-IPV6_EXTRA_HEADER = 20
 #: Share of TCP packets carrying payload that are longer than WIRE_MTU above which a capture
 #: is reported as made on a host, and the fewest such packets that count.
 MERGED_WARN_SHARE = 0.01
