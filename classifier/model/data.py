@@ -605,9 +605,7 @@ def load_captures(paths: list[str], truth: dict[str, Truth], augment: int = 0, s
         if augment:
             total = _count_packets(path, log)
             for k in range(augment):
-                aug = replace(Augmentation.draw(rng), snaplen=_draw_snaplen(cut_rng, snaplens))
-                if coalesce_ns:
-                    aug = replace(aug, coalesce_ns=coalesce_ns)
+                aug = replace(Augmentation.draw(rng), snaplen=_draw_snaplen(cut_rng, snaplens), coalesce_ns=coalesce_ns)
                 variants.append((f"augmented-{k} {aug.describe()}", _PacketTransform(aug, total, rng)))
         vpn_rows = 0
         for variant, transform in variants:
